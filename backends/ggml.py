@@ -1,0 +1,240 @@
+"""Running graphs on ggml's backend scheduler.
+
+The idiom of ggml's examples/simple/simple-backend.cpp: devices ordered accelerators first and
+CPU last -> one ggml_backend_sched -> for each set of input shapes, a graph built in a no_alloc
+context and reserved once -> per run: alloc, set inputs, compute (GIL released), read outputs.
+Weights live in one backend buffer, uploaded once and referenced by every program.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphdsl import _ggml
+from graphdsl import dtypes as dt
+
+from .ggml_lower import LOWERING, STRIDED_OK, Lowering, ne_of
+from .weights import check_inputs, check_weights
+
+
+def devices() -> list[dict]:
+    """What ggml's backend registry reports: name, description, type, memory, backend."""
+    return _ggml.devices()
+
+
+def resolve_devices(backend: str) -> list[str]:
+    """Map `backend=` to ggml device names, accelerators first and CPU last.
+
+    "cpu" -> CPU only; "auto" -> every GPU/accelerator the registry has, then CPU; otherwise a
+    device name ("CUDA0", "BLAS") or a backend family ("cuda", "metal", "blas") + CPU.
+    """
+    devs = devices()
+    names = [d["name"] for d in devs]
+    cpu = next((d["name"] for d in devs if d["type"] == "cpu"), None)
+    if cpu is None:
+        raise RuntimeError("ggml reports no CPU device")
+    key = backend.lower()
+    if key == "cpu":
+        return [cpu]
+    if key == "auto":
+        accel = [d["name"] for d in devs if d["type"] in ("gpu", "igpu")]
+        accel += [d["name"] for d in devs if d["type"] == "accel"]
+        return [*accel, cpu]
+    chosen = [d["name"] for d in devs if d["type"] != "cpu" and
+              (d["name"].lower() == key or d["backend"].lower() == key or d["name"].lower().startswith(key))]
+    if not chosen:
+        raise ValueError(f"no ggml device matches backend={backend!r}; available: {', '.join(names)} "
+                         f"(a CUDA or Metal build of libggml-python adds devices; see the README)")
+    return [*chosen, cpu]
+
+
+@dataclass
+class Program:
+    """One lowered graph for one set of input shapes, reserved once on the scheduler."""
+
+    graph: object
+    ctx: object
+    cgraph: object
+    inputs: dict[str, object]
+    outputs: dict[str, object]  # output/capture name -> ggml tensor (contiguous)
+    tensors: dict[str, object] = field(default_factory=dict)  # node name -> ggml tensor
+    id_checks: list = field(default_factory=list)  # (input name, n_rows) for get_rows ids
+
+
+class GGMLExecutor:
+    """A Graph compiled for ggml. Call it with NumPy inputs to get NumPy outputs (dict by name).
+
+    Args:
+        graph: the Graph to run.
+        backend: "cpu", "auto", a backend family ("cuda", "metal", "blas") or a device name.
+        n_threads: CPU threads (default: all cores).
+        precision: "f32" (exact f32 forms of conv, GELU and attention) or "fast" (ggml's f16 paths).
+        weights: optional weights to bind now (see load_weights).
+    """
+
+    def __init__(self, graph, backend: str = "cpu", *, n_threads: int | None = None,
+                 precision: str = "f32", weights: Mapping[str, object] | None = None):
+        missing = sorted({n.op for n in graph.nodes if n.op not in ("input", "weight")} - set(LOWERING))
+        if missing:
+            raise ValueError(f"ggml backend: no lowering for ops {missing}")
+        Lowering(None, precision)  # validates the policy name
+        self.graph = graph
+        self.precision = precision
+        self.device_names = resolve_devices(backend)
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.runtime = _ggml.Runtime(self.device_names, self.n_threads, max(8192, 16 * len(graph.nodes)))
+        self._programs: dict[tuple, Program] = {}
+        self._wctx = None
+        self._wtensors: dict[str, object] = {}
+        self._wbuffer = None
+        self.last_program: Program | None = None
+        if weights is not None:
+            self.load_weights(weights)
+
+    backend = property(lambda self: "+".join(self.device_names).lower())
+
+    # -- weights -----------------------------------------------------------------------------------
+    def load_weights(self, weights: Mapping[str, object], *, allow_extra: bool = False) -> None:
+        """Bind weights by name (strict: missing, extra and mis-shaped ones are listed together).
+
+        The first call allocates one buffer on the primary device; later calls overwrite the
+        values in place, so compiled programs stay valid.
+        """
+        stored = check_weights(self.graph, weights, allow_extra=allow_extra)
+        if self._wctx is None and self.graph.weights:
+            self._wctx = _ggml.Context(len(self.graph.weights) + 1)
+            for name, node in self.graph.weights.items():
+                self._wtensors[name] = self._wctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), name)
+            self._wbuffer = self.runtime.alloc_tensors(self._wctx, 0)
+        for name, arr in stored.items():
+            self.runtime.set_tensor(self._wtensors[name], arr)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self._wbuffer.size if self._wbuffer is not None else 0
+
+    # -- lowering --------------------------------------------------------------------------------------
+    def _program(self, shapes: dict[str, tuple], capture: Sequence[str]) -> Program:
+        key = (tuple(sorted(shapes.items())), tuple(capture))
+        prog = self._programs.get(key)
+        if prog is not None:
+            return prog
+        graph = self.graph
+        if any(graph.inputs[k].shape != s for k, s in shapes.items()):
+            graph = graph.specialize(shapes)
+        wanted = [n for n in graph.nodes if n.op not in ("input", "weight")
+                  and any(fnmatch.fnmatchcase(n.name, p) for p in capture)]
+        live = graph.live_nodes(list(graph.outputs.values()) + wanted)
+        ctx = _ggml.Context(8 * len(live) + 64, 16 * len(live) + 64)
+        L = Lowering(ctx, self.precision)
+        vals: dict[int, object] = {}
+        inputs, tensors, id_checks = {}, {}, []
+        for node in live:
+            if node.op == "input":
+                t = ctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), node.name)
+                t.set_input()
+                inputs[node.name] = t
+            elif node.op == "weight":
+                t = self._wtensors[node.name]
+            else:
+                args = [vals[id(i)] if i.op == "weight" or node.op in STRIDED_OK else L.cont(vals[id(i)])
+                        for i in node.inputs]
+                if node.op == "get_rows":
+                    id_checks.append(_ids_check(node))
+                try:
+                    t = LOWERING[node.op](L, node, *args)
+                except ValueError as e:
+                    raise ValueError(f"[{node.op}] node '{node.name}': {e}") from None
+                t.name = node.name[:63]
+                _check_lowered(node, t)
+            vals[id(node)] = t
+            tensors[node.name] = t
+        outputs = {}
+        for name, node in [*graph.outputs.items(), *((n.name, n) for n in wanted)]:
+            t = vals[id(node)]
+            if not t.is_contiguous or node.op in ("input", "weight"):
+                t = _ggml.ops.cont(ctx, t)
+            t.set_output()
+            outputs[name] = t
+        cgraph = ctx.new_graph(16 * len(live) + 64)
+        for t in outputs.values():
+            cgraph.expand(t)
+        self.runtime.reserve(cgraph)
+        prog = Program(graph, ctx, cgraph, inputs, outputs, tensors, [c for c in id_checks if c])
+        self._programs[key] = prog
+        return prog
+
+    # -- running -----------------------------------------------------------------------------------------
+    def __call__(self, inputs: Mapping[str, object] | None = None, *, capture: Sequence[str] = (),
+                 **kw) -> dict[str, np.ndarray]:
+        """Run with NumPy inputs (by name); returns outputs, plus captured nodes matching `capture` globs."""
+        arrays = check_inputs(self.graph, dict(inputs or {}, **kw))
+        if self.graph.weights and self._wbuffer is None:
+            raise ValueError(f"graph '{self.graph.name}' has unbound weights: call load_weights() first")
+        prog = self._program({k: v.shape for k, v in arrays.items()}, tuple(capture))
+        for name, n_rows in prog.id_checks:
+            ids = arrays[name]
+            if ids.size and (ids.min() < 0 or ids.max() >= n_rows):
+                raise ValueError(f"[get_rows] input '{name}': ids must lie in [0, {n_rows}), "
+                                 f"got [{ids.min()}, {ids.max()}]")
+        self.runtime.alloc_graph(prog.cgraph)
+        for name, t in prog.inputs.items():
+            self.runtime.set_tensor(t, arrays[name])
+        self.runtime.compute(prog.cgraph)
+        self.last_program = prog
+        return {name: self._read(prog, name, t) for name, t in prog.outputs.items()}
+
+    def _read(self, prog, name, t):
+        node = prog.graph.outputs.get(name) or next(n for n in prog.graph.nodes if n.name == name)
+        out = np.empty(node.shape, dtype=np.uint16 if node.dtype is dt.bf16 else node.dtype.numpy)
+        self.runtime.get_tensor(t, out)
+        return dt.bf16_to_f32(out) if node.dtype is dt.bf16 else out
+
+    @property
+    def n_reserve(self) -> int:
+        """Scheduler reservations so far: one per distinct set of input shapes (and capture list)."""
+        return self.runtime.n_reserve
+
+    def placement(self) -> dict:
+        """Where the last run's nodes ran: backend per node, split and copy counts, buffer sizes."""
+        prog = self.last_program
+        if prog is None:
+            raise ValueError("placement() needs a run first")
+        names = self.runtime.backend_names
+        per_node = {}
+        for name, t in prog.tensors.items():
+            i = self.runtime.tensor_backend(t)
+            if i >= 0:
+                per_node[name] = names[i]
+        return {
+            "backends": names,
+            "nodes": per_node,
+            "n_splits": self.runtime.n_splits,
+            "n_copies": self.runtime.n_copies,
+            "compute_buffer_bytes": {n: self.runtime.buffer_size(i) for i, n in enumerate(names)},
+            "weight_bytes": {self._wbuffer.name: self._wbuffer.size} if self._wbuffer else {},
+            "ggml_nodes": prog.cgraph.n_nodes,
+        }
+
+
+def _ids_check(node):
+    """Ids must be in range before ggml sees them (its get_rows asserts). Inputs are checked per run."""
+    table, ids = node.inputs
+    if ids.op == "input":
+        return (ids.name, table.shape[0])
+    if ids.op == "argmax" and ids.inputs[0].shape[-1] <= table.shape[0]:
+        return None
+    raise ValueError(f"[get_rows] node '{node.name}': ids must come from a graph input (checked at run "
+                     f"time) or an argmax over at most {table.shape[0]} columns")
+
+
+def _check_lowered(node, t):
+    """The lowering must produce exactly the node's shape and type (catches axis-order slips)."""
+    expect = ne_of(node.shape)
+    if list(t.ne) != expect or t.type != node.dtype.ggml_type:
+        raise AssertionError(f"lowering of {node.op} '{node.name}' gave ne={list(t.ne)} type={t.type}, "
+                             f"expected ne={expect} type={node.dtype.ggml_type}")

@@ -1,0 +1,256 @@
+"""The ggml lowering table: one function per registry op, NumPy order in, ggml ne order out.
+
+This file and ggml.py are the only places that know ggml's axis order: a NumPy shape
+(s0, ..., s_{r-1}) is ggml ne [s_{r-1}, ..., s0, 1, ...], so NumPy axis `a` of a rank-r tensor
+is ggml dim `r - 1 - a`. Comments below give shapes as `ne[...]` (ggml) or `(...)` (NumPy).
+
+Precision policy: under "f32" every op is lowered to a form that computes in f32 (im2col into
+f32 + mul_mat; GELU from tanh/sigmoid pieces; attention as mul_mat + soft_max + mul_mat). Under
+"fast" ggml's own fast paths are used (f16 im2col, f16 GELU tables, flash_attn_ext with f16 K/V).
+"""
+from __future__ import annotations
+
+import math
+
+from graphdsl import _ggml
+from graphdsl import dtypes as dt
+
+G = _ggml.ops
+PRECISIONS = ("f32", "fast")
+# Ops that read strided inputs themselves; every other op gets contiguous inputs.
+STRIDED_OK = {"permute", "view", "cont", "mul_mat"}
+
+
+def ne_of(shape) -> list[int]:
+    return [*reversed(shape), *([1] * (4 - len(shape)))]
+
+
+def gdim(node, axis: int) -> int:
+    return len(node.shape) - 1 - axis
+
+
+class Lowering:
+    """State shared by the lowering functions: the compute context and the precision policy."""
+
+    def __init__(self, ctx, precision: str):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.ctx = ctx
+        self.precision = precision
+
+    @property
+    def exact(self) -> bool:
+        return self.precision == "f32"
+
+    def cont(self, t):
+        return t if t.is_contiguous else G.cont(self.ctx, t)
+
+    def reshape(self, t, ne):
+        ne = [*ne, *([1] * (4 - len(ne)))]
+        return G.reshape_4d(self.ctx, self.cont(t), *ne)
+
+
+LOWERING = {}
+
+
+def lowers(*names):
+    def deco(fn):
+        for n in names:
+            LOWERING[n] = fn
+        return fn
+    return deco
+
+
+@lowers("add", "sub", "mul", "div")
+def _binary(L, node, a, b):
+    return getattr(G, node.op)(L.ctx, a, b)
+
+
+@lowers("scale")
+def _scale(L, node, x):
+    return G.scale_bias(L.ctx, x, node.attrs["s"], node.attrs["b"])
+
+
+@lowers("neg", "sqr", "sqrt", "exp", "tanh", "relu", "sigmoid", "silu", "gelu_erf")
+def _unary(L, node, x):
+    return getattr(G, node.op)(L.ctx, x)
+
+
+@lowers("gelu")
+def _gelu(L, node, x):
+    if not L.exact:
+        return G.gelu(L.ctx, x)  # f16 lookup table on CPU
+    c = L.ctx
+    inner = G.mul(c, x, G.scale_bias(c, G.mul(c, x, x), 0.044715, 1.0))  # x (1 + 0.044715 x^2)
+    t = G.tanh(c, G.scale_bias(c, inner, math.sqrt(2.0 / math.pi), 0.0))
+    return G.mul(c, x, G.scale_bias(c, t, 0.5, 0.5))  # x * 0.5 (1 + tanh(...))
+
+
+@lowers("gelu_quick")
+def _gelu_quick(L, node, x):
+    if not L.exact:
+        return G.gelu_quick(L.ctx, x)  # f16 lookup table on CPU
+    return G.mul(L.ctx, x, G.sigmoid(L.ctx, G.scale_bias(L.ctx, x, 1.702, 0.0)))
+
+
+@lowers("mul_mat")
+def _mul_mat(L, node, x, w):
+    # ggml_mul_mat(w ne[k, n, ...], x ne[k, m, ...]) -> ne[n, m, ...]; src0 must not be transposed.
+    if w.is_transposed:
+        w = G.cont(L.ctx, w)
+    if x.is_transposed:
+        x = G.cont(L.ctx, x)
+    return G.mul_mat(L.ctx, w, x)
+
+
+@lowers("get_rows")
+def _get_rows(L, node, table, ids):
+    return G.get_rows(L.ctx, table, ids)
+
+
+@lowers("norm", "rms_norm")
+def _norm(L, node, x):
+    return getattr(G, node.op)(L.ctx, x, node.attrs["eps"])
+
+
+@lowers("soft_max")
+def _soft_max(L, node, x, mask=None):
+    return G.soft_max_ext(L.ctx, x, mask, node.attrs["scale"], 0.0)
+
+
+@lowers("flash_attn_ext")
+def _attention(L, node, q, k, v, mask=None):
+    c, scale = L.ctx, node.attrs["scale"]
+    if not L.exact:
+        # q ne[d, nq, h, b], k/v ne[d, nkv, h_kv, b]; the CPU kernel reads K/V as f16.
+        k = k if k.type == dt.f16.ggml_type else G.cast(c, k, dt.f16.ggml_type)
+        v = v if v.type == dt.f16.ggml_type else G.cast(c, v, dt.f16.ggml_type)
+        if mask is not None and mask.type != dt.f16.ggml_type:
+            mask = G.cast(c, mask, dt.f16.ggml_type)
+        return G.flash_attn_ext(c, q, k, v, mask, scale, 0.0, 0.0, True)  # ne[dv, h, nq, b]
+    kq = G.mul_mat(c, k, q)  # ne[nkv, nq, h, b]; k heads repeat over q heads as in GQA
+    kq = G.soft_max_ext(c, kq, mask, scale, 0.0)
+    vt = G.cont(c, G.transpose(c, v))  # ne[nkv, dv, h_kv, b]
+    kqv = G.mul_mat(c, vt, kq)  # ne[dv, nq, h, b]
+    return G.permute(c, kqv, 0, 2, 1, 3)  # ne[dv, h, nq, b]
+
+
+@lowers("rope")
+def _rope(L, node, x, pos):
+    a = node.attrs
+    from graphdsl.ops.linalg import ROPE_MODES
+    return G.rope_ext(L.ctx, x, pos, None, a["n_dims"], ROPE_MODES[a["mode"]], 0, a["freq_base"],
+                      a["freq_scale"], 0.0, 1.0, 32.0, 1.0)
+
+
+# -- layout ----------------------------------------------------------------------------------------
+@lowers("reshape")
+def _reshape(L, node, x):
+    return L.reshape(x, ne_of(node.shape))
+
+
+@lowers("view")
+def _view(L, node, x):
+    a, src = node.attrs, node.inputs[0]
+    k = gdim(src, a["axis"])
+    ne, nb = list(x.ne), list(x.nb)
+    ne[k] = node.shape[a["axis"]]
+    offset = a["start"] * nb[k]
+    nb[k] *= a["step"]
+    if k == 0 and a["step"] != 1:
+        raise ValueError(f"[view] node '{node.name}': a strided slice of the last axis has no ggml view")
+    return G.view_4d(L.ctx, x, *ne, nb[1], nb[2], nb[3], offset)
+
+
+@lowers("permute")
+def _permute(L, node, x):
+    r, axes = len(node.shape), node.attrs["axes"]
+    p = [0, 1, 2, 3]
+    for i, a in enumerate(axes):  # out axis i <- in axis a; ggml: in dim r-1-a goes to r-1-i
+        p[r - 1 - a] = r - 1 - i
+    return G.permute(L.ctx, x, *p)
+
+
+@lowers("cont")
+def _cont(L, node, x):
+    return G.cont(L.ctx, x)
+
+
+@lowers("concat")
+def _concat(L, node, *xs):
+    k = gdim(node, node.attrs["axis"])
+    out = xs[0]
+    for x in xs[1:]:
+        out = G.concat(L.ctx, out, x, k)
+    return out
+
+
+@lowers("pad")
+def _pad(L, node, x):
+    pads = [(0, 0)] * 4
+    for axis, lohi in enumerate(node.attrs["pads"]):
+        pads[gdim(node, axis)] = lohi
+    return G.pad_ext(L.ctx, x, *(v for lohi in pads for v in lohi))
+
+
+@lowers("repeat")
+def _repeat(L, node, x):
+    return G.repeat_4d(L.ctx, x, *ne_of(node.shape))
+
+
+@lowers("cast")
+def _cast(L, node, x):
+    return G.cast(L.ctx, x, node.dtype.ggml_type)
+
+
+@lowers("sum_rows", "mean", "argmax")
+def _reduce(L, node, x):
+    return getattr(G, node.op)(L.ctx, x)
+
+
+# -- convolution -------------------------------------------------------------------------------------
+def _conv(L, node, w, x, nd):
+    """im2col + mul_mat; "f32" keeps im2col in f32, "fast" uses ggml's f16 im2col.
+
+    Both orders avoid ggml_conv_1d's batch>1 trap (its labelled shape does not match memory).
+    """
+    c, a = L.ctx, node.attrs
+    s, p, d = a["stride"], a["padding"], a["dilation"]
+    if nd == 2:  # ggml dims 0/1 are W/H
+        args = (s[1], s[0], p[1], p[0], d[1], d[0], True)
+    else:
+        args = (s[0], 0, p[0], 0, d[0], 0, False)
+    col_t = dt.f32 if L.exact else dt.f16
+    cols = G.im2col(c, w, x, *args, col_t.ggml_type)  # ne[ic*k..., spatial..., n]
+    K = cols.ne[0]
+    n_pos = cols.ne[1] * cols.ne[2] * cols.ne[3]
+    cols2 = L.reshape(cols, [K, n_pos])
+    w2 = L.reshape(w, [K, w.ne[nd + 1]])  # ne[ic*k..., oc]
+    oc = w.ne[nd + 1]
+    spatial = list(cols.ne[1:1 + nd])  # ne order: [ow, oh] or [ol]
+    n = cols.ne[nd + 1]
+    if L.exact:
+        y = G.mul_mat(c, w2, cols2)  # ne[oc, positions]: channels-last
+        y = L.reshape(y, [oc, *spatial, n])
+        return G.permute(c, y, *([2, 0, 1, 3] if nd == 2 else [1, 0, 2, 3]))  # -> ne[spatial, oc, n]
+    y = G.mul_mat(c, cols2, w2)  # ne[positions, oc]
+    y = L.reshape(y, [*spatial, n, oc])
+    return G.permute(c, y, *([0, 1, 3, 2] if nd == 2 else [0, 2, 1, 3]))
+
+
+@lowers("conv_1d")
+def _conv_1d(L, node, w, x):
+    return _conv(L, node, w, x, 1)
+
+
+@lowers("conv_2d")
+def _conv_2d(L, node, w, x):
+    return _conv(L, node, w, x, 2)
+
+
+@lowers("pool_2d")
+def _pool_2d(L, node, x):
+    a = node.attrs
+    op = 0 if a["op"] == "max" else 1
+    (kh, kw), (sh, sw) = a["kernel"], a["stride"]
+    return G.pool_2d(L.ctx, x, op, kw, kh, sw, sh, 0.0, 0.0)

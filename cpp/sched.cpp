@@ -1,0 +1,204 @@
+// The backend scheduler idiom of ggml's examples/simple/simple-backend.cpp: backends in
+// priority order (accelerators first, CPU last) -> ggml_backend_sched_new -> reserve once per
+// graph shape -> alloc -> set inputs -> compute -> read outputs.
+#include "common.hpp"
+
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
+
+#include <vector>
+
+namespace gd {
+
+// A backend buffer that owns its memory (weights) or wraps host memory it keeps alive (mmap).
+struct Buffer {
+    ggml_backend_buffer_t buf = nullptr;
+    std::shared_ptr<Context> ctx;  // the tensors that live in it
+    py::object host;               // memory a host-pointer buffer borrows from
+    ~Buffer() { if (buf) ggml_backend_buffer_free(buf); }
+};
+
+static py::buffer_info contiguous_info(const py::buffer & b, bool writable) {
+    py::buffer_info info = b.request(writable);
+    ssize_t expect = info.itemsize;
+    for (ssize_t i = info.ndim - 1; i >= 0; --i) {
+        if (info.strides[i] != expect) throw std::invalid_argument("array must be C-contiguous");
+        expect *= info.shape[i];
+    }
+    return info;
+}
+
+struct Runtime {
+    std::vector<ggml_backend_t> backends;
+    ggml_backend_sched_t sched = nullptr;
+    int n_reserve = 0;
+    std::function<bool(Tensor, bool)> eval_cb;
+    std::shared_ptr<Context> running;  // owner of the graph being computed, for callback handles
+    std::string cb_error;
+
+    Runtime(const std::vector<std::string> & device_names, int n_threads, size_t graph_size) {
+        if (device_names.empty()) throw std::invalid_argument("no devices given");
+        for (const auto & name : device_names) {
+            ggml_backend_dev_t dev = ggml_backend_dev_by_name(name.c_str());
+            if (!dev) throw std::invalid_argument("unknown ggml device '" + name + "'");
+            ggml_backend_t be = ggml_backend_dev_init(dev, nullptr);
+            if (!be) throw std::runtime_error("could not initialise ggml device '" + name + "'");
+            backends.push_back(be);
+            auto * set_threads = (ggml_backend_set_n_threads_t) ggml_backend_reg_get_proc_address(
+                ggml_backend_dev_backend_reg(dev), "ggml_backend_set_n_threads");
+            if (set_threads && n_threads > 0) set_threads(be, n_threads);
+        }
+        if (ggml_backend_dev_type(ggml_backend_get_device(backends.back())) != GGML_BACKEND_DEVICE_TYPE_CPU)
+            throw std::invalid_argument("the last backend must be the CPU (the scheduler's fallback)");
+        sched = ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), graph_size,
+                                       /*parallel=*/false, /*op_offload=*/true);
+        if (!sched) throw std::runtime_error("ggml_backend_sched_new failed");
+    }
+
+    ~Runtime() {
+        if (sched) ggml_backend_sched_free(sched);
+        for (auto * be : backends) ggml_backend_free(be);
+    }
+
+    ggml_backend_t backend(int i) const {
+        if (i < 0 || i >= (int) backends.size()) throw std::invalid_argument("backend index out of range");
+        return backends[i];
+    }
+
+    int index_of(ggml_backend_t be) const {
+        for (size_t i = 0; i < backends.size(); ++i) if (backends[i] == be) return (int) i;
+        return -1;
+    }
+
+    static bool trampoline(ggml_tensor * t, bool ask, void * user) {
+        auto * self = static_cast<Runtime *>(user);
+        py::gil_scoped_acquire gil;
+        try {
+            return self->eval_cb(Tensor{t, self->running}, ask);
+        } catch (const std::exception & e) {
+            self->cb_error = e.what();
+            return false;  // stops the graph; the error is raised after compute returns
+        }
+    }
+};
+
+void register_sched(py::module_ & m) {
+    py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer", "A ggml backend buffer.")
+        .def_property_readonly("size", [](const Buffer & b) { return ggml_backend_buffer_get_size(b.buf); })
+        .def_property_readonly("name", [](const Buffer & b) { return std::string(ggml_backend_buffer_name(b.buf)); })
+        .def_property_readonly("is_host", [](const Buffer & b) { return ggml_backend_buffer_is_host(b.buf); });
+
+    py::class_<Runtime>(m, "Runtime",
+        "Backends (accelerators first, CPU last) and the ggml_backend_sched over them.")
+        .def(py::init<const std::vector<std::string> &, int, size_t>(),
+             py::arg("devices"), py::arg("n_threads") = 0, py::arg("graph_size") = 8192)
+        .def_property_readonly("backend_names", [](const Runtime & r) {
+            std::vector<std::string> out;
+            for (auto * be : r.backends) out.push_back(ggml_backend_name(be));
+            return out;
+        })
+        .def_readonly("n_reserve", &Runtime::n_reserve, "How many times reserve() has run.")
+        .def("alloc_tensors", [](Runtime & r, std::shared_ptr<Context> ctx, int i) {
+            auto buft = ggml_backend_get_default_buffer_type(r.backend(i));
+            ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx->ctx, buft);
+            if (!buf) throw std::runtime_error("could not allocate a weight buffer on " +
+                                               std::string(ggml_backend_name(r.backend(i))));
+            // Weights usage lets the scheduler run ops next to the weights they read.
+            ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            auto out = std::make_shared<Buffer>();
+            out->buf = buf;
+            out->ctx = ctx;
+            return out;
+        }, py::arg("ctx"), py::arg("backend"), "Allocate every tensor of ctx in one buffer of backend i.")
+        .def("host_buffer", [](Runtime &, py::buffer mem) {
+            py::buffer_info info = mem.request();
+            if ((uintptr_t) info.ptr % 32 != 0) throw std::invalid_argument("host memory must be 32-byte aligned");
+            size_t size = (size_t) info.size * info.itemsize;
+            auto out = std::make_shared<Buffer>();
+            out->buf = ggml_backend_cpu_buffer_from_ptr(info.ptr, size);
+            if (!out->buf) throw std::runtime_error("ggml_backend_cpu_buffer_from_ptr failed");
+            ggml_backend_buffer_set_usage(out->buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+            out->host = mem;
+            return out;
+        }, "Wrap host memory (e.g. an mmap) as a CPU buffer without copying; the memory is kept alive.")
+        .def("place", [](Runtime &, std::shared_ptr<Buffer> b, Tensor & t, size_t offset) {
+            ggml_tensor * x = raw(t);
+            size_t size = ggml_backend_buffer_get_size(b->buf);
+            if (x->buffer || x->data) throw std::invalid_argument("tensor already has memory");
+            if (offset % 32 != 0) throw std::invalid_argument("tensor offset must be 32-byte aligned");
+            if (offset + ggml_nbytes(x) > size) throw std::invalid_argument("tensor does not fit in the buffer");
+            char * base = (char *) ggml_backend_buffer_get_base(b->buf);
+            if (ggml_backend_tensor_alloc(b->buf, x, base + offset) != GGML_STATUS_SUCCESS)
+                throw std::runtime_error("ggml_backend_tensor_alloc failed");
+        }, "Place tensor t at offset bytes inside buffer b (zero copy).")
+        .def("set_tensor", [](Runtime &, Tensor & t, py::buffer data) {
+            ggml_tensor * x = raw(t);
+            if (!x->buffer) throw std::invalid_argument("tensor '" + std::string(x->name) + "' has no memory yet");
+            py::buffer_info info = contiguous_info(data, false);
+            size_t n = (size_t) info.size * info.itemsize;
+            if (n != ggml_nbytes(x))
+                throw std::invalid_argument("tensor '" + std::string(x->name) + "' holds " +
+                                            std::to_string(ggml_nbytes(x)) + " bytes, got " + std::to_string(n));
+            ggml_backend_tensor_set(x, info.ptr, 0, n);
+        }, "Copy host bytes into a tensor (any backend).")
+        .def("get_tensor", [](Runtime &, Tensor & t, py::buffer out) {
+            ggml_tensor * x = raw(t);
+            if (!x->buffer) throw std::invalid_argument("tensor '" + std::string(x->name) + "' has no memory");
+            if (!ggml_is_contiguous(x)) throw std::invalid_argument("tensor is not contiguous");
+            py::buffer_info info = contiguous_info(out, true);
+            size_t n = (size_t) info.size * info.itemsize;
+            if (n != ggml_nbytes(x)) throw std::invalid_argument("output buffer has the wrong size");
+            ggml_backend_tensor_get(x, info.ptr, 0, n);
+        }, "Copy a tensor's bytes into a writable host array.")
+        .def("reserve", [](Runtime & r, Graph & g) {
+            bool ok;
+            {
+                py::gil_scoped_release nogil;
+                ok = ggml_backend_sched_reserve(r.sched, g.g);
+            }
+            if (!ok) throw std::runtime_error("ggml_backend_sched_reserve failed (out of memory?)");
+            ++r.n_reserve;
+        }, "Size the compute buffers for this graph (once per set of input shapes).")
+        .def("alloc_graph", [](Runtime & r, Graph & g) {
+            if (!ggml_backend_sched_alloc_graph(r.sched, g.g))
+                throw std::runtime_error("ggml_backend_sched_alloc_graph failed");
+        })
+        .def("reset", [](Runtime & r) { ggml_backend_sched_reset(r.sched); })
+        .def("compute", [](Runtime & r, Graph & g) {
+            r.cb_error.clear();
+            r.running = g.owner;
+            ggml_status st;
+            {
+                py::gil_scoped_release nogil;
+                st = ggml_backend_sched_graph_compute(r.sched, g.g);
+            }
+            r.running.reset();
+            if (!r.cb_error.empty()) throw std::runtime_error("eval callback raised: " + r.cb_error);
+            if (st != GGML_STATUS_SUCCESS && st != GGML_STATUS_ABORTED)
+                throw std::runtime_error("ggml graph compute failed with status " + std::to_string((int) st));
+            return st == GGML_STATUS_SUCCESS;
+        }, "Run the graph with the GIL released. Returns False if the eval callback stopped it.")
+        .def("set_eval_callback", [](Runtime & r, std::optional<std::function<bool(Tensor, bool)>> cb) {
+            if (cb) {
+                r.eval_cb = *cb;
+                ggml_backend_sched_set_eval_callback(r.sched, &Runtime::trampoline, &r);
+            } else {
+                r.eval_cb = nullptr;
+                ggml_backend_sched_set_eval_callback(r.sched, nullptr, nullptr);
+            }
+        }, "cb(tensor, ask) -> bool, ggml_backend_sched_eval_callback semantics; None removes it.")
+        .def_property_readonly("n_splits", [](Runtime & r) { return ggml_backend_sched_get_n_splits(r.sched); })
+        .def_property_readonly("n_copies", [](Runtime & r) { return ggml_backend_sched_get_n_copies(r.sched); })
+        .def("buffer_size", [](Runtime & r, int i) { return ggml_backend_sched_get_buffer_size(r.sched, r.backend(i)); },
+             "Compute-buffer bytes the scheduler reserved on backend i.")
+        .def("tensor_backend", [](Runtime & r, Tensor & t) {
+            return r.index_of(ggml_backend_sched_get_tensor_backend(r.sched, raw(t)));
+        }, "Index of the backend a node was assigned to, or -1.")
+        .def("set_tensor_backend", [](Runtime & r, Tensor & t, int i) {
+            ggml_backend_sched_set_tensor_backend(r.sched, raw(t), r.backend(i));
+        })
+        .def("supports_op", [](Runtime & r, int i, Tensor & t) { return ggml_backend_supports_op(r.backend(i), raw(t)); })
+        .def("synchronize", [](Runtime & r) { ggml_backend_sched_synchronize(r.sched); });
+}
+
+}  // namespace gd

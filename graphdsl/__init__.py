@@ -1,0 +1,44 @@
+"""graphdsl: declarative multimodal graphs (text, image, audio -> embeddings) on ggml.
+
+    >>> import numpy as np, graphdsl
+    >>> from graphdsl import Graph, ops
+    >>> g = Graph("mlp")
+    >>> x = g.input("x", (3, 8))
+    >>> g.output("y", ops.linear(x, g.weight("w", (4, 8))).gelu_erf())
+    >>> run = graphdsl.compile(g, backend="cpu")
+    >>> run.load_weights({"w": np.ones((4, 8), np.float32)})
+    >>> run(x=np.ones((3, 8), np.float32))["y"].shape
+    (3, 4)
+"""
+from __future__ import annotations
+
+from . import dtypes, ops
+from .graph import Graph, Node, Tensor
+
+__all__ = ["Graph", "Node", "Tensor", "ops", "dtypes", "compile", "devices"]
+__version__ = "0.1.0"
+
+
+def compile(graph: Graph, backend: str = "cpu", *, n_threads: int | None = None, precision: str = "f32",
+            weights=None):
+    """Compile a graph for a backend; calling the result with NumPy inputs returns NumPy outputs.
+
+    Args:
+        graph: the Graph to run.
+        backend: "reference" (NumPy interpreter), "cpu", "auto" (accelerators first, CPU last),
+            a backend family ("cuda", "metal", "blas") or a device name from devices().
+        n_threads: CPU threads for ggml (default: all cores).
+        precision: "f32" lowers to exact f32 forms; "fast" takes ggml's f16 fast paths.
+        weights: a mapping name -> array to bind now (or call .load_weights later).
+    """
+    if backend == "reference":
+        from .backends.reference import ReferenceExecutor
+        return ReferenceExecutor(graph, weights)
+    from .backends.ggml import GGMLExecutor
+    return GGMLExecutor(graph, backend, n_threads=n_threads, precision=precision, weights=weights)
+
+
+def devices() -> list[dict]:
+    """Devices ggml's backend registry reports (name, description, type, memory, backend)."""
+    from .backends.ggml import devices as _devices
+    return _devices()

@@ -1,0 +1,1 @@
+"""Inspection: printing, summaries, networkx, drawing, profiling, capture and diff."""

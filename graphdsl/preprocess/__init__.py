@@ -1,0 +1,37 @@
+"""CPU pre-processing, one module per modality: the "tokenizers" that turn raw inputs into what
+``build_inp_embd`` consumes.
+
+- ``image``: any image Pillow opens -> float32 [3, H, W] (CLIP, SigLIP, LLaVA-pad modes).
+- ``audio``: PCM or audio files -> Whisper log-mel float32 [n_mel, 3000] windows.
+- ``text``: HF tokenizer.json -> int32 ids; prompts with media markers -> chunks.
+- ``batch``: the above over many inputs on a thread pool.
+
+Pure NumPy / Pillow (+ soxr, soundfile, tokenizers imported on first use); nothing here needs
+the compiled extension.
+"""
+
+from .audio import load_audio, log_mel_spectrogram, mel_filters, whisper_chunks, whisper_features
+from .batch import parallel_map, preprocess_audio, preprocess_images, stack_images
+from .image import ImageConfig, load_image, preprocess_image
+from .text import AudioChunk, Chunk, ImageChunk, TextChunk, TextTokenizer, chunk_prompt
+
+__all__ = [
+    "AudioChunk",
+    "Chunk",
+    "ImageChunk",
+    "ImageConfig",
+    "TextChunk",
+    "TextTokenizer",
+    "chunk_prompt",
+    "load_audio",
+    "load_image",
+    "log_mel_spectrogram",
+    "mel_filters",
+    "parallel_map",
+    "preprocess_audio",
+    "preprocess_image",
+    "preprocess_images",
+    "stack_images",
+    "whisper_chunks",
+    "whisper_features",
+]
