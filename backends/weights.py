@@ -94,7 +94,8 @@ def check_inputs(graph, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
             arr = np.ascontiguousarray(arr, dtype=node.dtype.numpy)
         if arr.ndim != len(node.shape):
             raise ValueError(f"[input] '{name}': rank {arr.ndim} != declared rank {len(node.shape)} {node.shape}")
-        if node.dtype.is_float and not np.isfinite(dt.bf16_to_f32(arr) if node.dtype is dt.bf16 else arr).all():
-            raise ValueError(f"[input] '{name}': contains NaN or inf")
+        # -inf is legitimate (attention masks); NaN never is.
+        if node.dtype.is_float and np.isnan(dt.bf16_to_f32(arr) if node.dtype is dt.bf16 else arr).any():
+            raise ValueError(f"[input] '{name}': contains NaN")
         out[name] = arr
     return out

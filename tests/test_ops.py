@@ -1,0 +1,71 @@
+"""Every op: ggml CPU backend vs the NumPy reference interpreter, and registry completeness.
+
+The error metric is the normalised max error max|ggml - ref| / max|ref| (ref in float64).
+Bounds (precision "f32" unless said): 1e-5 for float ops; quantized mul_mat weights have their
+own bounds because ggml quantizes the activations to the weight's dot-product type (q8_0 or q8_K)
+while the reference keeps them in f32. "fast" takes ggml's f16 paths (im2col, GELU tables, K/V):
+2e-3, about four f16 ulps at unit scale.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+import graphdsl
+from graphdsl.backends.ggml_lower import LOWERING
+from graphdsl.ops import REGISTRY
+from op_cases import CASES
+
+# Measured on this machine (tests print them with -s); bounds carry about a 3x margin.
+QUANT_TOL = {"f16": 2e-3, "bf16": 1e-2, "q8_0": 1e-2, "q4_0": 2e-2, "q4_1": 2e-2, "q5_0": 1e-2,
+             "q5_1": 1e-2, "q4_k": 1e-2, "q5_k": 1e-2, "q6_k": 1e-2}
+
+
+def _err(out, ref):
+    ref = ref.astype(np.float64)
+    return float(np.abs(out.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def _params():
+    for c in CASES:
+        for p in c.precisions:
+            yield pytest.param(c, p, id=f"{c.id}-{p}")
+
+
+@pytest.mark.parametrize("case,precision", list(_params()))
+def test_op_matches_reference(case, precision):
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    g = case.graph()
+    ins, ws = case.values(rng)
+    ref = graphdsl.compile(g, "reference", weights=ws)(ins)["out"]
+    out = graphdsl.compile(g, "cpu", precision=precision, weights=ws)(ins)["out"]
+    assert out.shape == ref.shape == g.outputs["out"].shape
+    if ref.dtype == np.int32:
+        np.testing.assert_array_equal(out, ref)
+        return
+    wdtype = next((s[1] for s in case.spec.values() if s[2] == "w" and s[1] != "f32"), None)
+    tol = QUANT_TOL[wdtype] if wdtype in QUANT_TOL and case.op == "mul_mat" else case.tol.get(precision, 1e-5)
+    err = _err(out, ref)
+    print(f"{case.id}-{precision}: {err:.2e} (bound {tol:.0e})")
+    assert err <= tol
+
+
+def test_registry_is_complete():
+    """Each op has a shape rule, a reference, FLOPs, a ggml lowering and a test case."""
+    covered = {c.op for c in CASES}
+    for name, op in REGISTRY.items():
+        assert callable(op.infer) and callable(op.reference) and callable(op.flops), name
+        assert op.doc, f"{name} has no doc"
+        assert name in LOWERING, f"{name} has no ggml lowering"
+        assert name in covered, f"{name} has no ggml-vs-reference case"
+
+
+@pytest.mark.parametrize("case", CASES[::5], ids=lambda c: c.id)
+def test_flops_are_counted(case):
+    g = case.graph()
+    for n in g.nodes:
+        if n.op in REGISTRY:
+            f = REGISTRY[n.op].flops(n.shape, [i.shape for i in n.inputs], **n.attrs)
+            assert isinstance(f, (int, np.integer)) and f >= 0
