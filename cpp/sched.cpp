@@ -154,12 +154,20 @@ void register_sched(py::module_ & m) {
             bool ok;
             {
                 py::gil_scoped_release nogil;
+                ggml_backend_sched_reset(r.sched);  // reserve asserts that no graph is allocated
                 ok = ggml_backend_sched_reserve(r.sched, g.g);
             }
             if (!ok) throw std::runtime_error("ggml_backend_sched_reserve failed (out of memory?)");
             ++r.n_reserve;
         }, "Size the compute buffers for this graph (once per set of input shapes).")
         .def("alloc_graph", [](Runtime & r, Graph & g) {
+            ggml_backend_sched_reset(r.sched);  // drop the previous run's allocation
+            // ggml-alloc skips tensors that already have data; after another graph ran, those
+            // pointers may point into a compute buffer that has since been reallocated.
+            for (ggml_tensor * t = ggml_get_first_tensor(g.owner->ctx); t; t = ggml_get_next_tensor(g.owner->ctx, t)) {
+                t->data = nullptr;
+                t->buffer = nullptr;
+            }
             if (!ggml_backend_sched_alloc_graph(r.sched, g.g))
                 throw std::runtime_error("ggml_backend_sched_alloc_graph failed");
         })
