@@ -7,7 +7,6 @@ Weights live in one backend buffer, uploaded once and referenced by every progra
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -126,8 +125,7 @@ class GGMLExecutor:
         graph = self.graph
         if any(graph.inputs[k].shape != s for k, s in shapes.items()):
             graph = graph.specialize(shapes)
-        wanted = [n for n in graph.nodes if n.op not in ("input", "weight")
-                  and any(fnmatch.fnmatchcase(n.name, p) for p in capture)]
+        wanted = graph.match(capture)
         live = graph.live_nodes(list(graph.outputs.values()) + wanted)
         ctx = _ggml.Context(8 * len(live) + 64, 16 * len(live) + 64)
         L = Lowering(ctx, self.precision)

@@ -6,7 +6,6 @@ dequantized with the gguf package.
 """
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -57,7 +56,7 @@ class ReferenceExecutor:
             raise ValueError(f"graph '{graph.name}' has unbound weights: {', '.join(graph.weights)}")
         values: dict[int, np.ndarray] = {}
         captured = {}
-        wanted = [n for n in graph.nodes if any(fnmatch.fnmatchcase(n.name, p) for p in capture)]
+        wanted = graph.match(capture)
         for node in graph.live_nodes(list(graph.outputs.values()) + wanted):
             if node.op == "input":
                 v = to_compute(node, arrays[node.name])

@@ -258,6 +258,11 @@ class Graph:
         """Nodes whose names match a glob such as `v.blk.3.*`."""
         return [n for n in self.nodes if fnmatch.fnmatchcase(n.name, pattern)]
 
+    def match(self, patterns: Sequence[str]) -> list[Node]:
+        """Computed nodes (not inputs or weights) whose names match any of the glob patterns."""
+        return [n for n in self.nodes if n.op not in ("input", "weight")
+                and any(fnmatch.fnmatchcase(n.name, p) for p in patterns)]
+
     def live_nodes(self, outputs: Sequence[Node] | None = None) -> list[Node]:
         """Nodes the outputs depend on, in build (topological) order."""
         roots = list(self.outputs.values()) if outputs is None else list(outputs)
