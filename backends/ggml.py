@@ -28,8 +28,9 @@ def devices() -> list[dict]:
 def resolve_devices(backend: str) -> list[str]:
     """Map `backend=` to ggml device names, accelerators first and CPU last.
 
-    "cpu" -> CPU only; "auto" -> every GPU/accelerator the registry has, then CPU; otherwise a
-    device name ("CUDA0", "BLAS") or a backend family ("cuda", "metal", "blas") + CPU.
+    "cpu" -> CPU only; "auto" -> every GPU/accelerator the registry has, then CPU;
+    "rpc://host:port" -> the devices of ggml's RPC server there, then CPU; otherwise a device
+    name ("CUDA0", "BLAS") or a backend family ("cuda", "metal", "blas") + CPU.
     """
     devs = devices()
     names = [d["name"] for d in devs]
@@ -37,6 +38,8 @@ def resolve_devices(backend: str) -> list[str]:
     if cpu is None:
         raise RuntimeError("ggml reports no CPU device")
     key = backend.lower()
+    if key.startswith("rpc://"):
+        return [*_ggml.rpc_add_server(backend[len("rpc://"):]), cpu]
     if key == "cpu":
         return [cpu]
     if key == "auto":
@@ -62,6 +65,7 @@ class Program:
     outputs: dict[str, object]  # output/capture name -> ggml tensor (contiguous)
     tensors: dict[str, object] = field(default_factory=dict)  # node name -> ggml tensor
     id_checks: list = field(default_factory=list)  # (input name, n_rows) for get_rows ids
+    checked: bool = False  # strict placement verified
 
 
 class GGMLExecutor:
@@ -73,16 +77,18 @@ class GGMLExecutor:
         n_threads: CPU threads (default: all cores).
         precision: "f32" (exact f32 forms of conv, GELU and attention) or "fast" (ggml's f16 paths).
         weights: optional weights to bind now (see load_weights).
+        strict: raise instead of letting the scheduler move nodes to a fallback backend.
     """
 
     def __init__(self, graph, backend: str = "cpu", *, n_threads: int | None = None,
-                 precision: str = "f32", weights: Mapping[str, object] | None = None):
+                 precision: str = "f32", weights: Mapping[str, object] | None = None, strict: bool = False):
         missing = sorted({n.op for n in graph.nodes if n.op not in ("input", "weight")} - set(LOWERING))
         if missing:
             raise ValueError(f"ggml backend: no lowering for ops {missing}")
         Lowering(None, precision)  # validates the policy name
         self.graph = graph
         self.precision = precision
+        self.strict = strict
         self.device_names = resolve_devices(backend)
         self.n_threads = n_threads or os.cpu_count() or 1
         self.runtime = _ggml.Runtime(self.device_names, self.n_threads, max(8192, 16 * len(graph.nodes)))
@@ -180,6 +186,12 @@ class GGMLExecutor:
                 raise ValueError(f"[get_rows] input '{name}': ids must lie in [0, {n_rows}), "
                                  f"got [{ids.min()}, {ids.max()}]")
         self.runtime.alloc_graph(prog.cgraph)
+        if self.strict and not prog.checked:
+            moved = {n: b for n, (b, _) in self._placement(prog).items() if b != self.runtime.backend_names[0]}
+            if moved:
+                raise ValueError(f"strict placement: {len(moved)} nodes would leave {self.runtime.backend_names[0]}: "
+                                 + ", ".join(f"{n} -> {b}" for n, b in list(moved.items())[:10]))
+            prog.checked = True
         for name, t in prog.inputs.items():
             self.runtime.set_tensor(t, arrays[name])
         self.runtime.compute(prog.cgraph)
@@ -203,20 +215,33 @@ class GGMLExecutor:
         if prog is None:
             raise ValueError("placement() needs a run first")
         names = self.runtime.backend_names
-        per_node = {}
-        for name, t in prog.tensors.items():
-            i = self.runtime.tensor_backend(t)
-            if i >= 0:
-                per_node[name] = names[i]
+        where = self._placement(prog)
         return {
             "backends": names,
-            "nodes": per_node,
+            "nodes": {n: b for n, (b, _) in where.items()},
+            "fallbacks": {n: why for n, (b, why) in where.items() if why},
             "n_splits": self.runtime.n_splits,
             "n_copies": self.runtime.n_copies,
             "compute_buffer_bytes": {n: self.runtime.buffer_size(i) for i, n in enumerate(names)},
             "weight_bytes": {self._wbuffer.name: self._wbuffer.size} if self._wbuffer else {},
             "ggml_nodes": prog.cgraph.n_nodes,
         }
+
+
+    def _placement(self, prog) -> dict[str, tuple[str, str]]:
+        """node -> (backend, why it is not on the primary device or "")."""
+        names = self.runtime.backend_names
+        out = {}
+        for name, t in prog.tensors.items():
+            i = self.runtime.tensor_backend(t)
+            if i < 0:
+                continue
+            why = ""
+            if i > 0 and t.op not in ("NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"):
+                why = (f"{t.op} unsupported by {names[0]}" if not self.runtime.supports_op(0, t)
+                       else "scheduler placed it next to its inputs")
+            out[name] = (names[i], why)
+        return out
 
 
 def _ids_check(node):
@@ -236,3 +261,8 @@ def _check_lowered(node, t):
     if list(t.ne) != expect or t.type != node.dtype.ggml_type:
         raise AssertionError(f"lowering of {node.op} '{node.name}' gave ne={list(t.ne)} type={t.type}, "
                              f"expected ne={expect} type={node.dtype.ggml_type}")
+
+
+def serve_rpc(host: str = "127.0.0.1", port: int = 50052, n_threads: int | None = None, device: str = "") -> None:
+    """Serve a local ggml device over ggml's RPC protocol; blocks until the process ends."""
+    _ggml.rpc_start_server(f"{host}:{port}", n_threads or os.cpu_count() or 1, device)

@@ -67,6 +67,48 @@ static py::list devices() {
     return out;
 }
 
+// RPC is reached through the registry's proc addresses, so the extension builds and loads
+// against a libggml with or without GGML_RPC.
+static ggml_backend_reg_t rpc_reg() {
+    ggml_backend_reg_t reg = ggml_backend_reg_by_name("RPC");
+    if (!reg) throw std::invalid_argument(
+        "this libggml has no RPC backend; rebuild it with scripts/build_libggml.sh rpc");
+    return reg;
+}
+
+static std::vector<std::string> rpc_add_server(const std::string & endpoint) {
+    using add_fn = ggml_backend_reg_t (*)(const char *);
+    auto add = (add_fn) ggml_backend_reg_get_proc_address(rpc_reg(), "ggml_backend_rpc_add_server");
+    if (!add) throw std::runtime_error("RPC backend lacks ggml_backend_rpc_add_server");
+    for (size_t i = 0; i < ggml_backend_reg_count(); ++i) {
+        if (std::string(ggml_backend_reg_name(ggml_backend_reg_get(i))).find(endpoint) != std::string::npos) {
+            ggml_backend_reg_t reg = ggml_backend_reg_get(i);
+            std::vector<std::string> out;
+            for (size_t d = 0; d < ggml_backend_reg_dev_count(reg); ++d)
+                out.push_back(ggml_backend_dev_name(ggml_backend_reg_dev_get(reg, d)));
+            return out;  // already registered
+        }
+    }
+    ggml_backend_reg_t reg = add(endpoint.c_str());
+    if (!reg) throw std::invalid_argument("could not reach an RPC server at " + endpoint);
+    ggml_backend_register(reg);
+    std::vector<std::string> out;
+    for (size_t d = 0; d < ggml_backend_reg_dev_count(reg); ++d)
+        out.push_back(ggml_backend_dev_name(ggml_backend_reg_dev_get(reg, d)));
+    return out;
+}
+
+static void rpc_start_server(const std::string & endpoint, size_t n_threads, const std::string & device) {
+    using start_fn = void (*)(const char *, const char *, size_t, size_t, ggml_backend_dev_t *);
+    auto start = (start_fn) ggml_backend_reg_get_proc_address(rpc_reg(), "ggml_backend_rpc_start_server");
+    if (!start) throw std::runtime_error("RPC backend lacks ggml_backend_rpc_start_server");
+    ggml_backend_dev_t dev = device.empty() ? ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
+                                            : ggml_backend_dev_by_name(device.c_str());
+    if (!dev) throw std::invalid_argument("unknown device '" + device + "'");
+    py::gil_scoped_release nogil;
+    start(endpoint.c_str(), nullptr, n_threads, 1, &dev);  // serves until the process ends
+}
+
 }  // namespace gd
 
 PYBIND11_MODULE(_ggml, m) {
@@ -88,6 +130,10 @@ PYBIND11_MODULE(_ggml, m) {
     m.def("set_log_level", [](int level) { g_log_level = level; },
           "Minimum ggml log level printed to stderr (1 debug, 2 info, 3 warn, 4 error).");
     m.def("devices", &devices, "Devices that ggml's backend registry reports, in registry order.");
+    m.def("rpc_add_server", &rpc_add_server, py::arg("endpoint"),
+          "Register ggml's RPC server at host:port; returns its device names.");
+    m.def("rpc_start_server", &rpc_start_server, py::arg("endpoint"), py::arg("n_threads"),
+          py::arg("device") = "", "Serve a local device over ggml's RPC protocol (blocks).");
     m.def("ggml_version", [] { return std::string(ggml_version()); });
     m.def("type_name", [](int type) {
         if (type < 0 || type >= GGML_TYPE_COUNT) throw std::invalid_argument("unknown ggml type");

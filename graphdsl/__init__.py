@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 
 def compile(graph: Graph, backend: str = "cpu", *, n_threads: int | None = None, precision: str = "f32",
-            weights=None):
+            weights=None, strict: bool = False):
     """Compile a graph for a backend; calling the result with NumPy inputs returns NumPy outputs.
 
     Args:
@@ -30,12 +30,13 @@ def compile(graph: Graph, backend: str = "cpu", *, n_threads: int | None = None,
         n_threads: CPU threads for ggml (default: all cores).
         precision: "f32" lowers to exact f32 forms; "fast" takes ggml's f16 fast paths.
         weights: a mapping name -> array to bind now (or call .load_weights later).
+        strict: raise if the scheduler would move any node off the first device (no CPU fallback).
     """
     if backend == "reference":
         from .backends.reference import ReferenceExecutor
         return ReferenceExecutor(graph, weights)
     from .backends.ggml import GGMLExecutor
-    return GGMLExecutor(graph, backend, n_threads=n_threads, precision=precision, weights=weights)
+    return GGMLExecutor(graph, backend, n_threads=n_threads, precision=precision, weights=weights, strict=strict)
 
 
 def devices() -> list[dict]:

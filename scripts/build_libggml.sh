@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Rebuild libggml-python from its sdist with other ggml options, into a venv's site-packages.
+# graphdsl's extension links ggml by soname, so it keeps working without a rebuild.
+#
+#   scripts/build_libggml.sh [--venv DIR] FEATURE...
+#     native   GGML_NATIVE=ON + GGML_LLAMAFILE=ON (tuned CPU: this machine's SIMD, llamafile sgemm)
+#     blas     GGML_BLAS=ON with OpenBLAS (apt: libopenblas-dev) - a second backend on CPU-only machines
+#     rpc      GGML_RPC=ON (ggml's own remote backend; `graphdsl rpc-server`)
+#     cuda     GGML_CUDA=ON (needs nvcc; pip: nvidia-cublas-cu12 etc.; set CUDA_ARCH, default 90)
+#     metal    GGML_METAL=ON (macOS only; built, not verified on this project's machines)
+set -euo pipefail
+VENV=.venv
+VERSION=0.20.2.post1
+defines=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --venv) VENV="$2"; shift ;;
+    native) defines+=(-C cmake.define.GGML_NATIVE=ON -C cmake.define.GGML_LLAMAFILE=ON) ;;
+    blas)
+      if ! [ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] && ! ls /usr/include/*/cblas.h /usr/include/cblas.h >/dev/null 2>&1; then
+        echo "blas needs OpenBLAS headers: apt-get install -y libopenblas-dev" >&2
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+          apt-get install -y -q libopenblas-dev >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q libopenblas-dev >/dev/null; }
+        else
+          exit 1
+        fi
+      fi
+      defines+=(-C cmake.define.GGML_BLAS=ON -C cmake.define.GGML_BLAS_VENDOR=OpenBLAS) ;;
+    rpc) defines+=(-C cmake.define.GGML_RPC=ON) ;;
+    cuda) defines+=(-C cmake.define.GGML_CUDA=ON -C cmake.define.GGML_CUDA_NO_VMM=ON
+                    -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}") ;;
+    metal) defines+=(-C cmake.define.GGML_METAL=ON -C cmake.define.GGML_METAL_EMBED_LIBRARY=ON) ;;
+    *) echo "unknown feature: $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ ${#defines[@]} -gt 0 ] || { sed -n '2,12p' "$0"; exit 2; }
+# --no-cache-dir: pip would otherwise reuse a wheel built with other options.
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+  "$VENV/bin/pip" install -q --no-cache-dir --force-reinstall --no-deps \
+  --no-binary libggml-python "${defines[@]}" "libggml-python==$VERSION"
+"$VENV/bin/python" -c "import graphdsl; print('\n'.join(f\"{d['name']:12} {d['type']:6} {d['description']}\" for d in graphdsl.devices()))"
