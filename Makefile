@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-backends install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,19 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -rs tests
 
+# A second venv whose libggml is rebuilt from the sdist with BLAS and RPC: the op suite then runs
+# on a real two-backend schedule (BLAS + CPU) with copies between them.
+BLAS_VENV ?= .venv-blas
+test-backends:
+	test -x $(BLAS_VENV)/bin/python || $(PY) -m venv $(BLAS_VENV)
+	$(BLAS_VENV)/bin/pip install -q pytest scikit-build-core pybind11 "libggml-python==0.20.2.post1"
+	scripts/build_libggml.sh --venv $(BLAS_VENV) blas rpc
+	$(BLAS_VENV)/bin/pip install -q --no-build-isolation .
+	GRAPHDSL_TEST_BACKEND=blas $(BLAS_VENV)/bin/pytest -q -rs -p no:cacheprovider \
+		tests/test_ops.py tests/test_backends.py tests/test_executor.py tests/test_errors.py
+
 bench: install
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) $(BLAS_VENV)

@@ -130,6 +130,8 @@ PYBIND11_MODULE(_ggml, m) {
     m.def("set_log_level", [](int level) { g_log_level = level; },
           "Minimum ggml log level printed to stderr (1 debug, 2 info, 3 warn, 4 error).");
     m.def("devices", &devices, "Devices that ggml's backend registry reports, in registry order.");
+    m.def("has_backend", [](const std::string & name) { return ggml_backend_reg_by_name(name.c_str()) != nullptr; },
+          "Whether this libggml registers a backend (\"CPU\", \"BLAS\", \"RPC\", \"CUDA\", \"Metal\").");
     m.def("rpc_add_server", &rpc_add_server, py::arg("endpoint"),
           "Register ggml's RPC server at host:port; returns its device names.");
     m.def("rpc_start_server", &rpc_start_server, py::arg("endpoint"), py::arg("n_threads"),

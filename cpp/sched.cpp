@@ -160,7 +160,7 @@ void register_sched(py::module_ & m) {
             if (!ok) throw std::runtime_error("ggml_backend_sched_reserve failed (out of memory?)");
             ++r.n_reserve;
         }, "Size the compute buffers for this graph (once per set of input shapes).")
-        .def("alloc_graph", [](Runtime & r, Graph & g) {
+        .def("alloc_graph", [](Runtime & r, Graph & g, std::vector<std::pair<Tensor, int>> pinned) {
             ggml_backend_sched_reset(r.sched);  // drop the previous run's allocation
             // ggml-alloc skips tensors that already have data; after another graph ran, those
             // pointers may point into a compute buffer that has since been reallocated.
@@ -168,9 +168,11 @@ void register_sched(py::module_ & m) {
                 t->data = nullptr;
                 t->buffer = nullptr;
             }
+            for (auto & [t, i] : pinned) ggml_backend_sched_set_tensor_backend(r.sched, raw(t), r.backend(i));
             if (!ggml_backend_sched_alloc_graph(r.sched, g.g))
                 throw std::runtime_error("ggml_backend_sched_alloc_graph failed");
-        })
+        }, py::arg("graph"), py::arg("pinned") = std::vector<std::pair<Tensor, int>>{},
+           "Allocate a graph for one run; `pinned` assigns tensors (e.g. inputs) to backends first.")
         .def("reset", [](Runtime & r) { ggml_backend_sched_reset(r.sched); })
         .def("compute", [](Runtime & r, Graph & g) {
             r.cb_error.clear();

@@ -8,6 +8,7 @@ while the reference keeps them in f32. "fast" takes ggml's f16 paths (im2col, GE
 """
 from __future__ import annotations
 
+import os
 import zlib
 
 import numpy as np
@@ -17,6 +18,10 @@ import graphdsl
 from graphdsl.backends.ggml_lower import LOWERING
 from graphdsl.ops import REGISTRY
 from op_cases import CASES
+
+# GRAPHDSL_TEST_BACKEND picks the device under test ("cpu", "blas", "cuda", "rpc://127.0.0.1:N");
+# the reference is always the NumPy interpreter.
+BACKEND = os.environ.get("GRAPHDSL_TEST_BACKEND", "cpu")
 
 # Measured on this machine (tests print them with -s); bounds carry about a 3x margin.
 QUANT_TOL = {"f16": 2e-3, "bf16": 1e-2, "q8_0": 1e-2, "q4_0": 2e-2, "q4_1": 2e-2, "q5_0": 1e-2,
@@ -40,7 +45,7 @@ def test_op_matches_reference(case, precision):
     g = case.graph()
     ins, ws = case.values(rng)
     ref = graphdsl.compile(g, "reference", weights=ws)(ins)["out"]
-    out = graphdsl.compile(g, "cpu", precision=precision, weights=ws)(ins)["out"]
+    out = graphdsl.compile(g, BACKEND, precision=precision, weights=ws)(ins)["out"]
     assert out.shape == ref.shape == g.outputs["out"].shape
     if ref.dtype == np.int32:
         np.testing.assert_array_equal(out, ref)
