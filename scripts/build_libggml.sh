@@ -39,4 +39,6 @@ done
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
   "$VENV/bin/pip" install -q --no-cache-dir --force-reinstall --no-deps \
   --no-binary libggml-python "${defines[@]}" "libggml-python==$VERSION"
-"$VENV/bin/python" -c "import graphdsl; print('\n'.join(f\"{d['name']:12} {d['type']:6} {d['description']}\" for d in graphdsl.devices()))"
+VENV_ABS=$(cd "$VENV" && pwd)
+(cd / && "$VENV_ABS/bin/python" -c "import graphdsl; print('\n'.join(f\"{d['name']:12} {d['type']:6} {d['description']}\" for d in graphdsl.devices()))") 2>/dev/null \
+  || echo "libggml-python rebuilt in $VENV; install graphdsl there to list its devices"
