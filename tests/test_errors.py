@@ -119,8 +119,9 @@ GGML_ASSERT_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(GGML_ASSERT_CASES))
-def test_ggml_asserts_become_value_errors(name):
+def test_ggml_asserts_become_value_errors(name, tmp_path):
     code = "import numpy as np, graphdsl\nfrom graphdsl import Graph, ops\n" + textwrap.dedent(GGML_ASSERT_CASES[name])
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)  # the installed package, not the source tree
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ValueError: [get_rows]" in proc.stdout
