@@ -96,6 +96,8 @@ class GGMLExecutor:
         self._wctx = None
         self._wtensors: dict[str, object] = {}
         self._wbuffer = None
+        self._mapped: dict[str, int] = {}  # weights used in place: name -> address
+        self._host_buffers: list = []
         self.last_program: Program | None = None
         if weights is not None:
             self.load_weights(weights)
@@ -107,20 +109,53 @@ class GGMLExecutor:
         """Bind weights by name (strict: missing, extra and mis-shaped ones are listed together).
 
         The first call allocates one buffer on the primary device; later calls overwrite the
-        values in place, so compiled programs stay valid.
+        values in place, so compiled programs stay valid. On the CPU, arrays that are views into
+        a memory map (GGUF files) with 32-byte alignment are used in place, not copied.
         """
         stored = check_weights(self.graph, weights, allow_extra=allow_extra)
         if self._wctx is None and self.graph.weights:
             self._wctx = _ggml.Context(len(self.graph.weights) + 1)
             for name, node in self.graph.weights.items():
                 self._wtensors[name] = self._wctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), name)
-            self._wbuffer = self.runtime.alloc_tensors(self._wctx, 0)
+            if self.device_names[0] == "CPU":
+                self._map_in_place(stored)
+            if len(self._mapped) < len(self.graph.weights):
+                self._wbuffer = self.runtime.alloc_tensors(self._wctx, 0)
         for name, arr in stored.items():
+            if name in self._mapped:
+                if arr.ctypes.data != self._mapped[name]:
+                    raise ValueError(f"weight '{name}' is used in place from a memory map; it cannot be "
+                                     f"overwritten (compile a new executor instead)")
+                continue
             self.runtime.set_tensor(self._wtensors[name], arr)
+
+    def _map_in_place(self, stored: dict[str, np.ndarray]) -> None:
+        """Place weights that live in one 32-byte-aligned mmap directly in a CPU host buffer."""
+        import mmap
+        by_root: dict[int, tuple[object, list]] = {}
+        for name, arr in stored.items():
+            root = arr
+            while isinstance(root, np.ndarray) and root.base is not None:
+                root = root.base
+            if not isinstance(root, mmap.mmap) or not arr.flags.c_contiguous or arr.ctypes.data % 32:
+                continue
+            by_root.setdefault(id(root), (root, []))[1].append((name, arr))
+        for root, items in by_root.values():
+            whole = np.frombuffer(root, dtype=np.uint8)
+            base = whole.ctypes.data
+            if base % 32:
+                continue
+            buf = self.runtime.host_buffer(whole)
+            for name, arr in items:
+                self.runtime.place(buf, self._wtensors[name], arr.ctypes.data - base)
+                self._mapped[name] = arr.ctypes.data
+            self._host_buffers.append(buf)
 
     @property
     def weight_bytes(self) -> int:
-        return self._wbuffer.size if self._wbuffer is not None else 0
+        """Bytes of weights bound: allocated on the primary device plus used in place from mmaps."""
+        own = self._wbuffer.size if self._wbuffer is not None else 0
+        return own + sum(self.graph.weights[n].nbytes for n in self._mapped)
 
     # -- lowering --------------------------------------------------------------------------------------
     def _program(self, shapes: dict[str, tuple], capture: Sequence[str]) -> Program:
@@ -177,7 +212,7 @@ class GGMLExecutor:
                  **kw) -> dict[str, np.ndarray]:
         """Run with NumPy inputs (by name); returns outputs, plus captured nodes matching `capture` globs."""
         arrays = check_inputs(self.graph, dict(inputs or {}, **kw))
-        if self.graph.weights and self._wbuffer is None:
+        if self.graph.weights and self._wctx is None:
             raise ValueError(f"graph '{self.graph.name}' has unbound weights: call load_weights() first")
         prog = self._program({k: v.shape for k, v in arrays.items()}, tuple(capture))
         for name, n_rows in prog.id_checks:
@@ -223,7 +258,9 @@ class GGMLExecutor:
             "n_splits": self.runtime.n_splits,
             "n_copies": self.runtime.n_copies,
             "compute_buffer_bytes": {n: self.runtime.buffer_size(i) for i, n in enumerate(names)},
-            "weight_bytes": {self._wbuffer.name: self._wbuffer.size} if self._wbuffer else {},
+            "weight_bytes": {**({self._wbuffer.name: self._wbuffer.size} if self._wbuffer else {}),
+                             **({"CPU (mmap, in place)": self.weight_bytes - (self._wbuffer.size if self._wbuffer else 0)}
+                                if self._mapped else {})},
             "ggml_nodes": prog.cgraph.n_nodes,
         }
 

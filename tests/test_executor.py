@@ -137,3 +137,33 @@ def test_tensor_operators(backend):
     av, bv, cv = (r.standard_normal(s).astype(np.float32) for s in [(3, 4), (4, 5), (5, 1)])
     out = graphdsl.compile(g, backend)(a=av, b=bv, c=cv)["y"]
     np.testing.assert_allclose(out, ((av @ bv) * 2 - 1).T / cv, rtol=1e-5)
+
+
+def test_weights_in_a_memory_map_are_used_in_place(tmp_path):
+    g = Graph("mapped")
+    x = g.input("x", (3, 64))
+    y = ops.mul_mat(x, g.weight("a", (16, 64))) + g.weight("b", (16,))
+    g.output("y", y)
+    g.output("z", ops.mul_mat(x, g.weight("q", (8, 64), "q8_0")))
+    r = np.random.default_rng(6)
+    a, b = r.standard_normal((16, 64)).astype(np.float32), r.standard_normal(16).astype(np.float32)
+    from graphdsl.backends.weights import storage
+    qblocks = storage(g.weights["q"], r.standard_normal((8, 64)).astype(np.float32))
+    path = tmp_path / "w.bin"
+    layout = {"a": (0, a), "b": (4096, b), "q": (4224, qblocks)}  # 32-byte aligned offsets
+    with open(path, "wb") as f:
+        for off, arr in layout.values():
+            f.seek(off)
+            f.write(arr.tobytes())
+    mm = np.memmap(path, mode="r")
+    mapped = {k: mm[off:off + arr.nbytes].view(arr.dtype).reshape(arr.shape) for k, (off, arr) in layout.items()}
+    run = graphdsl.compile(g, "cpu", weights=mapped)
+    assert set(run._mapped) == {"a", "b", "q"} and run._wbuffer is None  # nothing copied
+    xv = r.standard_normal((3, 64)).astype(np.float32)
+    ref = graphdsl.compile(g, "reference", weights={"a": a, "b": b, "q": qblocks})(x=xv)
+    out = run(x=xv)
+    np.testing.assert_allclose(out["y"], ref["y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["z"], ref["z"], rtol=0, atol=1e-2 * np.abs(ref["z"]).max())  # q8_0 dot
+    assert "CPU (mmap, in place)" in run.placement()["weight_bytes"]
+    with pytest.raises(ValueError, match="used in place"):
+        run.load_weights({"a": a, "b": b, "q": qblocks})
