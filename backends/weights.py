@@ -75,7 +75,12 @@ def check_weights(graph, weights: Mapping[str, object], *, allow_extra: bool = F
 
 
 def check_inputs(graph, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """Inputs by name, converted to their declared dtype; shapes may differ (see Graph.specialize)."""
+    """Inputs by name, converted to their declared dtype; shapes may differ (see Graph.specialize).
+
+    Inputs that carry a build-time value in `node.meta["const"]` (e.g. interpolation matrices)
+    are fed from it unless the caller passes them.
+    """
+    inputs = {**{n: v.meta["const"] for n, v in graph.inputs.items() if "const" in v.meta}, **inputs}
     missing = [n for n in graph.inputs if n not in inputs]
     extra = sorted(set(inputs) - set(graph.inputs))
     if missing or extra:

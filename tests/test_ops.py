@@ -74,3 +74,27 @@ def test_flops_are_counted(case):
         if n.op in REGISTRY:
             f = REGISTRY[n.op].flops(n.shape, [i.shape for i in n.inputs], **n.attrs)
             assert isinstance(f, (int, np.integer)) and f >= 0
+
+
+def test_mul_mat_on_a_permuted_input_does_not_abort():
+    """A permute that leaves the last axis strided (not 'transposed' in ggml's sense) is made
+    contiguous before ggml_mul_mat, whose CPU kernel asserts unit-stride rows."""
+    from graphdsl import Graph, ops
+    g = Graph("t")
+    x, w = g.input("x", (2, 3, 4)), g.input("w", (5, 3))
+    g.output("y", ops.mul_mat(ops.permute(x, (2, 0, 1)), w))
+    r = np.random.default_rng(0)
+    ins = {"x": r.standard_normal((2, 3, 4)).astype(np.float32), "w": r.standard_normal((5, 3)).astype(np.float32)}
+    np.testing.assert_allclose(graphdsl.compile(g, BACKEND)(ins)["y"], graphdsl.compile(g, "reference")(ins)["y"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_constant_inputs_are_fed_from_meta():
+    from graphdsl import Graph
+    g = Graph("c")
+    x, m = g.input("x", (2, 3)), g.input("m", (3, 3))
+    m.node.meta["const"] = np.eye(3, dtype=np.float32) * 2
+    g.output("y", x @ m)
+    xv = np.ones((2, 3), np.float32)
+    for backend in ("reference", BACKEND):
+        np.testing.assert_allclose(graphdsl.compile(g, backend)(x=xv)["y"], 2 * xv)

@@ -1,0 +1,239 @@
+"""graphdsl vs PyTorch/HF at real encoder sizes (random weights), framework overhead and memory.
+
+    python benchmarks/run.py            # everything (tens of minutes on 2 cores)
+    python benchmarks/run.py --quick    # a ~2-minute subset
+    python benchmarks/run.py --only clip,overhead --out benchmarks/RESULTS.md
+
+Contenders run in the same process, alternating, same thread count; the median of N runs is
+reported, with ratios graphdsl / torch (lower is better for graphdsl).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import alternate, machine, peak_rss_mb, table, today, versions  # noqa: E402
+
+import graphdsl  # noqa: E402
+
+THREADS = os.cpu_count() or 1
+
+
+def _torch():
+    import torch
+    torch.set_num_threads(THREADS)
+    return torch
+
+
+def _randomize(model, std=0.02, seed=0):
+    torch = _torch()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+# -- models at real sizes ---------------------------------------------------------------------------
+def clip_b16(image_size=224):
+    """CLIP ViT-B/16 + LLaVA projector (768 -> 4096), HF LlavaForConditionalGeneration's vision path."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from graphdsl.models import clip
+    vc = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                          image_size=image_size, patch_size=16)
+    tc = LlamaConfig(hidden_size=4096, intermediate_size=64, num_attention_heads=32, num_hidden_layers=1, vocab_size=64)
+    cfg = LlavaConfig(vision_config=vc, text_config=tc, attn_implementation="sdpa")
+    hf = _randomize(LlavaForConditionalGeneration(cfg))
+    gcfg = clip.config_from_hf(cfg.to_dict())
+    weights = clip.hf_to_gguf(hf.state_dict(), gcfg)
+    x = np.random.default_rng(0).standard_normal((3, image_size, image_size)).astype(np.float32)
+
+    def torch_fn(dtype):
+        torch = _torch()
+        m = hf.to(dtype)
+        px = torch.from_numpy(x)[None].to(dtype)
+
+        def run():
+            with torch.inference_mode():
+                hs = m.model.vision_tower(px, output_hidden_states=True).hidden_states[-2][:, 1:]
+                return m.model.multi_modal_projector(hs)
+        return run
+    return gcfg, clip.build, weights, {"pixels": x}, torch_fn
+
+
+def whisper_base(seconds=30):
+    """Whisper-base encoder (d 512, 6 layers) on one 30 s window, no projector."""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+    from graphdsl.models import whisper_enc
+    hcfg = WhisperConfig(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
+                         num_mel_bins=80, attn_implementation="sdpa")
+    hf = _randomize(WhisperEncoder(hcfg))
+    gcfg = dataclasses.replace(whisper_enc.config_from_hf(hcfg.to_dict()), projector=None)
+    weights = whisper_enc.hf_to_gguf(hf.state_dict(), gcfg)
+    mel = np.random.default_rng(0).standard_normal((80, 3000)).astype(np.float32)
+
+    def torch_fn(dtype):
+        torch = _torch()
+        m = hf.to(dtype)
+        x = torch.from_numpy(mel)[None].to(dtype)
+
+        def run():
+            with torch.inference_mode():
+                return m(x).last_hidden_state
+        return run
+    return gcfg, whisper_enc.build, weights, {"mel": mel}, torch_fn
+
+
+def siglip_b16():
+    """SigLIP B/16 @ 224 vision tower (post-LN features, no projector)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+    from graphdsl.models import siglip
+    hcfg = SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                              image_size=224, patch_size=16, attn_implementation="sdpa")
+    hf = _randomize(SiglipVisionModel(hcfg))
+    gcfg = dataclasses.replace(siglip.config_from_hf(hcfg.to_dict()), projector=None)
+    weights = siglip.hf_to_gguf(hf.state_dict(), gcfg)
+    x = np.random.default_rng(0).standard_normal((3, 224, 224)).astype(np.float32)
+
+    def torch_fn(dtype):
+        torch = _torch()
+        m = hf.to(dtype)
+        px = torch.from_numpy(x)[None].to(dtype)
+
+        def run():
+            with torch.inference_mode():
+                return m(px).last_hidden_state
+        return run
+    return gcfg, siglip.build, weights, {"pixels": x}, torch_fn
+
+
+ENCODERS = {"clip": clip_b16, "whisper": whisper_base, "siglip": siglip_b16}
+
+
+def bench_encoder(name, wtypes, repeat):
+    torch = _torch()
+    gcfg, build, weights, inputs, torch_fn = ENCODERS[name]()
+    fns, errs = {}, {}
+    ref = None
+    for dtype in (torch.float32, torch.bfloat16):
+        label = f"torch {str(dtype).split('.')[-1]}"
+        fns[label] = torch_fn(dtype)
+        out = fns[label]().float().numpy()[0]
+        ref = out if ref is None else ref
+    for wt in wtypes:
+        for precision in ("f32", "fast"):
+            g = build(dataclasses.replace(gcfg, wtype=wt))
+            run = graphdsl.compile(g, "cpu", n_threads=THREADS, precision=precision, weights=weights)
+            label = f"graphdsl {wt} {precision}"
+            fns[label] = (lambda r=run: r(inputs))
+            out = run(inputs)[next(iter(g.outputs))]
+            errs[label] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    t = alternate(fns, repeat)
+    base, base16 = t["torch float32"], t["torch bfloat16"]
+    rows = [[k, v * 1e3, v / base, v / base16, f"{errs[k]:.1e}" if k in errs else "-"] for k, v in t.items()]
+    return table(["contender", "median ms", "/ torch fp32", "/ torch bf16", "rel. L2 vs torch fp32"], rows)
+
+
+def bench_batch(repeat):
+    """8 images in one graph vs 8 single-image runs (CLIP ViT-B/16 @ 224)."""
+    gcfg, build, weights, inputs, _ = clip_b16()
+    x = inputs["pixels"]
+    single = graphdsl.compile(build(gcfg), "cpu", weights=weights)
+    batched = graphdsl.compile(build(gcfg, n_images=8), "cpu", weights=weights)
+    xb = np.stack([x] * 8)
+    t = alternate({"8 single runs": lambda: [single({"pixels": x}) for _ in range(8)],
+                   "one batch of 8": lambda: batched({"pixels": xb})}, repeat)
+    return table(["", "median ms", "ratio"], [[k, v * 1e3, v / t["8 single runs"]] for k, v in t.items()])
+
+
+def bench_overhead(repeat):
+    """Build + lowering + reservation vs compute; cached re-run cost; Python time per node."""
+    from graphdsl.models import clip
+    gcfg, build, weights, inputs, _ = clip_b16()
+    t0 = time.perf_counter()
+    g = build(gcfg)
+    t_build = time.perf_counter() - t0
+    run = graphdsl.compile(g, "cpu", weights=weights)
+    t0 = time.perf_counter()
+    run(inputs)  # first call: lowering + reserve + compute
+    t_first = time.perf_counter() - t0
+    t_run = alternate({"run": lambda: run(inputs)}, repeat)["run"]
+    # The cost of a cached re-run without compute: a graph whose compute is negligible.
+    tiny = graphdsl.Graph("tiny")
+    tiny.output("y", tiny.input("x", (4,)) * 2.0)
+    trun = graphdsl.compile(tiny, "cpu")
+    xs = np.ones(4, np.float32)
+    t_tiny = alternate({"tiny": lambda: trun(x=xs)}, 200)["tiny"]
+    n_nodes = len(g.nodes)
+    lower = t_first - t_run
+    rows = [["graph build (Python)", t_build * 1e3, f"{t_build / n_nodes * 1e6:.1f} us/node"],
+            ["lowering + reserve (first call - steady call)", lower * 1e3, f"{lower / t_run:.1%} of one encode"],
+            ["steady encode", t_run * 1e3, f"{n_nodes} DSL nodes, {run.last_program.cgraph.n_nodes} ggml nodes"],
+            ["cached re-run of a 1-op graph", t_tiny * 1e3, "per-call framework cost"]]
+    del clip
+    return table(["stage", "ms", "note"], rows)
+
+
+def bench_memory():
+    gcfg, build, weights, inputs, _ = clip_b16()
+    rss0 = peak_rss_mb()
+    run = graphdsl.compile(build(gcfg), "cpu", weights=weights)
+    run(inputs)
+    p = run.placement()
+    return table(["what", "MiB"], [["weights bound", run.weight_bytes / 2**20],
+                                   ["scheduler compute buffer", sum(p["compute_buffer_bytes"].values()) / 2**20],
+                                   ["peak RSS of the process (incl. torch model)", peak_rss_mb()],
+                                   ["peak RSS before compile", rss0]])
+
+
+def bench_scaling(repeat):
+    rows = []
+    from graphdsl.models import clip
+    for size in (224, 336, 448):
+        gcfg, build, weights, inputs, torch_fn = clip_b16(size)
+        run = graphdsl.compile(build(gcfg), "cpu", weights=weights)
+        t = alternate({"g": lambda: run(inputs), "t": torch_fn(_torch().float32)}, repeat)
+        rows.append([f"CLIP B/16 @ {size}", t["g"] * 1e3, t["t"] * 1e3, t["g"] / t["t"]])
+    del clip
+    return table(["input", "graphdsl f32 ms", "torch fp32 ms", "ratio"], rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CLIP and Whisper with f32/f16 weights, few repeats")
+    ap.add_argument("--only", default="", help="comma list of: clip,whisper,siglip,batch,overhead,memory,scaling")
+    ap.add_argument("--out", default="", help="append the tables to this Markdown file")
+    args = ap.parse_args(argv)
+    repeat = 3 if args.quick else 7
+    wtypes = ("f32", "f16") if args.quick else ("f32", "f16", "bf16", "q8_0")
+    want = set(args.only.split(",")) if args.only else (
+        {"clip", "whisper", "overhead"} if args.quick else {"clip", "whisper", "siglip", "batch", "overhead", "memory", "scaling"})
+    parts = [f"## Run of {today()}\n\nMachine: {machine()}. Threads: {THREADS}. Versions: {versions()}.\n"]
+    for name, title, fn in [
+        ("clip", "CLIP ViT-B/16 @ 224 + LLaVA projector (one image)", lambda: bench_encoder("clip", wtypes, repeat)),
+        ("siglip", "SigLIP B/16 @ 224 (one image)", lambda: bench_encoder("siglip", wtypes, repeat)),
+        ("whisper", "Whisper-base encoder, one 30 s window", lambda: bench_encoder("whisper", wtypes, repeat)),
+        ("batch", "Batch of 8 images in one graph (CLIP B/16 @ 224, f32)", lambda: bench_batch(max(2, repeat // 2))),
+        ("overhead", "Framework overhead (CLIP B/16 @ 224, f32)", lambda: bench_overhead(repeat)),
+        ("memory", "Memory (CLIP B/16 @ 224, f32)", bench_memory),
+        ("scaling", "Cost vs image size (f32 weights)", lambda: bench_scaling(max(2, repeat // 2))),
+    ]:
+        if name in want:
+            t0 = time.perf_counter()
+            body = fn()
+            parts.append(f"### {title}\n\n{body}\n\n({time.perf_counter() - t0:.0f} s)\n")
+            print(parts[-1], flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    main()
