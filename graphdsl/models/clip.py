@@ -1,0 +1,185 @@
+"""CLIP ViT vision encoder + LLaVA's MLP projector (llama.cpp mmproj names).
+
+    x  = patch_embd(pixels); x = [class_embd; x] + position_embd     (build_inp_embd "image")
+    x  = LayerNorm(v.pre_ln)(x)
+    hs = [x, blk.0(x), blk.1(...), ...]                              (pre-LN layers, quick-GELU)
+    f  = hs[feature_layer]  (a list of layers: concatenated on the feature axis)
+    f  = f[1:]             (select "default": drop the class token, as LLaVA)
+    y  = mm.2(GELU(mm.0(f)))                                         (LLaVA projector)
+
+``feature_layer`` indexes HF's ``hidden_states`` (length n_layer + 1), negative values
+included: -1 is the last layer, -2 (LLaVA's default) the one before; only the layers up to the
+deepest selected one are built. ``v.post_ln`` is not used (HF applies it to the pooled class
+token only; llama.cpp's LLaVA files omit it).
+
+Example:
+    >>> cfg = ClipConfig(image_size=32, patch_size=8, n_embd=64, n_ff=128, n_head=4, n_layer=2, n_mm_embd=96)
+    >>> g = build(cfg)
+    >>> g.outputs["embd"].shape          # 16 patches, class token dropped, projected to 96
+    (16, 96)
+    >>> run = graphdsl.compile(g, weights=hf_to_gguf(hf_state_dict, cfg))        # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import blocks, ops
+from ..graph import Graph, Tensor
+from ..inp_embd import build_inp_embd
+from .common import T, as_dict, image_rows, keep_only, rename, strip_prefixes, sub, tn
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """CLIP ViT hyperparameters (defaults: ViT-L/14 @ 336 of LLaVA 1.5) and the projector's."""
+
+    image_size: int = 336
+    patch_size: int = 14
+    n_embd: int = 1024
+    n_ff: int = 4096
+    n_head: int = 16
+    n_layer: int = 24
+    eps: float = 1e-5
+    act: str = "gelu_quick"
+    feature_layer: int | tuple[int, ...] = -2
+    select: str = "default"  # "default": drop the class token; "full": keep it
+    projector: str | None = "mlp"  # "mlp" (LLaVA) or None (encoder features only)
+    n_mm_embd: int = 4096
+    mm_act: str = "gelu_erf"
+    mm_bias: bool = True
+    attn: str = "flash"  # "flash" or "softmax", see blocks.attention
+    wtype: str = "f32"  # storage of the big matrices: "f32", "f16", "q8_0", ...
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """feature_layer as non-negative indices into hidden_states."""
+        fl = (self.feature_layer,) if isinstance(self.feature_layer, int) else tuple(self.feature_layer)
+        if any(not -(self.n_layer + 1) <= f <= self.n_layer for f in fl):
+            raise ValueError(f"[clip] feature_layer {self.feature_layer} out of range for {self.n_layer} layers")
+        return tuple(f % (self.n_layer + 1) for f in fl)
+
+    @property
+    def vit(self) -> blocks.VitParams:
+        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act,
+                                attn=self.attn, wtype=self.wtype)
+
+    @property
+    def n_out(self) -> int:
+        return self.n_mm_embd if self.projector else self.n_embd * len(self.layers)
+
+
+class ClipVision:
+    """CLIP vision tower + LLaVA projector as a callable block.
+
+    Call on pixels f32 (3, H, W) or (B, 3, H, W) -> ([B,] n_tokens, n_out). H, W may differ from
+    the trained size (position embeddings are resized bicubically, as HF's
+    ``interpolate_pos_encoding=True``).
+    """
+
+    kind = "image"
+
+    def __init__(self, cfg: ClipConfig):
+        self.cfg = cfg
+
+    n_out = property(lambda self: self.cfg.n_out)
+    # an input (shape, dtype) whose graph declares every weight
+    example = property(lambda self: ((1, 3, self.cfg.image_size, self.cfg.image_size), "f32"))
+
+    def n_tokens(self, h: int, w: int) -> int:
+        c = self.cfg
+        return (h // c.patch_size) * (w // c.patch_size) + (c.select == "full")
+
+    def rows(self, pixels) -> np.ndarray:
+        """One image (3, H, W) as a batch of one."""
+        return image_rows(pixels, "clip")
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        c, g = self.cfg, pixels.graph
+        with g.scope("v"):
+            x = build_inp_embd("image", pixels, n_embd=c.n_embd, patch_size=c.patch_size,
+                               image_size=c.image_size, class_embd=True)
+            x = blocks.norm(x, "pre_ln", eps=c.eps)
+            hs = blocks.vit(x, c.vit, n_layer=max(c.layers))
+        x = ops.concat([hs[i] for i in c.layers], axis=-1, name="v.features")
+        if c.select == "default":
+            x = ops.view(x, -2, 1, x.shape[-2], name="v.features_no_cls")
+        elif c.select != "full":
+            raise ValueError(f"[clip] select must be 'default' or 'full', got {c.select!r}")
+        if c.projector is None:
+            return x
+        if c.projector != "mlp":
+            raise ValueError(f"[clip] unknown projector {c.projector!r}; this file has 'mlp' (LLaVA)")
+        with g.scope("mm"):
+            x = blocks.linear(x, "0", c.n_mm_embd, bias=c.mm_bias, wtype=c.wtype)
+            x = blocks.activation(x, c.mm_act, name="act")
+            x = blocks.linear(x, "2", c.n_mm_embd, bias=c.mm_bias, wtype=c.wtype)
+        return x
+
+
+def build(cfg: ClipConfig, image_hw: tuple[int, int] | None = None, n_images: int = 0) -> Graph:
+    """A graph with input ``pixels`` ((3, H, W), or (n_images, 3, H, W) when n_images > 0) and output ``embd``."""
+    h, w = image_hw or (cfg.image_size, cfg.image_size)
+    g = Graph("clip")
+    px = g.input("pixels", (n_images, 3, h, w) if n_images else (3, h, w))
+    g.output("embd", ClipVision(cfg)(px))
+    return g
+
+
+def weight_shapes(cfg: ClipConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight the graph of this config uses: gguf name -> shape."""
+    return {k: n.shape for k, n in build(cfg).weights.items()}
+
+
+def config_from_hf(hf: Any) -> ClipConfig:
+    """ClipConfig from an HF config (dict or object): CLIPVisionConfig, CLIPConfig or LlavaConfig.
+
+    A bare vision config gives the encoder alone with feature_layer -1 (last_hidden_state) and the
+    class token kept; a LLaVA config gives its feature layer(s), select strategy and projector.
+    """
+    d = as_dict(hf)
+    llava = "text_config" in d and "vision_config" in d
+    v = sub(d, "vision_config") if "vision_config" in d else d
+    kw = dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
+              n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
+              n_head=v.get("num_attention_heads", 12), n_layer=v.get("num_hidden_layers", 12),
+              eps=v.get("layer_norm_eps", 1e-5), act=blocks.act_of(v.get("hidden_act", "quick_gelu")))
+    if not llava:
+        return ClipConfig(**kw, feature_layer=-1, select="full", projector=None)
+    fl = d.get("vision_feature_layer", -2)
+    return ClipConfig(**kw, feature_layer=fl if isinstance(fl, int) else tuple(fl),
+                      select=d.get("vision_feature_select_strategy", "default"), projector="mlp",
+                      n_mm_embd=sub(d, "text_config").get("hidden_size", 4096),
+                      mm_act=blocks.act_of(d.get("projector_hidden_act", "gelu")),
+                      mm_bias=d.get("multimodal_projector_bias", True))
+
+
+def _rules():
+    L = "encoder.layers.{bid}."
+    per_layer = [("self_attn.q_proj", T.V_ENC_ATTN_Q), ("self_attn.k_proj", T.V_ENC_ATTN_K),
+                 ("self_attn.v_proj", T.V_ENC_ATTN_V), ("self_attn.out_proj", T.V_ENC_ATTN_O),
+                 ("layer_norm1", T.V_ENC_INPUT_NORM), ("layer_norm2", T.V_ENC_POST_ATTN_NORM),
+                 ("mlp.fc1", T.V_ENC_FFN_UP), ("mlp.fc2", T.V_ENC_FFN_DOWN)]
+    rules = [("embeddings.class_embedding", tn(T.V_ENC_EMBD_CLS, None)),
+             ("embeddings.patch_embedding.weight", tn(T.V_ENC_EMBD_PATCH)),
+             ("embeddings.position_embedding.weight", tn(T.V_ENC_EMBD_POS))]
+    for hf, t in [("pre_layrnorm", T.V_PRE_NORM), ("post_layernorm", T.V_POST_NORM)]:
+        rules += [(f"{hf}.{s}", tn(t, s)) for s in ("weight", "bias")]
+    for hf, t in per_layer:
+        rules += [(f"{L}{hf}.{s}", tn(t, s)) for s in ("weight", "bias")]
+    for hf, bid in [("multi_modal_projector.linear_1", 0), ("multi_modal_projector.linear_2", 2)]:
+        rules += [(f"{hf}.{s}", tn(T.V_MMPROJ, s, bid)) for s in ("weight", "bias")]
+    return rules
+
+
+def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
+    """HF CLIPVisionModel / CLIPModel / LlavaForConditionalGeneration tensors -> gguf names (NumPy f32).
+
+    Returns exactly the tensors the graph of ``config`` uses (a ClipConfig or an HF config).
+    """
+    cfg = config if isinstance(config, ClipConfig) else config_from_hf(config)
+    sd = strip_prefixes(state_dict, ["model.vision_tower.vision_model.", "vision_tower.vision_model.",
+                                     "model.vision_tower.", "vision_tower.", "vision_model.", "model."])
+    return keep_only(rename(sd, _rules()), weight_shapes(cfg), "clip")

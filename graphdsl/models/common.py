@@ -1,0 +1,92 @@
+"""Helpers shared by the model files: gguf tensor names, HF state-dict access, HF config access."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
+
+T = MODEL_TENSOR
+
+
+def tn(tensor: MODEL_TENSOR, suffix: str | None = "weight", bid: int | None = None) -> str:
+    """The gguf name of a tensor: tn(T.V_ENC_ATTN_Q, "weight", 3) == "v.blk.3.attn_q.weight".
+
+    Without bid the "{bid}" placeholder is kept (for rename rules).
+    """
+    base = TENSOR_NAMES[tensor].format(bid=bid) if bid is not None else TENSOR_NAMES[tensor]
+    return f"{base}.{suffix}" if suffix else base
+
+
+def to_numpy(v: Any) -> np.ndarray:
+    """A torch tensor (any float type, bf16 included) or array -> NumPy, floats as float32."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu()
+        v = v.float() if v.is_floating_point() else v
+        v = v.numpy()
+    a = np.asarray(v)
+    return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+
+
+def strip_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:
+    """Keys with the first matching prefix removed (keys matching none are kept as they are)."""
+    prefixes = tuple(prefixes)
+    out = {}
+    for k, v in state_dict.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        out[k] = v
+    return out
+
+
+def rename(state_dict: Mapping[str, Any], rules: Iterable[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """Apply (hf_name, gguf_name) rules; both may contain "{bid}". Unmatched keys are dropped."""
+    import re
+    compiled = []
+    for hf, gg in rules:
+        pat = re.escape(hf).replace(r"\{bid\}", r"(?P<bid>\d+)")
+        compiled.append((re.compile(pat + "$"), gg))
+    out = {}
+    for k, v in state_dict.items():
+        for pat, gg in compiled:
+            m = pat.match(k)
+            if m:
+                out[gg.format(bid=int(m.group("bid"))) if "bid" in pat.groupindex else gg] = to_numpy(v)
+                break
+    return out
+
+
+def keep_only(mapped: dict[str, np.ndarray], needed: Mapping[str, tuple], what: str) -> dict[str, np.ndarray]:
+    """The tensors a graph uses; a needed one that is missing or mis-shaped raises, listing all."""
+    missing = [n for n in needed if n not in mapped]
+    bad = [f"{n}: {mapped[n].shape} != {tuple(s)}" for n, s in needed.items()
+           if n in mapped and tuple(mapped[n].shape) != tuple(s)]
+    if missing or bad:
+        raise ValueError(f"[{what}.hf_to_gguf] state dict does not fit the config: "
+                         f"missing {missing}; mis-shaped {bad}")
+    return {n: mapped[n] for n in needed}
+
+
+def image_rows(pixels: Any, what: str) -> np.ndarray:
+    """One pre-processed image f32 (3, H, W) as a batch of one (1, 3, H, W)."""
+    a = np.asarray(pixels)
+    if a.ndim != 3 or a.shape[0] != 3 or not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"[{what}] an image must be pre-processed pixels f32 (3, H, W), got "
+                         f"{type(pixels).__name__} {getattr(a, 'shape', '')} (see graphdsl.preprocess.image)")
+    return np.ascontiguousarray(a, np.float32)[None]
+
+
+def sub(d: Mapping[str, Any] | None, key: str) -> dict:
+    """A nested HF sub-config as a dict ({} when absent)."""
+    v = (d or {}).get(key)
+    if v is None:
+        return {}
+    return v if isinstance(v, Mapping) else v.to_dict()
+
+
+def as_dict(cfg: Any) -> dict:
+    """An HF config object or dict -> dict."""
+    return cfg if isinstance(cfg, Mapping) else cfg.to_dict()

@@ -1,0 +1,171 @@
+"""SigLIP ViT vision encoder + Gemma 3's projector (llama.cpp mmproj names, projector "gemma3").
+
+    x = patch_embd(pixels) + patch_embd.bias + position_embd       (build_inp_embd "image", no class token)
+    x = blk.0 .. blk.{n-1}(x)                                       (pre-LN layers, tanh-GELU)
+    x = LayerNorm(v.post_ln)(x)                                     (HF last_hidden_state)
+    x = avg_pool_kxk(x on its (gh, gw) grid)                        (k = patches per side / tokens per side)
+    x = RMSNorm(x) * mm.soft_emb_norm.weight                        (HF: * (1 + w); the file stores 1 + w)
+    y = x @ mm.input_projection.weight                              ((d_vision, d_text), HF's layout)
+
+Gemma 3 was picked over Idefics3's pixel shuffle: its HF projector is a self-contained module
+(``Gemma3MultiModalProjector``) that tests instantiate from a config. As in llama.cpp's
+converter, ``hf_to_gguf`` stores the RMSNorm weight as ``1 + w`` so the graph multiplies by it
+directly.
+
+Example:
+    >>> cfg = SiglipConfig(image_size=32, patch_size=4, n_embd=64, n_ff=128, n_head=4, n_layer=2,
+    ...                    mm_tokens_per_image=16, n_mm_embd=96)
+    >>> build(cfg).outputs["embd"].shape      # 8x8 patches pooled 2x2 -> 16 tokens
+    (16, 96)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import blocks, ops
+from ..graph import Graph, Tensor
+from ..inp_embd import build_inp_embd
+from .common import T, as_dict, image_rows, keep_only, rename, strip_prefixes, sub, tn
+
+
+@dataclass(frozen=True)
+class SiglipConfig:
+    """SigLIP hyperparameters (defaults: SigLIP-So400m/14 @ 896 of Gemma 3) and the projector's."""
+
+    image_size: int = 896
+    patch_size: int = 14
+    n_embd: int = 1152
+    n_ff: int = 4304
+    n_head: int = 16
+    n_layer: int = 27
+    eps: float = 1e-6
+    act: str = "gelu"  # tanh approximation (HF "gelu_pytorch_tanh")
+    projector: str | None = "gemma3"  # "gemma3" or None (post-LN features only)
+    mm_tokens_per_image: int = 256
+    n_mm_embd: int = 2560
+    attn: str = "flash"
+    wtype: str = "f32"
+
+    @property
+    def pool(self) -> int:
+        """Side of the average-pooling window: (image_size / patch) / sqrt(tokens per image)."""
+        return (self.image_size // self.patch_size) // math.isqrt(self.mm_tokens_per_image)
+
+    @property
+    def vit(self) -> blocks.VitParams:
+        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act,
+                                attn=self.attn, wtype=self.wtype)
+
+    @property
+    def n_out(self) -> int:
+        return self.n_mm_embd if self.projector else self.n_embd
+
+
+class SiglipVision:
+    """SigLIP tower + Gemma 3 projector: pixels f32 ([B,] 3, H, W) -> ([B,] n_tokens, n_out)."""
+
+    kind = "image"
+
+    def __init__(self, cfg: SiglipConfig):
+        self.cfg = cfg
+
+    n_out = property(lambda self: self.cfg.n_out)
+    # an input (shape, dtype) whose graph declares every weight
+    example = property(lambda self: ((1, 3, self.cfg.image_size, self.cfg.image_size), "f32"))
+
+    def n_tokens(self, h: int, w: int) -> int:
+        c = self.cfg
+        gh, gw = h // c.patch_size, w // c.patch_size
+        return (gh // c.pool) * (gw // c.pool) if c.projector else gh * gw
+
+    def rows(self, pixels) -> np.ndarray:
+        """One image (3, H, W) as a batch of one."""
+        return image_rows(pixels, "siglip")
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        c, g = self.cfg, pixels.graph
+        with g.scope("v"):
+            x = build_inp_embd("image", pixels, n_embd=c.n_embd, patch_size=c.patch_size,
+                               image_size=c.image_size, patch_bias=True)
+            x = blocks.vit(x, c.vit, n_layer=c.n_layer)[-1]
+            x = blocks.norm(x, "post_ln", eps=c.eps)
+        if c.projector is None:
+            return x
+        if c.projector != "gemma3":
+            raise ValueError(f"[siglip] unknown projector {c.projector!r}; this file has 'gemma3'")
+        *b, _, d = x.shape
+        gh, gw = pixels.shape[-2] // c.patch_size, pixels.shape[-1] // c.patch_size
+        r = len(b)
+        with g.scope("mm"):
+            x = ops.permute(x, (*range(r), r + 1, r), name="grid.t")  # ([B,] d, n)
+            x = ops.reshape(x, (*b, d, gh, gw), name="grid")
+            x = ops.pool_2d(x, "avg", c.pool, name="pool")  # ([B,] d, gh/k, gw/k)
+            x = ops.reshape(x, (*b, d, -1), name="pool.flat")
+            x = ops.permute(x, (*range(r), r + 1, r), name="pool.t")  # ([B,] n', d)
+            x = blocks.norm(x, "soft_emb_norm", eps=c.eps, kind="rms", bias=False)
+            w = g.weight("input_projection.weight", (c.n_embd, c.n_mm_embd), c.wtype)
+            x = ops.mul_mat(x, ops.transpose(w, name="input_projection.t"), name="input_projection")
+        return x
+
+
+def build(cfg: SiglipConfig, image_hw: tuple[int, int] | None = None, n_images: int = 0) -> Graph:
+    """A graph with input ``pixels`` ((3, H, W) or (n_images, 3, H, W)) and output ``embd``."""
+    h, w = image_hw or (cfg.image_size, cfg.image_size)
+    g = Graph("siglip")
+    px = g.input("pixels", (n_images, 3, h, w) if n_images else (3, h, w))
+    g.output("embd", SiglipVision(cfg)(px))
+    return g
+
+
+def weight_shapes(cfg: SiglipConfig) -> dict[str, tuple[int, ...]]:
+    return {k: n.shape for k, n in build(cfg).weights.items()}
+
+
+def config_from_hf(hf: Any) -> SiglipConfig:
+    """SiglipConfig from an HF SiglipVisionConfig (encoder only) or Gemma3Config (with projector)."""
+    d = as_dict(hf)
+    gemma = "vision_config" in d and "text_config" in d
+    v = sub(d, "vision_config") if "vision_config" in d else d
+    kw = dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 16),
+              n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
+              n_head=v.get("num_attention_heads", 12), n_layer=v.get("num_hidden_layers", 12),
+              eps=v.get("layer_norm_eps", 1e-6), act=blocks.act_of(v.get("hidden_act", "gelu_pytorch_tanh")))
+    if not gemma:
+        return SiglipConfig(**kw, projector=None)
+    return SiglipConfig(**kw, projector="gemma3", mm_tokens_per_image=d.get("mm_tokens_per_image", 256),
+                        n_mm_embd=sub(d, "text_config").get("hidden_size", 2560))
+
+
+def _rules():
+    per_layer = [("self_attn.q_proj", T.V_ENC_ATTN_Q), ("self_attn.k_proj", T.V_ENC_ATTN_K),
+                 ("self_attn.v_proj", T.V_ENC_ATTN_V), ("self_attn.out_proj", T.V_ENC_ATTN_O),
+                 ("layer_norm1", T.V_ENC_INPUT_NORM), ("layer_norm2", T.V_ENC_POST_ATTN_NORM),
+                 ("mlp.fc1", T.V_ENC_FFN_UP), ("mlp.fc2", T.V_ENC_FFN_DOWN)]
+    rules = [("embeddings.position_embedding.weight", tn(T.V_ENC_EMBD_POS)),
+             ("multi_modal_projector.mm_input_projection_weight", tn(T.V_MM_INP_PROJ)),
+             ("multi_modal_projector.mm_soft_emb_norm.weight", tn(T.V_MM_SOFT_EMB_NORM))]
+    for s in ("weight", "bias"):
+        rules += [(f"embeddings.patch_embedding.{s}", tn(T.V_ENC_EMBD_PATCH, s)),
+                  (f"post_layernorm.{s}", tn(T.V_POST_NORM, s))]
+        rules += [(f"encoder.layers.{{bid}}.{hf}.{s}", tn(t, s)) for hf, t in per_layer]
+    return rules
+
+
+def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
+    """HF SiglipVisionModel / Gemma3ForConditionalGeneration tensors -> gguf names (NumPy f32).
+
+    The Gemma 3 soft-embedding RMSNorm weight is stored as 1 + w (as llama.cpp's converter does).
+    Returns exactly the tensors the graph of ``config`` uses.
+    """
+    cfg = config if isinstance(config, SiglipConfig) else config_from_hf(config)
+    sd = strip_prefixes(state_dict, ["model.vision_tower.vision_model.", "vision_tower.vision_model.",
+                                     "model.vision_tower.", "vision_tower.", "vision_model.", "model."])
+    out = rename(sd, _rules())
+    key = tn(T.V_MM_SOFT_EMB_NORM)
+    if key in out:
+        out[key] = out[key] + np.float32(1.0)
+    return keep_only(out, weight_shapes(cfg), "siglip")

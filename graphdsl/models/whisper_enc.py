@@ -1,0 +1,192 @@
+"""Whisper audio encoder + a Voxtral-style projector (llama.cpp mmproj names, projector "voxtral").
+
+Per 30 s window (mel (n_mel, 2 n_ctx) -> (n_ctx, d)):
+
+    x = GELU(conv1d.1(mel)); x = GELU(conv1d.2(x)) (stride 2); x = x^T + position_embd   (build_inp_embd "audio")
+    x = blk.0 .. blk.{n-1}(x)        pre-LN layers; q and v with bias, k without; exact (erf) GELU
+    x = LayerNorm(a.post_ln)(x)      (HF WhisperEncoder.last_hidden_state)
+
+Projector (Voxtral, an Ultravox-like frame stacker with a GELU MLP, no bias):
+
+    x = reshape(x, (n_ctx / s, s * d))          stack s = stack_factor consecutive frames
+    y = mm.a.mlp.2(GELU(mm.a.mlp.1(x)))
+
+Voxtral was picked among the Ultravox-like projectors because its HF module
+(``VoxtralMultiModalProjector``) instantiates from a config; Ultravox's is remote code.
+
+Long audio: a clip is several 3000-frame windows (``preprocess.audio.whisper_chunks``); they run
+as one batch (B, n_mel, 3000) through the same weights, and their outputs are concatenated in
+order. The position embedding (sinusoidal in Whisper) is a stored weight, as in HF and llama.cpp;
+``sinusoids()`` makes it for state dicts that lack it.
+
+Example:
+    >>> cfg = WhisperEncConfig(n_mel=16, n_ctx=32, n_embd=64, n_head=4, n_layer=2, n_ff=128, n_mm_embd=96)
+    >>> build(cfg, n_windows=3).outputs["embd"].shape     # 3 windows x 32 frames / stack 4
+    (24, 96)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import blocks, ops
+from ..graph import Graph, Tensor
+from ..inp_embd import build_inp_embd
+from .common import T, as_dict, keep_only, rename, strip_prefixes, sub, tn
+
+
+@dataclass(frozen=True)
+class WhisperEncConfig:
+    """Whisper encoder hyperparameters (defaults: tiny) and the projector's."""
+
+    n_mel: int = 80
+    n_ctx: int = 1500  # positions per window (HF max_source_positions); the window is 2 n_ctx frames
+    n_embd: int = 384
+    n_head: int = 6
+    n_layer: int = 4
+    n_ff: int = 1536
+    eps: float = 1e-5
+    act: str = "gelu_erf"
+    projector: str | None = "voxtral"  # "voxtral" or None (encoder output only)
+    stack_factor: int = 4
+    n_mm_embd: int = 3072
+    mm_act: str = "gelu_erf"
+    attn: str = "flash"
+    wtype: str = "f32"
+
+    @property
+    def n_frames(self) -> int:
+        return 2 * self.n_ctx
+
+    @property
+    def vit(self) -> blocks.VitParams:
+        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act,
+                                qkv_bias=(True, False, True), attn=self.attn, wtype=self.wtype)
+
+    @property
+    def n_out(self) -> int:
+        return self.n_mm_embd if self.projector else self.n_embd
+
+
+class WhisperEncoder:
+    """Whisper encoder + Voxtral projector: mel windows f32 ([B,] n_mel, 2 n_ctx) -> ([B,] n_tokens, n_out)."""
+
+    kind = "audio"
+
+    def __init__(self, cfg: WhisperEncConfig):
+        self.cfg = cfg
+
+    n_out = property(lambda self: self.cfg.n_out)
+    # an input (shape, dtype) whose graph declares every weight
+    example = property(lambda self: ((1, self.cfg.n_mel, self.cfg.n_frames), "f32"))
+
+    def n_tokens(self, n_windows: int = 1) -> int:
+        c = self.cfg
+        return n_windows * (-(-c.n_ctx // c.stack_factor) if c.projector else c.n_ctx)
+
+    def rows(self, mel) -> np.ndarray:
+        """A clip's log-mel (n_mel, k * 2 n_ctx), or a list of windows, as a (k, n_mel, 2 n_ctx) batch."""
+        c = self.cfg
+        mel = np.stack(mel) if isinstance(mel, (list, tuple)) else np.asarray(mel, np.float32)
+        if mel.ndim == 2:
+            if mel.shape[0] != c.n_mel or mel.shape[1] % c.n_frames:
+                raise ValueError(f"[whisper_enc] log-mel {mel.shape} must be ({c.n_mel}, k * {c.n_frames}); "
+                                 "cut and pad audio with graphdsl.preprocess.audio.whisper_chunks")
+            mel = mel.reshape(c.n_mel, -1, c.n_frames).transpose(1, 0, 2)
+        if mel.shape[1:] != (c.n_mel, c.n_frames):
+            raise ValueError(f"[whisper_enc] windows {mel.shape} must be (k, {c.n_mel}, {c.n_frames})")
+        return np.ascontiguousarray(mel, np.float32)
+
+    def __call__(self, mel: Tensor) -> Tensor:
+        c, g = self.cfg, mel.graph
+        with g.scope("a"):
+            x = build_inp_embd("audio", mel, n_embd=c.n_embd, n_pos=c.n_ctx)
+            x = blocks.vit(x, c.vit, n_layer=c.n_layer)[-1]
+            x = blocks.norm(x, "post_ln", eps=c.eps)
+        if c.projector is None:
+            return x
+        if c.projector != "voxtral":
+            raise ValueError(f"[whisper_enc] unknown projector {c.projector!r}; this file has 'voxtral'")
+        *b, n, d = x.shape
+        s = c.stack_factor
+        if n % s:  # llama.cpp pads the last stack with zeros
+            x = ops.pad(x, [(0, 0)] * len(b) + [(0, s - n % s), (0, 0)], name="mm.a.stack_pad")
+        x = ops.reshape(x, (*b, -(-n // s), s * d), name="mm.a.stack")
+        with g.scope("mm.a.mlp"):
+            x = blocks.linear(x, "1", c.n_mm_embd, bias=False, wtype=c.wtype)
+            x = blocks.activation(x, c.mm_act, name="act")
+            x = blocks.linear(x, "2", c.n_mm_embd, bias=False, wtype=c.wtype)
+        return x
+
+
+def build(cfg: WhisperEncConfig, n_windows: int = 1) -> Graph:
+    """A graph with input ``mel`` (n_windows, n_mel, 2 n_ctx) and output ``embd`` (n_windows * n_tokens, n_out)."""
+    g = Graph("whisper_enc")
+    mel = g.input("mel", (n_windows, cfg.n_mel, cfg.n_frames))
+    x = WhisperEncoder(cfg)(mel)
+    g.output("embd", ops.reshape(x, (-1, x.shape[-1]), name="embd"))
+    return g
+
+
+def weight_shapes(cfg: WhisperEncConfig) -> dict[str, tuple[int, ...]]:
+    return {k: n.shape for k, n in build(cfg).weights.items()}
+
+
+def sinusoids(n_ctx: int, n_embd: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """Whisper's position table: [sin(t / 10000^(i/(d/2-1))), cos(...)] for i < d/2.
+
+    Computed in float64, then rounded: HF's float32 table differs by up to 1.2e-4 at t ~ 1500
+    (float32 rounding of the angle). Real checkpoints store the table; this is only a fallback.
+    """
+    inc = np.log(max_timescale) / (n_embd // 2 - 1)
+    inv = np.exp(-inc * np.arange(n_embd // 2))
+    t = np.arange(n_ctx)[:, None] * inv[None, :]
+    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
+
+
+def config_from_hf(hf: Any) -> WhisperEncConfig:
+    """WhisperEncConfig from an HF WhisperConfig (encoder only) or VoxtralConfig (with projector)."""
+    d = as_dict(hf)
+    voxtral = "audio_config" in d
+    a = sub(d, "audio_config") if voxtral else d
+    kw = dict(n_mel=a.get("num_mel_bins", 80), n_ctx=a.get("max_source_positions", 1500),
+              n_embd=a.get("d_model", a.get("hidden_size", 384)),
+              n_head=a.get("encoder_attention_heads", a.get("num_attention_heads", 6)),
+              n_layer=a.get("encoder_layers", a.get("num_hidden_layers", 4)),
+              n_ff=a.get("encoder_ffn_dim", a.get("intermediate_size", 1536)),
+              act=blocks.act_of(a.get("activation_function", "gelu")))
+    if not voxtral:
+        return WhisperEncConfig(**kw, projector=None)
+    # Voxtral's audio intermediate_size is the stacked width s * d (HF reshapes to it)
+    return WhisperEncConfig(**kw, projector="voxtral", stack_factor=a["intermediate_size"] // kw["n_embd"],
+                            n_mm_embd=sub(d, "text_config").get("hidden_size", 3072),
+                            mm_act=blocks.act_of(d.get("projector_hidden_act", "gelu")))
+
+
+def _rules():
+    per_layer = [("self_attn.q_proj", T.A_ENC_ATTN_Q), ("self_attn.k_proj", T.A_ENC_ATTN_K),
+                 ("self_attn.v_proj", T.A_ENC_ATTN_V), ("self_attn.out_proj", T.A_ENC_OUTPUT),
+                 ("self_attn_layer_norm", T.A_ENC_INPUT_NORM), ("final_layer_norm", T.A_ENC_OUTPUT_NORM),
+                 ("fc1", T.A_ENC_FFN_UP), ("fc2", T.A_ENC_FFN_DOWN)]
+    rules = [("embed_positions.weight", tn(T.A_ENC_EMBD_POS))]
+    for s in ("weight", "bias"):
+        rules += [(f"conv{i}.{s}", tn(T.A_ENC_CONV1D, s, i)) for i in (1, 2)]
+        rules += [(f"layer_norm.{s}", tn(T.A_POST_NORM, s))]
+        rules += [(f"layers.{{bid}}.{hf}.{s}", tn(t, s)) for hf, t in per_layer]
+    rules += [(f"multi_modal_projector.linear_{i}.weight", tn(T.A_MMPROJ, "weight", i)) for i in (1, 2)]
+    return rules
+
+
+def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
+    """HF WhisperEncoder / WhisperModel / VoxtralForConditionalGeneration tensors -> gguf names (f32).
+
+    Returns exactly the tensors the graph of ``config`` uses; a missing position table is
+    filled with ``sinusoids()``.
+    """
+    cfg = config if isinstance(config, WhisperEncConfig) else config_from_hf(config)
+    sd = strip_prefixes(state_dict, ["model.encoder.", "model.audio_tower.", "audio_tower.", "encoder.", "model."])
+    out = rename(sd, _rules())
+    out.setdefault(tn(T.A_ENC_EMBD_POS), sinusoids(cfg.n_ctx, cfg.n_embd))
+    return keep_only(out, weight_shapes(cfg), "whisper_enc")
