@@ -307,3 +307,19 @@ class Graph:
     def __repr__(self) -> str:
         return (f"<Graph '{self.name}': {len(self.nodes)} nodes, {len(self.inputs)} inputs, "
                 f"{len(self.weights)} weights, {len(self.outputs)} outputs>")
+
+    # -- inspection (thin delegates to graphdsl.inspect) ---------------------------------------
+    def summary(self, group_by: int | str | None = None):
+        """Table of nodes: op, shape, dtype, parameters, FLOPs, bytes read/written (see inspect.summary)."""
+        from .inspect.summarize import summary
+        return summary(self, group_by)
+
+    def to_networkx(self, weights: bool = True):
+        """A networkx.DiGraph with node/edge attributes (see inspect.to_networkx)."""
+        from .inspect.drawing import to_networkx
+        return to_networkx(self, weights)
+
+    def draw(self, path, **kw):
+        """Write DOT/SVG/PNG, repeated blocks collapsed (see inspect.draw)."""
+        from .inspect.drawing import draw
+        return draw(self, path, **kw)

@@ -1,0 +1,353 @@
+"""`graphdsl demo`: a small multimodal model, end to end, with no download and no argument.
+
+1. Build (deterministically, cached under $GRAPHDSL_CACHE or ~/.cache/graphdsl) a model in
+   llama.cpp's layout: an mmproj GGUF with a CLIP-style vision tower + LLaVA projector and a
+   Whisper-style audio encoder + Voxtral projector, and a text GGUF with the token table and its
+   tokenizer. Weights are seeded random numbers: the demo shows the machinery, not a trained model.
+2. Load both files back through `graphdsl.gguf_io` (validating loader) into `graphdsl.models`.
+3. Pre-process the bundled image (`data/demo_image.png`) and speech clip (`data/speech_16k.wav`),
+   and split a prompt with `<image>` / `<audio>` markers into [text, image, text, audio, text].
+4. Build that mixed batch as ONE graph (`graphdsl.embed.build_mixed`) and run it on the best
+   device ("auto": accelerators first, CPU last).
+5. Print the summary, placement, per-stage timings and output shape; draw the graph.
+
+    >>> from graphdsl.demo import run_demo
+    >>> result = run_demo()                     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .models.clip import ClipConfig
+from .models.whisper_enc import WhisperEncConfig
+
+VERSION = 1  # bump when the files the demo writes change
+DATA = Path(__file__).parent / "data"
+PROMPT = "USER: <image> What is in this picture? <audio> And what does the speaker say? ASSISTANT:"
+WORDS = ("user", "assistant", "what", "is", "in", "this", "picture", "and", "does", "the", "speaker", "say", "a", "an",
+         "of", "to", "it", "here", "there", "sound", "image", "audio", "describe", "listen", "look", "see", "hear",
+         "house", "tree", "sun", "hill", "sky", "fox", "dog", "quick", "brown", "lazy", "jumps", "over")
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    clip: ClipConfig
+    whisper: WhisperEncConfig
+    n_embd: int  # the decoder's width: both projectors and the token table produce it
+
+
+SPECS = {
+    # ViT-Ti/16 @ 224 (LLaVA-style feature layer -2) and the Whisper-tiny encoder, at a 512-wide decoder.
+    "small": DemoSpec(
+        ClipConfig(image_size=224, patch_size=16, n_embd=192, n_ff=768, n_head=3, n_layer=12, feature_layer=-2,
+                   n_mm_embd=512),
+        WhisperEncConfig(n_mel=80, n_ctx=1500, n_embd=384, n_head=6, n_layer=4, n_ff=1536, stack_factor=4,
+                         n_mm_embd=512),
+        512),
+    # For tests: the same structure, tiny widths.
+    "tiny": DemoSpec(
+        ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=2, n_layer=3, feature_layer=-2,
+                   n_mm_embd=48),
+        WhisperEncConfig(n_mel=80, n_ctx=1500, n_embd=32, n_head=2, n_layer=2, n_ff=64, stack_factor=4,
+                         n_mm_embd=48),
+        48),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GRAPHDSL_CACHE") or Path.home() / ".cache" / "graphdsl")
+
+
+# -- 1. the model files ------------------------------------------------------------------------
+def _init(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Deterministic weights, seeded by name: norms near 1, biases near 0, matrices ~ N(0, 1/fan_in)."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    x = rng.standard_normal(shape).astype(np.float32)
+    if name.endswith(".bias"):
+        return 0.02 * x
+    if len(shape) == 1 or "ln" in name.split(".")[-2]:
+        return 1.0 + 0.05 * x
+    if "position_embd" in name or "class_embd" in name or "token_embd" in name:
+        return 0.5 * x
+    return x / np.sqrt(float(np.prod(shape[1:])))
+
+
+def _tokenizer_json(words) -> str:
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    vocab = {w: i for i, w in enumerate(["<unk>", "<s>", "</s>", *dict.fromkeys([*words, "?", ":", ",", "."])])}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return tok.to_str()
+
+
+def _mmproj_kv(spec: DemoSpec) -> list:
+    from gguf import Keys
+
+    from .gguf_io import KEY_ACT, KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT
+    V, A, c, w = Keys.ClipVision, Keys.ClipAudio, spec.clip, spec.whisper
+    return [
+        (Keys.General.NAME, "graphdsl demo"), (Keys.Clip.HAS_VISION_ENCODER, True), (Keys.Clip.HAS_AUDIO_ENCODER, True),
+        (V.PROJECTOR_TYPE, "mlp"), (V.IMAGE_SIZE, c.image_size), (V.PATCH_SIZE, c.patch_size),
+        (V.EMBEDDING_LENGTH, c.n_embd), (V.FEED_FORWARD_LENGTH, c.n_ff), (V.BLOCK_COUNT, c.n_layer),
+        (V.Attention.HEAD_COUNT, c.n_head), (V.Attention.LAYERNORM_EPS, c.eps),
+        (V.IMAGE_MEAN, [0.48145466, 0.4578275, 0.40821073]), (V.IMAGE_STD, [0.26862954, 0.26130258, 0.27577711]),
+        (V.USE_GELU, False), (V.USE_SILU, False), (KEY_ACT.format(modality="vision"), c.act),
+        (KEY_FEATURE_LAYER, np.array(c.layers, np.int32)), (V.PROJECTION_DIM, c.n_mm_embd),
+        (KEY_MM_ACT, c.mm_act), (KEY_SELECT, c.select),
+        (A.PROJECTOR_TYPE, "voxtral"), (A.NUM_MEL_BINS, w.n_mel), (A.EMBEDDING_LENGTH, w.n_embd),
+        (A.FEED_FORWARD_LENGTH, w.n_ff), (A.BLOCK_COUNT, w.n_layer), (A.Attention.HEAD_COUNT, w.n_head),
+        (A.Attention.LAYERNORM_EPS, w.eps), (KEY_ACT.format(modality="audio"), w.act),
+        (A.Projector.STACK_FACTOR, w.stack_factor), (A.PROJECTION_DIM, w.n_mm_embd)]
+
+
+def build_files(spec_name: str = "small", root: Path | None = None) -> tuple[Path, Path, bool]:
+    """Write (or reuse) the demo's mmproj and text GGUF files; returns (mmproj, text, built_now)."""
+    from gguf import Keys
+
+    from .convert.writer import write_gguf
+    from .gguf_io import MMPROJ_ARCH
+    from .models import clip, whisper_enc
+    spec = SPECS[spec_name]
+    d = (root or cache_dir()) / f"demo-{spec_name}-v{VERSION}"
+    mmproj, text = d / "mmproj.gguf", d / "text.gguf"
+    if mmproj.exists() and text.exists():
+        return mmproj, text, False
+    d.mkdir(parents=True, exist_ok=True)
+    shapes = {**clip.weight_shapes(spec.clip), **whisper_enc.weight_shapes(spec.whisper)}
+    for i in range(max(spec.clip.layers), spec.clip.n_layer):  # blocks past the feature layer: stored, unused
+        shapes.update({k.replace("blk.0.", f"blk.{i}."): s for k, s in shapes.items() if k.startswith("v.blk.0.")})
+    tensors = {k: (_init(k, s), "f32") for k, s in sorted(shapes.items())}
+    tensors["a.position_embd.weight"] = (whisper_enc.sinusoids(spec.whisper.n_ctx, spec.whisper.n_embd), "f32")
+    tmp = mmproj.with_suffix(".tmp")
+    write_gguf(str(tmp), MMPROJ_ARCH, _mmproj_kv(spec), tensors)
+    os.replace(tmp, mmproj)
+    tok = _tokenizer_json(WORDS)
+    from tokenizers import Tokenizer
+    vocab = sorted(Tokenizer.from_str(tok).get_vocab().items(), key=lambda kv: kv[1])
+    arch = "graphdsl_demo_text"
+    kv = [(Keys.General.NAME, "graphdsl demo text"), (f"{arch}.embedding_length", spec.n_embd),
+          (Keys.Tokenizer.MODEL, "none"), (Keys.Tokenizer.LIST, [t for t, _ in vocab]),
+          (Keys.Tokenizer.BOS_ID, 1), (Keys.Tokenizer.EOS_ID, 2), (Keys.Tokenizer.UNK_ID, 0),
+          (Keys.Tokenizer.HF_JSON, tok)]
+    tmp = text.with_suffix(".tmp")
+    write_gguf(str(tmp), arch, kv, {"token_embd.weight": (_init("token_embd.weight", (len(vocab), spec.n_embd)), "f32")})
+    os.replace(tmp, text)
+    return mmproj, text, True
+
+
+# -- 2. GGUF -> graphdsl models -------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """Models read from GGUF files: media kind -> model, the text table, weights and pre-processing."""
+
+    media: dict
+    text: object | None
+    weights: dict[str, np.ndarray]
+    image_cfg: object | None = None
+    n_mel: int = 80
+    tokenizer: object | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_models(mmproj_path, text_path=None) -> Loaded:
+    """Read an mmproj GGUF (CLIP/LLaVA vision and/or Whisper/Voxtral audio) and optionally a text GGUF.
+
+    This maps gguf_io's VisionConfig/AudioConfig onto graphdsl.models' configs; other projector
+    types (gemma3, qwen ...) are refused with a clear message.
+    """
+    from .gguf_io import load_mmproj, load_text, read_gguf, weights_of
+    from .models import clip, text, whisper_enc
+    from .preprocess import ImageConfig, TextTokenizer
+    cfg, tensors = load_mmproj(mmproj_path)
+    weights = weights_of(tensors)
+    media, image_cfg, n_mel = {}, None, 80
+    if cfg.vision:
+        media["image"] = clip.ClipVision(_clip_config(cfg.vision, tensors))
+        v = cfg.vision
+        image_cfg = ImageConfig(mode="clip", size=v.image_size, crop_size=v.image_size, mean=v.image_mean,
+                                std=v.image_std)
+    if cfg.audio:
+        media["audio"] = whisper_enc.WhisperEncoder(_whisper_config(cfg.audio, tensors))
+        n_mel = cfg.audio.n_mel
+    loaded = Loaded(media, None, weights, image_cfg, n_mel, notes=list(cfg.quirks))
+    if text_path is not None:
+        info, emb = load_text(text_path)
+        loaded.text = text.TextEmbedding(text.TextConfig(info.n_vocab, info.n_embd, wtype=emb.dtype))
+        weights["token_embd.weight"] = emb.array
+        tok_json = read_gguf(text_path).metadata.get("tokenizer.huggingface.json")
+        if tok_json:
+            loaded.tokenizer = TextTokenizer.from_str(tok_json)
+    return loaded
+
+
+def _clip_config(v, tensors) -> ClipConfig:
+    if v.projector_type not in ("mlp", "none"):
+        raise ValueError(f"vision projector {v.projector_type!r} is not wired to graphdsl.models yet "
+                         "(CLIP/LLaVA 'mlp' and 'none' are)")
+    mm = "mm.2.weight" if "mm.2.weight" in tensors else "mm.0.weight"
+    return ClipConfig(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff, n_head=v.n_head,
+                      n_layer=v.n_layer, eps=v.eps, act=v.act, feature_layer=tuple(v.feature_layer) or (v.n_layer,),
+                      select=v.select, projector="mlp" if v.projector_type == "mlp" else None,
+                      n_mm_embd=tensors[mm].shape[0] if mm in tensors else 0, mm_act=v.projector_act,
+                      mm_bias="mm.0.bias" in tensors, wtype=tensors["v.blk.0.attn_q.weight"].dtype)
+
+
+def _whisper_config(a, tensors) -> WhisperEncConfig:
+    if a.projector_type not in ("voxtral", "none"):
+        raise ValueError(f"audio projector {a.projector_type!r} is not wired to graphdsl.models yet "
+                         "(Whisper + 'voxtral' and 'none' are)")
+    proj = a.projector_type == "voxtral"
+    return WhisperEncConfig(n_mel=a.n_mel, n_ctx=tensors["a.position_embd.weight"].shape[0], n_embd=a.n_embd,
+                            n_head=a.n_head, n_layer=a.n_layer, n_ff=a.n_ff, eps=a.eps, act=a.act,
+                            projector="voxtral" if proj else None, stack_factor=a.stack_factor or 4,
+                            n_mm_embd=tensors["mm.a.mlp.2.weight"].shape[0] if proj else 0,
+                            wtype=tensors["a.blk.0.attn_q.weight"].dtype)
+
+
+def needed_weights(loaded: Loaded, graph) -> dict[str, np.ndarray]:
+    return {k: loaded.weights[k] for k in graph.weights}
+
+
+def demo_items(m: Loaded, image=None, audio=None) -> list:
+    """The demo's batch: PROMPT split at its markers, with the (bundled) image and speech clip."""
+    from .preprocess import chunk_prompt, preprocess_image, whisper_features
+    px = preprocess_image(image or DATA / "demo_image.png", m.image_cfg)
+    mel = whisper_features(audio or DATA / "speech_16k.wav", m.n_mel)
+    n = {"image": m.media["image"].n_tokens(*px.shape[1:]), "audio": m.media["audio"].n_tokens(1)}
+    return chunk_prompt(PROMPT, tokenizer=m.tokenizer, media=[px, mel], n_tokens=n)
+
+
+def model_graph(model: str = "demo", *, modality: str | None = None, spec: str = "small", image=None, audio=None):
+    """(graph, inputs, weights, label) to inspect or time: the demo's mixed batch ("demo"), or one
+    encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files)."""
+    from .embed import build_mixed
+    from .inp_embd import constants
+    from .models import clip, whisper_enc
+    from .preprocess import preprocess_image, whisper_features
+    if model == "demo":
+        m = load_models(*build_files(spec)[:2])
+        g, feeds, _ = build_mixed(demo_items(m, image, audio), m.text, m.media)
+        return g, feeds, needed_weights(m, g), f"demo ({spec}) mixed batch"
+    m = load_models(model)
+    kind = modality or next(iter(m.media))
+    if kind not in m.media:
+        raise ValueError(f"{model} has no {kind} encoder (it has: {', '.join(m.media) or 'none'})")
+    if kind == "image":
+        px = preprocess_image(image or DATA / "demo_image.png", m.image_cfg)
+        g, feeds = clip.build(m.media["image"].cfg, image_hw=px.shape[1:]), {"pixels": px}
+    else:
+        mel = whisper_features(audio or DATA / "speech_16k.wav", m.n_mel)
+        g, feeds = whisper_enc.build(m.media["audio"].cfg, n_windows=1), {"mel": mel[None]}
+    feeds.update(constants(g))
+    return g, feeds, needed_weights(m, g), f"{Path(model).name} ({kind})"
+
+
+# -- 3-5. the run -----------------------------------------------------------------------------------
+@dataclass
+class DemoResult:
+    embd_shape: tuple[int, ...]
+    spans: list
+    timings: dict[str, float]
+    drawing: Path | None
+    graph: object
+    executor: object
+    files: tuple[Path, Path]
+
+
+def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = None, draw: bool = True,
+             profile: bool = False, n_threads: int | None = None, out=None) -> DemoResult:
+    """Run the demo and print its report to `out` (stdout). See the module docstring."""
+    import graphdsl
+
+    from . import inspect
+    from .embed import build_mixed
+    from .inspect.table import show
+    out = out or sys.stdout
+
+    def say(*a):
+        print(*a, file=out, flush=True)
+
+    def report(obj):  # a rich table on a terminal, plain text otherwise
+        show(obj, out)
+
+    t: dict[str, float] = {}
+    bar = _stage_bar(7 if draw else 6)
+
+    def stage(name, t0):
+        t[name] = time.perf_counter() - t0
+        if bar is not None:
+            bar.set_description(name)
+            bar.update()
+        return time.perf_counter()
+
+    t0 = time.perf_counter()
+    mmproj, text_path, built = build_files(spec, root)
+    t0 = stage("build model files" if built else "model files (cached)", t0)
+    m = load_models(mmproj, text_path)
+    t0 = stage("load GGUF", t0)
+    items = demo_items(m)
+    t0 = stage("preprocess + tokenize", t0)
+    g, feeds, spans = build_mixed(items, m.text, m.media)
+    t0 = stage("build graph", t0)
+    run = graphdsl.compile(g, backend, n_threads=n_threads, weights=needed_weights(m, g))
+    run(feeds)
+    t0 = stage("compile + first run", t0)
+    embd = run(feeds)["embd"]
+    t0 = stage("run (steady)", t0)
+    drawing = None
+    if draw:
+        drawing, note = draw_or_dot(g, mmproj.parent / "demo-graph.svg")
+        t0 = stage("draw graph", t0)
+    if bar is not None:
+        bar.close()
+    kinds = " ".join(f"{s.kind}[{s.n_tokens}]" for s in spans)
+    say(f"graphdsl demo: {len(items)} chunks -> one graph: {kinds}")
+    say(f"  files: {mmproj} + {text_path.name} ({'built now' if built else 'cached'})")
+    say("")
+    report(g.summary(group_by="blocks"))
+    say("")
+    report(inspect.lowered(run))
+    if profile:
+        say("")
+        report(inspect.profile(run, feeds, repeat=1))
+    say("")
+    say("stages:")
+    for k, v in t.items():
+        say(f"  {k:<22} {v * 1e3:9.1f} ms")
+    say("")
+    say(f"output: embd {embd.dtype}{list(embd.shape)} on {run.backend}; spans: "
+        + ", ".join(f"{s.kind} rows {s.start}..{s.start + s.n_tokens - 1}" for s in spans))
+    if drawing is not None:
+        say(f"graph drawing: {drawing}" + (f" ({note})" if note else ""))
+    return DemoResult(tuple(embd.shape), spans, t, drawing, g, run, (mmproj, text_path))
+
+
+def _stage_bar(n: int):
+    """A tqdm bar over the demo's stages on a terminal (stderr), else None."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=n, desc="graphdsl demo", file=sys.stderr, leave=False)
+
+
+def draw_or_dot(graph, path: Path) -> tuple[Path, str]:
+    """Draw to `path` (SVG/PNG); without Graphviz write the .dot next to it and say how to install it."""
+    from .inspect import GraphvizNotFound
+    try:
+        return graph.draw(path), ""
+    except GraphvizNotFound:
+        from .inspect.drawing import INSTALL_HINT
+        return graph.draw(Path(path).with_suffix(".dot")), "DOT only: " + INSTALL_HINT

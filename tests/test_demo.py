@@ -1,0 +1,59 @@
+"""`graphdsl demo` end to end on the tiny spec (the default spec has the same structure, wider)."""
+import io
+
+import numpy as np
+import pytest
+
+import graphdsl
+from graphdsl import demo, inspect
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    buf = io.StringIO()
+    res = demo.run_demo("auto", spec="tiny", root=root, n_threads=2, out=buf)
+    return res, buf.getvalue(), root
+
+
+def test_demo_runs_the_mixed_batch(result):
+    res, text, _ = result
+    assert [s.kind for s in res.spans] == ["text", "image", "text", "audio", "text"]
+    spec = demo.SPECS["tiny"]
+    assert res.spans[1].n_tokens == (spec.clip.image_size // spec.clip.patch_size) ** 2  # class token dropped
+    assert res.spans[3].n_tokens == spec.whisper.n_ctx // spec.whisper.stack_factor
+    assert res.embd_shape == (sum(s.n_tokens for s in res.spans), spec.n_embd)
+    for section in ("graph mixed_batch:", "v.blk.[0-1]", "lowered graph mixed_batch", "stages:",
+                    "compile + first run", "output: embd float32[409, 48]", "graph drawing:"):
+        assert section in text, section
+    assert res.drawing.exists() and res.drawing.stat().st_size > 1000
+
+
+def test_demo_files_are_cached_and_deterministic(result):
+    res, _, root = result
+    mmproj, text, built = demo.build_files("tiny", root)
+    assert not built and (mmproj, text) == res.files
+    other = root / "again"
+    mmproj2, text2, built2 = demo.build_files("tiny", other)
+    assert built2 and mmproj2.read_bytes() == mmproj.read_bytes() and text2.read_bytes() == text.read_bytes()
+
+
+def test_demo_graph_matches_reference(result):
+    """What the demo ran on ggml equals the NumPy reference on the same loaded weights."""
+    res, _, _ = result
+    m = demo.load_models(*res.files)
+    weights = demo.needed_weights(m, res.graph)
+    from graphdsl.embed import build_mixed
+    g, feeds, _ = build_mixed(demo.demo_items(m), m.text, m.media)
+    ref = graphdsl.compile(g, "reference", weights=weights)
+    rep = inspect.diff(res.executor, ref, feeds, nodes=["embd", "*.layer_out"], rel_l2=1e-4)
+    assert rep.ok, rep.headline()
+    assert len(rep.rows) == 1 + 2 + 2  # embd, two vision and two audio layers
+    np.testing.assert_array_equal(res.executor(feeds)["embd"].shape, res.embd_shape)
+
+
+def test_loader_refuses_unwired_projectors(tmp_path):
+    from graphdsl.gguf_io import AudioConfig
+    a = AudioConfig("qwen2a", 80, 32, 64, 2, 1, 1e-5)
+    with pytest.raises(ValueError, match="not wired"):
+        demo._whisper_config(a, {})
