@@ -18,7 +18,7 @@ from graphdsl import dtypes as dt
 G = _ggml.ops
 PRECISIONS = ("f32", "fast")
 # Ops that read strided inputs themselves; every other op gets contiguous inputs.
-STRIDED_OK = {"permute", "view", "cont", "mul_mat"}
+STRIDED_OK = {"permute", "view", "cont", "mul_mat", "flash_attn_ext"}
 
 
 def ne_of(shape) -> list[int]:
@@ -129,7 +129,10 @@ def _soft_max(L, node, x, mask=None):
 
 @lowers("flash_attn_ext")
 def _attention(L, node, q, k, v, mask=None):
+    # q/k/v arrive as the head permutes of the projections, read in place (as llama.cpp does).
     c, scale = L.ctx, node.attrs["scale"]
+    mask = None if mask is None else L.cont(mask)
+    q, k = (t if _unit_rows(t) else G.cont(c, t) for t in (q, k))
     if not L.exact:
         # q ne[d, nq, h, b], k/v ne[d, nkv, h_kv, b]; the CPU kernel reads K/V as f16.
         k = k if k.type == dt.f16.ggml_type else G.cast(c, k, dt.f16.ggml_type)
@@ -137,7 +140,7 @@ def _attention(L, node, q, k, v, mask=None):
         if mask is not None and mask.type != dt.f16.ggml_type:
             mask = G.cast(c, mask, dt.f16.ggml_type)
         return G.flash_attn_ext(c, q, k, v, mask, scale, 0.0, 0.0, True)  # ne[dv, h, nq, b]
-    kq = G.mul_mat(c, k, q)  # ne[nkv, nq, h, b]; k heads repeat over q heads as in GQA
+    kq = G.mul_mat(c, k if not k.is_transposed else G.cont(c, k), q)  # ne[nkv, nq, h, b]; k heads repeat over q heads
     kq = G.soft_max_ext(c, kq, mask, scale, 0.0)
     vt = G.cont(c, G.transpose(c, v))  # ne[nkv, dv, h_kv, b]
     kqv = G.mul_mat(c, vt, kq)  # ne[dv, nq, h, b]
