@@ -1,8 +1,9 @@
 """Pre-processing speed: graphdsl vs HF processors and openai-whisper, serial vs threads.
 
-Run:  PYTHONPATH=. python benchmarks/bench_preprocess.py [--repeat 5]
-Prints a markdown table (medians over --repeat runs after one warm-up) with the machine and the
-date. References that are not installed are left out of the table.
+Run:  PYTHONPATH=. python benchmarks/bench_preprocess.py [--repeat 7]
+Prints a markdown table (medians over --repeat runs after one warm-up, the implementations of a
+task interleaved run by run) with the machine and the date. References that are not installed
+are left out of the table.
 
 Inputs: log-mel of 30 s and of 10 min of noisy tones (80 bins); 64 JPEG images (the three
 scikit-image photos and random sizes from 32x32 to 1600x1200, decoded as part of the work) for
@@ -29,14 +30,23 @@ from PIL import Image
 from graphdsl.preprocess import audio, batch, image
 
 
-def _median_ms(fn, repeat):
-    fn()  # warm-up: caches, thread pools, lazy imports
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
+def _group(rows, task, impls, repeat):
+    """Time each (name, fn) of one task, interleaved round by round so that load from other
+    processes falls on all of them alike; one warm-up call each (caches, pools, imports)."""
+    impls = [(n, f) for n, f in impls if f is not None]
+    times = {n: [] for n, _ in impls}
+    for _, fn in impls:
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    for _ in range(repeat):
+        for name, fn in impls:
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    rows.extend((task, n, statistics.median(times[n]) * 1e3) for n, _ in impls)
+
+
+def _if(ref, fn):
+    return None if ref is None else fn  # references that are not installed get no row
 
 
 def _whisper_audio():
@@ -85,54 +95,50 @@ def bench_audio(rows, repeat):
     except ImportError:
         fe = None
     x30, x600 = _signal(30), _signal(600, seed=1)
-
-    task = "log-mel 30 s -> [80, 3000]"
-    rows.append((task, "graphdsl whisper_features", _median_ms(lambda: audio.whisper_features(x30), repeat)))
-    if fe is not None:
-        rows.append(
-            (task, "HF WhisperFeatureExtractor (torch)", _median_ms(lambda: fe(x30, sampling_rate=16000), repeat))
-        )
-        rows.append(
+    threads = f"graphdsl threads ({batch.default_workers()})"
+    _group(
+        rows,
+        "log-mel 30 s -> [80, 3000]",
+        [
+            ("graphdsl whisper_features", lambda: audio.whisper_features(x30)),
+            ("HF WhisperFeatureExtractor (torch)", _if(fe, lambda: fe(x30, sampling_rate=16000))),
             (
-                task,
                 "HF WhisperFeatureExtractor (NumPy path)",
-                _median_ms(lambda: fe._np_extract_fbank_features(x30[None], "cpu"), repeat),
-            )
-        )
-    if wa is not None:
-        rows.append(
+                _if(fe, lambda: fe._np_extract_fbank_features(x30[None], "cpu")),
+            ),
             (
-                task,
                 "openai-whisper log_mel_spectrogram (torch)",
-                _median_ms(lambda: wa.log_mel_spectrogram(wa.pad_or_trim(x30)), repeat),
-            )
-        )
-
-    task = "log-mel 10 min -> 20 x [80, 3000]"
-    r = max(1, repeat // 2)
-    rows.append((task, "graphdsl whisper_chunks", _median_ms(lambda: audio.whisper_chunks(x600), r)))
-    if fe is not None:
-        rows.append(
+                _if(wa, lambda: wa.log_mel_spectrogram(wa.pad_or_trim(x30))),
+            ),
+        ],
+        repeat,
+    )
+    r = max(3, repeat // 2)
+    _group(
+        rows,
+        "log-mel 10 min -> 20 x [80, 3000]",
+        [
+            ("graphdsl whisper_chunks", lambda: audio.whisper_chunks(x600)),
             (
-                task,
                 "HF WhisperFeatureExtractor long-form (torch)",
-                _median_ms(lambda: fe(x600, sampling_rate=16000, truncation=False, padding="longest"), r),
-            )
-        )
-    if wa is not None:
-        rows.append(
+                _if(fe, lambda: fe(x600, sampling_rate=16000, truncation=False, padding="longest")),
+            ),
             (
-                task,
                 "openai-whisper transcribe-style mel (torch)",
-                _median_ms(lambda: wa.log_mel_spectrogram(x600, padding=wa.N_SAMPLES), r),
-            )
-        )
-
+                _if(wa, lambda: wa.log_mel_spectrogram(x600, padding=wa.N_SAMPLES)),
+            ),
+        ],
+        r,
+    )
     clips = [_signal(30, seed=s) for s in range(16)]
-    task = "log-mel 16 x 30 s"
-    rows.append((task, "graphdsl serial", _median_ms(lambda: batch.preprocess_audio(clips, max_workers=1), r)))
-    rows.append(
-        (task, f"graphdsl threads ({batch.default_workers()})", _median_ms(lambda: batch.preprocess_audio(clips), r))
+    _group(
+        rows,
+        "log-mel 16 x 30 s",
+        [
+            ("graphdsl serial", lambda: batch.preprocess_audio(clips, max_workers=1)),
+            (threads, lambda: batch.preprocess_audio(clips)),
+        ],
+        repeat,
     )
 
 
@@ -148,34 +154,26 @@ def bench_images(rows, repeat):
     except ImportError:
         hf = {}
     cfgs = {
-        "CLIP 224": image.ImageConfig.from_hf(hf["CLIP 224"].to_dict()) if hf else image.ImageConfig(),
+        "CLIP 224": image.ImageConfig(mode="clip", size=224),
         "SigLIP 384": image.ImageConfig(mode="siglip", size=384),
     }
     jpegs = _jpegs(64)
     for name, cfg in cfgs.items():
-        task = f"64 JPEGs -> {name} (decode included)"
-        rows.append(
-            (
-                task,
-                "graphdsl serial",
-                _median_ms(lambda cfg=cfg: batch.preprocess_images(jpegs, cfg, max_workers=1), repeat),
-            )
-        )
-        rows.append(
-            (
-                task,
-                f"graphdsl threads ({batch.default_workers()})",
-                _median_ms(lambda cfg=cfg: batch.preprocess_images(jpegs, cfg), repeat),
-            )
-        )
-        if name in hf:
-            proc = hf[name]
+        proc = hf.get(name)
 
-            def run_hf(proc=proc):
-                imgs = [Image.open(io.BytesIO(b)) for b in jpegs]
-                return proc(imgs, return_tensors="np")
+        def run_hf(proc=proc):
+            return proc([Image.open(io.BytesIO(b)) for b in jpegs], return_tensors="np")
 
-            rows.append((task, f"HF {type(proc).__name__}", _median_ms(run_hf, repeat)))
+        _group(
+            rows,
+            f"64 JPEGs -> {name} (decode included)",
+            [
+                ("graphdsl serial", lambda cfg=cfg: batch.preprocess_images(jpegs, cfg, max_workers=1)),
+                (f"graphdsl threads ({batch.default_workers()})", lambda cfg=cfg: batch.preprocess_images(jpegs, cfg)),
+                (f"HF {type(proc).__name__}", _if(proc, run_hf)),
+            ],
+            repeat,
+        )
 
 
 def _machine():
@@ -212,16 +210,18 @@ def render(rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--only", choices=["audio", "image"], default=None)
     args = ap.parse_args(argv)
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes skew timings
     rows = []
     if args.only in (None, "audio"):
         bench_audio(rows, args.repeat)
     if args.only in (None, "image"):
         bench_images(rows, args.repeat)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"Machine: {_machine()}\n\nDate: {now}\n")
+    load = f"load average before/after: {load0:.2f} / {os.getloadavg()[0]:.2f}" if load0 is not None else ""
+    print(f"Machine: {_machine()}\n\nDate: {now}; {load}\n")
     print(render(rows))
     print("\n`vs graphdsl`: time / time of the task's first row (>1 means slower than graphdsl).")
 

@@ -162,6 +162,14 @@ def test_decompression_bomb_refused():
         preprocess_image(skdata.chelsea(), ImageConfig(max_pixels=1000))
 
 
+@pytest.mark.parametrize("mode", ["clip", "pad"])
+def test_extreme_aspect_ratio_refused(mode):
+    # 300 k pixels pass max_pixels, but HF's order (resize the shortest edge, or pad to a square
+    # first) would build a 224 x 67 M image or a 300000^2 canvas.
+    with pytest.raises(ValueError, match="aspect ratio too extreme"):
+        preprocess_image(np.zeros((1, 300_000, 3), np.uint8), ImageConfig(mode=mode, size=224))
+
+
 def test_truncated_and_corrupt_refused():
     buf = io.BytesIO()
     Image.fromarray(skdata.astronaut()).save(buf, format="PNG")

@@ -69,7 +69,8 @@ class ImageConfig:
         pad_color: RGB uint8 colour for alpha compositing and for pad mode (None: white for
             clip/siglip, as HF composites on white; int(mean * 255) for pad, as HF's LLaVA pads).
         rescale_factor: multiplier from uint8 to float (1/255; 1.0 keeps 0..255).
-        max_pixels: images with more pixels are refused before decoding.
+        max_pixels: images with more pixels are refused before decoding; intermediate images
+            (LLaVA's square canvas, the resized image before its crop) may reach 4x this.
     """
 
     mode: str = "clip"
@@ -288,15 +289,26 @@ def _center_crop(a: np.ndarray, ch: int, cw: int) -> np.ndarray:
     return canvas[max(0, top) : min(nh, top + ch), max(0, left) : min(nw, left + cw)]
 
 
+def _check_intermediate(h: int, w: int, cfg: ImageConfig, what: str) -> None:
+    # HF's order of operations materialises these images in full; an extreme aspect ratio
+    # (1 x 300000 -> 224 x 67 M for CLIP, a 300000^2 canvas for LLaVA) would exhaust memory.
+    if h * w > 4 * cfg.max_pixels:
+        raise ValueError(
+            f"[preprocess_image] {what} would be {w}x{h} pixels (> 4 * max_pixels): aspect ratio too extreme"
+        )
+
+
 def resize_uint8(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
     """Geometry only: the resized (and cropped or padded) RGB image as uint8 [H, W, 3]."""
     if cfg.mode == "siglip":
         th, tw = cfg.size
         return np.asarray(img.resize((tw, th), resample=cfg.resample))
     if cfg.mode == "pad":
+        _check_intermediate(max(img.size), max(img.size), cfg, "the square canvas")
         img = pad_to_square(img, cfg.pad_color)
     w, h = img.size
     nh, nw = _shortest_edge_size(h, w, cfg.size)
+    _check_intermediate(nh, nw, cfg, "the resized image before its crop")
     a = np.asarray(img.resize((nw, nh), resample=cfg.resample))
     return a if cfg.crop_size is None else _center_crop(a, *cfg.crop_size)
 
