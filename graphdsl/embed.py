@@ -18,6 +18,9 @@ Items of a batch may be given as:
 Each text chunk is embedded on its own (a BERT-style table restarts its positions per chunk).
 A second group of one model reuses its weights; its node names get a ``_1`` suffix.
 
+From files: ``embed_files(mmproj, text_model, images=[...], audios=[...], prompt="... <image> ...")``
+reads an mmproj GGUF (and a text GGUF), pre-processes, tokenizes and runs one mixed batch.
+
 Example:
     >>> from graphdsl.models import clip, text, whisper_enc
     >>> emb = Embedder(text.TextEmbedding(text_cfg),
@@ -28,6 +31,8 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -200,3 +205,127 @@ class Embedder:
             self._exes.move_to_end(key)
         out = exe(feeds, capture=capture)
         return Embeddings(out["embd"], spans)
+
+
+# -- from files ---------------------------------------------------------------------------------------
+def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None = None, images: Sequence[Any] = (),
+                audios: Sequence[Any] = (), prompt: str | None = None, tokens: Sequence[int | str] | str | None = None,
+                *, backend: str = "auto", markers: Sequence[str] = ("<image>", "<audio>"), tokenizer: Any = None,
+                precision: str = "f32", n_threads: int | None = None) -> Embeddings:
+    """Embed images, audio and a prompt read from files: the function behind ``graphdsl embed``.
+
+    The mmproj GGUF gives the encoders (``models.from_gguf``) and the pre-processing: images are
+    resized, cropped and normalised as its tower wants (``Mmproj.image_config``: clip.vision.
+    image_size / image_mean / image_std, CLIP or SigLIP resizing by projector), audio becomes
+    Whisper log-mel windows of 30 s with the file's n_mel (long clips: several windows). The text
+    GGUF gives the token table (``models.text.from_gguf``) and the tokenizer.
+
+    The sequence: ``prompt`` (text, tokenized) or ``tokens`` (ids, given as ints or a "1,2,3"
+    string) is cut at the markers; each ``<image>`` takes the next image, each ``<audio>`` the next
+    audio, in order. In ``tokens`` a marker is the marker string itself (``[1, "<image>", 5]``).
+    Without prompt and tokens the result is the media alone: images, then audio, concatenated.
+
+    Args:
+        mmproj: the mmproj GGUF (vision and/or audio).
+        text_model: a text GGUF (token_embd + tokenizer.ggml.*); needed for a prompt or tokens.
+        images, audios: paths (or arrays / PIL images; PCM arrays at 16 kHz).
+        prompt, tokens: at most one of the two.
+        backend, precision, n_threads: as ``graphdsl.compile``.
+        markers: the (image, audio) marker strings.
+        tokenizer: a tokenizer.json path or a ``preprocess.TextTokenizer`` (default: the text
+            GGUF's own vocabulary, ``models.text.tokenizer_of``).
+
+    Returns:
+        Embeddings: ``embd`` (n_tokens_total, n_embd), the decoder's input sequence, and the spans.
+
+    Raises:
+        ValueError: a marker count that differs from the media given, media of a kind the mmproj
+            has no encoder for, text without a text model, widths that disagree, bad files.
+    """
+    from .models import from_gguf
+    from .models import text as text_models
+    from .preprocess import preprocess_images, whisper_chunks
+    from .preprocess.audio import N_FRAMES
+    if prompt is not None and tokens is not None:
+        raise ValueError("[embed_files] give a prompt or tokens, not both")
+    if len(markers) != 2 or markers[0] == markers[1] or not all(isinstance(m, str) and m for m in markers):
+        raise ValueError(f"[embed_files] markers must be two different strings (image, audio), got {markers!r}")
+    images, audios = list(images), list(audios)
+    m = from_gguf(mmproj)
+    for kind, given in (("image", images), ("audio", audios)):
+        if given and kind not in m.media:
+            raise ValueError(f"{m.path}: no {kind} encoder, but {len(given)} {kind} input(s) were given")
+    tm = text_models.from_gguf(text_model) if text_model is not None else None
+    if tm is not None:
+        for kind, block in m.media.items():
+            if block.n_out != tm.block.n_out:
+                raise ValueError(f"{m.path}: the {kind} projector gives width {block.n_out}, but the text model "
+                                 f"{os.fspath(text_model)} has n_embd {tm.block.n_out}")
+    if (prompt is not None or tokens is not None) and tm is None:
+        raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
+    media: dict[str, list] = {"image": [], "audio": []}
+    if images:
+        media["image"] = [("image", px) for px in preprocess_images(images, m.image_config())]
+    if audios:
+        if m.audio.cfg.n_frames != N_FRAMES:
+            raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
+                             f"Whisper's log-mel gives {N_FRAMES}")
+        media["audio"] = [("audio", whisper_chunks(a, m.audio.cfg.n_mel)[0]) for a in audios]
+    if prompt is None and tokens is None:
+        items = media["image"] + media["audio"]
+        if not items:
+            raise ValueError("[embed_files] nothing to embed: give a prompt, tokens, images or audio")
+    else:
+        kinds = {markers[0]: "image", markers[1]: "audio"}
+        pieces = _split_prompt(prompt, tm, tokenizer, kinds) if prompt is not None else _split_tokens(tokens, kinds)
+        order = [p for p in pieces if isinstance(p, str)]
+        for kind, marker in (("image", markers[0]), ("audio", markers[1])):
+            if order.count(kind) != len(media[kind]):
+                raise ValueError(f"[embed_files] the {'prompt' if prompt is not None else 'tokens'} have "
+                                 f"{order.count(kind)} {marker} marker(s) but {len(media[kind])} {kind} input(s) "
+                                 "were given")
+        queues = {k: iter(v) for k, v in media.items()}
+        items = [next(queues[p]) if isinstance(p, str) else p for p in pieces]
+    weights = dict(m.weights)
+    if tm is not None:
+        weights.update(tm.weights)
+    emb = Embedder(tm.block if tm is not None else None, m.media, backend=backend, precision=precision,
+                   n_threads=n_threads, weights=weights)
+    return emb(items)
+
+
+def _split_prompt(prompt: str, tm, tokenizer, kinds: Mapping[str, str]) -> list:
+    """A text prompt -> [ids (int32), "image", ids, "audio", ...], tokenized once with the markers special."""
+    from .models import text as text_models
+    from .preprocess import TextTokenizer, chunk_prompt
+    from .preprocess.text import ImageChunk, TextChunk
+    if tokenizer is None:
+        tokenizer = text_models.tokenizer_of(tm.info)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = TextTokenizer.from_file(tokenizer)
+    chunks = chunk_prompt(prompt, tokenizer=tokenizer, n_tokens={"image": 1, "audio": 1}, markers=kinds)
+    return [c.ids if isinstance(c, TextChunk) else "image" if isinstance(c, ImageChunk) else "audio" for c in chunks]
+
+
+def _split_tokens(tokens, kinds: Mapping[str, str]) -> list:
+    """Ids with marker strings ("1,2,<image>,3" or [1, 2, "<image>", 3]) -> [ids, "image", ids]."""
+    if isinstance(tokens, str):
+        tokens = [t for t in re.split(r"[\s,]+", tokens.strip()) if t]
+    pieces: list = []
+    run: list[int] = []
+    for t in tokens:
+        if isinstance(t, str) and t in kinds:
+            if run:
+                pieces.append(np.asarray(run, np.int32))
+                run = []
+            pieces.append(kinds[t])
+            continue
+        if (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) or (
+                isinstance(t, str) and re.fullmatch(r"-?\d+", t)):
+            run.append(int(t))
+        else:
+            raise ValueError(f"[embed_files] token {t!r} is neither an integer id nor a marker "
+                             f"({', '.join(kinds)})")
+    if run:
+        pieces.append(np.asarray(run, np.int32))
+    return pieces

@@ -372,10 +372,18 @@ class MmprojConfig:
     audio: AudioConfig | None
     name: str = ""
     quirks: list[str] = field(default_factory=list)  # llama.cpp loader quirks applied to this file
+    path: str = ""
+    # every tensor of the file (quirk-corrected names): logical shape (NumPy order) and stored type,
+    # so that a model config can be derived from the config alone (graphdsl.models.*.config_from_gguf)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    dtypes: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def projector_type(self) -> str:
         return (self.vision or self.audio).projector_type
+
+    def error(self, problem: str) -> GGUFError:
+        return GGUFError(f"{self.path or self.name or 'mmproj'}: {problem}")
 
 
 def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTensor]]:
@@ -385,6 +393,7 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
     projector type, the hyperparameters each encoder needs, every tensor graphdsl's encoders use
     present with the shape the metadata implies, and every tensor of a type graphdsl can run.
     """
+    path = os.fspath(path)
     f = read_gguf(path)
     if f.architecture != MMPROJ_ARCH:
         raise f.error(f"general.architecture is {f.architecture!r}, an mmproj file has {MMPROJ_ARCH!r}")
@@ -400,7 +409,9 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
                       f"supported: {', '.join(dt.DTYPES)}")
     vision = _vision_config(f, tensors, quirks) if has_v else None
     audio = _audio_config(f, tensors, quirks) if has_a else None
-    return MmprojConfig(vision, audio, _get(f, Keys.General.NAME, str, ""), quirks), tensors
+    cfg = MmprojConfig(vision, audio, _get(f, Keys.General.NAME, str, ""), quirks, path,
+                       {n: t.shape for n, t in tensors.items()}, {n: t.dtype for n, t in tensors.items()})
+    return cfg, tensors
 
 
 _REQUIRED = object()
@@ -663,14 +674,18 @@ class TextInfo:
     special: dict[str, int] = field(default_factory=dict)  # "bos", "eos", "unk", "sep", "pad", "mask"
     pre: str = ""  # tokenizer.ggml.pre
     hparams: dict[str, Any] = field(default_factory=dict)  # "{arch}.*" keys without the prefix
+    hf_json: str = ""  # tokenizer.huggingface.json, when the file embeds one
+    add_bos: bool | None = None  # tokenizer.ggml.add_bos_token / add_eos_token (None: not said)
+    add_eos: bool | None = None
 
 
-def load_text(path: str | os.PathLike) -> tuple[TextInfo, GGUFTensor]:
+def load_text(path: str | os.PathLike | GGUFFile) -> tuple[TextInfo, GGUFTensor]:
     """A text model's vocabulary and `token_embd.weight` (any ggml type graphdsl runs, quantized too).
 
-    Checks that the table has one row per token and `{arch}.embedding_length` columns.
+    Checks that the table has one row per token and `{arch}.embedding_length` columns. `path` may
+    be a file already read with `read_gguf` (its other tensors are then at hand, not re-parsed).
     """
-    f = read_gguf(path)
+    f = path if isinstance(path, GGUFFile) else read_gguf(path)
     arch = f.architecture
     if not arch or arch == MMPROJ_ARCH:
         raise f.error(f"general.architecture is {arch!r}: not a text model")
@@ -701,5 +716,6 @@ def load_text(path: str | os.PathLike) -> tuple[TextInfo, GGUFTensor]:
                 special[name] = v
     info = TextInfo(arch, n_embd, len(tokens), _get(f, T.MODEL, str, ""), tokens, opt[T.TOKEN_TYPE],
                     opt[T.SCORES], opt[T.MERGES], special, _get(f, T.PRE, str, ""),
-                    {k[len(arch) + 1:]: v for k, v in f.metadata.items() if k.startswith(arch + ".")})
+                    {k[len(arch) + 1:]: v for k, v in f.metadata.items() if k.startswith(arch + ".")},
+                    _get(f, T.HF_JSON, str, ""), _get(f, T.ADD_BOS, bool, None), _get(f, T.ADD_EOS, bool, None))
     return info, emb

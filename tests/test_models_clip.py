@@ -107,3 +107,17 @@ def test_config_from_hf_llava_defaults():
     got = (c.image_size, c.patch_size, c.n_layer, c.feature_layer, c.layers, c.n_mm_embd)
     assert got == (336, 14, 24, -2, (23,), 4096)
     assert c.act == "gelu_quick" and c.mm_act == "gelu_erf"
+
+
+def test_two_tower_clip_config_is_the_vision_tower():
+    """A CLIPConfig (text_config + vision_config, no LLaVA keys) is the vision encoder alone, not LLaVA."""
+    need_torch()
+    from transformers import CLIPConfig
+    vc = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, image_size=32, patch_size=8)
+    for hf in (CLIPConfig(vision_config=vc, text_config=dict(hidden_size=48)),
+               CLIPConfig(vision_config=vc, text_config=dict(hidden_size=48)).to_dict()):
+        c = clip.config_from_hf(hf)
+        assert (c.projector, c.select, c.layers, c.n_embd, c.n_layer) == (None, "full", (2,), 32, 2)
+    cfg, _ = llava_tiny()
+    assert clip.config_from_hf(cfg).projector == "mlp"
+    assert clip.config_from_hf({**cfg.to_dict(), "model_type": ""}).projector == "mlp"  # LLaVA's keys suffice

@@ -19,32 +19,39 @@ from .writer import FILE_TYPE, OUTTYPES, tensor_type, write_gguf
 __all__ = ["OUTTYPES", "convert", "convert_main", "info_main", "tensor_type"]
 
 
-def convert(hf_dir: str | os.PathLike, out_path: str | os.PathLike, outtype: str = "f32") -> dict[str, str]:
+def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outtype: str = "f32") -> dict[str, str]:
     """Convert an HF model folder to one GGUF file; returns tensor name -> stored dtype.
 
+    hf_dir may also be a list of folders: a vision and an audio model combined into one mmproj
+    (clip.vision.projector_type + clip.audio.projector_type), as the files of omni models.
     outtype: "f32", "f16", "bf16", "q8_0" or "q4_0" for the 2-D weight matrices; norms, biases,
     position tables and 1-D tensors stay f32, conv kernels f16 (outtype f16) or f32, and matrices
     whose rows are not whole quantization blocks fall back to f16 (see writer.tensor_type).
     """
-    from .hf import prepare
+    from .hf import combine, prepare
 
     if outtype not in OUTTYPES:
         raise ValueError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
-    arch, kv, tensors = prepare(os.fspath(hf_dir))
+    dirs = [os.fspath(hf_dir)] if isinstance(hf_dir, (str, os.PathLike)) else [os.fspath(d) for d in hf_dir]
+    if not dirs:
+        raise ValueError("no HF folder to convert")
+    parts = [prepare(d) for d in dirs]
+    arch, kv, tensors = parts[0] if len(parts) == 1 else combine(parts, dirs)
     typed = {name: (arr, tensor_type(name, arr.shape, outtype)) for name, arr in tensors.items()}
     write_gguf(os.fspath(out_path), arch, kv, typed, file_type=FILE_TYPE[outtype])
     return {name: t for name, (_, t) in typed.items()}
 
 
 def convert_main(argv: list[str] | None = None) -> int:
-    """`graphdsl convert HF_DIR -o OUT.gguf [--outtype f32|f16|bf16|q8_0|q4_0]`."""
-    p = argparse.ArgumentParser(prog="graphdsl convert", description="HF checkpoint folder -> GGUF (llama.cpp layout)")
-    p.add_argument("hf_dir")
+    """`graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [--outtype f32|f16|bf16|q8_0|q4_0]`."""
+    p = argparse.ArgumentParser(prog="graphdsl convert", description="HF checkpoint folder -> GGUF (llama.cpp layout); "
+                                "a vision and an audio folder together make one mmproj")
+    p.add_argument("hf_dir", nargs="+")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--outtype", default="f32", choices=OUTTYPES)
     args = p.parse_args(argv)
     try:
-        types = convert(args.hf_dir, args.output, args.outtype)
+        types = convert(args.hf_dir if len(args.hf_dir) > 1 else args.hf_dir[0], args.output, args.outtype)
     except ValueError as e:
         print(f"graphdsl convert: error: {e}", file=sys.stderr)
         return 1

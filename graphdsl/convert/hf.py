@@ -66,6 +66,32 @@ def prepare(hf_dir: str) -> tuple[str, list[tuple[str, object]], dict[str, np.nd
     return MMPROJ_ARCH, kv, tensors
 
 
+def combine(parts: list[tuple[str, list, dict]], names: list[str]) -> tuple[str, list, dict]:
+    """One mmproj from several prepared folders (a vision one and an audio one, as the files of
+    omni models): clip.projector_type becomes clip.vision/audio.projector_type, names are joined,
+    and any other key written twice must agree."""
+    V, A = Keys.ClipVision, Keys.ClipAudio
+    kv: dict[str, object] = {}
+    tensors: dict[str, np.ndarray] = {}
+    seen: dict[str, str] = {}
+    for (arch, part_kv, part_tensors), name in zip(parts, names):
+        if arch != MMPROJ_ARCH:
+            raise ValueError(f"{name}: a {arch!r} text model cannot be combined into an mmproj file")
+        d = dict(part_kv)
+        modality = "vision" if d.get(Keys.Clip.HAS_VISION_ENCODER) else "audio"
+        if modality in seen:
+            raise ValueError(f"{name}: a second {modality} encoder (the first is {seen[modality]})")
+        seen[modality] = name
+        d[V.PROJECTOR_TYPE if modality == "vision" else A.PROJECTOR_TYPE] = d.pop(Keys.Clip.PROJECTOR_TYPE)
+        d[Keys.General.NAME] = " + ".join(x for x in (kv.get(Keys.General.NAME), d[Keys.General.NAME]) if x)
+        for key, value in d.items():
+            if key in kv and key != Keys.General.NAME and not np.array_equal(kv[key], value):
+                raise ValueError(f"{name}: metadata {key!r} = {value!r} disagrees with {kv[key]!r}")
+            kv[key] = value
+        tensors.update(part_tensors)
+    return MMPROJ_ARCH, list(kv.items()), tensors
+
+
 def _blocks(tensors: dict, prefix: str) -> int:
     """Blocks stored (counted by their first norm, v.blk.N.ln1 / a.blk.N.ln1)."""
     ln1 = T.V_ENC_INPUT_NORM if prefix == "v" else T.A_ENC_INPUT_NORM

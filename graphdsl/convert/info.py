@@ -30,12 +30,25 @@ def detect(path: str, f: GGUFFile) -> str:
                 a = cfg.audio
                 parts.append(f"audio n_mel {a.n_mel} {a.n_layer}x{a.n_embd} projector {a.projector_type!r}")
             quirks = "".join(f"\n  quirk: {q}" for q in cfg.quirks)
-            return "mmproj: " + "; ".join(parts) + quirks
+            return "mmproj: " + "; ".join(parts) + _blocks(cfg) + quirks
         info, emb = load_text(path)
         return (f"text model {info.architecture!r}: {info.n_vocab} tokens ({info.tokenizer_model}), "
                 f"token_embd {emb.shape} {emb.dtype}")
     except ValueError as e:
         return f"not usable by graphdsl: {e}"
+
+
+_BLOCKS = {"clip": "clip.ClipVision", "siglip": "siglip.SiglipVision", "whisper_enc": "whisper_enc.WhisperEncoder"}
+
+
+def _blocks(cfg) -> str:
+    """Which graphdsl.models blocks from_gguf builds for the file, or why it cannot."""
+    from ..models import audio_module, vision_module
+    try:
+        mods = ([vision_module(cfg)] if cfg.vision else []) + ([audio_module(cfg)] if cfg.audio else [])
+    except ValueError as e:
+        return f"\n  graphdsl.models: {str(e).split(': ', 1)[-1]}"
+    return "\n  graphdsl.models: " + " + ".join(_BLOCKS[m.__name__.rsplit(".", 1)[-1]] for m in mods)
 
 
 def describe(path: str) -> str:

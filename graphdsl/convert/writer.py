@@ -5,8 +5,10 @@ Type policy (llama.cpp's convert_hf_to_gguf.py, MmprojModel + ModelBase.prepare_
 - position and token-type tables (`*position_embd*`, `token_types`): f32.
 - convolution kernels (`v.patch_embd.weight`, `a.conv1d.N.weight`, rank >= 3): f16 when
   outtype is f16, else f32 (llama.cpp keeps the patch embedding f32 for bf16/q8_0 files).
-- Gemma 3's `mm.input_projection.weight` (used transposed, which ggml cannot do to blocks:
-  llama.cpp issue #13025): f16 when outtype is quantized.
+- Gemma 3's `mm.input_projection.weight`: HF's (d_vision, d_text) layout, as llama.cpp reads it,
+  is multiplied through a transpose, which ggml cannot do to blocks (llama.cpp issue #13025):
+  f16 when outtype is quantized. (graphdsl.models.siglip also reads a (d_text, d_vision) matrix,
+  quantized too, which this converter does not write: its files stay loadable by llama.cpp.)
 - other 2-D weights: the outtype; a quantized outtype falls back to f16 when a row is not a
   whole number of blocks (32 for q8_0/q4_0).
 """

@@ -21,7 +21,8 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,18 @@ import numpy as np
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
-from .common import T, as_dict, image_rows, keep_only, rename, strip_prefixes, sub, tn
+from .common import (
+    T,
+    as_dict,
+    file_types,
+    image_rows,
+    keep_only,
+    mmproj_config,
+    rename,
+    strip_prefixes,
+    sub,
+    tn,
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,8 @@ class ClipConfig:
     mm_bias: bool = True
     attn: str = "flash"  # "flash" or "softmax", see blocks.attention
     wtype: str = "f32"  # storage of the big matrices: "f32", "f16", "q8_0", ...
+    # per-tensor storage by gguf name, overriding wtype and the f32 default (a file's own types)
+    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -97,6 +111,10 @@ class ClipVision:
         return image_rows(pixels, "clip")
 
     def __call__(self, pixels: Tensor) -> Tensor:
+        with file_types(pixels.graph, self.cfg.wtypes):
+            return self._build(pixels)
+
+    def _build(self, pixels: Tensor) -> Tensor:
         c, g = self.cfg, pixels.graph
         with g.scope("v"):
             x = build_inp_embd("image", pixels, n_embd=c.n_embd, patch_size=c.patch_size,
@@ -133,14 +151,18 @@ def weight_shapes(cfg: ClipConfig) -> dict[str, tuple[int, ...]]:
     return {k: n.shape for k, n in build(cfg).weights.items()}
 
 
+_LLAVA_KEYS = ("vision_feature_layer", "vision_feature_select_strategy", "projector_hidden_act", "image_token_index")
+
+
 def config_from_hf(hf: Any) -> ClipConfig:
     """ClipConfig from an HF config (dict or object): CLIPVisionConfig, CLIPConfig or LlavaConfig.
 
-    A bare vision config gives the encoder alone with feature_layer -1 (last_hidden_state) and the
-    class token kept; a LLaVA config gives its feature layer(s), select strategy and projector.
+    A bare vision config or a two-tower CLIPConfig (text_config + vision_config) gives the vision
+    encoder alone with feature_layer -1 (last_hidden_state) and the class token kept; a LLaVA
+    config (model_type "llava" or LLaVA's keys) gives its feature layer(s), select strategy and projector.
     """
     d = as_dict(hf)
-    llava = "text_config" in d and "vision_config" in d
+    llava = "vision_config" in d and (d.get("model_type") == "llava" or any(k in d for k in _LLAVA_KEYS))
     v = sub(d, "vision_config") if "vision_config" in d else d
     kw = dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
               n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
@@ -154,6 +176,34 @@ def config_from_hf(hf: Any) -> ClipConfig:
                       n_mm_embd=sub(d, "text_config").get("hidden_size", 4096),
                       mm_act=blocks.act_of(d.get("projector_hidden_act", "gelu")),
                       mm_bias=d.get("multimodal_projector_bias", True))
+
+
+def config_from_gguf(src: Any) -> ClipConfig:
+    """ClipConfig from an mmproj GGUF (a path, ``load_mmproj``'s result or its ``MmprojConfig``).
+
+    Projector "mlp" (LLaVA: mm.0 / mm.2) or "none" (the tower alone); feature layers, select
+    strategy and activations from the metadata, the projector's width from mm.2 (or mm.0), and
+    every tensor's stored type as ``wtypes``.
+    """
+    m = mmproj_config(src)
+    v = m.vision
+    if v is None:
+        raise m.error("no vision encoder (clip.has_vision_encoder is false)")
+    if v.projector_type not in ("mlp", "none"):
+        raise m.error(f"vision projector type {v.projector_type!r} is not a CLIP/LLaVA one ('mlp' or 'none')")
+    if tn(T.V_ENC_EMBD_CLS, None) not in m.shapes:
+        raise m.error("a CLIP tower needs v.class_embd (a tower without it is SigLIP-like: see models.siglip)")
+    proj = v.projector_type == "mlp"
+    mm = next((n for n in (tn(T.V_MMPROJ, "weight", 2), tn(T.V_MMPROJ, "weight", 0)) if n in m.shapes), None)
+    if proj and mm is None:
+        raise m.error("projector 'mlp' without mm.0.weight")
+    q = m.dtypes.get(tn(T.V_ENC_ATTN_Q, "weight", 0), "f32")
+    return ClipConfig(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff,
+                      n_head=v.n_head, n_layer=v.n_layer, eps=v.eps, act=v.act,
+                      feature_layer=tuple(v.feature_layer) or (v.n_layer,), select=v.select,
+                      projector="mlp" if proj else None, n_mm_embd=m.shapes[mm][0] if proj else 4096,
+                      mm_act=v.projector_act, mm_bias=tn(T.V_MMPROJ, "bias", 0) in m.shapes,
+                      wtype=q, wtypes=dict(m.dtypes))
 
 
 def _rules():

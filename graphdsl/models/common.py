@@ -1,7 +1,10 @@
-"""Helpers shared by the model files: gguf tensor names, HF state-dict access, HF config access."""
+"""Helpers shared by the model files: gguf tensor names, HF state-dict access, HF config access,
+and reading configs and per-tensor types from mmproj GGUF files."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -90,3 +93,67 @@ def sub(d: Mapping[str, Any] | None, key: str) -> dict:
 def as_dict(cfg: Any) -> dict:
     """An HF config object or dict -> dict."""
     return cfg if isinstance(cfg, Mapping) else cfg.to_dict()
+
+
+# -- GGUF files ----------------------------------------------------------------------------------------
+def mmproj_config(src: Any):
+    """An ``MmprojConfig`` from a path, an ``MmprojConfig`` or ``load_mmproj``'s (config, tensors) pair."""
+    from ..gguf_io import MmprojConfig, load_mmproj
+    if isinstance(src, tuple) and len(src) == 2 and isinstance(src[0], MmprojConfig):
+        return src[0]
+    if isinstance(src, MmprojConfig):
+        return src
+    if isinstance(src, (str, os.PathLike)):
+        return load_mmproj(src)[0]
+    raise ValueError(f"[config_from_gguf] expected an mmproj path or MmprojConfig, got {type(src).__name__}")
+
+
+@contextlib.contextmanager
+def file_types(g, wtypes: Mapping[str, str] | None) -> Iterator[None]:
+    """Inside, every weight ``g`` declares whose qualified name is in ``wtypes`` gets that dtype.
+
+    A GGUF file mixes types (f32 norms, f16 patch embedding, q8_0 matrices, an f16 matrix whose
+    rows are not whole blocks); the shared blocks and ``build_inp_embd`` declare their weights
+    with one default type each. Declaring each weight as the file stores it lets the executor
+    bind the memory-mapped arrays as they are (no conversion, no copy). ``Graph.weight`` is
+    wrapped on this graph instance only, and restored on exit.
+    """
+    if not wtypes:
+        yield
+        return
+    inner = g.weight  # the method, or an enclosing context's wrapper
+    had = "weight" in vars(g)
+
+    def weight(name, shape, dtype="f32"):
+        return inner(name, shape, wtypes.get(g.qualify(name), dtype))
+
+    g.weight = weight
+    try:
+        yield
+    finally:
+        if had:
+            g.weight = inner
+        else:
+            del g.weight
+
+
+def declared_weights(block) -> dict:
+    """name -> weight node of everything a model block declares (built on its example input)."""
+    from ..graph import Graph
+    g = Graph("weights")
+    shape, dtype = block.example
+    block(g.input("example", shape, dtype))
+    return dict(g.weights)
+
+
+def select_weights(block, tensors: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    """The arrays ``block`` uses, taken from a file's tensors as they are (memory-mapped views, no
+    copy); a missing or mis-shaped one raises naming ``where`` (the file)."""
+    nodes = declared_weights(block)
+    missing = sorted(n for n in nodes if n not in tensors)
+    bad = [f"{n} {tuple(tensors[n].shape)} != {node.shape}" for n, node in nodes.items()
+           if n in tensors and tuple(tensors[n].shape) != node.shape]
+    if missing or bad:
+        raise ValueError(f"{where}: tensors do not fit the {type(block).__name__} the metadata describes: "
+                         f"missing {missing}; mis-shaped {bad}")
+    return {n: getattr(tensors[n], "array", tensors[n]) for n in nodes}

@@ -6,6 +6,13 @@
     x = avg_pool_kxk(x on its (gh, gw) grid)                        (k = patches per side / tokens per side)
     x = RMSNorm(x) * mm.soft_emb_norm.weight                        (HF: * (1 + w); the file stores 1 + w)
     y = x @ mm.input_projection.weight                              ((d_vision, d_text), HF's layout)
+      = mul_mat(x, mm.input_projection.weight)                      ((d_text, d_vision), mm_proj_transposed=False)
+
+mm.input_projection.weight: HF and llama.cpp store it (d_vision, d_text), the transpose of every
+other linear weight, and multiply through a transpose. ggml cannot transpose quantized blocks
+(llama.cpp issue #13025), so in that layout the matrix must be a float type (f16 in a quantized
+file, as both converters write it). Stored (d_text, d_vision) (``mm_proj_transposed=False``) it
+is an ordinary ``mul_mat`` weight of any type, quantized included.
 
 Gemma 3 was picked over Idefics3's pixel shuffle: its HF projector is a self-contained module
 (``Gemma3MultiModalProjector``) that tests instantiate from a config. As in llama.cpp's
@@ -21,15 +28,28 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .. import blocks, ops
+from .. import dtypes as dt
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
-from .common import T, as_dict, image_rows, keep_only, rename, strip_prefixes, sub, tn
+from .common import (
+    T,
+    as_dict,
+    file_types,
+    image_rows,
+    keep_only,
+    mmproj_config,
+    rename,
+    strip_prefixes,
+    sub,
+    tn,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,11 @@ class SiglipConfig:
     n_mm_embd: int = 2560
     attn: str = "flash"
     wtype: str = "f32"
+    # per-tensor storage by gguf name, overriding wtype and the f32 default (a file's own types)
+    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
+    # True: mm.input_projection.weight is (n_embd, n_mm_embd) as in HF / llama.cpp (float types
+    # only; f16 when wtype is quantized); False: (n_mm_embd, n_embd), any type
+    mm_proj_transposed: bool = True
 
     @property
     def pool(self) -> int:
@@ -87,6 +112,10 @@ class SiglipVision:
         return image_rows(pixels, "siglip")
 
     def __call__(self, pixels: Tensor) -> Tensor:
+        with file_types(pixels.graph, self.cfg.wtypes):
+            return self._build(pixels)
+
+    def _build(self, pixels: Tensor) -> Tensor:
         c, g = self.cfg, pixels.graph
         with g.scope("v"):
             x = build_inp_embd("image", pixels, n_embd=c.n_embd, patch_size=c.patch_size,
@@ -107,9 +136,22 @@ class SiglipVision:
             x = ops.reshape(x, (*b, d, -1), name="pool.flat")
             x = ops.permute(x, (*range(r), r + 1, r), name="pool.t")  # ([B,] n', d)
             x = blocks.norm(x, "soft_emb_norm", eps=c.eps, kind="rms", bias=False)
-            w = g.weight("input_projection.weight", (c.n_embd, c.n_mm_embd), c.wtype)
-            x = ops.mul_mat(x, ops.transpose(w, name="input_projection.t"), name="input_projection")
+            x = _input_projection(x, c)
         return x
+
+
+def _input_projection(x: Tensor, c: SiglipConfig) -> Tensor:
+    """x @ W for W (n_embd, n_mm) in HF's layout, or mul_mat(x, W) for W (n_mm, n_embd)."""
+    g = x.graph
+    if not c.mm_proj_transposed:
+        return blocks.linear(x, "input_projection", c.n_mm_embd, bias=False, wtype=c.wtype)
+    default = "f16" if dt.dtype(c.wtype).is_quantized else c.wtype
+    w = g.weight("input_projection.weight", (c.n_embd, c.n_mm_embd), default)
+    if w.dtype.is_quantized:
+        raise ValueError(f"[siglip] '{w.name}' is {w.dtype.name} {list(w.shape)} in HF's (d_vision, d_text) "
+                         "layout, which needs a transpose that quantized blocks cannot take: store it "
+                         "(d_text, d_vision) and set mm_proj_transposed=False, or store it as f16/f32")
+    return ops.mul_mat(x, ops.transpose(w, name="input_projection.t"), name="input_projection")
 
 
 def build(cfg: SiglipConfig, image_hw: tuple[int, int] | None = None, n_images: int = 0) -> Graph:
@@ -127,8 +169,8 @@ def weight_shapes(cfg: SiglipConfig) -> dict[str, tuple[int, ...]]:
 
 def config_from_hf(hf: Any) -> SiglipConfig:
     """SiglipConfig from an HF SiglipVisionConfig (encoder only) or Gemma3Config (with projector)."""
-    d = as_dict(hf)
-    gemma = "vision_config" in d and "text_config" in d
+    d = as_dict(hf)  # a two-tower SiglipConfig has text_config + vision_config too: the tower alone
+    gemma = "vision_config" in d and (d.get("model_type") == "gemma3" or "mm_tokens_per_image" in d)
     v = sub(d, "vision_config") if "vision_config" in d else d
     kw = dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 16),
               n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
@@ -138,6 +180,39 @@ def config_from_hf(hf: Any) -> SiglipConfig:
         return SiglipConfig(**kw, projector=None)
     return SiglipConfig(**kw, projector="gemma3", mm_tokens_per_image=d.get("mm_tokens_per_image", 256),
                         n_mm_embd=sub(d, "text_config").get("hidden_size", 2560))
+
+
+def config_from_gguf(src: Any) -> SiglipConfig:
+    """SiglipConfig from an mmproj GGUF (a path, ``load_mmproj``'s result or its ``MmprojConfig``).
+
+    Projector "gemma3" (pooling n_merge x n_merge, RMSNorm, input projection) or "none" (the
+    post-LN tower). The input projection's layout is read from its shape and type: (n_embd, n_mm)
+    float is HF's / llama.cpp's (preferred when square), (n_mm, n_embd) is the mul_mat layout
+    (the only one a quantized matrix can have). Every tensor's stored type becomes ``wtypes``.
+    """
+    m = mmproj_config(src)
+    v = m.vision
+    if v is None:
+        raise m.error("no vision encoder (clip.has_vision_encoder is false)")
+    if v.projector_type not in ("gemma3", "none"):
+        raise m.error(f"vision projector type {v.projector_type!r} is not a SigLIP one ('gemma3' or 'none')")
+    kw = dict(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff, n_head=v.n_head,
+              n_layer=v.n_layer, eps=v.eps, act=v.act, wtype=m.dtypes.get(tn(T.V_ENC_ATTN_Q, "weight", 0), "f32"),
+              wtypes=dict(m.dtypes))
+    if v.projector_type == "none":
+        return SiglipConfig(**kw, projector=None)
+    side = v.image_size // v.patch_size // max(v.n_merge, 1)
+    name = tn(T.V_MM_INP_PROJ)
+    shape, dtype = m.shapes[name], m.dtypes[name]
+    if len(shape) == 2 and shape[0] == v.n_embd and not dt.dtype(dtype).is_quantized:
+        transposed, n_mm = True, shape[1]
+    elif len(shape) == 2 and shape[1] == v.n_embd:
+        transposed, n_mm = False, shape[0]
+    else:
+        raise m.error(f"{name} {dtype} {list(shape)} fits neither ({v.n_embd}, d_text) (float types) nor "
+                      f"(d_text, {v.n_embd})")
+    return SiglipConfig(**kw, projector="gemma3", mm_tokens_per_image=side * side, n_mm_embd=n_mm,
+                        mm_proj_transposed=transposed)
 
 
 def _rules():
@@ -158,8 +233,8 @@ def _rules():
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     """HF SiglipVisionModel / Gemma3ForConditionalGeneration tensors -> gguf names (NumPy f32).
 
-    The Gemma 3 soft-embedding RMSNorm weight is stored as 1 + w (as llama.cpp's converter does).
-    Returns exactly the tensors the graph of ``config`` uses.
+    The Gemma 3 soft-embedding RMSNorm weight is stored as 1 + w (as llama.cpp's converter does);
+    the input projection keeps HF's layout unless ``mm_proj_transposed`` is False. Returns exactly the tensors the graph of ``config`` uses.
     """
     cfg = config if isinstance(config, SiglipConfig) else config_from_hf(config)
     sd = strip_prefixes(state_dict, ["model.vision_tower.vision_model.", "vision_tower.vision_model.",
@@ -168,4 +243,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     key = tn(T.V_MM_SOFT_EMB_NORM)
     if key in out:
         out[key] = out[key] + np.float32(1.0)
+    key = tn(T.V_MM_INP_PROJ)
+    if key in out and not cfg.mm_proj_transposed:
+        out[key] = np.ascontiguousarray(out[key].T)
     return keep_only(out, weight_shapes(cfg), "siglip")

@@ -4,21 +4,38 @@
     x = x + token_types[0] + position_embd[0:n]            (BERT only)
     x = LayerNorm(token_embd_norm)(x)                      (BERT only)
 
+From a text-model GGUF (``from_gguf``): the table as the file stores it (any type, quantized
+too), BERT's extras when the file has them, and a tokenizer for the file's vocabulary
+(``tokenizer_of``: the embedded tokenizer.json, else WordPiece rebuilt from tokenizer.ggml.*).
+
 Example (MiniLM's embedding stage, the shape of BertModel.embeddings):
     >>> cfg = TextConfig(n_vocab=30522, n_embd=384, n_pos=512, n_types=2, norm_eps=1e-12)
     >>> build(cfg, n_tokens=7).outputs["embd"].shape
     (7, 384)
+    >>> block, weights, info = from_gguf("minilm.gguf")                  # doctest: +SKIP
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
-from .common import T, as_dict, keep_only, rename, strip_prefixes, sub, tn
+from .common import (
+    T,
+    as_dict,
+    file_types,
+    keep_only,
+    rename,
+    select_weights,
+    strip_prefixes,
+    sub,
+    tn,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +48,8 @@ class TextConfig:
     n_pos: int = 0
     n_types: int = 0
     norm_eps: float | None = None
+    # per-tensor storage by gguf name, overriding wtype and the f32 default (a file's own types)
+    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
 
 
 class TextEmbedding:
@@ -47,8 +66,9 @@ class TextEmbedding:
 
     def __call__(self, ids: Tensor) -> Tensor:
         c = self.cfg
-        return build_inp_embd("text", ids, n_vocab=c.n_vocab, n_embd=c.n_embd, wtype=c.wtype,
-                              n_pos=c.n_pos, n_types=c.n_types, norm_eps=c.norm_eps)
+        with file_types(ids.graph, c.wtypes):
+            return build_inp_embd("text", ids, n_vocab=c.n_vocab, n_embd=c.n_embd, wtype=c.wtype,
+                                  n_pos=c.n_pos, n_types=c.n_types, norm_eps=c.norm_eps)
 
 
 def build(cfg: TextConfig, n_tokens: int = 8) -> Graph:
@@ -85,3 +105,80 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
              ("embeddings.LayerNorm.weight", tn(T.TOKEN_EMBD_NORM)),
              ("embeddings.LayerNorm.bias", tn(T.TOKEN_EMBD_NORM, "bias"))]
     return keep_only(rename(sd, rules), weight_shapes(cfg), "text")
+
+
+# -- GGUF text models --------------------------------------------------------------------------------
+class TextModel(NamedTuple):
+    """What ``from_gguf`` reads: the block, its weights (memory-mapped views) and the vocabulary."""
+
+    block: TextEmbedding
+    weights: dict[str, np.ndarray]
+    info: Any  # gguf_io.TextInfo
+
+
+def config_from_gguf(src: Any) -> TextConfig:
+    """TextConfig from a text-model GGUF (a path or a ``read_gguf`` result): the token table at
+    its stored type; BERT's position / token-type tables and LayerNorm when the file has them."""
+    from ..gguf_io import GGUFFile, load_text, read_gguf
+    f = src if isinstance(src, GGUFFile) else read_gguf(src)
+    info, emb = load_text(f)
+    t = f.tensors
+    kw: dict[str, Any] = {}
+    if tn(T.POS_EMBD) in t and tn(T.TOKEN_TYPES) in t:
+        kw = dict(n_pos=t[tn(T.POS_EMBD)].shape[0], n_types=t[tn(T.TOKEN_TYPES)].shape[0])
+        if tn(T.TOKEN_EMBD_NORM) in t:
+            kw["norm_eps"] = float(info.hparams.get("attention.layer_norm_epsilon", 1e-12))
+    return TextConfig(info.n_vocab, info.n_embd, emb.dtype, wtypes={n: x.dtype for n, x in t.items()}, **kw)
+
+
+def from_gguf(path: str | os.PathLike) -> TextModel:
+    """(TextEmbedding, weights, TextInfo) of a text-model GGUF; the weights are the file's arrays
+    (no copy), only those the block uses. Errors name the file."""
+    from ..gguf_io import load_text, read_gguf
+    f = read_gguf(path)
+    block = TextEmbedding(config_from_gguf(f))
+    return TextModel(block, select_weights(block, f.tensors, f.path), load_text(f)[0])
+
+
+def tokenizer_of(info) -> Any:
+    """A ``preprocess.TextTokenizer`` for a text GGUF's vocabulary (``gguf_io.TextInfo``).
+
+    The embedded ``tokenizer.huggingface.json`` when there is one; else, for
+    tokenizer.ggml.model "bert", WordPiece rebuilt from llama.cpp's phantom-space token list
+    (``\u2581w`` -> ``w``, ``s`` -> ``##s``, [CONTROL] tokens as they are), lower-casing with
+    BERT's normaliser and pre-tokenizer and ``[CLS] $A [SEP]`` around the text, as llama.cpp's
+    WPM tokenizer does. Other vocabularies (SentencePiece, BPE) need their tokenizer.json.
+    """
+    from ..preprocess.text import TextTokenizer
+    if info.hf_json:
+        return TextTokenizer.from_str(info.hf_json)
+    if info.tokenizer_model != "bert":
+        raise ValueError(f"[text] a {info.tokenizer_model or 'unknown'!r} vocabulary without an embedded "
+                         "tokenizer.huggingface.json: pass a tokenizer.json (or token ids)")
+    from gguf import TokenType
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from tokenizers.models import WordPiece
+    types = info.token_type if info.token_type is not None else np.full(info.n_vocab, TokenType.NORMAL)
+    control = [t for t, k in zip(info.tokens, types) if k in (TokenType.CONTROL, TokenType.UNUSED)]
+    vocab = {}
+    for i, (tok, kind) in enumerate(zip(info.tokens, types)):
+        word = tok if kind in (TokenType.CONTROL, TokenType.UNUSED) else (
+            tok[1:] if tok.startswith("\u2581") else "##" + tok)
+        vocab.setdefault(word, i)
+    unk = info.tokens[info.special["unk"]] if "unk" in info.special else "[UNK]"
+    tok = Tokenizer(WordPiece(vocab, unk_token=unk))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = info.special.get("bos"), info.special.get("sep", info.special.get("eos"))
+    if cls is not None and sep is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{info.tokens[cls]} $A {info.tokens[sep]}",
+            special_tokens=[(info.tokens[cls], cls), (info.tokens[sep], sep)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    return TextTokenizer(tok)

@@ -26,7 +26,8 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,17 @@ import numpy as np
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
-from .common import T, as_dict, keep_only, rename, strip_prefixes, sub, tn
+from .common import (
+    T,
+    as_dict,
+    file_types,
+    keep_only,
+    mmproj_config,
+    rename,
+    strip_prefixes,
+    sub,
+    tn,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class WhisperEncConfig:
     mm_act: str = "gelu_erf"
     attn: str = "flash"
     wtype: str = "f32"
+    # per-tensor storage by gguf name, overriding wtype and the f32 default (a file's own types)
+    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
 
     @property
     def n_frames(self) -> int:
@@ -100,6 +113,10 @@ class WhisperEncoder:
         return np.ascontiguousarray(mel, np.float32)
 
     def __call__(self, mel: Tensor) -> Tensor:
+        with file_types(mel.graph, self.cfg.wtypes):
+            return self._build(mel)
+
+    def _build(self, mel: Tensor) -> Tensor:
         c, g = self.cfg, mel.graph
         with g.scope("a"):
             x = build_inp_embd("audio", mel, n_embd=c.n_embd, n_pos=c.n_ctx)
@@ -163,6 +180,32 @@ def config_from_hf(hf: Any) -> WhisperEncConfig:
     return WhisperEncConfig(**kw, projector="voxtral", stack_factor=a["intermediate_size"] // kw["n_embd"],
                             n_mm_embd=sub(d, "text_config").get("hidden_size", 3072),
                             mm_act=blocks.act_of(d.get("projector_hidden_act", "gelu")))
+
+
+def config_from_gguf(src: Any) -> WhisperEncConfig:
+    """WhisperEncConfig from an mmproj GGUF (a path, ``load_mmproj``'s result or its ``MmprojConfig``).
+
+    Projector "voxtral" (frame stacking + GELU MLP, exact GELU as llama.cpp) or "none" (the
+    encoder alone). n_ctx is the position table's length (the file has no key for it); every
+    tensor's stored type becomes ``wtypes``.
+    """
+    m = mmproj_config(src)
+    a = m.audio
+    if a is None:
+        raise m.error("no audio encoder (clip.has_audio_encoder is false)")
+    if a.projector_type not in ("voxtral", "none"):
+        raise m.error(f"audio projector type {a.projector_type!r} is not a Whisper one graphdsl builds "
+                      "('voxtral' or 'none')")
+    pos = m.shapes[tn(T.A_ENC_EMBD_POS)]
+    kw = dict(n_mel=a.n_mel, n_ctx=pos[0], n_embd=a.n_embd, n_head=a.n_head, n_layer=a.n_layer, n_ff=a.n_ff,
+              eps=a.eps, act=a.act, wtype=m.dtypes.get(tn(T.A_ENC_ATTN_Q, "weight", 0), "f32"), wtypes=dict(m.dtypes))
+    if a.projector_type == "none":
+        return WhisperEncConfig(**kw, projector=None)
+    out = m.shapes.get(tn(T.A_MMPROJ, "weight", 2))
+    if out is None:
+        raise m.error("projector 'voxtral' without mm.a.mlp.2.weight")
+    return WhisperEncConfig(**kw, projector="voxtral", stack_factor=a.stack_factor, n_mm_embd=out[0],
+                            mm_act="gelu_erf")
 
 
 def _rules():
