@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from . import dtypes as dt
@@ -149,6 +149,7 @@ class Graph:
         self.outputs: dict[str, Node] = {}
         self._names: dict[str, int] = {}
         self._scope: list[str] = []
+        self._wtypes: list[Mapping[str, str | dt.DType]] = []
 
     # -- construction ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -159,6 +160,20 @@ class Graph:
             yield
         finally:
             self._scope.pop()
+
+    @contextlib.contextmanager
+    def weight_types(self, types: Mapping[str, str | dt.DType] | None) -> Iterator[None]:
+        """Inside, a weight whose qualified name is in `types` is declared with that dtype.
+
+        Blocks declare weights with one default type each; a GGUF file mixes types (f32 norms,
+        f16 patch embedding, q8_0 matrices). Declaring each weight as the file stores it lets
+        the executor bind the file's arrays as they are.
+        """
+        self._wtypes.append(types or {})
+        try:
+            yield
+        finally:
+            self._wtypes.pop()
 
     def qualify(self, name: str) -> str:
         return ".".join([*self._scope, name]) if name else ".".join(self._scope)
@@ -188,8 +203,12 @@ class Graph:
 
         Asking again for the same qualified name returns the same weight (shared parameters).
         """
-        d = dt.dtype(dtype)
         qual = self.qualify(name)
+        for types in reversed(self._wtypes):
+            if qual in types:
+                dtype = types[qual]
+                break
+        d = dt.dtype(dtype)
         if qual in self.weights:
             node = self.weights[qual]
             if node.shape != tuple(shape) or node.dtype != d:

@@ -2,9 +2,8 @@
 and reading configs and per-tensor types from mmproj GGUF files."""
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -108,33 +107,9 @@ def mmproj_config(src: Any):
     raise ValueError(f"[config_from_gguf] expected an mmproj path or MmprojConfig, got {type(src).__name__}")
 
 
-@contextlib.contextmanager
-def file_types(g, wtypes: Mapping[str, str] | None) -> Iterator[None]:
-    """Inside, every weight ``g`` declares whose qualified name is in ``wtypes`` gets that dtype.
-
-    A GGUF file mixes types (f32 norms, f16 patch embedding, q8_0 matrices, an f16 matrix whose
-    rows are not whole blocks); the shared blocks and ``build_inp_embd`` declare their weights
-    with one default type each. Declaring each weight as the file stores it lets the executor
-    bind the memory-mapped arrays as they are (no conversion, no copy). ``Graph.weight`` is
-    wrapped on this graph instance only, and restored on exit.
-    """
-    if not wtypes:
-        yield
-        return
-    inner = g.weight  # the method, or an enclosing context's wrapper
-    had = "weight" in vars(g)
-
-    def weight(name, shape, dtype="f32"):
-        return inner(name, shape, wtypes.get(g.qualify(name), dtype))
-
-    g.weight = weight
-    try:
-        yield
-    finally:
-        if had:
-            g.weight = inner
-        else:
-            del g.weight
+def file_types(g, wtypes: Mapping[str, str] | None):
+    """Declare each weight ``g`` builds inside with the type the file stores it in (see Graph.weight_types)."""
+    return g.weight_types(wtypes)
 
 
 def declared_weights(block) -> dict:
