@@ -10,6 +10,7 @@ reported, with ratios graphdsl / torch (lower is better for graphdsl).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import sys
@@ -56,7 +57,7 @@ def clip_b16(image_size=224):
 
     def torch_fn(dtype):
         torch = _torch()
-        m = hf.to(dtype)
+        m = copy.deepcopy(hf).to(dtype)  # .to() is in place: keep the fp32 model intact
         px = torch.from_numpy(x)[None].to(dtype)
 
         def run():
@@ -81,14 +82,14 @@ def whisper_base(seconds=30):
 
     def torch_fn(dtype):
         torch = _torch()
-        m = hf.to(dtype)
+        m = copy.deepcopy(hf).to(dtype)  # .to() is in place: keep the fp32 model intact
         x = torch.from_numpy(mel)[None].to(dtype)
 
         def run():
             with torch.inference_mode():
                 return m(x).last_hidden_state
         return run
-    return gcfg, whisper_enc.build, weights, {"mel": mel}, torch_fn
+    return gcfg, whisper_enc.build, weights, {"mel": mel[None]}, torch_fn
 
 
 def siglip_b16():
@@ -104,7 +105,7 @@ def siglip_b16():
 
     def torch_fn(dtype):
         torch = _torch()
-        m = hf.to(dtype)
+        m = copy.deepcopy(hf).to(dtype)  # .to() is in place: keep the fp32 model intact
         px = torch.from_numpy(x)[None].to(dtype)
 
         def run():
