@@ -207,6 +207,11 @@ class GGMLExecutor:
         self._programs[key] = prog
         return prog
 
+    def prepare(self, inputs: Mapping[str, object], *, capture: Sequence[str] = ()) -> Program:
+        """Lower and reserve for these inputs' shapes without computing (a warm-up)."""
+        arrays = check_inputs(self.graph, inputs)
+        return self._program({k: v.shape for k, v in arrays.items()}, tuple(capture))
+
     # -- running -----------------------------------------------------------------------------------------
     def __call__(self, inputs: Mapping[str, object] | None = None, *, capture: Sequence[str] = (),
                  **kw) -> dict[str, np.ndarray]:
