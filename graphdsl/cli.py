@@ -3,11 +3,13 @@
     graphdsl devices                         ggml devices and what backend="auto" picks
     graphdsl info FILE.gguf                  metadata, tensors and the detected model
     graphdsl inspect [MODEL] [--draw g.svg] [--profile] [--lowered] [--diff] ...
-    graphdsl embed MMPROJ.gguf --text-model TEXT.gguf --prompt "... <image> ..." --image a.png -o out.npy
+    graphdsl embed --mmproj M.gguf [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
+                   [--image a.png]... [--audio b.wav]... -o out.npy
     graphdsl preprocess image|audio|text INPUT ...
-    graphdsl convert HF_DIR -o OUT.gguf [--outtype f16]
+    graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [--outtype f16]
     graphdsl bench [MODEL] [--repeat 20]
     graphdsl demo
+    graphdsl rpc-server [--host 127.0.0.1] [--port 50052] [--threads T] [--device NAME]
 
 MODEL is an mmproj GGUF (its vision or audio encoder, on the bundled demo image / speech clip)
 or "demo" (the demo's mixed batch, the default). Errors print one line and exit with status 1;
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ def cmd_info(args) -> int:
 
 def cmd_convert(args) -> int:
     conv = _need("graphdsl.convert")
-    print(f"converting {args.hf_dir} -> {args.output} ({args.outtype}) ...", file=sys.stderr)
+    print(f"converting {' + '.join(args.hf_dir)} -> {args.output} ({args.outtype}) ...", file=sys.stderr)
     t0 = time.perf_counter()
     types = conv.convert(args.hf_dir, args.output, args.outtype)
     counts: dict[str, int] = {}
@@ -135,11 +136,12 @@ def cmd_preprocess(args) -> int:
 
 def _image_config(args, pre):
     if args.mmproj:
+        if args.mode is None:  # what the tower wants (CLIP: shortest edge + crop; SigLIP: square)
+            return _need("graphdsl.models").from_gguf(args.mmproj).image_config()
         from .gguf_io import read_gguf
         return pre.ImageConfig.from_mmproj(read_gguf(args.mmproj).metadata, mode=args.mode)
-    size = args.size or 224
-    return pre.ImageConfig(mode=args.mode, size=size if args.mode != "siglip" else (size, size),
-                           crop_size=args.crop or size)
+    mode, size = args.mode or "clip", args.size or 224
+    return pre.ImageConfig(mode=mode, size=size if mode != "siglip" else (size, size), crop_size=args.crop or size)
 
 
 def _tokenizer(args):
@@ -147,12 +149,9 @@ def _tokenizer(args):
     if getattr(args, "tokenizer", None):
         return pre.TextTokenizer.from_file(args.tokenizer)
     model = getattr(args, "text_model", None)
-    if model:
-        from .gguf_io import read_gguf
-        js = read_gguf(model).metadata.get("tokenizer.huggingface.json")
-        if js:
-            return pre.TextTokenizer.from_str(js)
-        raise ValueError(f"{model} has no tokenizer.huggingface.json: pass --tokenizer tokenizer.json")
+    if model:  # the file's embedded tokenizer.json, else its vocabulary (BERT WordPiece)
+        from .gguf_io import load_text
+        return _need("graphdsl.models.text").tokenizer_of(load_text(model)[0])
     raise ValueError("text needs --tokenizer tokenizer.json (or --text-model FILE.gguf with an embedded tokenizer)")
 
 
@@ -230,46 +229,30 @@ def cmd_bench(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    demo = _need("graphdsl.demo")
     embed = _need("graphdsl.embed")
-    from .preprocess import chunk_prompt, preprocess_image, whisper_features
-    m = demo.load_models(args.mmproj, args.text_model)
-    media = {"image": [preprocess_image(p, m.image_cfg) for p in args.image or []] if args.image else [],
-             "audio": [whisper_features(p, m.n_mel) for p in args.audio or []]}
-    for kind in ("image", "audio"):
-        if media[kind] and kind not in m.media:
-            raise ValueError(f"{args.mmproj} has no {kind} encoder")
-    if args.prompt:
-        order = re.findall(r"<(image|audio)>", args.prompt)
-        for kind in ("image", "audio"):
-            if order.count(kind) != len(media[kind]):
-                raise ValueError(f"the prompt has {order.count(kind)} <{kind}> marker(s) but {len(media[kind])} "
-                                 f"--{kind} file(s) were given")
-        if m.text is None:
-            raise ValueError("a prompt needs --text-model TEXT.gguf (the token table)")
-        tok = args.tokenizer and _tokenizer(args) or m.tokenizer or _tokenizer(args)
-        queues = {k: list(v) for k, v in media.items()}
-        refs = [queues[k].pop(0) for k in order]
-        ntok = {"image": lambda px: m.media["image"].n_tokens(*px.shape[1:]),
-                "audio": lambda mel: m.media["audio"].n_tokens(1)}
-        items = chunk_prompt(args.prompt, tokenizer=tok, media=refs, n_tokens=ntok)
-    else:
-        items = [("image", p) for p in media["image"]] + [("audio", a) for a in media["audio"]]
-        if not items:
-            raise ValueError("nothing to embed: give --prompt and/or --image / --audio files")
-    emb = embed.Embedder(m.text, m.media, backend=args.backend, n_threads=args.threads, precision=args.precision)
-    emb.load_weights({k: m.weights[k] for k in emb.weight_graph().weights})
-    t0 = time.perf_counter()
-    out = emb(items)
-    dt = time.perf_counter() - t0
     from graphdsl.backends.ggml import resolve_devices
-    where = "+".join(resolve_devices(args.backend))
-    print(f"embd f32{list(out.embd.shape)} in {dt * 1e3:.1f} ms on {where} (first run: includes compiling)")
+    t0 = time.perf_counter()
+    out = embed.embed_files(args.mmproj, args.text_model, images=args.image or [], audios=args.audio or [],
+                            prompt=args.prompt, tokens=args.tokens, backend=args.backend, tokenizer=args.tokenizer,
+                            precision=args.precision, n_threads=args.threads)
+    dt = time.perf_counter() - t0
+    embd = np.ascontiguousarray(out.embd, dtype=np.float32)
+    print(f"embd f32{list(embd.shape)} on {'+'.join(resolve_devices(args.backend))} in {dt * 1e3:.1f} ms "
+          "(load, pre-process, compile and run)")
+    print(f"  {'chunk':>5}  {'kind':<10} {'start':>6} {'n_tokens':>8}")
     for s in out.spans:
-        print(f"  chunk {s.index}: {s.kind:<6} rows {s.start}..{s.start + s.n_tokens - 1} ({s.n_tokens})")
-    if args.output:
-        np.save(args.output, out.embd)
-        print(f"wrote {args.output}")
+        print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")
+    np.save(args.output, embd)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_rpc_server(args) -> int:
+    from graphdsl.backends.ggml import serve_rpc
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port {args.port} is not a TCP port (1..65535)")
+    # blocks until the process ends (ggml prints the endpoint); a libggml without RPC raises ValueError
+    serve_rpc(args.host, args.port, args.threads, args.device or "")
     return 0
 
 
@@ -338,13 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="embed a mixed batch (text, images, audio) into the decoder's input sequence",
                        description="Run a prompt with <image>/<audio> markers (or bare media) through an mmproj "
                                    "(+ text model) as one graph; print the spans and save the embeddings.")
-    p.add_argument("mmproj", help="mmproj GGUF (vision and/or audio encoder)")
-    p.add_argument("--text-model", help="GGUF with the token table (token_embd.weight)")
-    p.add_argument("--tokenizer", help="tokenizer.json (default: the one embedded in --text-model)")
-    p.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
+    p.add_argument("--mmproj", required=True, help="mmproj GGUF (vision and/or audio encoder)")
+    p.add_argument("--text-model", help="text GGUF with the token table; needed for --prompt / --tokens")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the --text-model's own vocabulary)")
     p.add_argument("--image", action="append", help="image file, in marker order (repeatable)")
     p.add_argument("--audio", action="append", help="audio file, in marker order (repeatable)")
-    p.add_argument("-o", "--output", help="save the embeddings (.npy)")
+    seq = p.add_mutually_exclusive_group()
+    seq.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
+    seq.add_argument("--tokens", help='token ids with markers, e.g. "1,2,<image>,3"')
+    p.add_argument("-o", "--output", required=True, help="where to save the embeddings (float32 .npy)")
     _run_opts(p, "auto")
     p.set_defaults(fn=cmd_embed)
 
@@ -355,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="files (image/audio) or the text")
     p.add_argument("-o", "--output", help="save the result (.npy; several inputs are stacked)")
     p.add_argument("--mmproj", help="image: take size/mean/std from this mmproj GGUF")
-    p.add_argument("--mode", default="clip", choices=["clip", "siglip", "pad"], help="image: resize mode (default: clip)")
+    p.add_argument("--mode", choices=["clip", "siglip", "pad"],
+                   help="image: resize mode (default: the --mmproj tower's, else clip)")
     p.add_argument("--size", type=int, help="image: shortest edge (clip/pad) or side (siglip) (default: 224)")
     p.add_argument("--crop", type=int, help="image: centre crop (default: --size)")
     p.add_argument("--n-mels", type=int, default=80, help="audio: mel bins (default: 80)")
@@ -363,10 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-model", help="text: a GGUF with an embedded tokenizer.huggingface.json")
     p.set_defaults(fn=cmd_preprocess)
 
-    p = sub.add_parser("convert", help="convert an HF checkpoint folder to GGUF (llama.cpp layout)",
-                       description="HF folder (config.json + safetensors/bin) -> one GGUF file in llama.cpp's mmproj "
-                                   "or text-model layout.")
-    p.add_argument("hf_dir", help="HF model folder")
+    p = sub.add_parser("convert", help="convert HF checkpoint folder(s) to GGUF (llama.cpp layout)",
+                       description="HF folder(s) (config.json + safetensors/bin) -> one GGUF file in llama.cpp's "
+                                   "mmproj or text-model layout; a vision and an audio folder make one mmproj.")
+    p.add_argument("hf_dir", nargs="+", help="HF model folder(s): one model, or a vision and an audio model")
     p.add_argument("-o", "--output", required=True, help="output .gguf")
     p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
                    help="type of the weight matrices (default: f32)")
@@ -390,6 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-draw", action="store_true", help="skip the graph drawing")
     p.add_argument("--profile", action="store_true", help="also print a per-op / per-block profile")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("rpc-server", help="serve a local ggml device over ggml's RPC protocol (blocks)",
+                       description="Serve a local device to other processes or hosts, which reach it with "
+                                   'backend="rpc://HOST:PORT". Needs a libggml built with RPC '
+                                   "(scripts/build_libggml.sh rpc). The protocol has no authentication: bind to "
+                                   "127.0.0.1 unless the network is trusted.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50052, help="TCP port (default: 50052)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of the served backend (default: all cores)")
+    p.add_argument("--device", help="device to serve, a name from `graphdsl devices` (default: the CPU)")
+    p.set_defaults(fn=cmd_rpc_server)
     return ap
 
 

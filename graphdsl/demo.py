@@ -4,7 +4,8 @@
    llama.cpp's layout: an mmproj GGUF with a CLIP-style vision tower + LLaVA projector and a
    Whisper-style audio encoder + Voxtral projector, and a text GGUF with the token table and its
    tokenizer. Weights are seeded random numbers: the demo shows the machinery, not a trained model.
-2. Load both files back through `graphdsl.gguf_io` (validating loader) into `graphdsl.models`.
+2. Load both files back as any GGUF is loaded: `graphdsl.models.from_gguf` (the mmproj's blocks,
+   weights and image pre-processing), `models.text.from_gguf` and `models.text.tokenizer_of`.
 3. Pre-process the bundled image (`data/demo_image.png`) and speech clip (`data/speech_16k.wav`),
    and split a prompt with `<image>` / `<audio>` markers into [text, image, text, audio, text].
 4. Build that mixed batch as ONE graph (`graphdsl.embed.build_mixed`) and run it on the best
@@ -20,12 +21,15 @@ import os
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .models import Mmproj, from_gguf
+from .models import text as text_models
 from .models.clip import ClipConfig
+from .models.text import TextModel
 from .models.whisper_enc import WhisperEncConfig
 
 VERSION = 1  # bump when the files the demo writes change
@@ -147,82 +151,34 @@ def build_files(spec_name: str = "small", root: Path | None = None) -> tuple[Pat
 
 # -- 2. GGUF -> graphdsl models -------------------------------------------------------------------
 @dataclass
-class Loaded:
-    """Models read from GGUF files: media kind -> model, the text table, weights and pre-processing."""
+class Models:
+    """The demo's files read back: the mmproj's blocks (``models.from_gguf``), the text table
+    (``models.text.from_gguf``) and the tokenizer of its vocabulary (``models.text.tokenizer_of``)."""
 
-    media: dict
-    text: object | None
-    weights: dict[str, np.ndarray]
-    image_cfg: object | None = None
-    n_mel: int = 80
-    tokenizer: object | None = None
-    notes: list[str] = field(default_factory=list)
+    mmproj: Mmproj
+    text: TextModel
+    tokenizer: object  # preprocess.TextTokenizer
 
+    @property
+    def media(self) -> dict:
+        return self.mmproj.media
 
-def load_models(mmproj_path, text_path=None) -> Loaded:
-    """Read an mmproj GGUF (CLIP/LLaVA vision and/or Whisper/Voxtral audio) and optionally a text GGUF.
-
-    This maps gguf_io's VisionConfig/AudioConfig onto graphdsl.models' configs; other projector
-    types (gemma3, qwen ...) are refused with a clear message.
-    """
-    from .gguf_io import load_mmproj, load_text, read_gguf, weights_of
-    from .models import clip, text, whisper_enc
-    from .preprocess import ImageConfig, TextTokenizer
-    cfg, tensors = load_mmproj(mmproj_path)
-    weights = weights_of(tensors)
-    media, image_cfg, n_mel = {}, None, 80
-    if cfg.vision:
-        media["image"] = clip.ClipVision(_clip_config(cfg.vision, tensors))
-        v = cfg.vision
-        image_cfg = ImageConfig(mode="clip", size=v.image_size, crop_size=v.image_size, mean=v.image_mean,
-                                std=v.image_std)
-    if cfg.audio:
-        media["audio"] = whisper_enc.WhisperEncoder(_whisper_config(cfg.audio, tensors))
-        n_mel = cfg.audio.n_mel
-    loaded = Loaded(media, None, weights, image_cfg, n_mel, notes=list(cfg.quirks))
-    if text_path is not None:
-        info, emb = load_text(text_path)
-        loaded.text = text.TextEmbedding(text.TextConfig(info.n_vocab, info.n_embd, wtype=emb.dtype))
-        weights["token_embd.weight"] = emb.array
-        tok_json = read_gguf(text_path).metadata.get("tokenizer.huggingface.json")
-        if tok_json:
-            loaded.tokenizer = TextTokenizer.from_str(tok_json)
-    return loaded
+    def weights_for(self, graph) -> dict[str, np.ndarray]:
+        """The (memory-mapped) weights a graph declares, from both files."""
+        have = {**self.mmproj.weights, **self.text.weights}
+        return {k: have[k] for k in graph.weights}
 
 
-def _clip_config(v, tensors) -> ClipConfig:
-    if v.projector_type not in ("mlp", "none"):
-        raise ValueError(f"vision projector {v.projector_type!r} is not wired to graphdsl.models yet "
-                         "(CLIP/LLaVA 'mlp' and 'none' are)")
-    mm = "mm.2.weight" if "mm.2.weight" in tensors else "mm.0.weight"
-    return ClipConfig(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff, n_head=v.n_head,
-                      n_layer=v.n_layer, eps=v.eps, act=v.act, feature_layer=tuple(v.feature_layer) or (v.n_layer,),
-                      select=v.select, projector="mlp" if v.projector_type == "mlp" else None,
-                      n_mm_embd=tensors[mm].shape[0] if mm in tensors else 0, mm_act=v.projector_act,
-                      mm_bias="mm.0.bias" in tensors, wtype=tensors["v.blk.0.attn_q.weight"].dtype)
+def load_models(mmproj_path, text_path) -> Models:
+    tm = text_models.from_gguf(text_path)
+    return Models(from_gguf(mmproj_path), tm, text_models.tokenizer_of(tm.info))
 
 
-def _whisper_config(a, tensors) -> WhisperEncConfig:
-    if a.projector_type not in ("voxtral", "none"):
-        raise ValueError(f"audio projector {a.projector_type!r} is not wired to graphdsl.models yet "
-                         "(Whisper + 'voxtral' and 'none' are)")
-    proj = a.projector_type == "voxtral"
-    return WhisperEncConfig(n_mel=a.n_mel, n_ctx=tensors["a.position_embd.weight"].shape[0], n_embd=a.n_embd,
-                            n_head=a.n_head, n_layer=a.n_layer, n_ff=a.n_ff, eps=a.eps, act=a.act,
-                            projector="voxtral" if proj else None, stack_factor=a.stack_factor or 4,
-                            n_mm_embd=tensors["mm.a.mlp.2.weight"].shape[0] if proj else 0,
-                            wtype=tensors["a.blk.0.attn_q.weight"].dtype)
-
-
-def needed_weights(loaded: Loaded, graph) -> dict[str, np.ndarray]:
-    return {k: loaded.weights[k] for k in graph.weights}
-
-
-def demo_items(m: Loaded, image=None, audio=None) -> list:
+def demo_items(m: Models, image=None, audio=None) -> list:
     """The demo's batch: PROMPT split at its markers, with the (bundled) image and speech clip."""
     from .preprocess import chunk_prompt, preprocess_image, whisper_features
-    px = preprocess_image(image or DATA / "demo_image.png", m.image_cfg)
-    mel = whisper_features(audio or DATA / "speech_16k.wav", m.n_mel)
+    px = preprocess_image(image or DATA / "demo_image.png", m.mmproj.image_config())
+    mel = whisper_features(audio or DATA / "speech_16k.wav", m.mmproj.audio.cfg.n_mel)
     n = {"image": m.media["image"].n_tokens(*px.shape[1:]), "audio": m.media["audio"].n_tokens(1)}
     return chunk_prompt(PROMPT, tokenizer=m.tokenizer, media=[px, mel], n_tokens=n)
 
@@ -232,24 +188,26 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
     encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files)."""
     from .embed import build_mixed
     from .inp_embd import constants
-    from .models import clip, whisper_enc
+    from .models import clip, siglip, whisper_enc
     from .preprocess import preprocess_image, whisper_features
     if model == "demo":
         m = load_models(*build_files(spec)[:2])
-        g, feeds, _ = build_mixed(demo_items(m, image, audio), m.text, m.media)
-        return g, feeds, needed_weights(m, g), f"demo ({spec}) mixed batch"
-    m = load_models(model)
-    kind = modality or next(iter(m.media))
-    if kind not in m.media:
-        raise ValueError(f"{model} has no {kind} encoder (it has: {', '.join(m.media) or 'none'})")
+        g, feeds, _ = build_mixed(demo_items(m, image, audio), m.text.block, m.media)
+        return g, feeds, m.weights_for(g), f"demo ({spec}) mixed batch"
+    mm = from_gguf(model)
+    kind = modality or next(iter(mm.media), None)
+    if kind not in mm.media:
+        raise ValueError(f"{model} has no {kind or 'image or audio'} encoder "
+                         f"(it has: {', '.join(mm.media) or 'none'})")
     if kind == "image":
-        px = preprocess_image(image or DATA / "demo_image.png", m.image_cfg)
-        g, feeds = clip.build(m.media["image"].cfg, image_hw=px.shape[1:]), {"pixels": px}
+        px = preprocess_image(image or DATA / "demo_image.png", mm.image_config())
+        arch = clip if isinstance(mm.vision, clip.ClipVision) else siglip
+        g, feeds = arch.build(mm.vision.cfg, image_hw=px.shape[1:]), {"pixels": px}
     else:
-        mel = whisper_features(audio or DATA / "speech_16k.wav", m.n_mel)
-        g, feeds = whisper_enc.build(m.media["audio"].cfg, n_windows=1), {"mel": mel[None]}
+        mel = whisper_features(audio or DATA / "speech_16k.wav", mm.audio.cfg.n_mel)
+        g, feeds = whisper_enc.build(mm.audio.cfg, n_windows=1), {"mel": mel[None]}
     feeds.update(constants(g))
-    return g, feeds, needed_weights(m, g), f"{Path(model).name} ({kind})"
+    return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
 
 
 # -- 3-5. the run -----------------------------------------------------------------------------------
@@ -297,9 +255,9 @@ def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = 
     t0 = stage("load GGUF", t0)
     items = demo_items(m)
     t0 = stage("preprocess + tokenize", t0)
-    g, feeds, spans = build_mixed(items, m.text, m.media)
+    g, feeds, spans = build_mixed(items, m.text.block, m.media)
     t0 = stage("build graph", t0)
-    run = graphdsl.compile(g, backend, n_threads=n_threads, weights=needed_weights(m, g))
+    run = graphdsl.compile(g, backend, n_threads=n_threads, weights=m.weights_for(g))
     run(feeds)
     t0 = stage("compile + first run", t0)
     embd = run(feeds)["embd"]

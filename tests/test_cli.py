@@ -9,7 +9,7 @@ from PIL import Image
 
 from graphdsl import cli, demo
 
-COMMANDS = ["devices", "info", "inspect", "embed", "preprocess", "convert", "bench", "demo"]
+COMMANDS = ["devices", "info", "inspect", "embed", "preprocess", "convert", "bench", "demo", "rpc-server"]
 DATA = demo.DATA
 
 
@@ -85,17 +85,29 @@ def test_inspect_mmproj_capture_and_diff(files, tmp_path, capsys):
 
 def test_embed(files, tmp_path, capsys):
     out_npy = tmp_path / "e.npy"
-    rc, out, _ = run(["embed", str(files[0]), "--text-model", str(files[1]), "--backend", "cpu", "--threads", "2",
-                      "--prompt", "USER: <image> what is this? <audio> ASSISTANT:",
-                      "--image", str(DATA / "demo_image.png"), "--audio", str(DATA / "speech_16k.wav"),
-                      "-o", str(out_npy)], capsys)
-    assert rc == 0, out
+    rc, out, err = run(["embed", "--mmproj", str(files[0]), "--text-model", str(files[1]), "--backend", "cpu",
+                        "--threads", "2", "--prompt", "USER: <image> what is this? <audio> ASSISTANT:",
+                        "--image", str(DATA / "demo_image.png"), "--audio", str(DATA / "speech_16k.wav"),
+                        "-o", str(out_npy)], capsys)
+    assert rc == 0, err
     e = np.load(out_npy)
-    assert e.shape == (3 + 16 + 4 + 375 + 2, 48)
-    assert "chunk 1: image  rows 3..18 (16)" in out and "chunk 3: audio" in out
-    rc, _, err = run(["embed", str(files[0]), "--text-model", str(files[1]), "--prompt", "<image> <image>",
-                      "--image", str(DATA / "demo_image.png")], capsys)
-    assert rc == 1 and "2 <image> marker(s) but 1 --image" in err
+    assert e.dtype == np.float32 and e.shape == (3 + 16 + 4 + 375 + 2, 48)
+    assert "embd f32[400, 48] on CPU" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("  ") and line.split()[0].isdigit()]
+    assert rows == [["0", "text", "0", "3"], ["1", "image", "3", "16"], ["2", "text", "19", "4"],
+                    ["3", "audio", "23", "375"], ["4", "text", "398", "2"]]
+    # the same sequence given as ids: the same numbers
+    rc, out, err = run(["embed", "--mmproj", str(files[0]), "--text-model", str(files[1]), "--backend", "cpu",
+                        "--threads", "2", "--tokens", "1,3,43,<image>,5,6,8,42,<audio>,4,43",
+                        "--image", str(DATA / "demo_image.png"), "--audio", str(DATA / "speech_16k.wav"),
+                        "-o", str(tmp_path / "t.npy")], capsys)
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), e)
+    rc, _, err = run(["embed", "--mmproj", str(files[0]), "--text-model", str(files[1]), "--prompt",
+                      "<image> <image>", "--image", str(DATA / "demo_image.png"), "-o", str(tmp_path / "x.npy")],
+                     capsys)
+    assert rc == 1 and "2 <image> marker(s) but 1 image input(s)" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.npy").exists()
 
 
 def test_preprocess(files, tmp_path, capsys):
@@ -122,9 +134,10 @@ def test_demo_command(tmp_path, capsys):
 
 
 def test_convert_real_checkpoint(tmp_path, capsys):
-    """HF folder -> GGUF -> info -> inspect, through the command only."""
+    """HF folder(s) -> GGUF -> info -> inspect / embed, through the command only."""
     tf = pytest.importorskip("transformers")
     pytest.importorskip("torch")
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
     cfg = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
                               image_size=16, patch_size=8)
     tf.CLIPVisionModel(cfg).save_pretrained(tmp_path / "hf")
@@ -136,6 +149,32 @@ def test_convert_real_checkpoint(tmp_path, capsys):
     assert rc == 0 and "projector 'none'" in text
     rc, text, _ = run(["inspect", str(out), "--lowered", "--threads", "2"], capsys)
     assert rc == 0 and "lowered graph clip" in text
+    # a vision and an audio folder -> one mmproj, whose two encoders run as one batch
+    WhisperEncoder(tf.WhisperConfig(d_model=32, encoder_attention_heads=2, encoder_layers=1, encoder_ffn_dim=64)
+                   ).save_pretrained(tmp_path / "hf_audio")
+    both = tmp_path / "both.gguf"
+    rc, text, err = run(["convert", str(tmp_path / "hf"), str(tmp_path / "hf_audio"), "-o", str(both)], capsys)
+    assert rc == 0, err
+    rc, text, _ = run(["info", str(both)], capsys)
+    assert rc == 0 and "graphdsl.models: clip.ClipVision + whisper_enc.WhisperEncoder" in text
+    rc, text, err = run(["embed", "--mmproj", str(both), "--backend", "cpu", "--threads", "2",
+                         "--image", str(DATA / "demo_image.png"), "--audio", str(DATA / "speech_16k.wav"),
+                         "-o", str(tmp_path / "e.npy")], capsys)
+    assert rc == 0, err
+    assert np.load(tmp_path / "e.npy").shape == (5 + 1500, 32)  # CLIP keeps its class token without a projector
+
+
+def test_rpc_server_without_rpc(capsys):
+    """The portable wheel has no RPC backend: one line from the extension, status 1 (never blocks)."""
+    from graphdsl import _ggml
+    if _ggml.has_backend("RPC"):
+        pytest.skip("this libggml has RPC: rpc-server would serve (blocks)")
+    rc, out, err = run(["rpc-server", "--port", "50052", "--threads", "1"], capsys)
+    assert rc == 1 and out == ""
+    assert err == "graphdsl rpc-server: error: this libggml has no RPC backend; rebuild it with " \
+                  "scripts/build_libggml.sh rpc\n"
+    rc, _, err = run(["rpc-server", "--port", "70000"], capsys)
+    assert rc == 1 and "--port 70000 is not a TCP port" in err
 
 
 def test_errors_are_one_line(tmp_path, capsys):

@@ -42,18 +42,27 @@ def test_demo_graph_matches_reference(result):
     """What the demo ran on ggml equals the NumPy reference on the same loaded weights."""
     res, _, _ = result
     m = demo.load_models(*res.files)
-    weights = demo.needed_weights(m, res.graph)
     from graphdsl.embed import build_mixed
-    g, feeds, _ = build_mixed(demo.demo_items(m), m.text, m.media)
-    ref = graphdsl.compile(g, "reference", weights=weights)
+    g, feeds, _ = build_mixed(demo.demo_items(m), m.text.block, m.media)
+    ref = graphdsl.compile(g, "reference", weights=m.weights_for(g))
     rep = inspect.diff(res.executor, ref, feeds, nodes=["embd", "*.layer_out"], rel_l2=1e-4)
     assert rep.ok, rep.headline()
     assert len(rep.rows) == 1 + 2 + 2  # embd, two vision and two audio layers
     np.testing.assert_array_equal(res.executor(feeds)["embd"].shape, res.embd_shape)
 
 
-def test_loader_refuses_unwired_projectors(tmp_path):
-    from graphdsl.gguf_io import AudioConfig
-    a = AudioConfig("qwen2a", 80, 32, 64, 2, 1, 1e-5)
-    with pytest.raises(ValueError, match="not wired"):
-        demo._whisper_config(a, {})
+def test_demo_loads_its_files_like_any_gguf(result):
+    """The demo reads its files through models.from_gguf / text.from_gguf, as `graphdsl embed` does,
+    and its mixed batch equals what embed_files gives for the same prompt and media."""
+    res, _, _ = result
+    from graphdsl.embed import build_mixed, embed_files
+    from graphdsl.models import Mmproj, clip, whisper_enc
+    m = demo.load_models(*res.files)
+    assert isinstance(m.mmproj, Mmproj) and m.mmproj.image_config().mode == "clip"
+    assert isinstance(m.media["image"], clip.ClipVision) and isinstance(m.media["audio"], whisper_enc.WhisperEncoder)
+    assert m.media["image"].n_out == m.media["audio"].n_out == m.text.block.n_out == demo.SPECS["tiny"].n_embd
+    out = embed_files(*res.files, images=[demo.DATA / "demo_image.png"], audios=[demo.DATA / "speech_16k.wav"],
+                      prompt=demo.PROMPT, backend="cpu", n_threads=2)
+    assert [(s.kind, s.start, s.n_tokens) for s in out.spans] == [(s.kind, s.start, s.n_tokens) for s in res.spans]
+    feeds = build_mixed(demo.demo_items(m), m.text.block, m.media)[1]
+    np.testing.assert_allclose(out.embd, res.executor(feeds)["embd"], rtol=0, atol=1e-5)
