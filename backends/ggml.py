@@ -169,7 +169,7 @@ class GGMLExecutor:
         wanted = graph.match(capture)
         live = graph.live_nodes(list(graph.outputs.values()) + wanted)
         ctx = _ggml.Context(8 * len(live) + 64, 16 * len(live) + 64)
-        L = Lowering(ctx, self.precision)
+        L = Lowering(ctx, self.precision, fused_f32_attention=self.device_names[0] == "CPU")
         vals: dict[int, object] = {}
         inputs, tensors, id_checks = {}, {}, []
         for node in live:

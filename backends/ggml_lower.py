@@ -32,11 +32,14 @@ def gdim(node, axis: int) -> int:
 class Lowering:
     """State shared by the lowering functions: the compute context and the precision policy."""
 
-    def __init__(self, ctx, precision: str):
+    def __init__(self, ctx, precision: str, fused_f32_attention: bool = True):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.ctx = ctx
         self.precision = precision
+        # The CPU's flash-attention kernel is exact with f32 K/V; other devices' kernels may
+        # want f16, so elsewhere the exact form stays mul_mat + soft_max + mul_mat.
+        self.fused_f32_attention = fused_f32_attention
 
     @property
     def exact(self) -> bool:
@@ -133,14 +136,16 @@ def _attention(L, node, q, k, v, mask=None):
     c, scale = L.ctx, node.attrs["scale"]
     mask = None if mask is None else L.cont(mask)
     q, k = (t if _unit_rows(t) else G.cont(c, t) for t in (q, k))
+    f16 = dt.f16.ggml_type
     if not L.exact:
-        # q ne[d, nq, h, b], k/v ne[d, nkv, h_kv, b]; the CPU kernel reads K/V as f16.
-        k = k if k.type == dt.f16.ggml_type else G.cast(c, k, dt.f16.ggml_type)
-        v = v if v.type == dt.f16.ggml_type else G.cast(c, v, dt.f16.ggml_type)
-        if mask is not None and mask.type != dt.f16.ggml_type:
-            mask = G.cast(c, mask, dt.f16.ggml_type)
+        # q ne[d, nq, h, b], k/v ne[d, nkv, h_kv, b]; K/V in f16 is ggml's fast CPU path.
+        k, v = (t if t.type == f16 else G.cast(c, t, f16) for t in (k, v))
+        mask = mask if mask is None or mask.type == f16 else G.cast(c, mask, f16)
         return G.flash_attn_ext(c, q, k, v, mask, scale, 0.0, 0.0, True)  # ne[dv, h, nq, b]
-    # Contiguous heads make both products run on packed rows: twice as fast as strided views.
+    if mask is None and L.fused_f32_attention and k.type == v.type == dt.f32.ggml_type:
+        # ggml's CPU kernel keeps f32 K/V in f32 end to end (dot, online softmax, V accumulation).
+        return G.flash_attn_ext(c, q, k, v, None, scale, 0.0, 0.0, True)
+    # With a mask (ggml wants it in f16) or elsewhere: mul_mat + soft_max + mul_mat in f32.
     kq = G.mul_mat(c, L.cont(k), L.cont(q))  # ne[nkv, nq, h, b]; k heads repeat over q heads (GQA)
     kq = G.soft_max_ext(c, kq, mask, scale, 0.0)
     vt = G.cont(c, G.transpose(c, v))  # ne[nkv, dv, h_kv, b]
