@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .table import Table, show
+from .table import Report, Table
 
 
 def capture(executor, inputs: Mapping[str, object], patterns: str | Sequence[str] = "*") -> dict[str, np.ndarray]:
@@ -41,8 +41,8 @@ class DiffRow:
     note: str = ""
 
 
-@dataclass
-class DiffReport:
+@dataclass(repr=False)
+class DiffReport(Report):
     rows: list[DiffRow]  # every compared node, topological order
     bound_rel_l2: float
     bound_max_abs: float | None
@@ -81,16 +81,8 @@ class DiffReport:
                            + (" …" if len(self.missing) > 10 else ""))
         return t
 
-    def __str__(self) -> str:
-        return str(self.table())
-
-    __repr__ = __str__
-
-    def __rich__(self):
-        return self.table().__rich__()
-
-    def show(self, file=None) -> None:
-        show(self, file)
+    def parts(self) -> list:
+        return [self.table()]
 
 
 Source = object  # an executor, a Mapping[str, array] or a Callable[[inputs], Mapping]

@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .table import Table, nbytes, show
+from .table import Report, Table, nbytes
 
 _SUFFIX = re.compile(r"( \([a-z]+\))+$")  # ggml's "x (cont)", "x (permuted) (cont)" names
 
@@ -32,8 +32,8 @@ class GGMLNode:
     owner: str  # the graphdsl node it implements ("" if none)
 
 
-@dataclass
-class LoweredReport:
+@dataclass(repr=False)
+class LoweredReport(Report):
     graph_name: str
     backends: list[str]
     dsl_nodes: int  # computed graphdsl nodes in the program
@@ -82,17 +82,8 @@ class LoweredReport:
             ops.add(op, k, ", ".join(f"{b or '?'}×{c}" for b, c in where[op].items()))
         return [head, ops]
 
-    def __str__(self) -> str:
-        return "\n\n".join(str(t) for t in self.tables())
-
-    __repr__ = __str__
-
-    def __rich__(self):
-        from rich.console import Group
-        return Group(*(t.__rich__() for t in self.tables()))
-
-    def show(self, file=None) -> None:
-        show(self, file)
+    def parts(self) -> list:
+        return self.tables()
 
 
 def _same_backend(buffer_name: str, backend: str) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .placement import ggml_owners
 from .repeats import split_name
 from .summarize import flops_of
-from .table import Table, ms, show
+from .table import Report, Table, ms
 
 
 @dataclass
@@ -41,7 +41,7 @@ def block_of(name: str) -> str:
     return f"{s[0]}.{s[1]}" if s else name.split(".")[0]
 
 
-class Profile:
+class Profile(Report):
     """Per ggml node times of one graph run; aggregate with by_op(), by_block(), by_node()."""
 
     def __init__(self, graph_name: str, nodes: list[NodeTime], wall_s: float, profiled_wall_s: float,
@@ -121,19 +121,8 @@ class Profile:
             raise ValueError(f"profile: by must be 'op', 'ggml_op', 'block', 'node' or an int, got {by!r}")
         return fn()
 
-    def __str__(self) -> str:
-        head = self.headline()
-        return "\n\n".join([head, str(self.table("op")), str(self.table("block", top=30))])
-
-    __repr__ = __str__
-
-    def __rich__(self):
-        from rich.console import Group
-        head = self.headline()
-        return Group(head, self.table("op").__rich__(), self.table("block", top=30).__rich__())
-
-    def show(self, file=None) -> None:
-        show(self, file)
+    def parts(self) -> list:
+        return [self.headline(), self.table("op"), self.table("block", top=30)]
 
     def chart(self, path, by: str | int = "op", top: int = 20):
         """Write a horizontal bar chart PNG of time per op / block / node (Pillow)."""

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..ops.registry import REGISTRY
-from .table import Table, nbytes, show, si
+from .table import Report, Table, nbytes, si
 
 VIEW_OPS = frozenset({"reshape", "view", "permute"})  # ggml views: no arithmetic, no copy
 
@@ -70,7 +70,7 @@ def group_key(name: str, depth: int) -> str:
     return ".".join(name.split(".")[:depth])
 
 
-class Summary:
+class Summary(Report):
     """A table of nodes (or groups) with totals. `str()` is plain text; `.show()` uses rich on a tty.
 
     Attributes: rows (list of NodeStats), groups (dict key -> aggregated NodeStats, when
@@ -124,16 +124,8 @@ class Summary:
                 nbytes(self.total.read), nbytes(self.total.written))
         return t
 
-    def __str__(self) -> str:
-        return str(self.table())
-
-    __repr__ = __str__
-
-    def __rich__(self):
-        return self.table().__rich__()
-
-    def show(self, file=None) -> None:
-        show(self, file)
+    def parts(self) -> list:
+        return [self.table()]
 
 
 def summary(graph, group_by: int | str | None = None) -> Summary:

@@ -60,6 +60,28 @@ class Table:
         show(self, file)
 
 
+class Report:
+    """A printable report made of parts (Tables or lines of text): plain with str(), rich with show().
+
+    Subclasses define `parts()`; dataclass subclasses need `repr=False` to keep this __repr__.
+    """
+
+    def parts(self) -> list:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return "\n\n".join(str(p) for p in self.parts())
+
+    __repr__ = __str__
+
+    def __rich__(self):
+        from rich.console import Group
+        return Group(*(p.__rich__() if hasattr(p, "__rich__") else p for p in self.parts()))
+
+    def show(self, file=None) -> None:
+        show(self, file)
+
+
 def show(obj, file=None) -> None:
     """Print any report: through rich (obj.__rich__) on a terminal when rich is installed, else str(obj)."""
     file = file or sys.stdout
