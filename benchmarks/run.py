@@ -41,6 +41,20 @@ def _randomize(model, std=0.02, seed=0):
     return model.eval()
 
 
+def _torch_fn(hf, x: np.ndarray, call):
+    """torch_fn(dtype, batch=1) -> a no-argument runner of `call(model, input)` in that dtype."""
+    def make(dtype, batch=1):
+        torch = _torch()
+        m = copy.deepcopy(hf).to(dtype)  # .to() is in place: keep the fp32 model intact
+        inp = torch.from_numpy(x)[None].repeat(batch, *([1] * x.ndim)).to(dtype)
+
+        def run():
+            with torch.inference_mode():
+                return call(m, inp)
+        return run
+    return make
+
+
 # -- models at real sizes ---------------------------------------------------------------------------
 def clip_b16(image_size=224):
     """CLIP ViT-B/16 + LLaVA projector (768 -> 4096), HF LlavaForConditionalGeneration's vision path."""
@@ -55,17 +69,9 @@ def clip_b16(image_size=224):
     weights = clip.hf_to_gguf(hf.state_dict(), gcfg)
     x = np.random.default_rng(0).standard_normal((3, image_size, image_size)).astype(np.float32)
 
-    def torch_fn(dtype):
-        torch = _torch()
-        m = copy.deepcopy(hf).to(dtype)  # .to() is in place: keep the fp32 model intact
-        px = torch.from_numpy(x)[None].to(dtype)
-
-        def run():
-            with torch.inference_mode():
-                hs = m.model.vision_tower(px, output_hidden_states=True).hidden_states[-2][:, 1:]
-                return m.model.multi_modal_projector(hs)
-        return run
-    return gcfg, clip.build, weights, {"pixels": x}, torch_fn
+    def call(m, px):
+        return m.model.multi_modal_projector(m.model.vision_tower(px, output_hidden_states=True).hidden_states[-2][:, 1:])
+    return gcfg, clip.build, weights, {"pixels": x}, _torch_fn(hf, x, call)
 
 
 def whisper_base(seconds=30):
@@ -80,16 +86,7 @@ def whisper_base(seconds=30):
     weights = whisper_enc.hf_to_gguf(hf.state_dict(), gcfg)
     mel = np.random.default_rng(0).standard_normal((80, 3000)).astype(np.float32)
 
-    def torch_fn(dtype, batch=1):
-        torch = _torch()
-        m = copy.deepcopy(hf).to(dtype)  # .to() is in place: keep the fp32 model intact
-        x = torch.from_numpy(mel)[None].repeat(batch, 1, 1).to(dtype)
-
-        def run():
-            with torch.inference_mode():
-                return m(x).last_hidden_state
-        return run
-    return gcfg, whisper_enc.build, weights, {"mel": mel[None]}, torch_fn
+    return gcfg, whisper_enc.build, weights, {"mel": mel[None]}, _torch_fn(hf, mel, lambda m, x: m(x).last_hidden_state)
 
 
 def siglip_b16():
@@ -103,16 +100,7 @@ def siglip_b16():
     weights = siglip.hf_to_gguf(hf.state_dict(), gcfg)
     x = np.random.default_rng(0).standard_normal((3, 224, 224)).astype(np.float32)
 
-    def torch_fn(dtype):
-        torch = _torch()
-        m = copy.deepcopy(hf).to(dtype)  # .to() is in place: keep the fp32 model intact
-        px = torch.from_numpy(x)[None].to(dtype)
-
-        def run():
-            with torch.inference_mode():
-                return m(px).last_hidden_state
-        return run
-    return gcfg, siglip.build, weights, {"pixels": x}, torch_fn
+    return gcfg, siglip.build, weights, {"pixels": x}, _torch_fn(hf, x, lambda m, px: m(px).last_hidden_state)
 
 
 ENCODERS = {"clip": clip_b16, "whisper": whisper_base, "siglip": siglip_b16}
