@@ -107,12 +107,12 @@ def _mul_mat(L, node, x, w):
     return G.mul_mat(L.ctx, w, x)
 
 
+_BLOCK_BYTES = {d.ggml_type: d.type_size for d in dt.DTYPES.values()}
+
+
 def _unit_rows(t) -> bool:
-    return t.nb[0] == _ggml.row_size(t.type, _ggml_block(t.type))
-
-
-def _ggml_block(type_id: int) -> int:
-    return next(d.block_size for d in dt.DTYPES.values() if d.ggml_type == type_id)
+    """Rows read with unit stride (nb[0] is one element or block), as ggml's CPU kernels assume."""
+    return t.nb[0] == _BLOCK_BYTES[t.type]
 
 
 @lowers("get_rows")
