@@ -12,8 +12,12 @@
 """
 from __future__ import annotations
 
-from . import dtypes, ops
-from .graph import Graph, Node, Tensor
+from ._libs import preload_pip_cuda
+
+preload_pip_cuda()
+
+from . import dtypes, ops  # noqa: E402
+from .graph import Graph, Node, Tensor  # noqa: E402
 
 __all__ = ["Graph", "Node", "Tensor", "ops", "dtypes", "compile", "devices"]
 __version__ = "0.1.0"

@@ -6,7 +6,8 @@
 #     native   GGML_NATIVE=ON + GGML_LLAMAFILE=ON (tuned CPU: this machine's SIMD, llamafile sgemm)
 #     blas     GGML_BLAS=ON with OpenBLAS (apt: libopenblas-dev) - a second backend on CPU-only machines
 #     rpc      GGML_RPC=ON (ggml's own remote backend; `graphdsl rpc-server`)
-#     cuda     GGML_CUDA=ON (needs nvcc; pip: nvidia-cublas-cu12 etc.; set CUDA_ARCH, default 90)
+#     cuda     GGML_CUDA=ON (needs nvcc; cuBLAS from the toolkit or the nvidia-cublas wheel in the
+#              venv; set CUDA_ARCH, default 90 = Hopper)
 #     metal    GGML_METAL=ON (macOS only; built, not verified on this project's machines)
 set -euo pipefail
 VENV=.venv
@@ -27,8 +28,17 @@ while [ $# -gt 0 ]; do
       fi
       defines+=(-C cmake.define.GGML_BLAS=ON -C cmake.define.GGML_BLAS_VENDOR=OpenBLAS) ;;
     rpc) defines+=(-C cmake.define.GGML_RPC=ON) ;;
-    cuda) defines+=(-C cmake.define.GGML_CUDA=ON -C cmake.define.GGML_CUDA_NO_VMM=ON
-                    -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}") ;;
+    cuda)
+      defines+=(-C cmake.define.GGML_CUDA=ON -C cmake.define.GGML_CUDA_NO_VMM=ON
+                -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}")
+      # A toolkit without cuBLAS (nvcc alone): use the nvidia-cublas wheel's library and headers.
+      cublas=$(ls "$VENV"/lib/python*/site-packages/nvidia/*/lib/libcublas.so.* 2>/dev/null | head -n 1 || true)
+      if [ -n "$cublas" ]; then
+        nv=$(dirname "$(dirname "$cublas")")
+        lt=$(ls "$nv"/lib/libcublasLt.so.* | head -n 1)
+        defines+=(-C "cmake.define.CUDA_cublas_LIBRARY=$cublas" -C "cmake.define.CUDA_cublasLt_LIBRARY=$lt"
+                  -C "cmake.define.CMAKE_CUDA_FLAGS=-I$nv/include" -C "cmake.define.CMAKE_CXX_FLAGS=-I$nv/include")
+      fi ;;
     metal) defines+=(-C cmake.define.GGML_METAL=ON -C cmake.define.GGML_METAL_EMBED_LIBRARY=ON) ;;
     *) echo "unknown feature: $1" >&2; exit 2 ;;
   esac
