@@ -13,7 +13,19 @@ import site
 import sys
 
 
+def _libggml_has_cuda() -> bool:
+    try:
+        import libggml
+    except ImportError:
+        return False
+    base = os.path.dirname(libggml.__file__)
+    return bool(glob.glob(os.path.join(base, "lib*", "libggml-cuda.so*")))
+
+
 def preload_pip_cuda() -> list[str]:
+    """Load pip-installed cuBLAS globally when (and only when) the installed libggml is a CUDA build."""
+    if not _libggml_has_cuda():
+        return []
     roots = [*site.getsitepackages(), site.getusersitepackages(), *sys.path]
     loaded = []
     for name in ("libcublasLt.so.*", "libcublas.so.*"):  # Lt first: cuBLAS depends on it
