@@ -1,0 +1,34 @@
+"""GGUF files in llama.cpp's conventions.
+
+- reader.py: a validating, memory-mapped GGUF reader (`read_gguf`, `GGUFFile`, `GGUFTensor`).
+- mmproj.py: multimodal projector files (`load_mmproj`, `MmprojConfig`), llama.cpp's loader
+  quirks and tensor checks.
+- text.py: text-model files (`load_text`): token embeddings and the tokenizer.ggml.* vocabulary.
+
+    >>> f = read_gguf("mmproj.gguf")                     # doctest: +SKIP
+    >>> cfg, tensors = load_mmproj("mmproj.gguf")         # doctest: +SKIP
+    >>> arr, dtype, shape = tensors["v.blk.0.attn_q.weight"]  # doctest: +SKIP
+"""
+from .mmproj import (  # noqa: F401
+    CHECKED_AUDIO,
+    CHECKED_VISION,
+    FFN_SWAP_PROJECTORS,
+    KEY_ACT,
+    KEY_FEATURE_LAYER,
+    KEY_MM_ACT,
+    KEY_SELECT,
+    LLAVA_PROJECTORS,
+    MMPROJ_ARCH,
+    PROJECTOR_TYPES,
+    WHISPER_PROJECTORS,
+    AudioConfig,
+    MmprojConfig,
+    VisionConfig,
+    load_mmproj,
+    tensor_name,
+)
+from .reader import MAX_DIMS, MAX_NAME, GGUFError, GGUFFile, GGUFTensor, read_gguf, weights_of  # noqa: F401
+from .text import TextInfo, load_text  # noqa: F401
+
+__all__ = ["AudioConfig", "GGUFError", "GGUFFile", "GGUFTensor", "MmprojConfig", "TextInfo", "VisionConfig",
+           "load_mmproj", "load_text", "read_gguf", "weights_of"]
