@@ -17,8 +17,8 @@ Position embeddings of images whose patch grid differs from the trained one are 
 HF's ``interpolate_pos_encoding=True`` does (``torch.nn.functional.interpolate``, bicubic,
 A = -0.75, align_corners=False, border-clamped taps). Bicubic resizing is linear and separable,
 so it runs in the graph as two matrix products with constant matrices computed here in NumPy.
-Such constants are graph *inputs* carrying their value in ``node.meta["const"]``;
-``constants(graph)`` collects them for the executor call.
+Such constants are graph *inputs* carrying their value in ``node.meta["const"]``; executors
+feed them unless the call passes them (``constants(graph)`` collects them explicitly).
 
 Example:
     >>> g = Graph("clip_embd")
@@ -27,7 +27,7 @@ Example:
     ...     x = build_inp_embd("image", px, n_embd=64, patch_size=16, image_size=224, class_embd=True)
     >>> x.shape                                   # 1 + 14 * 10 positions
     (141, 64)
-    >>> run(dict(pixels=pixels, **constants(g)))  # doctest: +SKIP
+    >>> run({"pixels": pixels})                   # doctest: +SKIP
 """
 from __future__ import annotations
 
