@@ -31,9 +31,9 @@ from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .common import (
+    Block,
     T,
     as_dict,
-    file_types,
     image_rows,
     keep_only,
     mmproj_config,
@@ -85,7 +85,7 @@ class ClipConfig:
         return self.n_mm_embd if self.projector else self.n_embd * len(self.layers)
 
 
-class ClipVision:
+class ClipVision(Block):
     """CLIP vision tower + LLaVA projector as a callable block.
 
     Call on pixels f32 (3, H, W) or (B, 3, H, W) -> ([B,] n_tokens, n_out). H, W may differ from
@@ -95,10 +95,6 @@ class ClipVision:
 
     kind = "image"
 
-    def __init__(self, cfg: ClipConfig):
-        self.cfg = cfg
-
-    n_out = property(lambda self: self.cfg.n_out)
     # an input (shape, dtype) whose graph declares every weight
     example = property(lambda self: ((1, 3, self.cfg.image_size, self.cfg.image_size), "f32"))
 
@@ -109,10 +105,6 @@ class ClipVision:
     def rows(self, pixels) -> np.ndarray:
         """One image (3, H, W) as a batch of one."""
         return image_rows(pixels, "clip")
-
-    def __call__(self, pixels: Tensor) -> Tensor:
-        with file_types(pixels.graph, self.cfg.wtypes):
-            return self._build(pixels)
 
     def _build(self, pixels: Tensor) -> Tensor:
         c, g = self.cfg, pixels.graph

@@ -107,6 +107,28 @@ def mmproj_config(src: Any):
     raise ValueError(f"[config_from_gguf] expected an mmproj path or MmprojConfig, got {type(src).__name__}")
 
 
+class Block:
+    """The protocol of a model block: built from its config, called on a graph tensor.
+
+    Subclasses set ``kind`` (the ``build_inp_embd`` input kind), ``example`` and ``_build``;
+    calling declares every weight with the type its file stores (``cfg.wtypes``).
+    """
+
+    kind = ""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    n_out = property(lambda self: self.cfg.n_out)
+
+    def __call__(self, x):
+        with file_types(x.graph, self.cfg.wtypes):
+            return self._build(x)
+
+    def _build(self, x):
+        raise NotImplementedError
+
+
 def file_types(g, wtypes: Mapping[str, str] | None):
     """Declare each weight ``g`` builds inside with the type the file stores it in (see Graph.weight_types)."""
     return g.weight_types(wtypes)

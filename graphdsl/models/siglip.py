@@ -39,9 +39,9 @@ from .. import dtypes as dt
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .common import (
+    Block,
     T,
     as_dict,
-    file_types,
     image_rows,
     keep_only,
     mmproj_config,
@@ -90,15 +90,11 @@ class SiglipConfig:
         return self.n_mm_embd if self.projector else self.n_embd
 
 
-class SiglipVision:
+class SiglipVision(Block):
     """SigLIP tower + Gemma 3 projector: pixels f32 ([B,] 3, H, W) -> ([B,] n_tokens, n_out)."""
 
     kind = "image"
 
-    def __init__(self, cfg: SiglipConfig):
-        self.cfg = cfg
-
-    n_out = property(lambda self: self.cfg.n_out)
     # an input (shape, dtype) whose graph declares every weight
     example = property(lambda self: ((1, 3, self.cfg.image_size, self.cfg.image_size), "f32"))
 
@@ -110,10 +106,6 @@ class SiglipVision:
     def rows(self, pixels) -> np.ndarray:
         """One image (3, H, W) as a batch of one."""
         return image_rows(pixels, "siglip")
-
-    def __call__(self, pixels: Tensor) -> Tensor:
-        with file_types(pixels.graph, self.cfg.wtypes):
-            return self._build(pixels)
 
     def _build(self, pixels: Tensor) -> Tensor:
         c, g = self.cfg, pixels.graph

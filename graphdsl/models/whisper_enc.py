@@ -36,9 +36,9 @@ from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .common import (
+    Block,
     T,
     as_dict,
-    file_types,
     keep_only,
     mmproj_config,
     rename,
@@ -83,15 +83,11 @@ class WhisperEncConfig:
         return self.n_mm_embd if self.projector else self.n_embd
 
 
-class WhisperEncoder:
+class WhisperEncoder(Block):
     """Whisper encoder + Voxtral projector: mel windows f32 ([B,] n_mel, 2 n_ctx) -> ([B,] n_tokens, n_out)."""
 
     kind = "audio"
 
-    def __init__(self, cfg: WhisperEncConfig):
-        self.cfg = cfg
-
-    n_out = property(lambda self: self.cfg.n_out)
     # an input (shape, dtype) whose graph declares every weight
     example = property(lambda self: ((1, self.cfg.n_mel, self.cfg.n_frames), "f32"))
 
@@ -111,10 +107,6 @@ class WhisperEncoder:
         if mel.shape[1:] != (c.n_mel, c.n_frames):
             raise ValueError(f"[whisper_enc] windows {mel.shape} must be (k, {c.n_mel}, {c.n_frames})")
         return np.ascontiguousarray(mel, np.float32)
-
-    def __call__(self, mel: Tensor) -> Tensor:
-        with file_types(mel.graph, self.cfg.wtypes):
-            return self._build(mel)
 
     def _build(self, mel: Tensor) -> Tensor:
         c, g = self.cfg, mel.graph
