@@ -92,6 +92,11 @@ class GGMLExecutor:
         self.device_names = resolve_devices(backend)
         self.n_threads = n_threads or os.cpu_count() or 1
         self.runtime = _ggml.Runtime(self.device_names, self.n_threads, max(8192, 16 * len(graph.nodes)))
+        # On a device with its own memory (CUDA, RPC), inputs go straight there, so that ops which
+        # read no weight (a whole graph of them, in the op tests) run on it too and not next to a
+        # CPU-resident input; the upload costs the same one copy either way.
+        kind = {d["name"]: d["type"] for d in devices()}.get(self.device_names[0])
+        self._pin_inputs = kind in ("gpu", "igpu")
         self._programs: dict[tuple, Program] = {}
         self._wctx = None
         self._wtensors: dict[str, object] = {}
@@ -99,6 +104,7 @@ class GGMLExecutor:
         self._mapped: dict[str, int] = {}  # weights used in place: name -> address
         self._host_buffers: list = []
         self.last_program: Program | None = None
+        self._allocated: Program | None = None  # the program the scheduler holds allocated now
         if weights is not None:
             self.load_weights(weights)
 
@@ -203,6 +209,7 @@ class GGMLExecutor:
         for t in outputs.values():
             cgraph.expand(t)
         self.runtime.reserve(cgraph)
+        self._allocated = None  # reserving dropped the previous allocation
         prog = Program(graph, ctx, cgraph, inputs, outputs, tensors, [c for c in id_checks if c])
         self._programs[key] = prog
         return prog
@@ -225,7 +232,12 @@ class GGMLExecutor:
             if ids.size and (ids.min() < 0 or ids.max() >= n_rows):
                 raise ValueError(f"[get_rows] input '{name}': ids must lie in [0, {n_rows}), "
                                  f"got [{ids.min()}, {ids.max()}]")
-        self.runtime.alloc_graph(prog.cgraph)
+        if self._allocated is not prog:
+            # Re-running the allocated program skips the split, as llama.cpp's graph reuse does;
+            # an RPC server then recomputes its stored graph instead of receiving it again.
+            pinned = [(t, 0) for t in prog.inputs.values()] if self._pin_inputs else []
+            self.runtime.alloc_graph(prog.cgraph, pinned)
+            self._allocated = prog
         if self.strict and not prog.checked:
             moved = {n: b for n, (b, _) in self._placement(prog).items() if b != self.runtime.backend_names[0]}
             if moved:

@@ -11,9 +11,11 @@
 #include <ggml-backend.h>
 #include <pybind11/pybind11.h>
 
+#include <array>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 
 namespace py = pybind11;
 
@@ -36,9 +38,30 @@ struct Tensor {
     std::shared_ptr<Context> owner;
 };
 
+// ggml_backend_sched_split_graph rewrites node->src[] in place to point at the copies it makes
+// for inputs that live on another backend (CPU input -> RPC/CUDA). Those copies live in the
+// scheduler's own context, which the next split frees, so splitting the same cgraph twice (reserve,
+// then alloc; or a second input-shape program in between) finds stale copies instead of the real
+// inputs and silently skips the upload. llama.cpp rebuilds its graph each time; we keep the graph
+// and put the sources back before every split instead.
+using Sources = std::unordered_map<ggml_tensor *, std::array<ggml_tensor *, GGML_MAX_SRC>>;
+
 struct Graph {
     ggml_cgraph * g = nullptr;
     std::shared_ptr<Context> owner;
+    std::shared_ptr<Sources> sources = std::make_shared<Sources>();
+
+    // Restore the sources recorded before the first split; record those of nodes added since.
+    void restore_sources() {
+        for (int i = 0; i < ggml_graph_n_nodes(g); ++i) {
+            ggml_tensor * node = ggml_graph_node(g, i);
+            auto [it, fresh] = sources->try_emplace(node);
+            for (int j = 0; j < GGML_MAX_SRC; ++j) {
+                if (fresh) it->second[j] = node->src[j];
+                else node->src[j] = it->second[j];
+            }
+        }
+    }
 };
 
 inline ggml_tensor * raw(const Tensor & x) {

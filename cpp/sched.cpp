@@ -155,6 +155,7 @@ void register_sched(py::module_ & m) {
             {
                 py::gil_scoped_release nogil;
                 ggml_backend_sched_reset(r.sched);  // reserve asserts that no graph is allocated
+                g.restore_sources();
                 ok = ggml_backend_sched_reserve(r.sched, g.g);
             }
             if (!ok) throw std::runtime_error("ggml_backend_sched_reserve failed (out of memory?)");
@@ -168,6 +169,7 @@ void register_sched(py::module_ & m) {
                 t->data = nullptr;
                 t->buffer = nullptr;
             }
+            g.restore_sources();
             for (auto & [t, i] : pinned) ggml_backend_sched_set_tensor_backend(r.sched, raw(t), r.backend(i));
             if (!ggml_backend_sched_alloc_graph(r.sched, g.g))
                 throw std::runtime_error("ggml_backend_sched_alloc_graph failed");

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import target
 
 import graphdsl
 from graphdsl.inp_embd import constants
@@ -48,9 +49,10 @@ def randomize(model, seed: int = 0, std: float = 0.05):
     return model.eval()
 
 
-def run_graph(g, weights, inputs, backend="cpu", **kw):
-    """Compile, bind (strict) and run; constant inputs (interpolation matrices) are added."""
-    exe = graphdsl.compile(g, backend, weights=weights, **kw)
+def run_graph(g, weights, inputs, backend=None, **kw):
+    """Compile, bind (strict) and run on `backend` (default: the backend under test); constant
+    inputs (interpolation matrices) are added."""
+    exe = graphdsl.compile(g, backend or target.BACKEND, weights=weights, **kw)
     return exe({**inputs, **constants(g)})
 
 

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from gguf.constants import TENSOR_NAMES
 from hf_refs import BOUND, bert_tiny, llava_tiny, need_torch, randomize, rel_err, run_graph, whisper_tiny_random
+from target import BACKEND
 
 from graphdsl import Graph
 from graphdsl.inp_embd import INPUT_KINDS, bicubic_matrix, build_inp_embd, constants, register_input_kind
 from graphdsl.models import clip, siglip, text, whisper_enc
 
-BACKENDS = ["cpu", "reference"]
+BACKENDS = [BACKEND, "reference"]
 
 
 def test_registry_has_the_four_kinds():

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from hf_refs import BOUND, llava_tiny, need_torch, rel_err, voxtral_tiny
+from target import BACKEND
 
 from graphdsl.embed import Embedder, Span, build_mixed
 from graphdsl.models import clip, text, whisper_enc
@@ -18,7 +19,7 @@ def models():
     w = {**text.hf_to_gguf(llava.state_dict(), tc), **clip.hf_to_gguf(llava.state_dict(), cc),
          **whisper_enc.hf_to_gguf(vox.state_dict(), wc)}
     emb = Embedder(text.TextEmbedding(tc), {"image": clip.ClipVision(cc), "audio": whisper_enc.WhisperEncoder(wc)},
-                   weights=w)
+                   backend=BACKEND, weights=w)
     return emb, llava, vox, wc
 
 

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from hf_refs import BOUND, llava_tiny, need_torch, randomize, rel_err, run_graph
+from target import BACKEND
 
 import graphdsl
 from graphdsl.models import clip
@@ -24,7 +25,7 @@ def test_llava_features_match_hf(layer, select):
     ref = _hf_features(m, px, layer, select)[0]
     g = clip.build(c)
     w = clip.hf_to_gguf(m.state_dict(), c)
-    for be in ("cpu", "reference"):
+    for be in (BACKEND, "reference"):
         assert rel_err(run_graph(g, w, {"pixels": px[0].numpy()}, be)["embd"], ref) <= BOUND
 
 
@@ -67,7 +68,7 @@ def test_node_names_and_capture():
     with torch.no_grad():
         hs = m.model.vision_tower(px, output_hidden_states=True).hidden_states
     g = clip.build(c)
-    exe = graphdsl.compile(g, "cpu", weights=clip.hf_to_gguf(m.state_dict(), c))
+    exe = graphdsl.compile(g, BACKEND, weights=clip.hf_to_gguf(m.state_dict(), c))
     out = exe({"pixels": px[0].numpy()}, capture=["v.blk.*.layer_out", "v.pre_ln"])
     assert sorted(k for k in out if k.startswith("v.blk")) == ["v.blk.0.layer_out", "v.blk.1.layer_out"]
     assert rel_err(out["v.pre_ln"], hs[0][0].numpy()) <= BOUND

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from hf_refs import BOUND, gemma3_tiny, need_torch, rel_err, run_graph
+from target import BACKEND
 
 from graphdsl.models import siglip
 
@@ -17,7 +18,7 @@ def test_gemma3_image_features_match_hf():
     w = siglip.hf_to_gguf(m.state_dict(), c)
     hf_norm = m.model.multi_modal_projector.mm_soft_emb_norm.weight.detach().numpy()
     np.testing.assert_array_equal(w["mm.soft_emb_norm.weight"], hf_norm + np.float32(1))  # stored as 1 + w
-    for be in ("cpu", "reference"):
+    for be in (BACKEND, "reference"):
         out = run_graph(siglip.build(c, n_images=2), w, {"pixels": px.numpy()}, be)["embd"]
         assert out.shape == ref.shape == (2, 16, 48)
         assert rel_err(out, ref) <= BOUND

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from hf_refs import BOUND, bert_tiny, llava_tiny, need_torch, package_dir, rel_err, run_graph
+from target import BACKEND
 
 from graphdsl.models import text
 
@@ -14,7 +15,7 @@ def test_bert_embeddings_random():
         ref = m.embeddings(input_ids=torch.from_numpy(ids.astype(np.int64))[None])[0].numpy()
     c = text.config_from_hf(cfg)
     assert (c.n_pos, c.n_types, c.norm_eps) == (40, 2, 1e-12)
-    for be in ("cpu", "reference"):
+    for be in (BACKEND, "reference"):
         out = run_graph(text.build(c, len(ids)), text.hf_to_gguf(m.state_dict(), c), {"ids": ids}, be)["embd"]
         assert rel_err(out, ref) <= BOUND
 
@@ -54,7 +55,7 @@ def test_minilm_embedding_stage_real_weights(minilm):
         ref = model.embeddings(input_ids=torch.from_numpy(ids.astype(np.int64))[None])[0].numpy()
     c = text.config_from_hf(model.config)
     w = text.hf_to_gguf(load_file(str(path / "model.safetensors")), c)
-    for be in ("cpu", "reference"):
+    for be in (BACKEND, "reference"):
         assert rel_err(run_graph(text.build(c, len(ids)), w, {"ids": ids}, be)["embd"], ref) <= BOUND
 
 
@@ -67,6 +68,6 @@ def test_minilm_q8_0_table(minilm):
         ref = model.embeddings(input_ids=torch.from_numpy(ids.astype(np.int64))[None])[0].numpy()
     c = text.TextConfig(**{**text.config_from_hf(model.config).__dict__, "wtype": "q8_0"})
     w = text.hf_to_gguf(load_file(str(path / "model.safetensors")), c)
-    out, out_ref = (run_graph(text.build(c, 4), w, {"ids": ids}, be)["embd"] for be in ("cpu", "reference"))
+    out, out_ref = (run_graph(text.build(c, 4), w, {"ids": ids}, be)["embd"] for be in (BACKEND, "reference"))
     assert rel_err(out, out_ref) <= BOUND
     assert rel_err(out, ref) < 1e-2

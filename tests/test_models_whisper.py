@@ -6,6 +6,7 @@ read by tests/hf_refs.py) on tests/data/speech_16k.wav, log-mel by graphdsl.prep
 import numpy as np
 import pytest
 from hf_refs import BOUND, DATA, need_torch, rel_err, run_graph, voxtral_tiny, whisper_tiny_en, whisper_tiny_random
+from target import BACKEND
 
 import graphdsl
 from graphdsl.models import whisper_enc
@@ -21,7 +22,7 @@ def test_whisper_encoder_matches_hf(n_windows, attn):
     with torch.no_grad():
         ref = m(mel).last_hidden_state.reshape(-1, c.n_embd).numpy()
     w = whisper_enc.hf_to_gguf(m.state_dict(), c)
-    for be in ("cpu", "reference"):
+    for be in (BACKEND, "reference"):
         assert rel_err(run_graph(whisper_enc.build(c, n_windows), w, {"mel": mel.numpy()}, be)["embd"], ref) <= BOUND
 
 
@@ -34,7 +35,7 @@ def test_voxtral_audio_features_match_hf():
     with torch.no_grad():
         ref = m.get_audio_features(mel).pooler_output.numpy()
     w = whisper_enc.hf_to_gguf(m.state_dict(), c)
-    for be in ("cpu", "reference"):
+    for be in (BACKEND, "reference"):
         out = run_graph(whisper_enc.build(c, 2), w, {"mel": mel.numpy()}, be)["embd"]
         assert out.shape == ref.shape == (2 * 32 // 4, 48)
         assert rel_err(out, ref) <= BOUND
@@ -96,7 +97,7 @@ def test_whisper_tiny_en_long_audio(tiny_en):
     mel = enc.rows(windows)
     with torch.no_grad():
         ref = np.concatenate([m(torch.from_numpy(w[None])).last_hidden_state[0].numpy() for w in windows])
-    exe = graphdsl.compile(whisper_enc.build(c, 3), "cpu", weights=whisper_enc.hf_to_gguf(sd, c))
+    exe = graphdsl.compile(whisper_enc.build(c, 3), BACKEND, weights=whisper_enc.hf_to_gguf(sd, c))
     out = exe({"mel": mel})["embd"]
     assert out.shape == (4500, 384)
     assert rel_err(out, ref) <= BOUND

@@ -8,20 +8,16 @@ while the reference keeps them in f32. "fast" takes ggml's f16 paths (im2col, GE
 """
 from __future__ import annotations
 
-import os
 import zlib
 
 import numpy as np
 import pytest
+from graphdsl.backends.ggml_lower import LOWERING
+from op_cases import CASES
+from target import BACKEND
 
 import graphdsl
-from graphdsl.backends.ggml_lower import LOWERING
 from graphdsl.ops import REGISTRY
-from op_cases import CASES
-
-# GRAPHDSL_TEST_BACKEND picks the device under test ("cpu", "blas", "cuda", "rpc://127.0.0.1:N");
-# the reference is always the NumPy interpreter.
-BACKEND = os.environ.get("GRAPHDSL_TEST_BACKEND", "cpu")
 
 # Measured on this machine (tests print them with -s); bounds carry about a 3x margin.
 QUANT_TOL = {"f16": 2e-3, "bf16": 1e-2, "q8_0": 1e-2, "q4_0": 2e-2, "q4_1": 2e-2, "q5_0": 1e-2,
@@ -45,8 +41,13 @@ def test_op_matches_reference(case, precision):
     g = case.graph()
     ins, ws = case.values(rng)
     ref = graphdsl.compile(g, "reference", weights=ws)(ins)["out"]
-    out = graphdsl.compile(g, BACKEND, precision=precision, weights=ws)(ins)["out"]
+    exe = graphdsl.compile(g, BACKEND, precision=precision, weights=ws)
+    out = exe(ins)["out"]
     assert out.shape == ref.shape == g.outputs["out"].shape
+    # On a multi-device schedule the op must really run on the device under test, or be reported
+    # as unsupported there (then it runs on the CPU, which is tested too).
+    moved = {n: why for n, why in exe.placement()["fallbacks"].items() if "unsupported by" not in why}
+    assert not moved, moved
     if ref.dtype == np.int32:
         np.testing.assert_array_equal(out, ref)
         return
