@@ -23,16 +23,21 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -rs tests
 
-# A second venv whose libggml is rebuilt from the sdist with BLAS and RPC: the op suite then runs
-# on a real two-backend schedule (BLAS + CPU) with copies between them.
+# A second venv whose libggml is rebuilt from the sdist with BLAS and RPC. The op and model suites
+# then run twice: on BLAS + CPU (a real two-backend schedule with copies between them) and on ggml's
+# RPC backend, against a `graphdsl rpc-server` that tests/conftest.py starts on 127.0.0.1.
 BLAS_VENV ?= .venv-blas
+BACKEND_SUITES := tests/test_ops.py tests/test_backends.py tests/test_executor.py tests/test_errors.py \
+	tests/test_models_clip.py tests/test_models_siglip.py tests/test_models_whisper.py \
+	tests/test_models_text.py tests/test_inp_embd.py tests/test_mixed_batch.py
 test-backends:
 	test -x $(BLAS_VENV)/bin/python || $(PY) -m venv $(BLAS_VENV)
 	$(BLAS_VENV)/bin/pip install -q pytest scikit-build-core pybind11 "libggml-python==0.20.2.post1"
 	scripts/build_libggml.sh --venv $(BLAS_VENV) blas rpc
-	$(BLAS_VENV)/bin/pip install -q --no-build-isolation .
-	GRAPHDSL_TEST_BACKEND=blas $(BLAS_VENV)/bin/pytest -q -rs -p no:cacheprovider \
-		tests/test_ops.py tests/test_backends.py tests/test_executor.py tests/test_errors.py
+	$(BLAS_VENV)/bin/pip install -q --no-build-isolation ".[test]"
+	$(BLAS_VENV)/bin/pip install -q --no-deps $(REFDATA)
+	GRAPHDSL_TEST_BACKEND=blas $(BLAS_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
+	GRAPHDSL_TEST_BACKEND=rpc $(BLAS_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
 
 bench: install
 	$(BIN)/python benchmarks/run.py --quick

@@ -98,7 +98,8 @@ static std::vector<std::string> rpc_add_server(const std::string & endpoint) {
     return out;
 }
 
-static void rpc_start_server(const std::string & endpoint, size_t n_threads, const std::string & device) {
+static void rpc_start_server(const std::string & endpoint, size_t n_threads, const std::string & device,
+                             const std::string & cache_dir) {
     using start_fn = void (*)(const char *, const char *, size_t, size_t, ggml_backend_dev_t *);
     auto start = (start_fn) ggml_backend_reg_get_proc_address(rpc_reg(), "ggml_backend_rpc_start_server");
     if (!start) throw std::runtime_error("RPC backend lacks ggml_backend_rpc_start_server");
@@ -106,7 +107,9 @@ static void rpc_start_server(const std::string & endpoint, size_t n_threads, con
                                             : ggml_backend_dev_by_name(device.c_str());
     if (!dev) throw std::invalid_argument("unknown device '" + device + "'");
     py::gil_scoped_release nogil;
-    start(endpoint.c_str(), nullptr, n_threads, 1, &dev);  // serves until the process ends
+    // cache_dir: tensors above 10 MiB are kept there by hash, so a client that uploads the same
+    // weights again (a new process, the same model) sends 40 bytes instead of the tensor.
+    start(endpoint.c_str(), cache_dir.empty() ? nullptr : cache_dir.c_str(), n_threads, 1, &dev);
 }
 
 }  // namespace gd
@@ -135,7 +138,8 @@ PYBIND11_MODULE(_ggml, m) {
     m.def("rpc_add_server", &rpc_add_server, py::arg("endpoint"),
           "Register ggml's RPC server at host:port; returns its device names.");
     m.def("rpc_start_server", &rpc_start_server, py::arg("endpoint"), py::arg("n_threads"),
-          py::arg("device") = "", "Serve a local device over ggml's RPC protocol (blocks).");
+          py::arg("device") = "", py::arg("cache_dir") = "",
+          "Serve a local device over ggml's RPC protocol (blocks); cache_dir keeps large tensors by hash.");
     m.def("ggml_version", [] { return std::string(ggml_version()); });
     m.def("type_name", [](int type) {
         if (type < 0 || type >= GGML_TYPE_COUNT) throw std::invalid_argument("unknown ggml type");

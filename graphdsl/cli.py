@@ -9,7 +9,7 @@
     graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [--outtype f16]
     graphdsl bench [MODEL] [--repeat 20]
     graphdsl demo
-    graphdsl rpc-server [--host 127.0.0.1] [--port 50052] [--threads T] [--device NAME]
+    graphdsl rpc-server [--host 127.0.0.1] [--port 50052] [--threads T] [--device NAME] [--cache DIR]
 
 MODEL is an mmproj GGUF (its vision or audio encoder, on the bundled demo image / speech clip)
 or "demo" (the demo's mixed batch, the default). Errors print one line and exit with status 1;
@@ -252,7 +252,7 @@ def cmd_rpc_server(args) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port} is not a TCP port (1..65535)")
     # blocks until the process ends (ggml prints the endpoint); a libggml without RPC raises ValueError
-    serve_rpc(args.host, args.port, args.threads, args.device or "")
+    serve_rpc(args.host, args.port, args.threads, args.device or "", args.cache)
     return 0
 
 
@@ -386,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50052, help="TCP port (default: 50052)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads of the served backend (default: all cores)")
     p.add_argument("--device", help="device to serve, a name from `graphdsl devices` (default: the CPU)")
+    p.add_argument("--cache", metavar="DIR", help="keep tensors over 10 MiB in DIR by hash, so clients that "
+                                                  "upload the same weights again send only the hash")
     p.set_defaults(fn=cmd_rpc_server)
     return ap
 

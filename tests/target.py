@@ -11,7 +11,8 @@ import time
 BACKEND = os.environ.get("GRAPHDSL_TEST_BACKEND", "cpu")
 
 
-def start_rpc_server(host: str = "127.0.0.1", timeout: float = 10.0) -> tuple[subprocess.Popen, str]:
+def start_rpc_server(host: str = "127.0.0.1", timeout: float = 10.0, extra: tuple[str, ...] = ()
+                     ) -> tuple[subprocess.Popen, str]:
     """ggml's RPC server in a child process on a free loopback port; returns (process, "host:port").
 
     The child gets SIGTERM when this process dies (PR_SET_PDEATHSIG), so executors that are
@@ -29,7 +30,7 @@ def start_rpc_server(host: str = "127.0.0.1", timeout: float = 10.0) -> tuple[su
 
     log = tempfile.TemporaryFile()
     # cwd outside the checkout: `-m graphdsl` must import the installed package, not the source tree
-    proc = subprocess.Popen([sys.executable, "-m", "graphdsl.cli", "rpc-server", "--host", host, "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "graphdsl.cli", "rpc-server", "--host", host, "--port", str(port), *extra],
                             stdout=log, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir(),
                             preexec_fn=die_with_parent)
     deadline = time.monotonic() + timeout

@@ -64,6 +64,29 @@ def test_rpc_server_on_loopback_matches_reference():
         server.wait(timeout=10)
 
 
+@pytest.mark.skipif(not _ggml.has_backend("RPC"), reason="libggml built without RPC (scripts/build_libggml.sh rpc)")
+def test_rpc_server_cache_serves_a_second_upload_by_hash(tmp_path):
+    """Tensors over 10 MiB go by hash first (RPC_CMD_SET_TENSOR_HASH); a server with --cache keeps
+    them, so the second client's upload is a hit and must still give the right weights."""
+    server, endpoint = start_rpc_server(extra=("--cache", str(tmp_path)))
+    try:
+        g = Graph("big")
+        x = g.input("x", (4, 1024))
+        g.output("y", ops.linear(x, g.weight("w", (2816, 1024))))  # 11 MiB of f32
+        r = np.random.default_rng(1)
+        w = {"w": r.standard_normal((2816, 1024)).astype(np.float32)}
+        xv = r.standard_normal((4, 1024)).astype(np.float32)
+        ref = graphdsl.compile(g, "reference", weights=w)(x=xv)["y"]
+        for _ in range(2):
+            run = graphdsl.compile(g, f"rpc://{endpoint}", weights=w)
+            np.testing.assert_allclose(run(x=xv)["y"], ref, rtol=1e-4, atol=1e-3)
+            assert len(list(tmp_path.rglob("*"))) >= 1  # the server stored the tensor under its hash
+            del run
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif("cuda" not in _device_types(), reason="no CUDA device (needs a CUDA build of libggml-python)")
 def test_cuda_matches_reference():
