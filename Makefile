@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-backends install bench clean
+.PHONY: demo test test-backends test-cuda install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,8 +39,19 @@ test-backends:
 	GRAPHDSL_TEST_BACKEND=blas $(BLAS_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
 	GRAPHDSL_TEST_BACKEND=rpc $(BLAS_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
 
+# On a machine with an NVIDIA GPU and nvcc: the same suites on CUDA (set CUDA_ARCH, default 90).
+CUDA_VENV ?= .venv-cuda
+test-cuda:
+	test -x $(CUDA_VENV)/bin/python || $(PY) -m venv $(CUDA_VENV)
+	$(CUDA_VENV)/bin/pip install -q pytest scikit-build-core pybind11 "libggml-python==0.20.2.post1" \
+		"nvidia-cublas>=13,<14"
+	scripts/build_libggml.sh --venv $(CUDA_VENV) cuda
+	$(CUDA_VENV)/bin/pip install -q --no-build-isolation ".[test]"
+	$(CUDA_VENV)/bin/pip install -q --no-deps $(REFDATA)
+	GRAPHDSL_TEST_BACKEND=cuda $(CUDA_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
+
 bench: install
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf build $(VENV) $(BLAS_VENV)
+	rm -rf build $(VENV) $(BLAS_VENV) $(CUDA_VENV)
