@@ -7,7 +7,9 @@ Weights live in one backend buffer, uploaded once and referenced by every progra
 """
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -54,6 +56,20 @@ def resolve_devices(backend: str) -> list[str]:
     return [*chosen, cpu]
 
 
+# Executors holding buffers on an RPC server. At exit they are forgotten rather than freed: the
+# server may already be gone (ggml's client aborts the process when a free cannot reach it), and
+# a live server frees a client's buffers itself when the connection closes.
+_RPC_EXECUTORS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _abandon_rpc_at_exit() -> None:
+    for exe in list(_RPC_EXECUTORS):
+        exe.runtime.abandon()
+        if exe._wbuffer is not None:
+            exe._wbuffer.abandon()
+
+
 @dataclass
 class Program:
     """One lowered graph for one set of input shapes, reserved once on the scheduler."""
@@ -97,6 +113,8 @@ class GGMLExecutor:
         # CPU-resident input; the upload costs the same one copy either way.
         kind = {d["name"]: d["type"] for d in devices()}.get(self.device_names[0])
         self._pin_inputs = kind in ("gpu", "igpu")
+        if any(n.startswith("RPC") for n in self.device_names):
+            _RPC_EXECUTORS.add(self)
         self._programs: dict[tuple, Program] = {}
         self._wctx = None
         self._wtensors: dict[str, object] = {}

@@ -6,6 +6,7 @@
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace gd {
@@ -16,6 +17,10 @@ struct Buffer {
     std::shared_ptr<Context> ctx;  // the tensors that live in it
     py::object host;               // memory a host-pointer buffer borrows from
     ~Buffer() { if (buf) ggml_backend_buffer_free(buf); }
+    ggml_backend_buffer_t live() const {
+        if (!buf) throw std::runtime_error("this buffer was abandoned at exit");
+        return buf;
+    }
 };
 
 static py::buffer_info contiguous_info(const py::buffer & b, bool writable) {
@@ -60,6 +65,11 @@ struct Runtime {
         for (auto * be : backends) ggml_backend_free(be);
     }
 
+    ggml_backend_sched_t live() const {
+        if (!sched) throw std::runtime_error("this runtime was abandoned at exit");
+        return sched;
+    }
+
     ggml_backend_t backend(int i) const {
         if (i < 0 || i >= (int) backends.size()) throw std::invalid_argument("backend index out of range");
         return backends[i];
@@ -84,9 +94,11 @@ struct Runtime {
 
 void register_sched(py::module_ & m) {
     py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer", "A ggml backend buffer.")
-        .def_property_readonly("size", [](const Buffer & b) { return ggml_backend_buffer_get_size(b.buf); })
-        .def_property_readonly("name", [](const Buffer & b) { return std::string(ggml_backend_buffer_name(b.buf)); })
-        .def_property_readonly("is_host", [](const Buffer & b) { return ggml_backend_buffer_is_host(b.buf); });
+        .def_property_readonly("size", [](const Buffer & b) { return ggml_backend_buffer_get_size(b.live()); })
+        .def_property_readonly("name", [](const Buffer & b) { return std::string(ggml_backend_buffer_name(b.live())); })
+        .def_property_readonly("is_host", [](const Buffer & b) { return ggml_backend_buffer_is_host(b.live()); })
+        .def("abandon", [](Buffer & b) { b.buf = nullptr; },
+             "Forget the buffer without freeing it (its RPC server frees it when the connection closes).");
 
     py::class_<Runtime>(m, "Runtime",
         "Backends (accelerators first, CPU last) and the ggml_backend_sched over them.")
@@ -98,6 +110,12 @@ void register_sched(py::module_ & m) {
             return out;
         })
         .def_readonly("n_reserve", &Runtime::n_reserve, "How many times reserve() has run.")
+        .def("abandon", [](Runtime & r) {
+            // At exit, an RPC server may already be gone, and ggml's RPC client aborts the process
+            // when a free cannot reach it; the server frees a client's buffers when it disconnects.
+            r.sched = nullptr;
+            r.backends.clear();
+        }, "Forget the scheduler and backends without freeing them (at exit, for RPC).")
         .def("alloc_tensors", [](Runtime & r, std::shared_ptr<Context> ctx, int i) {
             auto buft = ggml_backend_get_default_buffer_type(r.backend(i));
             ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx->ctx, buft);
@@ -150,19 +168,28 @@ void register_sched(py::module_ & m) {
             if (n != ggml_nbytes(x)) throw std::invalid_argument("output buffer has the wrong size");
             ggml_backend_tensor_get(x, info.ptr, 0, n);
         }, "Copy a tensor's bytes into a writable host array.")
+        .def("wait_for", [](Runtime &, Tensor & t) {
+            // Reading a few bytes waits until the tensor is computed even on backends whose
+            // synchronize returns at once (RPC sends graphs without waiting for an answer).
+            ggml_tensor * x = raw(t);
+            ggml_backend_buffer_t buf = x->view_src ? x->view_src->buffer : x->buffer;
+            size_t n = std::min<size_t>(16, ggml_nbytes(x));
+            char bytes[16];
+            if (buf && x->data && n) ggml_backend_tensor_get(x, bytes, 0, n);
+        }, "Block until tensor t has been computed (one round trip on RPC).")
         .def("reserve", [](Runtime & r, Graph & g) {
             bool ok;
             {
                 py::gil_scoped_release nogil;
-                ggml_backend_sched_reset(r.sched);  // reserve asserts that no graph is allocated
+                ggml_backend_sched_reset(r.live());  // reserve asserts that no graph is allocated
                 g.restore_sources();
-                ok = ggml_backend_sched_reserve(r.sched, g.g);
+                ok = ggml_backend_sched_reserve(r.live(), g.g);
             }
             if (!ok) throw std::runtime_error("ggml_backend_sched_reserve failed (out of memory?)");
             ++r.n_reserve;
         }, "Size the compute buffers for this graph (once per set of input shapes).")
         .def("alloc_graph", [](Runtime & r, Graph & g, std::vector<std::pair<Tensor, int>> pinned) {
-            ggml_backend_sched_reset(r.sched);  // drop the previous run's allocation
+            ggml_backend_sched_reset(r.live());  // drop the previous run's allocation
             // ggml-alloc skips tensors that already have data; after another graph ran, those
             // pointers may point into a compute buffer that has since been reallocated.
             for (ggml_tensor * t = ggml_get_first_tensor(g.owner->ctx); t; t = ggml_get_next_tensor(g.owner->ctx, t)) {
@@ -170,19 +197,19 @@ void register_sched(py::module_ & m) {
                 t->buffer = nullptr;
             }
             g.restore_sources();
-            for (auto & [t, i] : pinned) ggml_backend_sched_set_tensor_backend(r.sched, raw(t), r.backend(i));
-            if (!ggml_backend_sched_alloc_graph(r.sched, g.g))
+            for (auto & [t, i] : pinned) ggml_backend_sched_set_tensor_backend(r.live(), raw(t), r.backend(i));
+            if (!ggml_backend_sched_alloc_graph(r.live(), g.g))
                 throw std::runtime_error("ggml_backend_sched_alloc_graph failed");
         }, py::arg("graph"), py::arg("pinned") = std::vector<std::pair<Tensor, int>>{},
            "Allocate a graph for one run; `pinned` assigns tensors (e.g. inputs) to backends first.")
-        .def("reset", [](Runtime & r) { ggml_backend_sched_reset(r.sched); })
+        .def("reset", [](Runtime & r) { ggml_backend_sched_reset(r.live()); })
         .def("compute", [](Runtime & r, Graph & g) {
             r.cb_error.clear();
             r.running = g.owner;
             ggml_status st;
             {
                 py::gil_scoped_release nogil;
-                st = ggml_backend_sched_graph_compute(r.sched, g.g);
+                st = ggml_backend_sched_graph_compute(r.live(), g.g);
             }
             r.running.reset();
             if (!r.cb_error.empty()) throw std::runtime_error("eval callback raised: " + r.cb_error);
@@ -193,24 +220,24 @@ void register_sched(py::module_ & m) {
         .def("set_eval_callback", [](Runtime & r, std::optional<std::function<bool(Tensor, bool)>> cb) {
             if (cb) {
                 r.eval_cb = *cb;
-                ggml_backend_sched_set_eval_callback(r.sched, &Runtime::trampoline, &r);
+                ggml_backend_sched_set_eval_callback(r.live(), &Runtime::trampoline, &r);
             } else {
                 r.eval_cb = nullptr;
-                ggml_backend_sched_set_eval_callback(r.sched, nullptr, nullptr);
+                ggml_backend_sched_set_eval_callback(r.live(), nullptr, nullptr);
             }
         }, "cb(tensor, ask) -> bool, ggml_backend_sched_eval_callback semantics; None removes it.")
-        .def_property_readonly("n_splits", [](Runtime & r) { return ggml_backend_sched_get_n_splits(r.sched); })
-        .def_property_readonly("n_copies", [](Runtime & r) { return ggml_backend_sched_get_n_copies(r.sched); })
-        .def("buffer_size", [](Runtime & r, int i) { return ggml_backend_sched_get_buffer_size(r.sched, r.backend(i)); },
+        .def_property_readonly("n_splits", [](Runtime & r) { return ggml_backend_sched_get_n_splits(r.live()); })
+        .def_property_readonly("n_copies", [](Runtime & r) { return ggml_backend_sched_get_n_copies(r.live()); })
+        .def("buffer_size", [](Runtime & r, int i) { return ggml_backend_sched_get_buffer_size(r.live(), r.backend(i)); },
              "Compute-buffer bytes the scheduler reserved on backend i.")
         .def("tensor_backend", [](Runtime & r, Tensor & t) {
-            return r.index_of(ggml_backend_sched_get_tensor_backend(r.sched, raw(t)));
+            return r.index_of(ggml_backend_sched_get_tensor_backend(r.live(), raw(t)));
         }, "Index of the backend a node was assigned to, or -1.")
         .def("set_tensor_backend", [](Runtime & r, Tensor & t, int i) {
-            ggml_backend_sched_set_tensor_backend(r.sched, raw(t), r.backend(i));
+            ggml_backend_sched_set_tensor_backend(r.live(), raw(t), r.backend(i));
         })
         .def("supports_op", [](Runtime & r, int i, Tensor & t) { return ggml_backend_supports_op(r.backend(i), raw(t)); })
-        .def("synchronize", [](Runtime & r) { ggml_backend_sched_synchronize(r.sched); });
+        .def("synchronize", [](Runtime & r) { ggml_backend_sched_synchronize(r.live()); });
 }
 
 }  // namespace gd

@@ -3,6 +3,10 @@ CUDA. Each test skips cleanly when the installed libggml lacks the backend; buil
 scripts/build_libggml.sh (see the README)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -62,6 +66,30 @@ def test_rpc_server_on_loopback_matches_reference():
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+@pytest.mark.skipif(not _ggml.has_backend("RPC"), reason="libggml built without RPC (scripts/build_libggml.sh rpc)")
+def test_rpc_client_exits_cleanly_after_its_server_is_gone(tmp_path):
+    """ggml's RPC client aborts when a free cannot reach the server; at exit graphdsl forgets RPC
+    buffers instead of freeing them, so a script whose server stopped first still exits with 0."""
+    script = tmp_path / "client.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import graphdsl
+from target import start_rpc_server
+from test_backends import _mlp
+server, endpoint = start_rpc_server()
+g, w, x = _mlp(n=8, d=32)
+run = graphdsl.compile(g, "rpc://" + endpoint, weights=w)
+run(x=x)
+server.kill()
+server.wait()
+print("done")
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]
 
 
 @pytest.mark.skipif(not _ggml.has_backend("RPC"), reason="libggml built without RPC (scripts/build_libggml.sh rpc)")
