@@ -333,18 +333,3 @@ def _check_lowered(node, t):
     if list(t.ne) != expect or t.type != node.dtype.ggml_type:
         raise AssertionError(f"lowering of {node.op} '{node.name}' gave ne={list(t.ne)} type={t.type}, "
                              f"expected ne={expect} type={node.dtype.ggml_type}")
-
-
-def serve_rpc(host: str = "127.0.0.1", port: int = 50052, n_threads: int | None = None, device: str = "",
-              cache: str | os.PathLike | None = None) -> None:
-    """Serve a local ggml device over ggml's RPC protocol; blocks until the process ends.
-
-    One client is served at a time (ggml's server); others wait until it disconnects. With
-    `cache`, tensors over 10 MiB are kept in that folder by hash, so a client uploading the same
-    weights again (a new process, the same model) sends only their hashes.
-    """
-    cache_dir = ""
-    if cache is not None:
-        os.makedirs(cache, exist_ok=True)
-        cache_dir = os.fspath(cache)
-    _ggml.rpc_start_server(f"{host}:{port}", n_threads or os.cpu_count() or 1, device, cache_dir)

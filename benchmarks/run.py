@@ -167,6 +167,42 @@ def bench_overhead(repeat):
     return table(["stage", "ms", "note"], rows)
 
 
+def bench_rpc(repeat):
+    """CLIP B/16 on ggml's RPC backend over loopback (server in a child process, same threads) vs
+    in-process CPU: what the protocol costs when the device is not remote at all."""
+    from graphdsl.backends.rpc import spawn_rpc_server
+    if not graphdsl._ggml.has_backend("RPC"):
+        return "skipped: this libggml has no RPC backend (scripts/build_libggml.sh rpc)"
+    gcfg, build, weights, inputs, _ = clip_b16()
+    g = build(gcfg)
+    server, endpoint = spawn_rpc_server(n_threads=THREADS)
+    try:
+        cpu = graphdsl.compile(g, "cpu", n_threads=THREADS, weights=weights)
+        t0 = time.perf_counter()
+        rpc = graphdsl.compile(g, f"rpc://{endpoint}", n_threads=THREADS, weights=weights)
+        upload = time.perf_counter() - t0
+        out = next(iter(g.outputs))
+        err = float(np.abs(rpc(inputs)[out] - cpu(inputs)[out]).max())
+        tiny = graphdsl.Graph("tiny")
+        tiny.output("y", tiny.input("x", (4,)) * 2.0)
+        tcpu, trpc = graphdsl.compile(tiny, "cpu"), graphdsl.compile(tiny, f"rpc://{endpoint}")
+        xs = np.ones(4, np.float32)
+        t = alternate({"cpu": lambda: cpu(inputs), "rpc": lambda: rpc(inputs)}, repeat)
+        tt = alternate({"cpu": lambda: tcpu(x=xs), "rpc": lambda: trpc(x=xs)}, 200)
+        mb = sum(w.nbytes for w in weights.values()) / 2**20
+        rows = [["compile + weight upload", upload * 1e3, "-", f"{mb:.0f} MiB of weights"],
+                ["CLIP B/16 encode, cpu (in process)", t["cpu"] * 1e3, 1.0, ""],
+                ["CLIP B/16 encode, rpc://127.0.0.1", t["rpc"] * 1e3, t["rpc"] / t["cpu"],
+                 f"max abs diff vs cpu {err:.1e}; attention as mul_mat+soft_max (fused only on a local CPU)"],
+                ["1-op graph re-run, cpu", tt["cpu"] * 1e3, 1.0, ""],
+                ["1-op graph re-run, rpc", tt["rpc"] * 1e3, tt["rpc"] / tt["cpu"], "round trips per call"]]
+        del rpc, trpc  # free the server-side buffers while it runs
+        return table(["", "ms", "ratio", "note"], rows)
+    finally:
+        server.kill()
+        server.wait()
+
+
 def _rss_anon_mb() -> float:
     """Anonymous resident memory: what the process allocated, not file pages it maps."""
     with open("/proc/self/status") as f:
@@ -233,14 +269,14 @@ def bench_scaling(repeat, png=None):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CLIP and Whisper with f32/f16 weights, few repeats")
-    ap.add_argument("--only", default="", help="comma list of: clip,whisper,siglip,batch,overhead,memory,scaling")
+    ap.add_argument("--only", default="", help="comma list of: clip,whisper,siglip,batch,overhead,memory,scaling,rpc")
     ap.add_argument("--out", default="", help="append the tables to this Markdown file")
     ap.add_argument("--plot", default="", help="write the scaling curves to this PNG")
     args = ap.parse_args(argv)
     repeat = 3 if args.quick else 7
     wtypes = ("f32", "f16") if args.quick else ("f32", "f16", "bf16", "q8_0")
     want = set(args.only.split(",")) if args.only else (
-        {"clip", "whisper", "overhead"} if args.quick else {"clip", "whisper", "siglip", "batch", "overhead", "memory", "scaling"})
+        {"clip", "whisper", "overhead"} if args.quick else {"clip", "whisper", "siglip", "batch", "overhead", "memory", "scaling", "rpc"})
     parts = [f"## Run of {today()}\n\nMachine: {machine()}. Threads: {THREADS}. Versions: {versions()}.\n"]
     for name, title, fn in [  # noqa: B023 - each lambda runs once, inside this loop
         ("clip", "CLIP ViT-B/16 @ 224 + LLaVA projector (one image)", lambda: bench_encoder("clip", wtypes, repeat)),
@@ -249,6 +285,7 @@ def main(argv=None):
         ("batch", "Batch of 8 images in one graph (CLIP B/16 @ 224, f32)", lambda: bench_batch(max(2, repeat // 2))),
         ("overhead", "Framework overhead (CLIP B/16 @ 224, f32)", lambda: bench_overhead(repeat)),
         ("memory", "Memory (CLIP B/16 @ 224, f32)", bench_memory),
+        ("rpc", "RPC backend over loopback (CLIP B/16 @ 224, f32)", lambda: bench_rpc(repeat)),
         ("scaling", "Cost vs image size and audio length (f32 weights, precision f32)",
          lambda: bench_scaling(max(2, repeat // 2), args.plot)),
     ]:

@@ -248,7 +248,7 @@ def cmd_embed(args) -> int:
 
 
 def cmd_rpc_server(args) -> int:
-    from graphdsl.backends.ggml import serve_rpc
+    from graphdsl.backends.rpc import serve_rpc
     if not 0 < args.port < 65536:
         raise ValueError(f"--port {args.port} is not a TCP port (1..65535)")
     # blocks until the process ends (ggml prints the endpoint); a libggml without RPC raises ValueError

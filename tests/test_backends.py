@@ -12,7 +12,7 @@ import pytest
 
 import graphdsl
 from graphdsl import Graph, _ggml, ops
-from target import start_rpc_server
+from graphdsl.backends.rpc import spawn_rpc_server
 
 
 def _mlp(n=64, d=96):
@@ -49,7 +49,7 @@ def test_blas_plus_cpu_splits_and_matches_reference():
 
 @pytest.mark.skipif(not _ggml.has_backend("RPC"), reason="libggml built without RPC (scripts/build_libggml.sh rpc)")
 def test_rpc_server_on_loopback_matches_reference():
-    server, endpoint = start_rpc_server()  # `graphdsl rpc-server` in a child process
+    server, endpoint = spawn_rpc_server()  # `graphdsl rpc-server` in a child process
     try:
         g, w, x = _mlp(n=8, d=32)
         run = graphdsl.compile(g, f"rpc://{endpoint}", weights=w)
@@ -77,9 +77,9 @@ def test_rpc_client_exits_cleanly_after_its_server_is_gone(tmp_path):
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import graphdsl
-from target import start_rpc_server
+from graphdsl.backends.rpc import spawn_rpc_server
 from test_backends import _mlp
-server, endpoint = start_rpc_server()
+server, endpoint = spawn_rpc_server()
 g, w, x = _mlp(n=8, d=32)
 run = graphdsl.compile(g, "rpc://" + endpoint, weights=w)
 run(x=x)
@@ -96,7 +96,7 @@ print("done")
 def test_rpc_server_cache_serves_a_second_upload_by_hash(tmp_path):
     """Tensors over 10 MiB go by hash first (RPC_CMD_SET_TENSOR_HASH); a server with --cache keeps
     them, so the second client's upload is a hit and must still give the right weights."""
-    server, endpoint = start_rpc_server(extra=("--cache", str(tmp_path)))
+    server, endpoint = spawn_rpc_server(cache=tmp_path)
     try:
         g = Graph("big")
         x = g.input("x", (4, 1024))
@@ -113,6 +113,14 @@ def test_rpc_server_cache_serves_a_second_upload_by_hash(tmp_path):
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+@pytest.mark.skipif(_ggml.has_backend("RPC"), reason="this libggml has RPC")
+def test_rpc_without_an_rpc_build_is_a_clear_error():
+    with pytest.raises(ValueError, match="build_libggml.sh rpc"):
+        spawn_rpc_server()
+    with pytest.raises(ValueError, match="build_libggml.sh rpc"):
+        graphdsl.compile(_mlp(n=8, d=32)[0], "rpc://127.0.0.1:1")
 
 
 @pytest.mark.cuda
