@@ -108,7 +108,7 @@ static void rpc_start_server(const std::string & endpoint, size_t n_threads, con
     if (!dev) throw std::invalid_argument("unknown device '" + device + "'");
     py::gil_scoped_release nogil;
     // cache_dir: tensors above 10 MiB are kept there by hash, so a client that uploads the same
-    // weights again (a new process, the same model) sends 40 bytes instead of the tensor.
+    // weights again (a new process, the same model) sends its hash instead of the tensor.
     start(endpoint.c_str(), cache_dir.empty() ? nullptr : cache_dir.c_str(), n_threads, 1, &dev);
 }
 
