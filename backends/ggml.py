@@ -45,7 +45,8 @@ def resolve_devices(backend: str) -> list[str]:
     if key == "cpu":
         return [cpu]
     if key == "auto":
-        accel = [d["name"] for d in devs if d["type"] in ("gpu", "igpu")]
+        # local devices only: an RPC server registered earlier in this process is used when named
+        accel = [d["name"] for d in devs if d["type"] in ("gpu", "igpu") and d["backend"] != "RPC"]
         accel += [d["name"] for d in devs if d["type"] == "accel"]
         return [*accel, cpu]
     chosen = [d["name"] for d in devs if d["type"] != "cpu" and

@@ -69,6 +69,22 @@ inline ggml_tensor * raw(const Tensor & x) {
     return x.t;
 }
 
+// A device's name as graphdsl shows and accepts it: ggml's own name, except that every RPC server
+// names its first device "RPC0", so RPC devices carry their endpoint ("RPC0[host:port]", which is
+// also the name of the backend ggml creates for them).
+inline std::string device_id(ggml_backend_dev_t dev) {
+    std::string name = ggml_backend_dev_name(dev);
+    if (std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))) == "RPC")
+        return name + "[" + ggml_backend_dev_description(dev) + "]";
+    return name;
+}
+
+inline ggml_backend_dev_t find_device(const std::string & id) {
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i)
+        if (device_id(ggml_backend_dev_get(i)) == id) return ggml_backend_dev_get(i);
+    return nullptr;
+}
+
 void register_ops(py::module_ & m);
 void register_sched(py::module_ & m);
 

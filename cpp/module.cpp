@@ -56,7 +56,7 @@ static py::list devices() {
             default: break;
         }
         py::dict d;
-        d["name"] = ggml_backend_dev_name(dev);
+        d["name"] = device_id(dev);
         d["description"] = ggml_backend_dev_description(dev);
         d["type"] = type;
         d["memory_free"] = free;
@@ -81,11 +81,11 @@ static std::vector<std::string> rpc_add_server(const std::string & endpoint) {
     auto add = (add_fn) ggml_backend_reg_get_proc_address(rpc_reg(), "ggml_backend_rpc_add_server");
     if (!add) throw std::runtime_error("RPC backend lacks ggml_backend_rpc_add_server");
     for (size_t i = 0; i < ggml_backend_reg_count(); ++i) {
-        if (std::string(ggml_backend_reg_name(ggml_backend_reg_get(i))).find(endpoint) != std::string::npos) {
+        if (std::string(ggml_backend_reg_name(ggml_backend_reg_get(i))) == "RPC[" + endpoint + "]") {
             ggml_backend_reg_t reg = ggml_backend_reg_get(i);
             std::vector<std::string> out;
             for (size_t d = 0; d < ggml_backend_reg_dev_count(reg); ++d)
-                out.push_back(ggml_backend_dev_name(ggml_backend_reg_dev_get(reg, d)));
+                out.push_back(device_id(ggml_backend_reg_dev_get(reg, d)));
             return out;  // already registered
         }
     }
@@ -94,7 +94,7 @@ static std::vector<std::string> rpc_add_server(const std::string & endpoint) {
     ggml_backend_register(reg);
     std::vector<std::string> out;
     for (size_t d = 0; d < ggml_backend_reg_dev_count(reg); ++d)
-        out.push_back(ggml_backend_dev_name(ggml_backend_reg_dev_get(reg, d)));
+        out.push_back(device_id(ggml_backend_reg_dev_get(reg, d)));
     return out;
 }
 
@@ -104,7 +104,7 @@ static void rpc_start_server(const std::string & endpoint, size_t n_threads, con
     auto start = (start_fn) ggml_backend_reg_get_proc_address(rpc_reg(), "ggml_backend_rpc_start_server");
     if (!start) throw std::runtime_error("RPC backend lacks ggml_backend_rpc_start_server");
     ggml_backend_dev_t dev = device.empty() ? ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
-                                            : ggml_backend_dev_by_name(device.c_str());
+                                            : find_device(device);
     if (!dev) throw std::invalid_argument("unknown device '" + device + "'");
     py::gil_scoped_release nogil;
     // cache_dir: tensors above 10 MiB are kept there by hash, so a client that uploads the same

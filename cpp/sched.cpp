@@ -44,7 +44,7 @@ struct Runtime {
     Runtime(const std::vector<std::string> & device_names, int n_threads, size_t graph_size) {
         if (device_names.empty()) throw std::invalid_argument("no devices given");
         for (const auto & name : device_names) {
-            ggml_backend_dev_t dev = ggml_backend_dev_by_name(name.c_str());
+            ggml_backend_dev_t dev = find_device(name);
             if (!dev) throw std::invalid_argument("unknown ggml device '" + name + "'");
             ggml_backend_t be = ggml_backend_dev_init(dev, nullptr);
             if (!be) throw std::runtime_error("could not initialise ggml device '" + name + "'");

@@ -47,25 +47,26 @@ def test_blas_plus_cpu_splits_and_matches_reference():
         graphdsl.compile(g, "blas", weights=w, strict=True)(x=x)
 
 
+# The RPC tests stop their servers only after releasing the executors that use them, and not in a
+# `finally`: ggml's client aborts the process when a server under a live executor is gone. A failing
+# test leaves its server running until pytest exits (spawn_rpc_server ties it to this process).
 @pytest.mark.skipif(not _ggml.has_backend("RPC"), reason="libggml built without RPC (scripts/build_libggml.sh rpc)")
 def test_rpc_server_on_loopback_matches_reference():
     server, endpoint = spawn_rpc_server()  # `graphdsl rpc-server` in a child process
-    try:
-        g, w, x = _mlp(n=8, d=32)
-        run = graphdsl.compile(g, f"rpc://{endpoint}", weights=w)
-        ref = graphdsl.compile(g, "reference", weights=w)
-        for _ in range(2):  # the second run re-uses the allocated graph (the server recomputes it)
-            np.testing.assert_allclose(run(x=x)["y"], ref(x=x)["y"], rtol=1e-4, atol=1e-4)
-        x2 = x[::-1].copy()  # new input values reach the server on every run
-        np.testing.assert_allclose(run(x=x2)["y"], ref(x=x2)["y"], rtol=1e-4, atol=1e-4)
-        p = run.placement()
-        assert p["backends"][0].startswith("RPC0[") and p["weight_bytes"] == {p["backends"][0]: sum(
-            v.nbytes for v in w.values())}
-        assert p["nodes"]["ffn.up"] == p["backends"][0]
-        del run  # frees the server-side buffers while the server is still there
-    finally:
-        server.kill()
-        server.wait(timeout=10)
+    g, w, x = _mlp(n=8, d=32)
+    run = graphdsl.compile(g, f"rpc://{endpoint}", weights=w)
+    ref = graphdsl.compile(g, "reference", weights=w)
+    for _ in range(2):  # the second run re-uses the allocated graph (the server recomputes it)
+        np.testing.assert_allclose(run(x=x)["y"], ref(x=x)["y"], rtol=1e-4, atol=1e-4)
+    x2 = x[::-1].copy()  # new input values reach the server on every run
+    np.testing.assert_allclose(run(x=x2)["y"], ref(x=x2)["y"], rtol=1e-4, atol=1e-4)
+    p = run.placement()
+    assert p["backends"][0].startswith("RPC0[") and p["weight_bytes"] == {p["backends"][0]: sum(
+        v.nbytes for v in w.values())}
+    assert p["nodes"]["ffn.up"] == p["backends"][0]
+    del run  # frees the server-side buffers while the server is still there
+    server.kill()
+    server.wait(timeout=10)
 
 
 @pytest.mark.skipif(not _ggml.has_backend("RPC"), reason="libggml built without RPC (scripts/build_libggml.sh rpc)")
@@ -97,22 +98,40 @@ def test_rpc_server_cache_serves_a_second_upload_by_hash(tmp_path):
     """Tensors over 10 MiB go by hash first (RPC_CMD_SET_TENSOR_HASH); a server with --cache keeps
     them, so the second client's upload is a hit and must still give the right weights."""
     server, endpoint = spawn_rpc_server(cache=tmp_path)
-    try:
-        g = Graph("big")
-        x = g.input("x", (4, 1024))
-        g.output("y", ops.linear(x, g.weight("w", (2816, 1024))))  # 11 MiB of f32
-        r = np.random.default_rng(1)
-        w = {"w": r.standard_normal((2816, 1024)).astype(np.float32)}
-        xv = r.standard_normal((4, 1024)).astype(np.float32)
-        ref = graphdsl.compile(g, "reference", weights=w)(x=xv)["y"]
-        for _ in range(2):
-            run = graphdsl.compile(g, f"rpc://{endpoint}", weights=w)
-            np.testing.assert_allclose(run(x=xv)["y"], ref, rtol=1e-4, atol=1e-3)
-            assert len(list(tmp_path.rglob("*"))) >= 1  # the server stored the tensor under its hash
-            del run
-    finally:
-        server.kill()
-        server.wait(timeout=10)
+    g = Graph("big")
+    x = g.input("x", (4, 1024))
+    g.output("y", ops.linear(x, g.weight("w", (2816, 1024))))  # 11 MiB of f32
+    r = np.random.default_rng(1)
+    w = {"w": r.standard_normal((2816, 1024)).astype(np.float32)}
+    xv = r.standard_normal((4, 1024)).astype(np.float32)
+    ref = graphdsl.compile(g, "reference", weights=w)(x=xv)["y"]
+    for _ in range(2):
+        run = graphdsl.compile(g, f"rpc://{endpoint}", weights=w)
+        np.testing.assert_allclose(run(x=xv)["y"], ref, rtol=1e-4, atol=1e-3)
+        assert len(list(tmp_path.rglob("*"))) >= 1  # the server stored the tensor under its hash
+        del run
+    server.kill()
+    server.wait(timeout=10)
+
+
+@pytest.mark.skipif(not _ggml.has_backend("RPC"), reason="libggml built without RPC (scripts/build_libggml.sh rpc)")
+def test_two_rpc_servers_in_one_process_are_distinct_devices():
+    """Each server's devices carry its endpoint in their names, each executor uses its own server,
+    and "auto" stays local even after servers were registered in this process."""
+    (s1, e1), (s2, e2) = spawn_rpc_server(), spawn_rpc_server()
+    g, w, x = _mlp(n=8, d=32)
+    ref = graphdsl.compile(g, "reference", weights=w)(x=x)["y"]
+    runs = [graphdsl.compile(g, f"rpc://{e}", weights=w) for e in (e1, e2)]
+    for run, e in zip(runs, (e1, e2)):
+        np.testing.assert_allclose(run(x=x)["y"], ref, rtol=1e-4, atol=1e-4)
+        assert run.placement()["nodes"]["ffn.up"] == f"RPC0[{e}]"
+    rpc = {d["name"] for d in graphdsl.devices() if d["backend"] == "RPC"}
+    assert all(sum(n.endswith(f"[{e}]") for n in rpc) == 1 for e in (e1, e2)), rpc
+    assert not any(n.startswith("RPC") for n in graphdsl.compile(g, "auto").device_names)
+    del runs, run
+    for s in (s1, s2):
+        s.kill()
+        s.wait(timeout=10)
 
 
 @pytest.mark.skipif(_ggml.has_backend("RPC"), reason="this libggml has RPC")
