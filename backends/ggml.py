@@ -30,7 +30,7 @@ def devices() -> list[dict]:
 def resolve_devices(backend: str) -> list[str]:
     """Map `backend=` to ggml device names, accelerators first and CPU last.
 
-    "cpu" -> CPU only; "auto" -> every GPU/accelerator the registry has, then CPU;
+    "cpu" -> CPU only; "auto" -> every local GPU/accelerator the registry has, then CPU;
     "rpc://host:port" -> the devices of ggml's RPC server there, then CPU; otherwise a device
     name ("CUDA0", "BLAS") or a backend family ("cuda", "metal", "blas") + CPU.
     """
