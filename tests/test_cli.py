@@ -42,9 +42,10 @@ def test_help(cmd, capsys):
     assert out.startswith("usage: graphdsl") and "options:" in out and len(out) > 150
 
 
-def test_console_entry_point():
+def test_console_entry_point(tmp_path):
+    # cwd outside the checkout: with a non-editable install the source tree would shadow the package
     r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "devices"], capture_output=True, text=True,
-                       timeout=120, check=False)
+                       timeout=120, check=False, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "CPU" in r.stdout and 'backend="auto" runs on' in r.stdout
 
