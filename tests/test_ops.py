@@ -12,12 +12,12 @@ import zlib
 
 import numpy as np
 import pytest
-from graphdsl.backends.ggml_lower import LOWERING
-from op_cases import CASES
-from target import BACKEND
 
 import graphdsl
+from graphdsl.backends.ggml_lower import LOWERING
 from graphdsl.ops import REGISTRY
+from op_cases import CASES
+from target import BACKEND
 
 # Measured on this machine (tests print them with -s); bounds carry about a 3x margin.
 QUANT_TOL = {"f16": 2e-3, "bf16": 1e-2, "q8_0": 1e-2, "q4_0": 2e-2, "q4_1": 2e-2, "q5_0": 1e-2,
