@@ -57,18 +57,16 @@ def resolve_devices(backend: str) -> list[str]:
     return [*chosen, cpu]
 
 
-# Executors holding buffers on an RPC server. At exit they are forgotten rather than freed: the
-# server may already be gone (ggml's client aborts the process when a free cannot reach it), and
-# a live server frees a client's buffers itself when the connection closes.
-_RPC_EXECUTORS: weakref.WeakSet = weakref.WeakSet()
+# Runtimes and buffers that hold memory on an RPC server. At exit they are forgotten rather than
+# freed: the server may already be gone (ggml's client aborts the process when a free cannot reach
+# it), and a live server frees a client's buffers itself when the connection closes.
+_RPC_HANDLES: weakref.WeakSet = weakref.WeakSet()
 
 
 @atexit.register
 def _abandon_rpc_at_exit() -> None:
-    for exe in list(_RPC_EXECUTORS):
-        exe.runtime.abandon()
-        if exe._wbuffer is not None:
-            exe._wbuffer.abandon()
+    for handle in list(_RPC_HANDLES):
+        handle.abandon()
 
 
 @dataclass
@@ -114,8 +112,9 @@ class GGMLExecutor:
         # CPU-resident input; the upload costs the same one copy either way.
         kind = {d["name"]: d["type"] for d in devices()}.get(self.device_names[0])
         self._pin_inputs = kind in ("gpu", "igpu")
-        if any(n.startswith("RPC") for n in self.device_names):
-            _RPC_EXECUTORS.add(self)
+        self._remote = any(n.startswith("RPC") for n in self.device_names)
+        if self._remote:
+            _RPC_HANDLES.add(self.runtime)
         self._programs: dict[tuple, Program] = {}
         self._wctx = None
         self._wtensors: dict[str, object] = {}
@@ -146,6 +145,8 @@ class GGMLExecutor:
                 self._map_in_place(stored)
             if len(self._mapped) < len(self.graph.weights):
                 self._wbuffer = self.runtime.alloc_tensors(self._wctx, 0)
+                if self._remote:
+                    _RPC_HANDLES.add(self._wbuffer)
         for name, arr in stored.items():
             if name in self._mapped:
                 if arr.ctypes.data != self._mapped[name]:

@@ -40,8 +40,10 @@ struct Runtime {
     std::function<bool(Tensor, bool)> eval_cb;
     std::shared_ptr<Context> running;  // owner of the graph being computed, for callback handles
     std::string cb_error;
+    int n_threads = 0;
+    ggml_threadpool_t pool = nullptr;  // a persistent CPU threadpool, while profiling
 
-    Runtime(const std::vector<std::string> & device_names, int n_threads, size_t graph_size) {
+    Runtime(const std::vector<std::string> & device_names, int n_threads, size_t graph_size) : n_threads(n_threads) {
         if (device_names.empty()) throw std::invalid_argument("no devices given");
         for (const auto & name : device_names) {
             ggml_backend_dev_t dev = find_device(name);
@@ -63,6 +65,31 @@ struct Runtime {
     ~Runtime() {
         if (sched) ggml_backend_sched_free(sched);
         for (auto * be : backends) ggml_backend_free(be);
+        if (pool) cpu_proc<void (*)(ggml_threadpool_t)>("ggml_threadpool_free")(pool);
+    }
+
+    template <typename F> static F cpu_proc(const char * name) {
+        ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
+        auto f = reg ? (F) ggml_backend_reg_get_proc_address(reg, name) : nullptr;
+        if (!f) throw std::runtime_error(std::string("the CPU backend does not export ") + name);
+        return f;
+    }
+
+    // Without a threadpool, ggml's CPU backend starts and joins its worker threads on every graph
+    // compute; node-by-node profiling computes one node at a time, so it would time thread starts.
+    void set_threadpool(bool on) {
+        auto set = cpu_proc<void (*)(ggml_backend_t, ggml_threadpool_t)>("ggml_backend_cpu_set_threadpool");
+        if (on && !pool) {
+            ggml_threadpool_params params = ggml_threadpool_params_default(n_threads > 0 ? n_threads : 1);
+            params.poll = 0;  // workers sleep between nodes: no spinning against an RPC server or Python
+            pool = cpu_proc<ggml_threadpool_t (*)(ggml_threadpool_params *)>("ggml_threadpool_new")(&params);
+            if (!pool) throw std::runtime_error("ggml_threadpool_new failed");
+            set(backends.back(), pool);  // the last backend is always the CPU
+        } else if (!on && pool) {
+            set(backends.back(), nullptr);
+            cpu_proc<void (*)(ggml_threadpool_t)>("ggml_threadpool_free")(pool);
+            pool = nullptr;
+        }
     }
 
     ggml_backend_sched_t live() const {
@@ -110,11 +137,16 @@ void register_sched(py::module_ & m) {
             return out;
         })
         .def_readonly("n_reserve", &Runtime::n_reserve, "How many times reserve() has run.")
+        .def("set_threadpool", [](Runtime & r, bool on) {
+            r.live();  // raises once abandoned
+            r.set_threadpool(on);
+        }, py::arg("on"), "Keep the CPU worker threads alive between graph computes (for profiling).")
         .def("abandon", [](Runtime & r) {
             // At exit, an RPC server may already be gone, and ggml's RPC client aborts the process
             // when a free cannot reach it; the server frees a client's buffers when it disconnects.
             r.sched = nullptr;
             r.backends.clear();
+            r.pool = nullptr;
         }, "Forget the scheduler and backends without freeing them (at exit, for RPC).")
         .def("alloc_tensors", [](Runtime & r, std::shared_ptr<Context> ctx, int i) {
             auto buft = ggml_backend_get_default_buffer_type(r.backend(i));

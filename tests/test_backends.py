@@ -84,6 +84,10 @@ server, endpoint = spawn_rpc_server()
 g, w, x = _mlp(n=8, d=32)
 run = graphdsl.compile(g, "rpc://" + endpoint, weights=w)
 run(x=x)
+other = graphdsl.compile(g, "rpc://" + endpoint, weights=w)
+other(x=x)
+runtime = other.runtime  # outlives its executor
+del other
 server.kill()
 server.wait()
 print("done")
