@@ -41,7 +41,11 @@ def resolve_devices(backend: str) -> list[str]:
         raise RuntimeError("ggml reports no CPU device")
     key = backend.lower()
     if key.startswith("rpc://"):
-        return [*_ggml.rpc_add_server(backend[len("rpc://"):]), cpu]
+        endpoint = backend[len("rpc://"):]
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"backend={backend!r}: expected rpc://HOST:PORT with a TCP port (1..65535)")
+        return [*_ggml.rpc_add_server(endpoint), cpu]
     if key == "cpu":
         return [cpu]
     if key == "auto":

@@ -138,6 +138,13 @@ def test_two_rpc_servers_in_one_process_are_distinct_devices():
         s.wait(timeout=10)
 
 
+@pytest.mark.parametrize("endpoint", ["rpc://", "rpc://127.0.0.1", "rpc://127.0.0.1:http", "rpc://:50052",
+                                      "rpc://127.0.0.1:70000"])
+def test_malformed_rpc_endpoints_are_rejected_before_ggml(endpoint):
+    with pytest.raises(ValueError, match="expected rpc://HOST:PORT"):
+        graphdsl.compile(_mlp(n=8, d=32)[0], endpoint)
+
+
 @pytest.mark.skipif(_ggml.has_backend("RPC"), reason="this libggml has RPC")
 def test_rpc_without_an_rpc_build_is_a_clear_error():
     with pytest.raises(ValueError, match="build_libggml.sh rpc"):
