@@ -138,8 +138,8 @@ _BY_TITLE = {"op": "op", "ggml_op": "ggml op", "block": "block", "node": "node"}
 def profile(executor, inputs=None, *, repeat: int = 3, warmup: int = 1, **kw) -> Profile:
     """Time every ggml node of one run of `executor` on `inputs`.
 
-    Nodes on an RPC device are timed until their result can be read back, so each includes one
-    network round trip (about 0.1 ms on loopback).
+    Nodes on an RPC device are timed until their result can be read back, so each includes
+    sending its one-node graph and a round trip (about 0.3 ms per node on loopback here).
 
     Args:
         executor: a GGMLExecutor.
