@@ -114,8 +114,7 @@ class GGMLExecutor:
         # On a device with its own memory (CUDA, RPC), inputs go straight there, so that ops which
         # read no weight (a whole graph of them, in the op tests) run on it too and not next to a
         # CPU-resident input; the upload costs the same one copy either way.
-        kind = {d["name"]: d["type"] for d in devices()}.get(self.device_names[0])
-        self._pin_inputs = kind in ("gpu", "igpu")
+        self._pin_inputs = not self.runtime.has_host_memory(0)
         self._remote = any(n.startswith("RPC") for n in self.device_names)
         if self._remote:
             _RPC_HANDLES.add(self.runtime)

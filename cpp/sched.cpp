@@ -268,6 +268,9 @@ void register_sched(py::module_ & m) {
         .def("set_tensor_backend", [](Runtime & r, Tensor & t, int i) {
             ggml_backend_sched_set_tensor_backend(r.live(), raw(t), r.backend(i));
         })
+        .def("has_host_memory", [](Runtime & r, int i) {
+            return ggml_backend_buft_is_host(ggml_backend_get_default_buffer_type(r.backend(i)));
+        }, "Whether backend i computes in host memory (CPU, BLAS) rather than its own (CUDA, RPC).")
         .def("supports_op", [](Runtime & r, int i, Tensor & t) { return ggml_backend_supports_op(r.backend(i), raw(t)); })
         .def("synchronize", [](Runtime & r) { ggml_backend_sched_synchronize(r.live()); });
 }
