@@ -48,6 +48,15 @@ class Lowering:
     def cont(self, t):
         return t if t.is_contiguous else G.cont(self.ctx, t)
 
+    def mul_mat(self, a, b):
+        """ggml_mul_mat(a, b); under "f32" it asks for f32 accumulation (GGML_PREC_F32). The CPU
+        accumulates in f32 anyway; CUDA's cuBLAS path otherwise multiplies f16 weights with f16
+        accumulation and an f16 result (CUBLAS_COMPUTE_16F), and its vector kernels likewise."""
+        t = G.mul_mat(self.ctx, a, b)
+        if self.exact:
+            G.mul_mat_set_prec_f32(t)
+        return t
+
     def reshape(self, t, ne):
         ne = [*ne, *([1] * (4 - len(ne)))]
         return G.reshape_4d(self.ctx, self.cont(t), *ne)
@@ -105,7 +114,7 @@ def _mul_mat(L, node, x, w):
         w = G.cont(L.ctx, w)
     if x.is_transposed or not _unit_rows(x):
         x = G.cont(L.ctx, x)
-    return G.mul_mat(L.ctx, w, x)
+    return L.mul_mat(w, x)
 
 
 _BLOCK_BYTES = {d.ggml_type: d.type_size for d in dt.DTYPES.values()}
@@ -147,10 +156,10 @@ def _attention(L, node, q, k, v, mask=None):
         # ggml's CPU kernel keeps f32 K/V in f32 end to end (dot, online softmax, V accumulation).
         return G.flash_attn_ext(c, q, k, v, None, scale, 0.0, 0.0, True)
     # With a mask (ggml wants it in f16) or elsewhere: mul_mat + soft_max + mul_mat in f32.
-    kq = G.mul_mat(c, L.cont(k), L.cont(q))  # ne[nkv, nq, h, b]; k heads repeat over q heads (GQA)
+    kq = L.mul_mat(L.cont(k), L.cont(q))  # ne[nkv, nq, h, b]; k heads repeat over q heads (GQA)
     kq = G.soft_max_ext(c, kq, mask, scale, 0.0)
     vt = G.cont(c, G.transpose(c, v))  # ne[nkv, dv, h_kv, b]
-    kqv = G.mul_mat(c, vt, kq)  # ne[dv, nq, h, b]
+    kqv = L.mul_mat(vt, kq)  # ne[dv, nq, h, b]
     return G.permute(c, kqv, 0, 2, 1, 3)  # ne[dv, h, nq, b]
 
 
@@ -249,10 +258,10 @@ def _conv(L, node, w, x, nd):
     spatial = list(cols.ne[1:1 + nd])  # ne order: [ow, oh] or [ol]
     n = cols.ne[nd + 1]
     if L.exact:
-        y = G.mul_mat(c, w2, cols2)  # ne[oc, positions]: channels-last
+        y = L.mul_mat(w2, cols2)  # ne[oc, positions]: channels-last
         y = L.reshape(y, [oc, *spatial, n])
         return G.permute(c, y, *([2, 0, 1, 3] if nd == 2 else [1, 0, 2, 3]))  # -> ne[spatial, oc, n]
-    y = G.mul_mat(c, cols2, w2)  # ne[positions, oc]
+    y = L.mul_mat(cols2, w2)  # ne[positions, oc]
     y = L.reshape(y, [*spatial, n, oc])
     return G.permute(c, y, *([0, 1, 3, 2] if nd == 2 else [0, 2, 1, 3]))
 

@@ -197,6 +197,10 @@ PYBIND11_MODULE(_ggml, m) {
         .def_property_readonly("nb", &tensor_nb)
         .def_property_readonly("type", [](const Tensor & x) { return (int) raw(x)->type; })
         .def_property_readonly("op", [](const Tensor & x) { return std::string(ggml_op_desc(raw(x))); })
+        .def_property_readonly("op_params", [](const Tensor & x) {
+            const int32_t * p = raw(x)->op_params;
+            return std::vector<int32_t>(p, p + GGML_MAX_OP_PARAMS / sizeof(int32_t));
+        }, "the op's parameters as int32 (mul_mat: [0] is the precision, 10 = GGML_PREC_F32)")
         .def_property_readonly("nbytes", [](const Tensor & x) { return ggml_nbytes(raw(x)); })
         .def_property_readonly("is_contiguous", [](const Tensor & x) { return ggml_is_contiguous(raw(x)); })
         .def_property_readonly("is_transposed", [](const Tensor & x) { return ggml_is_transposed(raw(x)); })

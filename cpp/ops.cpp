@@ -110,7 +110,10 @@ void register_ops(py::module_ & root) {
         return wrap(c, ggml_rope_ext(c->ctx, raw(a), raw(pos), opt(freq), n_dims, mode, n_ctx_orig, freq_base,
                                      freq_scale, ext_factor, attn_factor, beta_fast, beta_slow));
     });
-    m.def("mul_mat_set_prec_f32", [](Tensor & t) { ggml_mul_mat_set_prec(raw(t), GGML_PREC_F32); });
+    m.def("mul_mat_set_prec_f32", [](Tensor & t) {
+        if (raw(t)->op != GGML_OP_MUL_MAT) throw std::invalid_argument("mul_mat_set_prec_f32 needs a MUL_MAT tensor");
+        ggml_mul_mat_set_prec(raw(t), GGML_PREC_F32);
+    }, "accumulate this product in f32 (GGML_PREC_F32); CUDA's default for f16 weights is f16");
 }
 
 }  // namespace gd

@@ -99,3 +99,22 @@ def test_constant_inputs_are_fed_from_meta():
     xv = np.ones((2, 3), np.float32)
     for backend in ("reference", BACKEND):
         np.testing.assert_allclose(graphdsl.compile(g, backend)(x=xv)["y"], 2 * xv)
+
+
+_PRODUCT_CASES = [c for c in CASES if c.op in ("mul_mat", "conv_1d", "conv_2d", "flash_attn_ext")]
+
+
+@pytest.mark.parametrize("case", _PRODUCT_CASES, ids=lambda c: c.id)
+def test_f32_policy_asks_ggml_for_f32_accumulation(case):
+    """Every ggml MUL_MAT that "f32" lowers to (linear, conv, attention) carries GGML_PREC_F32; "fast"
+    leaves ggml's default. The CPU accumulates in f32 either way, but CUDA's default for f16 weights
+    is f16 accumulation with an f16 result, so the tag is what keeps "f32" meaningful there."""
+    g = case.graph()
+    ins, ws = case.values(np.random.default_rng(0))
+    for precision in ("f32", "fast"):
+        exe = graphdsl.compile(g, BACKEND, precision=precision, weights=ws)
+        exe(ins)
+        cg = exe.last_program.cgraph
+        precs = {cg.node(i).op_params[0] for i in range(cg.n_nodes) if cg.node(i).op == "MUL_MAT"}
+        assert precs <= ({10} if precision == "f32" else {0}), (precision, precs)  # 10: GGML_PREC_F32
+        assert precs or case.op == "flash_attn_ext"  # the CPU's exact attention has no MUL_MAT
