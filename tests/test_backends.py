@@ -13,6 +13,7 @@ import pytest
 import graphdsl
 from graphdsl import Graph, _ggml, ops
 from graphdsl.backends.rpc import spawn_rpc_server
+from target import assert_close
 
 
 def _mlp(n=64, d=96):
@@ -158,6 +159,5 @@ def test_rpc_without_an_rpc_build_is_a_clear_error():
 def test_cuda_matches_reference():
     g, w, x = _mlp()
     run = graphdsl.compile(g, "cuda", weights=w)
-    np.testing.assert_allclose(run(x=x)["y"], graphdsl.compile(g, "reference", weights=w)(x=x)["y"],
-                               rtol=1e-4, atol=1e-4)
+    assert_close(run(x=x)["y"], graphdsl.compile(g, "reference", weights=w)(x=x)["y"], rtol=1e-4, atol=1e-4)
     assert run.placement()["nodes"]["ffn.up"].startswith("CUDA")

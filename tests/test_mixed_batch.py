@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 from hf_refs import BOUND, llava_tiny, need_torch, rel_err, voxtral_tiny
-from target import BACKEND
+from target import BACKEND, assert_close
 
 from graphdsl.embed import Embedder, Span, build_mixed
 from graphdsl.models import clip, text, whisper_enc
@@ -52,7 +52,7 @@ def test_text_image_text_audio_text(models):
     # each chunk alone gives the same rows
     for s, item in zip(out.spans, items):
         alone = emb([item]).embd
-        np.testing.assert_allclose(out.embd[s.start:s.start + s.n_tokens], alone, rtol=1e-6, atol=1e-6)
+        assert_close(out.embd[s.start:s.start + s.n_tokens], alone, rtol=1e-6, atol=1e-6)
 
 
 def test_three_images_equal_three_single_runs(models):
@@ -63,7 +63,7 @@ def test_three_images_equal_three_single_runs(models):
     assert [k for k in feeds if k.startswith("image")] == ["image.0"] and feeds["image.0"].shape == (3, 3, 32, 32)
     batched = emb([("image", x) for x in imgs]).embd
     singles = np.concatenate([emb([("image", x)]).embd for x in imgs])
-    np.testing.assert_allclose(batched, singles, rtol=1e-6, atol=1e-6)
+    assert_close(batched, singles, rtol=1e-6, atol=1e-6)
 
 
 def test_mixed_sizes_preprocess_chunks_and_embeddings(models):
