@@ -27,9 +27,7 @@ test: install
 # then run twice: on BLAS + CPU (a real two-backend schedule with copies between them) and on ggml's
 # RPC backend, against a `graphdsl rpc-server` that tests/conftest.py starts on 127.0.0.1.
 BLAS_VENV ?= .venv-blas
-BACKEND_SUITES := tests/test_ops.py tests/test_backends.py tests/test_executor.py tests/test_errors.py \
-	tests/test_models_clip.py tests/test_models_siglip.py tests/test_models_whisper.py \
-	tests/test_models_text.py tests/test_inp_embd.py tests/test_mixed_batch.py
+BACKEND_SUITES := $(shell cat tests/backend_suites.txt)
 test-backends:
 	test -x $(BLAS_VENV)/bin/python || $(PY) -m venv $(BLAS_VENV)
 	$(BLAS_VENV)/bin/pip install -q pytest scikit-build-core pybind11 "libggml-python==0.20.2.post1"
@@ -39,7 +37,8 @@ test-backends:
 	GRAPHDSL_TEST_BACKEND=blas $(BLAS_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
 	GRAPHDSL_TEST_BACKEND=rpc $(BLAS_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
 
-# On a machine with an NVIDIA GPU and nvcc: the same suites on CUDA (set CUDA_ARCH, default 90).
+# On a machine with an NVIDIA GPU, nvcc and a network: the same suites on CUDA (set CUDA_ARCH,
+# default 90). A GPU machine without network: scripts/cuda_bundle.sh here, scripts/test_cuda_bundle.sh there.
 CUDA_VENV ?= .venv-cuda
 test-cuda:
 	test -x $(CUDA_VENV)/bin/python || $(PY) -m venv $(CUDA_VENV)

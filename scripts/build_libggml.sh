@@ -2,7 +2,9 @@
 # Rebuild libggml-python from its sdist with other ggml options, into a venv's site-packages.
 # graphdsl's extension links ggml by soname, so it keeps working without a rebuild.
 #
-#   scripts/build_libggml.sh [--venv DIR] FEATURE...
+#   scripts/build_libggml.sh [--venv DIR] [--wheel OUTDIR] FEATURE...
+#     --wheel  build a wheel into OUTDIR with the venv's pip instead of installing it (to carry the
+#              build to another machine: scripts/cuda_bundle.sh)
 #     native   GGML_NATIVE=ON + GGML_LLAMAFILE=ON (tuned CPU: this machine's SIMD, llamafile sgemm)
 #     blas     GGML_BLAS=ON with OpenBLAS (apt: libopenblas-dev) - a second backend on CPU-only machines
 #     rpc      GGML_RPC=ON (ggml's own remote backend; `graphdsl rpc-server`)
@@ -11,11 +13,13 @@
 #     metal    GGML_METAL=ON (macOS only; built, not verified on this project's machines)
 set -euo pipefail
 VENV=.venv
+WHEEL_DIR=
 VERSION=0.20.2.post1
 defines=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --venv) VENV="$2"; shift ;;
+    --wheel) WHEEL_DIR="$2"; shift ;;
     native) defines+=(-C cmake.define.GGML_NATIVE=ON -C cmake.define.GGML_LLAMAFILE=ON) ;;
     blas)
       if ! [ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] && ! ls /usr/include/*/cblas.h /usr/include/cblas.h >/dev/null 2>&1; then
@@ -31,8 +35,11 @@ while [ $# -gt 0 ]; do
     cuda)
       defines+=(-C cmake.define.GGML_CUDA=ON -C cmake.define.GGML_CUDA_NO_VMM=ON
                 -C "cmake.define.CMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}")
-      # A toolkit without cuBLAS (nvcc alone): use the nvidia-cublas wheel's library and headers.
-      cublas=$(ls "$VENV"/lib/python*/site-packages/nvidia/*/lib/libcublas.so.* 2>/dev/null | head -n 1 || true)
+      # A toolkit without cuBLAS (nvcc alone): use the nvidia-cublas wheel's library and headers,
+      # installed in the venv or in a site-packages it sees (--system-site-packages).
+      cublas=$("$VENV/bin/python" -c 'import glob, os, sys
+hits = [h for p in sys.path for h in sorted(glob.glob(os.path.join(p, "nvidia", "*", "lib", "libcublas.so.*")))]
+print(hits[0] if hits else "")')
       if [ -n "$cublas" ]; then
         nv=$(dirname "$(dirname "$cublas")")
         lt=$(ls "$nv"/lib/libcublasLt.so.* | head -n 1)
@@ -44,10 +51,15 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#defines[@]} -gt 0 ] || { sed -n '2,12p' "$0"; exit 2; }
+[ ${#defines[@]} -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+if [ -n "$WHEEL_DIR" ]; then
+  "$VENV/bin/pip" wheel -q --no-cache-dir --no-deps -w "$WHEEL_DIR" \
+    --no-binary libggml-python "${defines[@]}" "libggml-python==$VERSION"
+  exit
+fi
 # --no-cache-dir: pip would otherwise reuse a wheel built with other options.
-CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-  "$VENV/bin/pip" install -q --no-cache-dir --force-reinstall --no-deps \
+"$VENV/bin/pip" install -q --no-cache-dir --force-reinstall --no-deps \
   --no-binary libggml-python "${defines[@]}" "libggml-python==$VERSION"
 VENV_ABS=$(cd "$VENV" && pwd)
 (cd / && "$VENV_ABS/bin/python" -c "import graphdsl; print('\n'.join(f\"{d['name']:12} {d['type']:6} {d['description']}\" for d in graphdsl.devices()))") 2>/dev/null \
