@@ -1,8 +1,9 @@
 """Make CUDA libraries that pip wheels ship findable before the extension loads.
 
-A CUDA build of libggml links cuBLAS; when cuBLAS comes from the `nvidia-cublas` wheel (no
-system toolkit), its directory is on no loader path. Loading it once with RTLD_GLOBAL lets
-libggml-cuda resolve it, as torch does for its own CUDA wheels. Nothing happens without them.
+A CUDA build of libggml links the CUDA runtime and cuBLAS; when they come from the
+`nvidia-cuda-runtime` and `nvidia-cublas` wheels (no system toolkit), their directories are on no
+loader path. Loading them once with RTLD_GLOBAL lets libggml-cuda resolve them, as torch does for
+its own CUDA wheels. Nothing happens without them.
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ def _libggml_has_cuda() -> bool:
 
 
 def preload_pip_cuda() -> list[str]:
-    """Load pip-installed cuBLAS globally when (and only when) the installed libggml is a CUDA build."""
+    """Load pip-installed CUDA runtime and cuBLAS globally when (and only when) libggml is a CUDA build."""
     if not _libggml_has_cuda():
         return []
     roots = [*site.getsitepackages(), site.getusersitepackages(), *sys.path]
     loaded = []
-    for name in ("libcublasLt.so.*", "libcublas.so.*"):  # Lt first: cuBLAS depends on it
+    for name in ("libcudart.so.*", "libcublasLt.so.*", "libcublas.so.*"):  # dependencies first
         for root in roots:
             hits = sorted(glob.glob(os.path.join(root, "nvidia", "*", "lib", name)))
             if hits:

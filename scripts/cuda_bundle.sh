@@ -25,6 +25,15 @@ scripts/build_libggml.sh --venv "$BUILD_VENV" --wheel "$OUTDIR" cuda
 # graphdsl links ggml by soname: building it against the CUDA wheel's headers is enough.
 rm -f "$OUTDIR"/graphdsl-*.whl
 "$BUILD_VENV/bin/pip" wheel -q --no-deps --no-build-isolation -w "$OUTDIR" .
+# The wheel stores each library three times (ggml's symlinks become copies): 121 MB for one CUDA
+# architecture, over the 64 MiB a device call carries. The loader asks only for the sonames (.so.0).
+"$BUILD_VENV/bin/pip" install -q wheel
+unpacked=$(mktemp -d)
+"$BUILD_VENV/bin/python" -m wheel unpack -d "$unpacked" "$OUTDIR"/libggml_python-*.whl
+rm "$OUTDIR"/libggml_python-*.whl
+find "$unpacked" \( -name 'lib*.so' -o -name 'lib*.so.*.*.*' \) -delete
+"$BUILD_VENV/bin/python" -m wheel pack -d "$OUTDIR" "$unpacked"/libggml_python-*
+rm -rf "$unpacked"
 pyver=$("$BUILD_VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 platforms=()
 for n in 17 24 27 28 31 34; do platforms+=(--platform "manylinux_2_${n}_x86_64"); done

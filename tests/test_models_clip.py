@@ -103,6 +103,7 @@ def test_fast_precision_is_close():
 
 
 def test_config_from_hf_llava_defaults():
+    need_torch()
     from transformers import LlavaConfig
     c = clip.config_from_hf(LlavaConfig())
     got = (c.image_size, c.patch_size, c.n_layer, c.feature_layer, c.layers, c.n_mm_embd)
