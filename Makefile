@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-backends test-cuda install bench clean
+.PHONY: demo test test-backends test-cuda install bench stub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,13 @@ test-cuda:
 	$(CUDA_VENV)/bin/pip install -q --no-build-isolation ".[test]"
 	$(CUDA_VENV)/bin/pip install -q --no-deps $(REFDATA)
 	GRAPHDSL_TEST_BACKEND=cuda $(CUDA_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
+
+# The extension's type stub (graphdsl/_ggml/*.pyi), regenerated after a binding changes;
+# tests/test_stub.py fails until it is.
+stub: install
+	$(BIN)/pip install -q "pybind11-stubgen>=2.5"
+	$(BIN)/pybind11-stubgen graphdsl._ggml -o build/stubs
+	cp build/stubs/graphdsl/_ggml/*.pyi graphdsl/_ggml/
 
 bench: install
 	$(BIN)/python benchmarks/run.py --quick

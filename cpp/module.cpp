@@ -130,11 +130,11 @@ PYBIND11_MODULE(_ggml, m) {
         }
     });
 
-    m.def("set_log_level", [](int level) { g_log_level = level; },
+    m.def("set_log_level", [](int level) { g_log_level = level; }, py::arg("level"),
           "Minimum ggml log level printed to stderr (1 debug, 2 info, 3 warn, 4 error).");
     m.def("devices", &devices, "Devices that ggml's backend registry reports, in registry order.");
     m.def("has_backend", [](const std::string & name) { return ggml_backend_reg_by_name(name.c_str()) != nullptr; },
-          "Whether this libggml registers a backend (\"CPU\", \"BLAS\", \"RPC\", \"CUDA\", \"Metal\").");
+          py::arg("name"), "Whether this libggml registers a backend (\"CPU\", \"BLAS\", \"RPC\", \"CUDA\", \"Metal\").");
     m.def("rpc_add_server", &rpc_add_server, py::arg("endpoint"),
           "Register ggml's RPC server at host:port; returns its device names.");
     m.def("rpc_start_server", &rpc_start_server, py::arg("endpoint"), py::arg("n_threads"),
@@ -144,13 +144,13 @@ PYBIND11_MODULE(_ggml, m) {
     m.def("type_name", [](int type) {
         if (type < 0 || type >= GGML_TYPE_COUNT) throw std::invalid_argument("unknown ggml type");
         return std::string(ggml_type_name((ggml_type) type));
-    });
+    }, py::arg("type"), "The name of a ggml type (\"f32\", \"q8_0\").");
     m.def("row_size", [](int type, int64_t ne0) {
         if (type < 0 || type >= GGML_TYPE_COUNT) throw std::invalid_argument("unknown ggml type");
         if (ne0 % ggml_blck_size((ggml_type) type) != 0)
             throw std::invalid_argument("row length is not a multiple of the type's block size");
         return ggml_row_size((ggml_type) type, ne0);
-    }, "Bytes of one row of ne0 elements of a ggml type.");
+    }, py::arg("type"), py::arg("ne0"), "Bytes of one row of ne0 elements of a ggml type.");
 
     m.def("quantize", [](int type, py::array_t<float, py::array::c_style | py::array::forcecast> src,
                          py::array_t<uint8_t, py::array::c_style> dst) {
@@ -169,10 +169,17 @@ PYBIND11_MODULE(_ggml, m) {
         void * d = dst.mutable_data();
         py::gil_scoped_release nogil;
         ggml_quantize_chunk((ggml_type) type, s, d, 0, rows, cols, nullptr);
-    }, "Quantize rows of a float32 matrix into dst with ggml's own reference quantizer.");
+    }, py::arg("type"), py::arg("src"), py::arg("dst"),
+       "Quantize rows of a float32 matrix into dst with ggml's own reference quantizer.");
 
-    py::class_<Context, std::shared_ptr<Context>>(m, "Context",
-        "A no_alloc ggml context with room for n_tensors tensor headers and one graph.")
+    // Classes are declared before any method is bound, so that signatures (and the .pyi stub)
+    // name Python types rather than C++ ones.
+    py::class_<Context, std::shared_ptr<Context>> context(m, "Context",
+        "A no_alloc ggml context with room for n_tensors tensor headers and one graph.");
+    py::class_<Tensor> tensor(m, "Tensor", "A handle to a ggml tensor; shapes are in ggml ne order.");
+    py::class_<Graph> graph(m, "Graph", "A ggml compute graph (ggml_cgraph).");
+
+    context
         .def(py::init<size_t, size_t>(), py::arg("n_tensors"), py::arg("graph_size") = 0)
         .def("new_tensor", [](std::shared_ptr<Context> self, int type, std::vector<int64_t> ne, std::string name) {
             if (ne.empty() || ne.size() > 4) throw std::invalid_argument("tensors have 1 to 4 dimensions");
@@ -192,7 +199,7 @@ PYBIND11_MODULE(_ggml, m) {
         }, py::arg("size"))
         .def_property_readonly("used_mem", [](const Context & c) { return ggml_used_mem(c.ctx); });
 
-    py::class_<Tensor>(m, "Tensor", "A handle to a ggml tensor; shapes are in ggml ne order.")
+    tensor
         .def_property_readonly("ne", &tensor_ne)
         .def_property_readonly("nb", &tensor_nb)
         .def_property_readonly("type", [](const Tensor & x) { return (int) raw(x)->type; })
@@ -217,15 +224,15 @@ PYBIND11_MODULE(_ggml, m) {
                    std::to_string(t->ne[2]) + "," + std::to_string(t->ne[3]) + "] op=" + ggml_op_desc(t) + ">";
         });
 
-    py::class_<Graph>(m, "Graph", "A ggml compute graph (ggml_cgraph).")
-        .def("expand", [](Graph & g, const Tensor & t) { ggml_build_forward_expand(g.g, raw(t)); },
+    graph
+        .def("expand", [](Graph & g, const Tensor & t) { ggml_build_forward_expand(g.g, raw(t)); }, py::arg("tensor"),
              "ggml_build_forward_expand: add t and everything it depends on.")
         .def_property_readonly("n_nodes", [](Graph & g) { return ggml_graph_n_nodes(g.g); })
         .def("node", [](Graph & g, int i) {
             int n = ggml_graph_n_nodes(g.g);
             if (i < -n || i >= n) throw py::index_error("graph node index out of range");
             return Tensor{ggml_graph_node(g.g, i), g.owner};
-        });
+        }, py::arg("i"), "The i-th node in execution order (negative counts from the end).");
 
     register_ops(m);
     register_sched(m);

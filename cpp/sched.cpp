@@ -120,7 +120,7 @@ struct Runtime {
 };
 
 void register_sched(py::module_ & m) {
-    py::class_<Buffer, std::shared_ptr<Buffer>>(m, "Buffer", "A ggml backend buffer.")
+    py::class_<Buffer, std::shared_ptr<Buffer>>(m, "BackendBuffer", "A ggml backend buffer (ggml_backend_buffer_t).")
         .def_property_readonly("size", [](const Buffer & b) { return ggml_backend_buffer_get_size(b.live()); })
         .def_property_readonly("name", [](const Buffer & b) { return std::string(ggml_backend_buffer_name(b.live())); })
         .def_property_readonly("is_host", [](const Buffer & b) { return ggml_backend_buffer_is_host(b.live()); })
@@ -170,7 +170,7 @@ void register_sched(py::module_ & m) {
             ggml_backend_buffer_set_usage(out->buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
             out->host = mem;
             return out;
-        }, "Wrap host memory (e.g. an mmap) as a CPU buffer without copying; the memory is kept alive.")
+        }, py::arg("memory"), "Wrap host memory (e.g. an mmap) as a CPU buffer without copying; the memory is kept alive.")
         .def("place", [](Runtime &, std::shared_ptr<Buffer> b, Tensor & t, size_t offset) {
             ggml_tensor * x = raw(t);
             size_t size = ggml_backend_buffer_get_size(b->buf);
@@ -180,7 +180,7 @@ void register_sched(py::module_ & m) {
             char * base = (char *) ggml_backend_buffer_get_base(b->buf);
             if (ggml_backend_tensor_alloc(b->buf, x, base + offset) != GGML_STATUS_SUCCESS)
                 throw std::runtime_error("ggml_backend_tensor_alloc failed");
-        }, "Place tensor t at offset bytes inside buffer b (zero copy).")
+        }, py::arg("buffer"), py::arg("tensor"), py::arg("offset"), "Place tensor t at offset bytes inside buffer b (zero copy).")
         .def("set_tensor", [](Runtime &, Tensor & t, py::buffer data) {
             ggml_tensor * x = raw(t);
             if (!x->buffer) throw std::invalid_argument("tensor '" + std::string(x->name) + "' has no memory yet");
@@ -190,7 +190,7 @@ void register_sched(py::module_ & m) {
                 throw std::invalid_argument("tensor '" + std::string(x->name) + "' holds " +
                                             std::to_string(ggml_nbytes(x)) + " bytes, got " + std::to_string(n));
             ggml_backend_tensor_set(x, info.ptr, 0, n);
-        }, "Copy host bytes into a tensor (any backend).")
+        }, py::arg("tensor"), py::arg("data"), "Copy host bytes into a tensor (any backend).")
         .def("get_tensor", [](Runtime &, Tensor & t, py::buffer out) {
             ggml_tensor * x = raw(t);
             if (!x->buffer) throw std::invalid_argument("tensor '" + std::string(x->name) + "' has no memory");
@@ -199,7 +199,7 @@ void register_sched(py::module_ & m) {
             size_t n = (size_t) info.size * info.itemsize;
             if (n != ggml_nbytes(x)) throw std::invalid_argument("output buffer has the wrong size");
             ggml_backend_tensor_get(x, info.ptr, 0, n);
-        }, "Copy a tensor's bytes into a writable host array.")
+        }, py::arg("tensor"), py::arg("out"), "Copy a tensor's bytes into a writable host array.")
         .def("wait_for", [](Runtime &, Tensor & t) {
             // Reading a few bytes waits until the tensor is computed even on backends whose
             // synchronize returns at once (RPC sends graphs without waiting for an answer).
@@ -208,7 +208,7 @@ void register_sched(py::module_ & m) {
             size_t n = std::min<size_t>(16, ggml_nbytes(x));
             char bytes[16];
             if (buf && x->data && n) ggml_backend_tensor_get(x, bytes, 0, n);
-        }, "Block until tensor t has been computed (one round trip on RPC).")
+        }, py::arg("tensor"), "Block until tensor t has been computed (one round trip on RPC).")
         .def("reserve", [](Runtime & r, Graph & g) {
             bool ok;
             {
@@ -219,7 +219,7 @@ void register_sched(py::module_ & m) {
             }
             if (!ok) throw std::runtime_error("ggml_backend_sched_reserve failed (out of memory?)");
             ++r.n_reserve;
-        }, "Size the compute buffers for this graph (once per set of input shapes).")
+        }, py::arg("graph"), "Size the compute buffers for this graph (once per set of input shapes).")
         .def("alloc_graph", [](Runtime & r, Graph & g, std::vector<std::pair<Tensor, int>> pinned) {
             ggml_backend_sched_reset(r.live());  // drop the previous run's allocation
             // ggml-alloc skips tensors that already have data; after another graph ran, those
@@ -248,7 +248,7 @@ void register_sched(py::module_ & m) {
             if (st != GGML_STATUS_SUCCESS && st != GGML_STATUS_ABORTED)
                 throw std::runtime_error("ggml graph compute failed with status " + std::to_string((int) st));
             return st == GGML_STATUS_SUCCESS;
-        }, "Run the graph with the GIL released. Returns False if the eval callback stopped it.")
+        }, py::arg("graph"), "Run the graph with the GIL released. Returns False if the eval callback stopped it.")
         .def("set_eval_callback", [](Runtime & r, std::optional<std::function<bool(Tensor, bool)>> cb) {
             if (cb) {
                 r.eval_cb = *cb;
@@ -257,21 +257,22 @@ void register_sched(py::module_ & m) {
                 r.eval_cb = nullptr;
                 ggml_backend_sched_set_eval_callback(r.live(), nullptr, nullptr);
             }
-        }, "cb(tensor, ask) -> bool, ggml_backend_sched_eval_callback semantics; None removes it.")
+        }, py::arg("callback"), "cb(tensor, ask) -> bool, ggml_backend_sched_eval_callback semantics; None removes it.")
         .def_property_readonly("n_splits", [](Runtime & r) { return ggml_backend_sched_get_n_splits(r.live()); })
         .def_property_readonly("n_copies", [](Runtime & r) { return ggml_backend_sched_get_n_copies(r.live()); })
         .def("buffer_size", [](Runtime & r, int i) { return ggml_backend_sched_get_buffer_size(r.live(), r.backend(i)); },
-             "Compute-buffer bytes the scheduler reserved on backend i.")
+             py::arg("backend"), "Compute-buffer bytes the scheduler reserved on backend i.")
         .def("tensor_backend", [](Runtime & r, Tensor & t) {
             return r.index_of(ggml_backend_sched_get_tensor_backend(r.live(), raw(t)));
-        }, "Index of the backend a node was assigned to, or -1.")
+        }, py::arg("tensor"), "Index of the backend a node was assigned to, or -1.")
         .def("set_tensor_backend", [](Runtime & r, Tensor & t, int i) {
             ggml_backend_sched_set_tensor_backend(r.live(), raw(t), r.backend(i));
-        })
+        }, py::arg("tensor"), py::arg("backend"), "Assign a tensor to backend i before the graph is allocated.")
         .def("has_host_memory", [](Runtime & r, int i) {
             return ggml_backend_buft_is_host(ggml_backend_get_default_buffer_type(r.backend(i)));
-        }, "Whether backend i computes in host memory (CPU, BLAS) rather than its own (CUDA, RPC).")
-        .def("supports_op", [](Runtime & r, int i, Tensor & t) { return ggml_backend_supports_op(r.backend(i), raw(t)); })
+        }, py::arg("backend"), "Whether backend i computes in host memory (CPU, BLAS) rather than its own (CUDA, RPC).")
+        .def("supports_op", [](Runtime & r, int i, Tensor & t) { return ggml_backend_supports_op(r.backend(i), raw(t)); },
+             py::arg("backend"), py::arg("tensor"), "Whether backend i can run the op that produces tensor.")
         .def("synchronize", [](Runtime & r) { ggml_backend_sched_synchronize(r.live()); });
 }
 
