@@ -5,7 +5,8 @@ This file and ggml.py are the only places that know ggml's axis order: a NumPy s
 is ggml dim `r - 1 - a`. Comments below give shapes as `ne[...]` (ggml) or `(...)` (NumPy).
 
 Precision policy: under "f32" every op is lowered to a form that computes in f32 (im2col into
-f32 + mul_mat; GELU from tanh/sigmoid pieces; attention as mul_mat + soft_max + mul_mat). Under
+f32 + mul_mat; GELU from tanh/sigmoid pieces; attention as mul_mat + soft_max + mul_mat; every
+mul_mat tagged GGML_PREC_F32, which CUDA needs to accumulate f16 weights in f32). Under
 "fast" ggml's own fast paths are used (f16 im2col, f16 GELU tables, flash_attn_ext with f16 K/V).
 """
 from __future__ import annotations
