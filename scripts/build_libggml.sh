@@ -53,14 +53,12 @@ print(hits[0] if hits else "")')
 done
 [ ${#defines[@]} -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
-if [ -n "$WHEEL_DIR" ]; then
-  "$VENV/bin/pip" wheel -q --no-cache-dir --no-deps -w "$WHEEL_DIR" \
-    --no-binary libggml-python "${defines[@]}" "libggml-python==$VERSION"
-  exit
-fi
+action=(install --force-reinstall)
+[ -z "$WHEEL_DIR" ] || action=(wheel -w "$WHEEL_DIR")
 # --no-cache-dir: pip would otherwise reuse a wheel built with other options.
-"$VENV/bin/pip" install -q --no-cache-dir --force-reinstall --no-deps \
+"$VENV/bin/pip" "${action[@]}" -q --no-cache-dir --no-deps \
   --no-binary libggml-python "${defines[@]}" "libggml-python==$VERSION"
+[ -z "$WHEEL_DIR" ] || exit 0
 VENV_ABS=$(cd "$VENV" && pwd)
 (cd / && "$VENV_ABS/bin/python" -c "import graphdsl; print('\n'.join(f\"{d['name']:12} {d['type']:6} {d['description']}\" for d in graphdsl.devices()))") 2>/dev/null \
   || echo "libggml-python rebuilt in $VENV; install graphdsl there to list its devices"

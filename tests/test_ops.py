@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import graphdsl
+from graphdsl import inspect
 from graphdsl.backends.ggml_lower import LOWERING
 from graphdsl.ops import REGISTRY
 from op_cases import CASES
@@ -63,10 +64,7 @@ def test_op_matches_reference(case, precision):
 
 def _products_on_tf32(exe) -> bool:
     """Whether the last run put a MUL_MAT on a CUDA device (f32 products there are TF32)."""
-    rt, cg = exe.runtime, exe.last_program.cgraph
-    nodes = [cg.node(i) for i in range(cg.n_nodes)]
-    where = [rt.tensor_backend(t) for t in nodes if t.op == "MUL_MAT"]
-    return any(i >= 0 and rt.backend_names[i].startswith("CUDA") for i in where)
+    return any(n.op == "MUL_MAT" and n.backend.startswith("CUDA") for n in inspect.lowered(exe).nodes)
 
 
 def test_registry_is_complete():
