@@ -9,6 +9,7 @@ dtypes. Deliberate departures from HF, tested against their own rule instead:
 
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -203,7 +204,7 @@ def test_config_forms():
         ImageConfig(mode="bogus")
     with pytest.raises(ValueError, match="positive"):
         ImageConfig(mode="siglip", size=(0, 4))
-    with pytest.raises(ValueError, match="positive stds"):
+    with pytest.raises(ValueError, match=r"3 finite stds >= 0\.001"):
         ImageConfig(std=(0.5, 0.0, 0.5))
     with pytest.raises(ValueError, match="unsupported size"):
         ImageConfig.from_hf({"size": {"longest_edge": 512}})
@@ -225,3 +226,39 @@ def test_parallel_error_names_item():
         batch.preprocess_images([_rand(8, 8), b"junk"], ImageConfig(), max_workers=2)
     notes = getattr(ei.value, "__notes__", ["while pre-processing item 1"])
     assert "item 1" in notes[-1]
+
+
+@pytest.mark.parametrize("std", [(0.5, 1e-40, 0.5), (0.5, float("nan"), 0.5), (float("inf"),) * 3, (0.5, 5e-4, 0.5)])
+def test_denormal_zero_or_nonfinite_std_is_refused(std):
+    """A std that would turn pixels into inf or NaN (or far outside any trained range) is refused."""
+    with pytest.raises(ValueError, match=r"\[ImageConfig\] need 3 finite means and 3 finite stds >= 0\.001"):
+        ImageConfig(std=std)
+    with pytest.raises(ValueError, match="finite means"):
+        ImageConfig(mean=(0.5, float("nan"), 0.5))
+    assert ImageConfig(std=(1e-3, 1.0, 80.0)).std == (1e-3, 1.0, 80.0)  # the bound itself and 0..255 stds pass
+
+
+@pytest.mark.parametrize("kw", [dict(mode="siglip", size=(0, 224)), dict(mode="siglip", size=-3),
+                                dict(mode="clip", size=0), dict(mode="clip", size=-1), dict(mode="pad", size=224, crop_size=0),
+                                dict(mode="clip", size=224, crop_size=(224, -1))])
+def test_sizes_must_be_positive(kw):
+    with pytest.raises(ValueError, match=r"\[ImageConfig\] sizes must be positive"):
+        ImageConfig(**kw)
+
+
+def test_target_size_is_capped_before_any_work():
+    """`--size 20000` took 60 s and ~15 GB; the config now refuses it at once and names the way out."""
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"size=\(20000, 20000\) asks for 400000000 output pixels, more than "
+                                         r"max_out_pixels=16777216 \(pass a larger max_out_pixels"):
+        ImageConfig(mode="siglip", size=20000)
+    for kw in (dict(mode="clip", size=20000, crop_size=224), dict(mode="pad", size=224, crop_size=(5000, 5000)),
+               dict(mode="clip", size=5000, crop_size=None)):
+        with pytest.raises(ValueError, match="max_out_pixels"):
+            ImageConfig(**kw)
+    assert time.perf_counter() - t0 < 1.0
+    assert ImageConfig(mode="siglip", size=4096).out_shape() == (3, 4096, 4096)  # the cap itself is allowed
+    big = ImageConfig(mode="siglip", size=(16, 5000), max_out_pixels=16 * 5000)  # the option raises the cap
+    assert preprocess_image(_rand(20, 30), big).shape == (3, 16, 5000)
+    with pytest.raises(ValueError, match="max_out_pixels"):
+        ImageConfig(mode="siglip", size=(16, 5000), max_out_pixels=16 * 5000 - 1)

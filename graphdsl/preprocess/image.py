@@ -40,6 +40,14 @@ HALF = (0.5, 0.5, 0.5)
 MODES = ("clip", "siglip", "pad")
 # 8000 x 8000. Pillow itself warns above ~89.5 M pixels and refuses above twice that.
 DEFAULT_MAX_PIXELS = 64_000_000
+# Output (target) size: 4096 x 4096, four times the largest fixed input of the encoders graphdsl
+# knows (Gemma 3's 896^2, Qwen2-VL's default cap of 12.8 M pixels aside); its float32 output is
+# 200 MB. A larger target is almost surely a typo (`--size 20000` took 60 s and ~15 GB).
+DEFAULT_MAX_OUT_PIXELS = 4096 * 4096
+# Smallest per-channel std accepted: real processors use 0.2 .. 1 on [0, 1] pixels (up to ~80 on
+# 0..255). Below this, (x - mean) / std leaves the range any encoder was trained on and a
+# denormal or zero std turns pixels into inf; a file or config saying so is broken.
+MIN_STD = 1e-3
 
 ImageSource = str | os.PathLike | bytes | io.IOBase | Image.Image | np.ndarray
 
@@ -71,6 +79,8 @@ class ImageConfig:
         rescale_factor: multiplier from uint8 to float (1/255; 1.0 keeps 0..255).
         max_pixels: images with more pixels are refused before decoding; intermediate images
             (LLaVA's square canvas, the resized image before its crop) may reach 4x this.
+        max_out_pixels: the largest target the sizes may ask for (siglip size h*w, clip/pad
+            size^2 and crop h*w); refused when the config is made, before any image is read.
     """
 
     mode: str = "clip"
@@ -82,6 +92,7 @@ class ImageConfig:
     pad_color: tuple[int, int, int] | None = None
     rescale_factor: float = 1.0 / 255.0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_out_pixels: int = DEFAULT_MAX_OUT_PIXELS
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -98,8 +109,10 @@ class ImageConfig:
         default_ms = HALF if self.mode == "siglip" else None
         set_("mean", tuple(float(m) for m in (self.mean or default_ms or OPENAI_CLIP_MEAN)))
         set_("std", tuple(float(s) for s in (self.std or default_ms or OPENAI_CLIP_STD)))
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"[ImageConfig] need 3 means and 3 positive stds, got {self.mean} / {self.std}")
+        if (len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in self.mean)
+                or not all(s >= MIN_STD and math.isfinite(s) for s in self.std)):
+            raise ValueError(f"[ImageConfig] need 3 finite means and 3 finite stds >= {MIN_STD:g}, "
+                             f"got {self.mean} / {self.std}")
         if self.pad_color is None:
             pad = (255, 255, 255) if self.mode != "pad" else tuple(int(m * 255) for m in self.mean)
             set_("pad_color", pad)
@@ -108,6 +121,11 @@ class ImageConfig:
         dims = list(self.size) if self.mode == "siglip" else [self.size]
         if min(dims + list(self.crop_size or ())) < 1:
             raise ValueError(f"[ImageConfig] sizes must be positive, got size={self.size} crop_size={self.crop_size}")
+        targets = [("size", dims[0] * dims[-1])] + ([("crop_size", math.prod(self.crop_size))] if self.crop_size else [])
+        for what, n in targets:
+            if n > self.max_out_pixels:
+                raise ValueError(f"[ImageConfig] {what}={getattr(self, what)} asks for {n} output pixels, more than "
+                                 f"max_out_pixels={self.max_out_pixels} (pass a larger max_out_pixels to allow it)")
 
     def out_shape(self) -> tuple[int, int, int] | None:
         """[3, H, W] of every output, or None when it depends on the input (clip without crop)."""
