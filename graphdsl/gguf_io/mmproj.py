@@ -184,7 +184,7 @@ def _act(f: GGUFFile, proj: str, modality: str) -> str:
     return "gelu" if gelu else "silu" if silu else "gelu_quick"
 
 
-def _encoder_dims(f: GGUFFile, ns: type) -> dict:
+def _encoder_dims(f: GGUFFile, ns: type, prefix: str, quirks: list[str]) -> dict:
     dims = dict(n_embd=_get(f, ns.EMBEDDING_LENGTH, int), n_ff=_get(f, ns.FEED_FORWARD_LENGTH, int),
                 n_head=_get(f, ns.Attention.HEAD_COUNT, int), n_layer=_get(f, ns.BLOCK_COUNT, int),
                 eps=_get(f, ns.Attention.LAYERNORM_EPS, float), projection_dim=_get(f, ns.PROJECTION_DIM, int, 0))
@@ -192,23 +192,49 @@ def _encoder_dims(f: GGUFFile, ns: type) -> dict:
         raise f.error(f"embedding_length {dims['n_embd']} must be a positive multiple of head_count {dims['n_head']}")
     if not dims["eps"] > 0:
         raise f.error(f"layer_norm_epsilon must be > 0, got {dims['eps']}")
+    # Every later loop and graph is sized by these numbers: a count the tensors cannot back
+    # (block_count 0xFFFFFFFF in a 3-block file) would loop billions of times, so bound them first.
+    stored = _stored_blocks(f, prefix)
+    if dims["n_layer"] > stored:
+        raise f.error(f"{ns.BLOCK_COUNT} is {dims['n_layer']}, but the file holds tensors for {stored} "
+                      f"blocks ({prefix}.blk.N.*)")
+    if dims["n_layer"] < stored:  # llama.cpp too runs only block_count blocks; say so rather than hide it
+        quirks.append(f"{ns.BLOCK_COUNT} is {dims['n_layer']} but the file stores {stored} blocks: "
+                      f"the rest are ignored")
+    widest = max((d for t in f.tensors.values() for d in t.shape), default=0)
+    # (projection_dim is left alone: informational here, and converters write HF's even when the
+    # projection itself is not stored)
+    for key, name in ((ns.EMBEDDING_LENGTH, "n_embd"), (ns.FEED_FORWARD_LENGTH, "n_ff")):
+        if dims[name] > widest:
+            raise f.error(f"{key} is {dims[name]}, wider than any tensor of the file (largest dim {widest})")
     return dims
+
+
+def _stored_blocks(f: GGUFFile, prefix: str) -> int:
+    """How many distinct block indices `{prefix}.blk.N.*` the file's tensors carry."""
+    head = f"{prefix}.blk."
+    return len({i for i in (n[len(head):].split(".", 1)[0] for n in f.tensors if n.startswith(head)) if i.isdigit()})
 
 
 def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfig:
     V = Keys.ClipVision
     proj = _projector(f, V.PROJECTOR_TYPE, "vision", quirks)
-    dims = _encoder_dims(f, V)
+    dims = _encoder_dims(f, V, "v", quirks)
     image_size, patch = _get(f, V.IMAGE_SIZE, int), _get(f, V.PATCH_SIZE, int)
     if patch == 0 or image_size < patch:
         raise f.error(f"clip.vision.patch_size {patch} must be in 1..image_size ({image_size})")
-    mean, std = (_get(f, k, "floats") for k in (V.IMAGE_MEAN, V.IMAGE_STD))
-    if len(mean) != 3 or len(std) != 3 or not all(s > 0 for s in std):
-        raise f.error(f"image_mean/image_std need 3 finite values (std > 0), got {mean} / {std}")
+    from ..preprocess.image import MIN_STD
+    mean, std = (_get(f, k, "floats") for k in (V.IMAGE_MEAN, V.IMAGE_STD))  # _get refuses NaN / inf
+    if len(mean) != 3 or len(std) != 3 or not all(s >= MIN_STD for s in std):
+        raise f.error(f"{V.IMAGE_MEAN} / {V.IMAGE_STD} need 3 finite values each, std >= {MIN_STD:g}, "
+                      f"got {mean} / {std}")
     feature_layer = tuple(int(x) for x in _get(f, KEY_FEATURE_LAYER, "ints", []))
     n_layer = dims["n_layer"]
     if feature_layer and not all(0 <= x <= n_layer for x in feature_layer):
         raise f.error(f"{KEY_FEATURE_LAYER} {list(feature_layer)} must lie in 0..block_count ({n_layer})")
+    if len(feature_layer) > n_layer + 1:  # each layer is one concatenated copy of the features
+        raise f.error(f"{KEY_FEATURE_LAYER} lists {len(feature_layer)} layers; a {n_layer}-block tower has "
+                      f"{n_layer + 1} hidden states")
     if not feature_layer and proj in LLAVA_PROJECTORS:
         # Legacy LLaVA files say "penultimate layer" by writing block_count = num_hidden_layers - 1
         # and dropping the last block's tensors, with no feature_layer. clip.cpp then subtracts
@@ -219,6 +245,9 @@ def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfi
     n_merge = {"gemma3": 4, "qwen2vl_merger": 2, "qwen2.5vl_merger": 2, "qwen3vl_merger": 2, "glm4v": 2,
                "pixtral": 1, "lightonocr": 1}.get(proj, 0)
     n_merge = _get(f, V.SPATIAL_MERGE_SIZE, int, _get(f, V.Projector.SCALE_FACTOR, int, n_merge))
+    if n_merge > image_size // patch:
+        raise f.error(f"patch merge factor {n_merge} ({V.SPATIAL_MERGE_SIZE} / {V.Projector.SCALE_FACTOR}) is "
+                      f"more than the {image_size // patch} patches per side")
     select = _get(f, KEY_SELECT, str, "default" if proj in LLAVA_PROJECTORS else "full")
     if select not in ("default", "full"):
         raise f.error(f"{KEY_SELECT} must be 'default' or 'full', got {select!r}")
@@ -233,12 +262,16 @@ def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfi
 def _audio_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> AudioConfig:
     A = Keys.ClipAudio
     proj = _projector(f, A.PROJECTOR_TYPE, "audio", quirks)
-    dims = _encoder_dims(f, A)
+    dims = _encoder_dims(f, A, "a", quirks)
     need_stack = proj in ("ultravox", "voxtral", "glma")
     stack = _get(f, A.Projector.STACK_FACTOR, int, _REQUIRED if need_stack else 0)
     cfg = AudioConfig(proj, _get(f, A.NUM_MEL_BINS, int), stack_factor=stack, act=_act(f, proj, "audio"), **dims)
     if cfg.n_mel == 0:
         raise f.error("clip.audio.num_mel_bins must be > 0")
+    widest = max((d for t in f.tensors.values() for d in t.shape), default=0)
+    for key, v in ((A.NUM_MEL_BINS, cfg.n_mel), (A.Projector.STACK_FACTOR, stack)):
+        if v > widest:  # both size the encoder's input and the projector's rows
+            raise f.error(f"{key} is {v}, wider than any tensor of the file (largest dim {widest})")
     _fix_ffn_swap(f, tensors, "a", cfg.n_embd, cfg.n_layer, proj, quirks)
     _check_audio(f, tensors, cfg)
     return cfg
