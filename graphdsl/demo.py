@@ -132,9 +132,8 @@ def build_files(spec_name: str = "small", root: Path | None = None) -> tuple[Pat
         shapes.update({k.replace("blk.0.", f"blk.{i}."): s for k, s in shapes.items() if k.startswith("v.blk.0.")})
     tensors = {k: (_init(k, s), "f32") for k, s in sorted(shapes.items())}
     tensors["a.position_embd.weight"] = (whisper_enc.sinusoids(spec.whisper.n_ctx, spec.whisper.n_embd), "f32")
-    tmp = mmproj.with_suffix(".tmp")
-    write_gguf(str(tmp), MMPROJ_ARCH, _mmproj_kv(spec), tensors)
-    os.replace(tmp, mmproj)
+    # write_gguf is atomic: a demo killed mid-write leaves no half file for the next run to trust
+    write_gguf(str(mmproj), MMPROJ_ARCH, _mmproj_kv(spec), tensors)
     tok = _tokenizer_json(WORDS)
     from tokenizers import Tokenizer
     vocab = sorted(Tokenizer.from_str(tok).get_vocab().items(), key=lambda kv: kv[1])
@@ -143,9 +142,7 @@ def build_files(spec_name: str = "small", root: Path | None = None) -> tuple[Pat
           (Keys.Tokenizer.MODEL, "none"), (Keys.Tokenizer.LIST, [t for t, _ in vocab]),
           (Keys.Tokenizer.BOS_ID, 1), (Keys.Tokenizer.EOS_ID, 2), (Keys.Tokenizer.UNK_ID, 0),
           (Keys.Tokenizer.HF_JSON, tok)]
-    tmp = text.with_suffix(".tmp")
-    write_gguf(str(tmp), arch, kv, {"token_embd.weight": (_init("token_embd.weight", (len(vocab), spec.n_embd)), "f32")})
-    os.replace(tmp, text)
+    write_gguf(str(text), arch, kv, {"token_embd.weight": (_init("token_embd.weight", (len(vocab), spec.n_embd)), "f32")})
     return mmproj, text, True
 
 
@@ -301,11 +298,20 @@ def _stage_bar(n: int):
     return tqdm(total=n, desc="graphdsl demo", file=sys.stderr, leave=False)
 
 
-def draw_or_dot(graph, path: Path) -> tuple[Path, str]:
-    """Draw to `path` (SVG/PNG); without Graphviz write the .dot next to it and say how to install it."""
+def draw_or_dot(graph, path: Path, *, force: bool = True, inputs=()) -> tuple[Path, str]:
+    """Draw to `path` (SVG/PNG); without Graphviz write the .dot next to it and say how to install it.
+
+    Written atomically (graphdsl.fileio); the .dot fallback obeys check_output(force, inputs)."""
+    from .fileio import atomic_path, check_output
     from .inspect import GraphvizNotFound
+    path = Path(path)
     try:
-        return graph.draw(path), ""
+        with atomic_path(path) as tmp:
+            graph.draw(tmp)
+        return path, ""
     except GraphvizNotFound:
         from .inspect.drawing import INSTALL_HINT
-        return graph.draw(Path(path).with_suffix(".dot")), "DOT only: " + INSTALL_HINT
+        dot = check_output(path.with_suffix(".dot"), inputs, force=force, what="drawing")
+        with atomic_path(dot) as tmp:
+            graph.draw(tmp)
+        return dot, "DOT only: " + INSTALL_HINT

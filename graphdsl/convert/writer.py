@@ -18,6 +18,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
 from .. import dtypes as dt
+from ..fileio import atomic_path
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 FILE_TYPE = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "bf16": LlamaFileType.MOSTLY_BF16,
@@ -59,21 +60,26 @@ def write_gguf(path: str, arch: str, kv: list[tuple[str, object]], tensors: dict
                *, file_type: int | None = None) -> None:
     """Write a GGUF file. kv: (key, value) pairs, typed the way GGUFWriter types Python values
     (int -> u32 unless given as np.int32/np.uint64 etc., float -> f32, list -> array);
-    tensors: name -> (f32 values, graphdsl dtype name)."""
-    w = GGUFWriter(path, arch=arch)
-    if file_type is not None:
-        w.add_file_type(int(file_type))
-    for key, value in kv:
-        _add(w, key, value)
-    for name, (values, dtype) in tensors.items():
-        data = encode(values, dtype)
-        qtype = GGMLQuantizationType(dt.dtype(dtype).ggml_type)
-        w.add_tensor(name, data, raw_dtype=qtype if qtype not in (GGMLQuantizationType.F32,
-                                                                  GGMLQuantizationType.F16) else None)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    tensors: name -> (f32 values, graphdsl dtype name).
+
+    The file appears at `path` only once it is complete (graphdsl.fileio.atomic_path)."""
+    with atomic_path(path) as tmp:  # a failed write keeps the old file; readers that mmap it keep theirs
+        w = GGUFWriter(tmp, arch=arch)
+        try:
+            if file_type is not None:
+                w.add_file_type(int(file_type))
+            for key, value in kv:
+                _add(w, key, value)
+            for name, (values, dtype) in tensors.items():
+                data = encode(values, dtype)
+                qtype = GGMLQuantizationType(dt.dtype(dtype).ggml_type)
+                w.add_tensor(name, data, raw_dtype=qtype if qtype not in (GGMLQuantizationType.F32,
+                                                                          GGMLQuantizationType.F16) else None)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+        finally:
+            w.close()
 
 
 def _add(w: GGUFWriter, key: str, value) -> None:

@@ -1,0 +1,133 @@
+"""Writing output files without losing data: never over an input, never half-written.
+
+Every file graphdsl writes (GGUF, .npy, .npz, drawings, charts, the demo's cache) goes through
+`atomic_path` / `atomic_open`: the bytes go to a temporary file in the destination's folder,
+are fsync'ed, and only then `os.replace` puts them at the destination. So
+
+- a failed write (disk full, an exception, Ctrl-C) leaves the previous file as it was and no
+  temporary file behind;
+- a process that has the previous file memory-mapped (a GGUF being read) keeps reading the old
+  bytes: the replacement is a new inode, the old one lives until it is unmapped.
+
+`check_output` is the policy the command line applies before any work starts: an output may
+never be one of the command's inputs (by resolved path or same inode, including files inside
+input folders), and an existing output is replaced only when asked (`--force`).
+
+    >>> with atomic_open("out.npy") as fh:            # doctest: +SKIP
+    ...     np.save(fh, arr)                           # writes exactly "out.npy"
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+__all__ = ["OutputExists", "OutputIsInput", "atomic_open", "atomic_path", "check_output"]
+
+
+class OutputExists(FileExistsError):
+    """The output file exists and replacing it was not asked for."""
+
+
+class OutputIsInput(ValueError):
+    """The output would overwrite one of the inputs."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: str) -> None:
+    # the rename itself is durable only once the folder's entry is on disk (POSIX; not on Windows)
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success fsync it and move it to `path`.
+
+    The temporary name keeps `path`'s suffix (writers that pick a format by suffix still work).
+    On any exception, KeyboardInterrupt included, the temporary file is removed and `path` is
+    untouched. A symlink at `path` is written through (its target is replaced, the link stays).
+    The new file gets the old file's permission bits, or the usual 0666 & ~umask.
+    """
+    final = os.path.realpath(os.fspath(path))
+    if os.path.isdir(final):
+        raise IsADirectoryError(f"{path}: is a directory")
+    folder, name = os.path.split(final)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".tmp{Path(name).suffix}")
+    os.close(fd)
+    try:
+        try:
+            mode = os.stat(final).st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:  # the writer may have closed its handle: fsync through a new one
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", **kw):
+    """`open(path, mode)` that replaces `path` only when the `with` block succeeds (see atomic_path)."""
+    if not mode.startswith(("w", "x")):
+        raise ValueError(f"atomic_open writes a new file: mode {mode!r} must start with 'w'")
+    with atomic_path(path) as tmp, open(tmp, mode.replace("x", "w"), **kw) as fh:
+        yield fh
+        fh.flush()
+
+
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), *,
+                 force: bool = False, what: str = "output") -> Path:
+    """Refuse an output that is an input, a folder, in a missing folder, or exists without `force`.
+
+    inputs: files and folders the command reads (None entries are skipped). A folder protects
+    every existing file inside it; `force` never lifts the input check.
+
+    Raises:
+        OutputIsInput: `path` is (or is inside a folder that is) one of the inputs.
+        OutputExists: `path` exists and `force` is false.
+        ValueError: `path` is a folder, or its folder does not exist.
+    """
+    p = Path(path)
+    real = os.path.realpath(p)
+    exists = os.path.exists(real)
+    for src in inputs:
+        if src is None:
+            continue
+        s = os.path.realpath(src)
+        if real == s or (exists and os.path.exists(s) and os.path.samefile(real, s)):
+            raise OutputIsInput(f"{what} {p} is an input ({src}); refusing to write over it")
+        if exists and os.path.isdir(s) and _inside(real, s):
+            raise OutputIsInput(f"{what} {p} is a file inside the input folder {src}; "
+                                "refusing to write over it (choose a new name)")
+    if os.path.isdir(real):
+        raise ValueError(f"{what} {p} is a folder, not a file")
+    if not os.path.isdir(os.path.dirname(real)):
+        raise ValueError(f"{what} {p}: folder {os.path.dirname(p) or '.'} does not exist")
+    if exists and not force:
+        raise OutputExists(f"{what} {p} exists; pass --force (-f) to replace it")
+    return p
