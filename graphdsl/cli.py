@@ -4,16 +4,19 @@
     graphdsl info FILE.gguf                  metadata, tensors and the detected model
     graphdsl inspect [MODEL] [--draw g.svg] [--profile] [--lowered] [--diff] ...
     graphdsl embed --mmproj M.gguf [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
-                   [--image a.png]... [--audio b.wav]... -o out.npy
-    graphdsl preprocess image|audio|text INPUT ...
-    graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [--outtype f16]
+                   [--image a.png]... [--audio b.wav]... -o out.npy [-f]
+    graphdsl preprocess image|audio|text INPUT ... [-o out.npy [-f]]
+    graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [-f] [--outtype f16]
     graphdsl bench [MODEL] [--repeat 20]
     graphdsl demo
-    graphdsl rpc-server [--host 127.0.0.1] [--port 50052] [--threads T] [--device NAME] [--cache DIR]
+    graphdsl rpc-server [--host 127.0.0.1 | --host 0.0.0.0 --allow-remote] [--port 50052] [--threads T] ...
 
 MODEL is an mmproj GGUF (its vision or audio encoder, on the bundled demo image / speech clip)
 or "demo" (the demo's mixed batch, the default). Errors print one line and exit with status 1;
---debug shows the traceback.
+--debug shows the traceback. Usage errors (a bad option value, an output that is an input or
+exists without --force) exit with status 2 before any work. Output files are written exactly
+where named (`-o x` writes x, no ".npy" is added), through a temporary file, so a failed write
+leaves the previous file whole (graphdsl.fileio).
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from . import cli_parser
+from .fileio import atomic_open, atomic_path
 
 
 class Unavailable(Exception):
@@ -88,6 +94,12 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _save(path: str, arr: np.ndarray) -> None:
+    # a file object, so np.save writes exactly `path` (given a name it would append ".npy")
+    with atomic_open(path) as fh:
+        np.save(fh, arr)
+
+
 # -- preprocess ------------------------------------------------------------------------------------
 def _progress(desc: str, total: int):
     bar = _bar(total, desc)
@@ -129,7 +141,7 @@ def cmd_preprocess(args) -> int:
             windows += chunks
         arr = np.stack(windows)
     if args.output:
-        np.save(args.output, arr)
+        _save(args.output, arr)
         print(f"wrote {args.output}: {arr.dtype}{list(arr.shape)}")
     return 0
 
@@ -140,8 +152,10 @@ def _image_config(args, pre):
             return _need("graphdsl.models").from_gguf(args.mmproj).image_config()
         from .gguf_io import read_gguf
         return pre.ImageConfig.from_mmproj(read_gguf(args.mmproj).metadata, mode=args.mode)
-    mode, size = args.mode or "clip", args.size or 224
-    return pre.ImageConfig(mode=mode, size=size if mode != "siglip" else (size, size), crop_size=args.crop or size)
+    mode = args.mode or "clip"
+    size = 224 if args.size is None else args.size  # 0 never means "default": argparse refuses it
+    crop = size if args.crop is None else args.crop
+    return pre.ImageConfig(mode=mode, size=size if mode != "siglip" else (size, size), crop_size=crop)
 
 
 def _tokenizer(args):
@@ -176,7 +190,7 @@ def cmd_inspect(args) -> int:
     _show(g.summary(None if args.nodes else args.group_by))
     if args.draw:
         from .demo import draw_or_dot
-        path, note = draw_or_dot(g, Path(args.draw))
+        path, note = draw_or_dot(g, Path(args.draw), force=args.force, inputs=[args.model, args.image, args.audio])
         print(f"graph drawing: {path}" + (f" ({note})" if note else ""))
     if not (args.lowered or args.profile or args.capture or args.diff):
         return 0
@@ -188,13 +202,16 @@ def cmd_inspect(args) -> int:
         prof = inspect.profile(run, feeds, repeat=args.repeat)
         _show(prof)
         if args.chart:
-            print(f"profile chart: {prof.chart(args.chart, by=args.chart_by)}")
+            with atomic_path(args.chart) as tmp:
+                prof.chart(tmp, by=args.chart_by)
+            print(f"profile chart: {args.chart}")
     if args.capture:
         got = inspect.capture(run, feeds, args.capture)
         for k, v in got.items():
             print(f"%{k}: {v.dtype}{list(v.shape)} mean {v.mean():.4g} std {v.std():.4g} max|x| {np.abs(v).max():.4g}")
         if args.capture_out:
-            np.savez(args.capture_out, **got)
+            with atomic_open(args.capture_out) as fh:
+                np.savez(fh, **got)
             print(f"wrote {args.capture_out}: {len(got)} arrays")
     if args.diff:
         import graphdsl
@@ -242,17 +259,16 @@ def cmd_embed(args) -> int:
     print(f"  {'chunk':>5}  {'kind':<10} {'start':>6} {'n_tokens':>8}")
     for s in out.spans:
         print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")
-    np.save(args.output, embd)
-    print(f"wrote {args.output}")
+    _save(args.output, embd)
+    print(f"wrote {args.output}: {embd.dtype}{list(embd.shape)}")
     return 0
 
 
 def cmd_rpc_server(args) -> int:
     from graphdsl.backends.rpc import serve_rpc
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port {args.port} is not a TCP port (1..65535)")
-    # blocks until the process ends (ggml prints the endpoint); a libggml without RPC raises ValueError
-    serve_rpc(args.host, args.port, args.threads, args.device or "", args.cache)
+    # blocks until the process ends (ggml prints the endpoint); a libggml without RPC raises ValueError,
+    # a non-loopback host without --allow-remote too (before anything listens); with it, a warning
+    serve_rpc(args.host, args.port, args.threads, args.device or "", args.cache, allow_remote=args.allow_remote)
     return 0
 
 
@@ -263,143 +279,29 @@ def cmd_demo(args) -> int:
     return 0
 
 
-# -- the parser -------------------------------------------------------------------------------------
-def _run_opts(p, backend: str = "cpu") -> None:
-    p.add_argument("--backend", default=backend,
-                   help=f'"cpu", "auto" (accelerators first), "cuda", "metal", "blas" or a device name (default: {backend})')
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for ggml (default: all cores)")
-    p.add_argument("--precision", default="f32", choices=["f32", "fast"],
-                   help="f32: exact f32 lowerings; fast: ggml's f16 fast paths (default: f32)")
-
-
-def _model_opts(p) -> None:
-    p.add_argument("model", nargs="?", default="demo",
-                   help='an mmproj GGUF file, or "demo" for the demo\'s mixed batch (default)')
-    p.add_argument("--modality", choices=["image", "audio"], help="which encoder of an mmproj file (default: the first)")
-    p.add_argument("--image", help="image to run the vision encoder on (default: the bundled demo image)")
-    p.add_argument("--audio", help="audio to run the audio encoder on (default: the bundled speech clip)")
-    p.add_argument("--spec", default="small", choices=["small", "tiny"], help="size of the demo model (default: small)")
+COMMANDS = {"devices": cmd_devices, "info": cmd_info, "inspect": cmd_inspect, "embed": cmd_embed,
+            "preprocess": cmd_preprocess, "convert": cmd_convert, "bench": cmd_bench, "demo": cmd_demo,
+            "rpc-server": cmd_rpc_server}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    ap = argparse.ArgumentParser(prog="graphdsl", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="Run `graphdsl COMMAND --help` for the options of a command.")
-    ap.add_argument("--version", action="version", version=f"graphdsl {__version__}")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("devices", help="list the ggml devices and what backend='auto' picks",
-                       description="List the devices ggml's backend registry reports (CPU, CUDA, Metal, BLAS ...).")
-    p.set_defaults(fn=cmd_devices)
-
-    p = sub.add_parser("info", help="describe a GGUF file", description="Header, metadata, tensors and the detected model of a GGUF file.")
-    p.add_argument("file", help="a .gguf file")
-    p.set_defaults(fn=cmd_info)
-
-    p = sub.add_parser("inspect", help="summary, drawing, placement, profile, capture and diff of a model's graph",
-                       description="Inspect a model's graph: the summary table always; the rest on request.")
-    _model_opts(p)
-    _run_opts(p)
-    p.add_argument("--print", action="store_true", help="print the graph, one typed line per node")
-    p.add_argument("--nodes", action="store_true", help="summary with one row per node (default: per block)")
-    p.add_argument("--group-by", default="blocks", type=lambda s: int(s) if s.isdigit() else s,
-                   help='summary groups: "blocks" (repeated blocks together) or N dotted name parts (default: blocks)')
-    p.add_argument("--draw", metavar="PATH", help="draw the graph to PATH (.dot, .svg, .png, .pdf)")
-    p.add_argument("--lowered", action="store_true", help="run once and report ggml nodes, placement, splits, buffers")
-    p.add_argument("--profile", action="store_true", help="time every ggml node (scheduler eval callback)")
-    p.add_argument("--repeat", type=int, default=3, help="profiled runs to average (default: 3)")
-    p.add_argument("--chart", metavar="PNG", help="with --profile: write a bar chart")
-    p.add_argument("--chart-by", default="op", help='bars per "op", "block", "ggml_op" or "node" (default: op)')
-    p.add_argument("--capture", metavar="GLOB", action="append", help="print intermediates matching GLOB (repeatable)")
-    p.add_argument("--capture-out", metavar="NPZ", help="with --capture: save the arrays to an .npz")
-    p.add_argument("--diff", action="store_true", help="compare every node with the NumPy reference backend")
-    p.add_argument("--rel-l2", type=float, default=1e-4, help="with --diff: bound on the relative L2 error (default: 1e-4)")
-    p.set_defaults(fn=cmd_inspect)
-
-    p = sub.add_parser("embed", help="embed a mixed batch (text, images, audio) into the decoder's input sequence",
-                       description="Run a prompt with <image>/<audio> markers (or bare media) through an mmproj "
-                                   "(+ text model) as one graph; print the spans and save the embeddings.")
-    p.add_argument("--mmproj", required=True, help="mmproj GGUF (vision and/or audio encoder)")
-    p.add_argument("--text-model", help="text GGUF with the token table; needed for --prompt / --tokens")
-    p.add_argument("--tokenizer", help="tokenizer.json (default: the --text-model's own vocabulary)")
-    p.add_argument("--image", action="append", help="image file, in marker order (repeatable)")
-    p.add_argument("--audio", action="append", help="audio file, in marker order (repeatable)")
-    seq = p.add_mutually_exclusive_group()
-    seq.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
-    seq.add_argument("--tokens", help='token ids with markers, e.g. "1,2,<image>,3"')
-    p.add_argument("-o", "--output", required=True, help="where to save the embeddings (float32 .npy)")
-    _run_opts(p, "auto")
-    p.set_defaults(fn=cmd_embed)
-
-    p = sub.add_parser("preprocess", help="pre-process images, audio or text as the encoders want them",
-                       description="CPU pre-processing: image -> f32 [3, H, W], audio -> Whisper log-mel windows "
-                                   "f32 [n_mel, 3000], text -> token ids.")
-    p.add_argument("kind", choices=["image", "audio", "text"])
-    p.add_argument("inputs", nargs="+", help="files (image/audio) or the text")
-    p.add_argument("-o", "--output", help="save the result (.npy; several inputs are stacked)")
-    p.add_argument("--mmproj", help="image: take size/mean/std from this mmproj GGUF")
-    p.add_argument("--mode", choices=["clip", "siglip", "pad"],
-                   help="image: resize mode (default: the --mmproj tower's, else clip)")
-    p.add_argument("--size", type=int, help="image: shortest edge (clip/pad) or side (siglip) (default: 224)")
-    p.add_argument("--crop", type=int, help="image: centre crop (default: --size)")
-    p.add_argument("--n-mels", type=int, default=80, help="audio: mel bins (default: 80)")
-    p.add_argument("--tokenizer", help="text: tokenizer.json")
-    p.add_argument("--text-model", help="text: a GGUF with an embedded tokenizer.huggingface.json")
-    p.set_defaults(fn=cmd_preprocess)
-
-    p = sub.add_parser("convert", help="convert HF checkpoint folder(s) to GGUF (llama.cpp layout)",
-                       description="HF folder(s) (config.json + safetensors/bin) -> one GGUF file in llama.cpp's "
-                                   "mmproj or text-model layout; a vision and an audio folder make one mmproj.")
-    p.add_argument("hf_dir", nargs="+", help="HF model folder(s): one model, or a vision and an audio model")
-    p.add_argument("-o", "--output", required=True, help="output .gguf")
-    p.add_argument("--outtype", default="f32", choices=["f32", "f16", "bf16", "q8_0", "q4_0"],
-                   help="type of the weight matrices (default: f32)")
-    p.set_defaults(fn=cmd_convert)
-
-    p = sub.add_parser("bench", help="time a model's graph (median of repeated runs)",
-                       description="Run a model's graph repeatedly and report the median/min/mean time and GFLOP/s.")
-    _model_opts(p)
-    _run_opts(p)
-    p.add_argument("--repeat", type=int, default=10, help="timed runs (default: 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default: 2)")
-    p.set_defaults(fn=cmd_bench)
-
-    p = sub.add_parser("demo", help="build a small multimodal model and run one mixed batch (no download)",
-                       description="Build (cached) a CLIP+LLaVA / Whisper+Voxtral / token-table model as GGUF, "
-                                   "pre-process the bundled image and speech clip, run [text, image, text, audio, "
-                                   "text] as one graph and print the summary, placement and timings.")
-    _run_opts(p, "auto")
-    p.add_argument("--spec", default="small", choices=["small", "tiny"], help="model size (default: small)")
-    p.add_argument("--cache", help="where to keep the model files (default: $GRAPHDSL_CACHE or ~/.cache/graphdsl)")
-    p.add_argument("--no-draw", action="store_true", help="skip the graph drawing")
-    p.add_argument("--profile", action="store_true", help="also print a per-op / per-block profile")
-    p.set_defaults(fn=cmd_demo)
-
-    p = sub.add_parser("rpc-server", help="serve a local ggml device over ggml's RPC protocol (blocks)",
-                       description="Serve a local device to other processes or hosts, which reach it with "
-                                   'backend="rpc://HOST:PORT". Needs a libggml built with RPC '
-                                   "(scripts/build_libggml.sh rpc). The protocol has no authentication: bind to "
-                                   "127.0.0.1 unless the network is trusted.")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=50052, help="TCP port (default: 50052)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of the served backend (default: all cores)")
-    p.add_argument("--device", help="device to serve, a name from `graphdsl devices` (default: the CPU)")
-    p.add_argument("--cache", metavar="DIR", help="keep tensors over 10 MiB in DIR by hash, so clients that "
-                                                  "upload the same weights again send only the hash")
-    p.set_defaults(fn=cmd_rpc_server)
-    return ap
+    return cli_parser.build_parser(__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    if not getattr(args, "fn", None):
+    if not args.command:
         ap.print_help()
         return 2
+    try:  # refusals (an output over an input, an existing output without --force) are usage errors
+        cli_parser.check_args(args)
+    except (ValueError, OSError) as e:
+        if args.debug:
+            raise
+        args.parser.error(str(e))  # exits 2
     try:
-        return args.fn(args) or 0
+        return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("graphdsl: interrupted", file=sys.stderr)
         return 130

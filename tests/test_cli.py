@@ -174,8 +174,9 @@ def test_rpc_server_without_rpc(capsys):
     assert rc == 1 and out == ""
     assert err == "graphdsl rpc-server: error: this libggml has no RPC backend; rebuild it with " \
                   "scripts/build_libggml.sh rpc\n"
-    rc, _, err = run(["rpc-server", "--port", "70000"], capsys)
-    assert rc == 1 and "--port 70000 is not a TCP port" in err
+    with pytest.raises(SystemExit) as e:  # a usage error, refused by argparse
+        cli.main(["rpc-server", "--port", "70000"])
+    assert e.value.code == 2 and "--port: 70000 is not a TCP port (1..65535)" in capsys.readouterr().err
 
 
 def test_errors_are_one_line(tmp_path, capsys):

@@ -10,13 +10,23 @@ come from `graphdsl.models.<arch>.hf_to_gguf`, metadata and types from `hf.py` /
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from ..fileio import check_output
 from .writer import FILE_TYPE, OUTTYPES, tensor_type, write_gguf
 
-__all__ = ["OUTTYPES", "convert", "convert_main", "info_main", "tensor_type"]
+__all__ = ["OUTTYPES", "convert", "input_files", "convert_main", "info_main", "tensor_type"]
+
+
+def input_files(hf_dirs) -> list[str]:
+    """The files converting `hf_dirs` may read: every file in those folders but GGUF files (which
+    the converter never reads, so converting into the model's own folder can replace them)."""
+    out = []
+    for d in hf_dirs:
+        if os.path.isdir(d):
+            out += [e.path for e in os.scandir(d) if not e.name.lower().endswith(".gguf")]
+    return out
 
 
 def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outtype: str = "f32") -> dict[str, str]:
@@ -27,6 +37,9 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
     outtype: "f32", "f16", "bf16", "q8_0" or "q4_0" for the 2-D weight matrices; norms, biases,
     position tables and 1-D tensors stay f32, conv kernels f16 (outtype f16) or f32, and matrices
     whose rows are not whole quantization blocks fall back to f16 (see writer.tensor_type).
+
+    out_path is never one of the checkpoint's files (ValueError); an existing GGUF there is
+    replaced only once the new one is complete (graphdsl.fileio), so a failed conversion keeps it.
     """
     from .hf import combine, prepare
 
@@ -35,6 +48,7 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
     dirs = [os.fspath(hf_dir)] if isinstance(hf_dir, (str, os.PathLike)) else [os.fspath(d) for d in hf_dir]
     if not dirs:
         raise ValueError("no HF folder to convert")
+    check_output(out_path, input_files(dirs), force=True)
     parts = [prepare(d) for d in dirs]
     arch, kv, tensors = parts[0] if len(parts) == 1 else combine(parts, dirs)
     typed = {name: (arr, tensor_type(name, arr.shape, outtype)) for name, arr in tensors.items()}
@@ -43,35 +57,12 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
 
 
 def convert_main(argv: list[str] | None = None) -> int:
-    """`graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [--outtype f32|f16|bf16|q8_0|q4_0]`."""
-    p = argparse.ArgumentParser(prog="graphdsl convert", description="HF checkpoint folder -> GGUF (llama.cpp layout); "
-                                "a vision and an audio folder together make one mmproj")
-    p.add_argument("hf_dir", nargs="+")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--outtype", default="f32", choices=OUTTYPES)
-    args = p.parse_args(argv)
-    try:
-        types = convert(args.hf_dir if len(args.hf_dir) > 1 else args.hf_dir[0], args.output, args.outtype)
-    except ValueError as e:
-        print(f"graphdsl convert: error: {e}", file=sys.stderr)
-        return 1
-    counts: dict[str, int] = {}
-    for t in types.values():
-        counts[t] = counts.get(t, 0) + 1
-    print(f"wrote {args.output}: {len(types)} tensors ({', '.join(f'{n} {t}' for t, n in sorted(counts.items()))})")
-    return 0
+    """`graphdsl convert ...`: the command line's convert (one policy for outputs and errors)."""
+    from ..cli import main
+    return main(["convert", *(sys.argv[1:] if argv is None else argv)])
 
 
 def info_main(argv: list[str] | None = None) -> int:
     """`graphdsl info FILE.gguf`: metadata, tensors (name, shape, type, bytes) and the detected model."""
-    from .info import describe
-
-    p = argparse.ArgumentParser(prog="graphdsl info", description="describe a GGUF file")
-    p.add_argument("file")
-    args = p.parse_args(argv)
-    try:
-        print(describe(args.file))
-    except (ValueError, OSError) as e:
-        print(f"graphdsl info: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    from ..cli import main
+    return main(["info", *(sys.argv[1:] if argv is None else argv)])

@@ -144,11 +144,15 @@ def profile(executor, inputs=None, *, repeat: int = 3, warmup: int = 1, **kw) ->
     Args:
         executor: a GGMLExecutor.
         inputs: the inputs (dict, or keywords).
-        repeat: profiled runs to average (and plain runs for the wall time).
-        warmup: plain runs first (the first run also reserves the graph).
+        repeat: profiled runs to average (and plain runs for the wall time), >= 1.
+        warmup: plain runs first (the first run also reserves the graph); at least one is made.
     """
     if not hasattr(executor, "runtime"):
         raise ValueError("profile() needs a ggml executor (the reference backend has no scheduler)")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"profile(): repeat must be an int >= 1, got {repeat!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"profile(): warmup must be an int >= 0, got {warmup!r}")
     inputs = dict(inputs or {}, **kw)
     for _ in range(max(warmup, 1)):
         executor(inputs)
