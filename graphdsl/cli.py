@@ -190,7 +190,8 @@ def cmd_inspect(args) -> int:
     _show(g.summary(None if args.nodes else args.group_by))
     if args.draw:
         from .demo import draw_or_dot
-        path, note = draw_or_dot(g, Path(args.draw), force=args.force, inputs=[args.model, args.image, args.audio])
+        ins = next(i for opt, _, i in cli_parser.outputs(args) if opt == "--draw")  # for the .dot fallback
+        path, note = draw_or_dot(g, Path(args.draw), force=args.force, inputs=ins)
         print(f"graph drawing: {path}" + (f" ({note})" if note else ""))
     if not (args.lowered or args.profile or args.capture or args.diff):
         return 0

@@ -67,9 +67,9 @@ def outputs(args) -> list[tuple[str, str, list]]:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
     if cmd == "inspect":
-        ins = [args.image, args.audio]
+        from .demo import DATA, VERSION, cache_dir
+        ins = [args.image or DATA / "demo_image.png", args.audio or DATA / "speech_16k.wav"]
         if args.model == "demo":
-            from .demo import VERSION, cache_dir
             ins.append(cache_dir() / f"demo-{args.spec}-v{VERSION}")
         else:
             ins.append(args.model)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -35,10 +35,17 @@ class OutputIsInput(ValueError):
     """The output would overwrite one of the inputs."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temp(folder: str, name: str) -> str:
+    # not mkstemp: its 0600 would need os.umask() to undo, which is process-wide and races with threads;
+    # O_CREAT with 0666 lets the kernel apply the umask, as open(path, "w") would
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(4)}.tmp{Path(name).suffix[:20]}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: no free temporary name for {name}")
 
 
 def _fsync_dir(folder: str) -> None:
@@ -61,20 +68,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary name keeps `path`'s suffix (writers that pick a format by suffix still work).
     On any exception, KeyboardInterrupt included, the temporary file is removed and `path` is
     untouched. A symlink at `path` is written through (its target is replaced, the link stays).
-    The new file gets the old file's permission bits, or the usual 0666 & ~umask.
+    The new file gets the old file's permission bits, or 0666 less the umask as a new file would.
     """
     final = os.path.realpath(os.fspath(path))
     if os.path.isdir(final):
         raise IsADirectoryError(f"{path}: is a directory")
     folder, name = os.path.split(final)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".tmp{Path(name).suffix}")
-    os.close(fd)
+    tmp = _create_temp(folder, name)
     try:
-        try:
-            mode = os.stat(final).st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, os.stat(final).st_mode & 0o7777)
         yield Path(tmp)
         with open(tmp, "rb+") as fh:  # the writer may have closed its handle: fsync through a new one
             os.fsync(fh.fileno())

@@ -151,3 +151,42 @@ def test_inspect_capture_out_name_and_force(files, tmp_path):
 def test_a_missing_output_folder_is_refused_before_the_work(image, tmp_path):
     r = gd("preprocess", "image", image, "-o", tmp_path / "no" / "px.npy", cwd=tmp_path)
     assert refused(r, "does not exist")
+
+
+# -- 15: a failed write keeps the old file (in-process: the failure is injected) ---------------------
+def test_failed_outputs_keep_the_old_files(files, image, tmp_path, monkeypatch, capsys):
+    """np.save / GGUFWriter die halfway through (disk full) under -f: the command fails with one
+    line, the previous output is byte-identical, and no temporary file is left."""
+    import errno
+
+    import gguf
+
+    from graphdsl import cli
+
+    def disk_full(fh, *a, **kw):
+        fh.write(b"\x93NUMPY partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    out = tmp_path / "px.npy"
+    out.write_bytes(b"previous output")
+    monkeypatch.setattr(np, "save", disk_full)
+    assert cli.main(["preprocess", "image", str(image), "-o", str(out), "-f"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == b"previous output"
+    monkeypatch.undo()
+
+    mm = tmp_path / "mm.gguf"
+    shutil.copy(files[0], mm)
+    before = mm.read_bytes()
+
+    def half(self, *a, **kw):
+        self.fout[0].write(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", half)
+    with pytest.raises(OSError, match="No space"):
+        demo.build_files("tiny", tmp_path / "cache")  # the demo's cache: no half file to trust later
+    from graphdsl.convert.writer import write_gguf
+    with pytest.raises(OSError, match="No space"):
+        write_gguf(str(mm), "x", [], {"w.weight": (np.zeros(8, np.float32), "f32")})
+    assert mm.read_bytes() == before
+    assert [p.name for p in tmp_path.rglob("*") if ".tmp" in p.name] == []
+    assert not list((tmp_path / "cache").rglob("*.gguf"))
