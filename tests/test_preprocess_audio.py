@@ -14,7 +14,9 @@ float32 reference the test asserts |ours - ref32| <= 1e-5 + |ref32 - ref64| elem
 import importlib
 import importlib.util
 import os
+import subprocess
 import sys
+import textwrap
 import types
 
 import numpy as np
@@ -256,3 +258,88 @@ def test_parallel_equals_serial():
     assert seen[0] == (0, 6) and seen[-1] == (6, 6) and len(seen) == 7
     for (pc, pv), (sc, sv) in zip(par, ser):
         assert pv == sv and all(np.array_equal(a, b) for a, b in zip(pc, sc))
+
+
+# -- hostile inputs: absurd rates and lengths are refused before anything is read or resampled ----------
+def _wav_with_rate(path, rate, seconds=12.5):
+    """A ~400 KB 16-bit mono WAV written at 16 kHz, then its header's rate edited to ``rate``."""
+    sf = pytest.importorskip("soundfile")
+    sf.write(path, np.zeros(int(16000 * seconds), np.int16), 16000, subtype="PCM_16")
+    blob = bytearray(path.read_bytes())
+    assert blob[24:28] == (16000).to_bytes(4, "little")  # fmt chunk: sample rate, then byte rate
+    blob[24:28], blob[28:32] = rate.to_bytes(4, "little"), (2 * rate).to_bytes(4, "little")
+    path.write_bytes(bytes(blob))
+    return path
+
+
+def test_wav_header_saying_2_hz_is_refused_in_a_child(tmp_path):
+    """The issue's file: a 400 KB WAV whose header says 2 Hz was resampled x8000 into 6 GB."""
+    bad = _wav_with_rate(tmp_path / "2hz.wav", 2)
+    good = _wav_with_rate(tmp_path / "16k.wav", 16000)  # negative control: the same file, rate untouched
+    child = textwrap.dedent(f"""
+        import resource, time
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+        from graphdsl.preprocess import audio
+        assert audio.load_audio({str(good)!r}).shape == (200000,)
+        t0 = time.perf_counter()
+        try:
+            audio.whisper_chunks({str(bad)!r})
+        except ValueError as e:
+            print(f"{{time.perf_counter() - t0:.3f}} {{e}}")
+    """)
+    p = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    seconds, message = p.stdout.strip().split(" ", 1)
+    assert message == f"[audio] {str(bad)!r}: sample rate 2 Hz is not a whole number in 1000..768000"
+    assert float(seconds) < 1.0
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 999, 768001, 2**32, 44100.5, float("nan"), float("inf"), "fast"])
+def test_absurd_array_rates_are_refused(rate):
+    with pytest.raises(ValueError, match=r"sample rate .* is not a whole number in 1000\.\.768000"):
+        audio.load_audio(np.zeros(1000, np.float32), rate)
+    assert audio.load_audio(np.zeros(1000, np.float32), 1000).size == 16000  # the bounds themselves pass
+    assert audio.load_audio(np.zeros(7680, np.float32), 768000).size == 160
+
+
+def test_duration_cap_is_checked_before_resampling(monkeypatch):
+    import soxr
+
+    monkeypatch.setattr(soxr, "resample", lambda *a: pytest.fail("resampled before the duration check"))
+    x = np.zeros(2 * 44100 + 1, np.float32)
+    with pytest.raises(ValueError, match=r"88201 frames at 44100 Hz are 2 s, longer than max_seconds=2 "
+                                         r"\(32000 samples at 16000 Hz\); pass a larger max_seconds"):
+        audio.whisper_features(x, sample_rate=44100, max_seconds=2)
+    stereo = np.zeros((2, 16001), np.int16)  # channels first: the time axis is the other one
+    with pytest.raises(ValueError, match="16001 frames at 16000 Hz"):
+        audio.load_audio(stereo, channel_axis=0, max_seconds=1)
+    with pytest.raises(ValueError, match="max_seconds must be > 0"):
+        audio.load_audio(x, max_seconds=0)
+    # The default cap (3 hours): 3 h + 1 s of 1 kHz int8 is 10 MB in, would be 691 MB out.
+    with pytest.raises(ValueError, match="longer than max_seconds=10800"):
+        audio.load_audio(np.zeros(10801 * 1000, np.int8), 1000)
+    monkeypatch.undo()
+    assert audio.load_audio(x, 44100, max_seconds=2.1).size == 32000  # the option raises the cap
+
+
+def test_long_file_refused_from_its_header_before_reading(tmp_path, monkeypatch):
+    sf = pytest.importorskip("soundfile")
+    path = _wav_with_rate(tmp_path / "long.wav", 16000, seconds=3)
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("read before the duration check"))
+    with pytest.raises(ValueError, match=r"long.wav' \(its header\): 48000 frames at 16000 Hz are 3 s, longer than "
+                                         r"max_seconds=2"):
+        audio.load_audio(path, max_seconds=2)
+    monkeypatch.undo()
+    assert audio.load_audio(path, max_seconds=3).size == 48000
+
+
+def test_files_read_block_by_block_equal_one_read(tmp_path):
+    """Blocks of _READ_SAMPLES mixed down one by one give the same samples as reading the whole file."""
+    sf = pytest.importorskip("soundfile")
+    rng = np.random.default_rng(5)
+    n = 2 * (audio._READ_SAMPLES // 3) + 1234
+    pcm = rng.integers(-32768, 32767, (n, 3), dtype=np.int16)
+    sf.write(tmp_path / "3ch.wav", pcm, 16000, subtype="PCM_16")
+    whole, _ = sf.read(tmp_path / "3ch.wav", dtype="float32", always_2d=True)
+    ref = whole.mean(axis=1, dtype=np.float64).astype(np.float32)
+    assert np.array_equal(audio.load_audio(tmp_path / "3ch.wav"), ref)

@@ -33,6 +33,17 @@ CHUNK_SECONDS = 30
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples per encoder window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per encoder window
 
+# Longest input accepted by default: 3 hours, 173 M samples (691 MB of float32) at 16 kHz, about
+# the memory of the largest image `max_pixels` allows. A header saying 2 Hz made a 400 KB WAV
+# resample x8000 into 6 GB; the duration is now checked before anything is read or resampled.
+DEFAULT_MAX_SECONDS = 3 * 3600
+# Rates outside these are a broken header, not audio: below 1 kHz there is no speech band left to
+# resample; 768 kHz is the highest rate audio interfaces record.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
+# Samples per read (all channels): files are decoded and mixed down block by block, so a file with
+# many channels (or a header that lies about its length) never holds more than 4 MB of them at once.
+_READ_SAMPLES = 1 << 20
+
 # Frames per STFT block: 512 x 400 float64 is 1.6 MB, so a block's frames, spectrum and squares
 # stay in cache; measured 10% faster on 10 min than 2048, the same on 30 s.
 _BLOCK_FRAMES = 512
@@ -128,11 +139,62 @@ def _pcm_to_float(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32, copy=False)
 
 
+def _check_rate(rate: Any, what: str) -> int:
+    try:
+        ok = float(rate) == int(rate) and MIN_SAMPLE_RATE <= int(rate) <= MAX_SAMPLE_RATE
+    except (TypeError, ValueError, OverflowError):  # None, NaN, inf, strings
+        ok = False
+    if not ok:
+        raise ValueError(f"[audio] {what}: sample rate {rate!r} Hz is not a whole number in "
+                         f"{MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE}")
+    return int(rate)
+
+
+def _check_duration(n_frames: int, rate: int, max_seconds: float, what: str, claimed: str = "") -> None:
+    if n_frames > max_seconds * rate:
+        raise ValueError(f"[audio] {what}{claimed}: {n_frames} frames at {rate} Hz are {n_frames / rate:.0f} s, "
+                         f"longer than max_seconds={max_seconds:g} ({n_frames * SAMPLE_RATE // rate} samples at "
+                         f"{SAMPLE_RATE} Hz); pass a larger max_seconds to allow it")
+
+
+def _mono(pcm: np.ndarray, channel_axis: int) -> np.ndarray:
+    pcm = _pcm_to_float(pcm)
+    if pcm.ndim == 2:
+        return pcm.mean(axis=channel_axis, dtype=np.float64).astype(np.float32) if pcm.size else pcm.reshape(-1)
+    return pcm
+
+
+def _read_file(source: Any, max_seconds: float) -> tuple[np.ndarray, int, str]:
+    import soundfile
+
+    what = repr(os.fspath(source) if isinstance(source, (str, os.PathLike)) else source)
+    try:
+        f = soundfile.SoundFile(source)
+    except (RuntimeError, soundfile.LibsndfileError, TypeError) as e:
+        raise ValueError(f"[audio] cannot read {what}: {e}") from e
+    with f:
+        rate = _check_rate(f.samplerate, what)
+        _check_duration(f.frames, rate, max_seconds, what, " (its header)")
+        blocks, n, step = [], 0, max(1, _READ_SAMPLES // max(f.channels, 1))
+        while True:
+            try:
+                block = f.read(step, dtype="float32", always_2d=True)
+            except (RuntimeError, soundfile.LibsndfileError) as e:
+                raise ValueError(f"[audio] cannot read {what}: {e}") from e
+            if not len(block):
+                break
+            n += len(block)
+            _check_duration(n, rate, max_seconds, what)  # a header that understated the length
+            blocks.append(_mono(block, -1))
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), rate, what
+
+
 def load_audio(
     source: AudioSource,
     sample_rate: int | None = None,
     *,
     channel_axis: int = -1,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
 ) -> np.ndarray:
     """Read or convert audio to the model's input: mono float32 PCM at 16 kHz.
 
@@ -147,36 +209,31 @@ def load_audio(
         sample_rate: rate of an array input in Hz (default 16000); ignored for files, whose
             header gives it.
         channel_axis: axis holding channels for 2-D arrays (-1: soundfile's layout).
+        max_seconds: longer inputs are refused (from a file's header, before reading; from an
+            array's length, before resampling). The default, 3 hours, bounds the output at
+            173 M samples (691 MB).
 
     Returns:
         float32 array [n_samples_16k].
 
     Raises:
-        ValueError: unreadable file, empty audio, non-finite samples, or no samples left after
+        ValueError: unreadable file, a sample rate outside 1 kHz .. 768 kHz, longer than
+            ``max_seconds``, empty audio, non-finite samples, or no samples left after
             resampling.
     """
+    if not max_seconds > 0:
+        raise ValueError(f"[audio] max_seconds must be > 0, got {max_seconds!r}")
     if isinstance(source, (np.ndarray, list, tuple)):
         pcm = np.asarray(source)
-        rate = SAMPLE_RATE if sample_rate is None else int(sample_rate)
         what = f"array {pcm.shape} {pcm.dtype}"
+        rate = _check_rate(SAMPLE_RATE if sample_rate is None else sample_rate, what)
+        if pcm.ndim not in (1, 2):
+            raise ValueError(f"[audio] expected [n] or [n, channels] PCM, got shape {pcm.shape} from {what}")
+        time_axis = 0 if pcm.ndim == 1 else 1 - (channel_axis % 2)
+        _check_duration(pcm.shape[time_axis], rate, max_seconds, what)
+        pcm = _mono(pcm, channel_axis)
     else:
-        import soundfile
-
-        try:
-            pcm, rate = soundfile.read(source, dtype="float32", always_2d=True)
-        except (RuntimeError, soundfile.LibsndfileError, TypeError) as e:
-            raise ValueError(f"[audio] cannot read {source!r}: {e}") from e
-        channel_axis = -1
-        what = repr(source)
-    if rate <= 0:
-        raise ValueError(f"[audio] sample_rate must be positive, got {rate}")
-    if pcm.ndim == 2:
-        pcm = _pcm_to_float(pcm)
-        pcm = pcm.mean(axis=channel_axis, dtype=np.float64).astype(np.float32) if pcm.size else pcm.reshape(-1)
-    elif pcm.ndim == 1:
-        pcm = _pcm_to_float(pcm)
-    else:
-        raise ValueError(f"[audio] expected [n] or [n, channels] PCM, got shape {pcm.shape} from {what}")
+        pcm, rate, what = _read_file(source, max_seconds)
     if pcm.size == 0:
         raise ValueError(f"[audio] empty audio from {what}")
     bad = np.count_nonzero(~np.isfinite(pcm))
@@ -243,7 +300,9 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, *, padding: int = 0
     return np.ascontiguousarray((log_spec + np.float32(4.0)) / np.float32(4.0))
 
 
-def whisper_features(audio: AudioSource, n_mels: int = 80, *, sample_rate: int | None = None) -> np.ndarray:
+def whisper_features(
+    audio: AudioSource, n_mels: int = 80, *, sample_rate: int | None = None, max_seconds: float = DEFAULT_MAX_SECONDS
+) -> np.ndarray:
     """One encoder window: audio padded with zeros (or trimmed) to 30 s, then log-mel.
 
     Equals HF ``WhisperFeatureExtractor(feature_size=n_mels)(audio).input_features[0]`` and
@@ -253,17 +312,22 @@ def whisper_features(audio: AudioSource, n_mels: int = 80, *, sample_rate: int |
         audio: path, file object or PCM array (see ``load_audio``).
         n_mels: number of mel bins.
         sample_rate: rate of an array input (default 16000).
+        max_seconds: longer audio is refused before it is read (see ``load_audio``).
 
     Returns:
         float32 [n_mels, 3000].
     """
-    x = load_audio(audio, sample_rate)
+    x = load_audio(audio, sample_rate, max_seconds=max_seconds)
     x = x[:N_SAMPLES] if x.size >= N_SAMPLES else np.pad(x, (0, N_SAMPLES - x.size))
     return log_mel_spectrogram(x, n_mels)
 
 
 def whisper_chunks(
-    audio: AudioSource, n_mels: int = 80, *, sample_rate: int | None = None
+    audio: AudioSource,
+    n_mels: int = 80,
+    *,
+    sample_rate: int | None = None,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Audio of any length as consecutive 30 s encoder windows.
 
@@ -277,12 +341,13 @@ def whisper_chunks(
         audio: path, file object or PCM array (see ``load_audio``).
         n_mels: number of mel bins.
         sample_rate: rate of an array input (default 16000).
+        max_seconds: longer audio is refused before it is read (see ``load_audio``).
 
     Returns:
         (chunks, n_valid): chunks is a list of float32 [n_mels, 3000]; n_valid[i] in 1..3000 is
         the number of frames of chunks[i] that carry audio (the rest is padding).
     """
-    x = load_audio(audio, sample_rate)
+    x = load_audio(audio, sample_rate, max_seconds=max_seconds)
     n_chunks = -(-x.size // N_SAMPLES)
     mel = log_mel_spectrogram(np.pad(x, (0, n_chunks * N_SAMPLES - x.size)), n_mels)
     total_valid = -(-x.size // HOP_LENGTH)

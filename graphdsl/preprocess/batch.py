@@ -144,7 +144,8 @@ def preprocess_audio(
     sample_rate: int | None = None,
     max_workers: int | None = None,
     progress: Progress | None = None,
+    max_seconds: float = _audio.DEFAULT_MAX_SECONDS,
 ) -> list[tuple[list[np.ndarray], list[int]]]:
     """``whisper_chunks`` over many sources: per source, (chunks [n_mels, 3000], n_valid)."""
-    fn = lambda s: _audio.whisper_chunks(s, n_mels, sample_rate=sample_rate)
+    fn = lambda s: _audio.whisper_chunks(s, n_mels, sample_rate=sample_rate, max_seconds=max_seconds)
     return parallel_map(fn, sources, max_workers=max_workers, progress=progress)
