@@ -18,7 +18,7 @@ import numpy as np
 from graphdsl import _ggml
 from graphdsl import dtypes as dt
 
-from .ggml_lower import LOWERING, STRIDED_OK, Lowering, ne_of
+from .ggml_lower import LOWERING, STRIDED_OK, Lowering, ne_of, packed
 from .weights import check_inputs, check_weights
 
 
@@ -224,7 +224,7 @@ class GGMLExecutor:
         outputs = {}
         for name, node in [*graph.outputs.items(), *((n.name, n) for n in wanted)]:
             t = vals[id(node)]
-            if not t.is_contiguous or node.op in ("input", "weight"):
+            if not packed(t) or node.op in ("input", "weight"):
                 t = _ggml.ops.cont(ctx, t)
             t.set_output()
             outputs[name] = t

@@ -17,9 +17,22 @@ from graphdsl import _ggml
 from graphdsl import dtypes as dt
 
 G = _ggml.ops
+_DTYPE_OF = {d.ggml_type: d for d in dt.DTYPES.values()}
 PRECISIONS = ("f32", "fast")
 # Ops that read strided inputs themselves; every other op gets contiguous inputs.
 STRIDED_OK = {"permute", "view", "cont", "mul_mat", "flash_attn_ext"}
+
+
+def packed(t) -> bool:
+    """Whether t's strides are exactly those of a fresh tensor of its shape and type, size-1 dims
+    included (ggml_is_contiguous is weaker: it skips them)."""
+    d = _DTYPE_OF[t.type]
+    nb = d.type_size
+    for i, (n, stride) in enumerate(zip(t.ne, t.nb)):
+        if stride != nb:
+            return False
+        nb *= n // d.block_size if i == 0 else n
+    return True
 
 
 def ne_of(shape) -> list[int]:
@@ -47,7 +60,15 @@ class Lowering:
         return self.precision == "f32"
 
     def cont(self, t):
-        return t if t.is_contiguous else G.cont(self.ctx, t)
+        """t with canonical strides. ggml_is_contiguous ignores the strides of size-1 dims (the
+        transpose of a (1, n) row, a one-row slice, a one-channel conv output), yet kernels step
+        by nb[0] and assert on it: such a tensor gets a reshape to its own shape (a view with
+        canonical strides over the same bytes), anything else truly strided a copy."""
+        if packed(t):
+            return t
+        if t.is_contiguous:
+            return G.reshape_4d(self.ctx, t, *t.ne)
+        return G.cont(self.ctx, t)
 
     def mul_mat(self, a, b):
         """ggml_mul_mat(a, b); under "f32" it asks for f32 accumulation (GGML_PREC_F32). The CPU
@@ -118,12 +139,11 @@ def _mul_mat(L, node, x, w):
     return L.mul_mat(w, x)
 
 
-_BLOCK_BYTES = {d.ggml_type: d.type_size for d in dt.DTYPES.values()}
 
 
 def _unit_rows(t) -> bool:
     """Rows read with unit stride (nb[0] is one element or block), as ggml's CPU kernels assume."""
-    return t.nb[0] == _BLOCK_BYTES[t.type]
+    return t.nb[0] == _DTYPE_OF[t.type].type_size
 
 
 @lowers("get_rows")
@@ -146,7 +166,8 @@ def _attention(L, node, q, k, v, mask=None):
     # q/k/v arrive as the head permutes of the projections, read in place (as llama.cpp does).
     c, scale = L.ctx, node.attrs["scale"]
     mask = None if mask is None else L.cont(mask)
-    q, k = (t if _unit_rows(t) else G.cont(c, t) for t in (q, k))
+    # every kernel reads rows with unit stride (the CPU's flash attention asserts it for q, k and v)
+    q, k, v = (t if _unit_rows(t) else G.cont(c, t) for t in (q, k, v))
     f16 = dt.f16.ggml_type
     if not L.exact:
         # q ne[d, nq, h, b], k/v ne[d, nkv, h_kv, b]; K/V in f16 is ggml's fast CPU path.
@@ -181,6 +202,8 @@ def _reshape(L, node, x):
 @lowers("view")
 def _view(L, node, x):
     a, src = node.attrs, node.inputs[0]
+    if not _unit_rows(x) and x.ne[0] > 1:
+        x = G.cont(L.ctx, x)  # ggml_view_4d sets nb[0] to the element size: it cannot keep a strided ne0
     k = gdim(src, a["axis"])
     ne, nb = list(x.ne), list(x.nb)
     ne[k] = node.shape[a["axis"]]

@@ -44,6 +44,7 @@ GENERATORS = {
     "nonzero": lambda r, s: (r.uniform(0.5, 2.0, s) * r.choice([-1, 1], s)).astype(np.float32),
     "wide": lambda r, s: (4 * r.standard_normal(s)).astype(np.float32),
     "ids7": lambda r, s: r.integers(0, 7, s).astype(np.int32),
+    "ids1": lambda r, s: np.zeros(s, np.int32),
     "pos": lambda r, s: r.integers(0, 512, s).astype(np.int32),
     "mask": lambda r, s: np.where(r.random(s) < 0.3, -np.inf, 0).astype(np.float32),
 }
