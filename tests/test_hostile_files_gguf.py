@@ -46,7 +46,8 @@ def _vision_kv(projector, n_layer=2, extra=()):
 def _with(kv, changes):
     """kv with values replaced (key -> value) and new keys appended (kind from the value)."""
     kv = [(k, changes.pop(k), kind) if k in changes else (k, v, kind) for k, v, kind in kv]
-    return kv + [(k, v, "array" if isinstance(v, list) else "uint32") for k, v in changes.items()]
+    kinds = {list: "array", str: "string", float: "float32", bool: "bool", int: "uint32"}
+    return kv + [(k, v, kinds[type(v)]) for k, v in changes.items()]
 
 
 def clip_spec(tensors=None, **kv):
@@ -206,3 +207,33 @@ def test_fewer_blocks_than_stored_is_a_quirk_not_a_secret(tmp_path):
     assert cfg.vision.n_layer == 1
     assert "clip.vision.block_count is 1 but the file stores 2 blocks: the rest are ignored" in cfg.quirks
     assert not load_mmproj(make(tmp_path / "ok.gguf", siglip_spec()))[0].quirks
+
+
+# -- the embedded tokenizer -------------------------------------------------------------------------------
+def _wordpiece_json(n=32):
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordPiece
+    tok = Tokenizer(WordPiece({f"t{i}": i for i in range(n)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok.to_str()
+
+
+@pytest.mark.parametrize("bad,reason", [(_wordpiece_json()[:-40], "EOF while parsing"),
+                                        ('{"version": "1.0"}', "Model missing"), ("\x00garbage", "expected value")])
+def test_corrupt_embedded_tokenizer_names_file_and_key(tmp_path, bad, reason):
+    """tokenizers' bare Exception becomes a ValueError naming the file and the key; info says so."""
+    path = make(tmp_path / "t.gguf", text_spec(**{"tokenizer.huggingface.json": bad}))
+    m = text.from_gguf(path)  # the weights are fine: loading them does not need the tokenizer
+    with pytest.raises(ValueError, match=f"^{path}: tokenizer.huggingface.json: not a valid tokenizer.json: .*{reason}"):
+        text.tokenizer_of(m.info)
+    report = describe(path)
+    assert f"tokenizer: not usable: {path}: tokenizer.huggingface.json: not a valid tokenizer.json" in report
+
+
+def test_valid_embedded_tokenizer_is_reported_usable(tmp_path):
+    """Negative control for the above: the same key holding a valid tokenizer.json."""
+    path = make(tmp_path / "t.gguf", text_spec(**{"tokenizer.huggingface.json": _wordpiece_json()}))
+    assert text.tokenizer_of(text.from_gguf(path).info).encode("t3 t5").tolist() == [3, 5]
+    assert "tokenizer: embedded tokenizer.huggingface.json, 32 tokens" in describe(path)
+    no_vocab = make(tmp_path / "l.gguf", text_spec(**{"tokenizer.ggml.model": "llama"}))
+    assert "tokenizer: not usable: [text] a 'llama' vocabulary without an embedded" in describe(no_vocab)

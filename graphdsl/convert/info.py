@@ -33,9 +33,21 @@ def detect(path: str, f: GGUFFile) -> str:
             return "mmproj: " + "; ".join(parts) + _blocks(cfg) + quirks
         info, emb = load_text(path)
         return (f"text model {info.architecture!r}: {info.n_vocab} tokens ({info.tokenizer_model}), "
-                f"token_embd {emb.shape} {emb.dtype}")
+                f"token_embd {emb.shape} {emb.dtype}" + _tokenizer(info))
     except ValueError as e:
         return f"not usable by graphdsl: {e}"
+
+
+def _tokenizer(info) -> str:
+    """Whether the file's own tokenizer loads (the embedded tokenizer.json, else one rebuilt from
+    tokenizer.ggml.*): the weights may be fine while the tokenizer is not, so it gets its own line."""
+    from ..models.text import tokenizer_of
+    try:
+        tok = tokenizer_of(info)
+    except ValueError as e:
+        return f"\n  tokenizer: not usable: {e}"
+    src = "embedded tokenizer.huggingface.json" if info.hf_json else f"rebuilt from tokenizer.ggml.* ({info.tokenizer_model})"
+    return f"\n  tokenizer: {src}, {tok.vocab_size} tokens"
 
 
 _BLOCKS = {"clip": "clip.ClipVision", "siglip": "siglip.SiglipVision", "whisper_enc": "whisper_enc.WhisperEncoder"}

@@ -33,6 +33,7 @@ class TextInfo:
     hf_json: str = ""  # tokenizer.huggingface.json, when the file embeds one
     add_bos: bool | None = None  # tokenizer.ggml.add_bos_token / add_eos_token (None: not said)
     add_eos: bool | None = None
+    path: str = ""  # the file it was read from, for errors
 
 
 def load_text(path: str | os.PathLike | GGUFFile) -> tuple[TextInfo, GGUFTensor]:
@@ -73,5 +74,6 @@ def load_text(path: str | os.PathLike | GGUFFile) -> tuple[TextInfo, GGUFTensor]
     info = TextInfo(arch, n_embd, len(tokens), _get(f, T.MODEL, str, ""), tokens, opt[T.TOKEN_TYPE],
                     opt[T.SCORES], opt[T.MERGES], special, _get(f, T.PRE, str, ""),
                     {k[len(arch) + 1:]: v for k, v in f.metadata.items() if k.startswith(arch + ".")},
-                    _get(f, T.HF_JSON, str, ""), _get(f, T.ADD_BOS, bool, None), _get(f, T.ADD_EOS, bool, None))
+                    _get(f, T.HF_JSON, str, ""), _get(f, T.ADD_BOS, bool, None), _get(f, T.ADD_EOS, bool, None),
+                    f.path)
     return info, emb

@@ -151,7 +151,7 @@ def tokenizer_of(info) -> Any:
     """
     from ..preprocess.text import TextTokenizer
     if info.hf_json:
-        return TextTokenizer.from_str(info.hf_json)
+        return TextTokenizer.from_str(info.hf_json, f"{info.path}: tokenizer.huggingface.json")
     if info.tokenizer_model != "bert":
         raise ValueError(f"[text] a {info.tokenizer_model or 'unknown'!r} vocabulary without an embedded "
                          "tokenizer.huggingface.json: pass a tokenizer.json (or token ids)")

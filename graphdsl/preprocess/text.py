@@ -97,10 +97,14 @@ class TextTokenizer:
             raise ValueError(f"[TextTokenizer] cannot load {path!r}: {e}") from e
 
     @classmethod
-    def from_str(cls, json_text: str) -> TextTokenizer:
+    def from_str(cls, json_text: str, source: str = "[TextTokenizer] string") -> TextTokenizer:
+        """Load a tokenizer.json held in a string; ``source`` names it in errors ("FILE: KEY")."""
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_str(json_text))
+        try:
+            return cls(Tokenizer.from_str(json_text))
+        except Exception as e:  # tokenizers raises a bare Exception naming neither file nor key
+            raise ValueError(f"{source}: not a valid tokenizer.json: {e}") from e
 
     @property
     def vocab_size(self) -> int:
