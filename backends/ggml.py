@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ def resolve_devices(backend: str) -> list[str]:
     "rpc://host:port" -> the devices of ggml's RPC server there, then CPU; otherwise a device
     name ("CUDA0", "BLAS") or a backend family ("cuda", "metal", "blas") + CPU.
     """
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be a string such as 'cpu', 'auto', 'cuda' or a device name, "
+                         f"got {backend!r}")
     devs = devices()
     names = [d["name"] for d in devs]
     cpu = next((d["name"] for d in devs if d["type"] == "cpu"), None)
@@ -73,6 +77,25 @@ def _abandon_rpc_at_exit() -> None:
         handle.abandon()
 
 
+MAX_THREADS = 512  # GGML_MAX_N_THREADS: ggml's thread pool holds no more
+# First guesses for the lowering's context and the scheduler; both grow when a graph needs more.
+TENSORS_PER_NODE, CONTEXT_SLACK = 8, 64  # most ops lower to a few ggml tensors; concat of n to n - 1
+SCHED_MIN_SIZE = 8192
+
+
+def check_threads(n_threads) -> int:
+    """n_threads as given, or all cores; refused outside 1..min(512, 4 x cores): thousands of
+    threads spinning on ggml's barriers make a compute take minutes, and ggml has room for 512."""
+    cores = os.cpu_count() or 1
+    if n_threads is None:
+        return cores
+    limit = min(MAX_THREADS, 4 * cores)
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or not 1 <= n_threads <= limit:
+        raise ValueError(f"n_threads must be an integer in 1..{limit} (4 x the {cores} cores, at most "
+                         f"{MAX_THREADS}), got {n_threads!r}")
+    return int(n_threads)
+
+
 @dataclass
 class Program:
     """One lowered graph for one set of input shapes, reserved once on the scheduler."""
@@ -82,9 +105,11 @@ class Program:
     cgraph: object
     inputs: dict[str, object]
     outputs: dict[str, object]  # output/capture name -> ggml tensor (contiguous)
-    tensors: dict[str, object] = field(default_factory=dict)  # node name -> ggml tensor
+    tensors: dict[str, object] = field(default_factory=dict)  # node name -> ggml tensor (metadata; data
+    # is readable through the runtime only while this program is the one allocated)
     id_checks: list = field(default_factory=list)  # (input name, n_rows) for get_rows ids
     checked: bool = False  # strict placement verified
+    gctx: object = None  # the context holding cgraph
 
 
 class GGMLExecutor:
@@ -97,6 +122,10 @@ class GGMLExecutor:
         precision: "f32" (exact f32 forms of conv, GELU and attention) or "fast" (ggml's f16 paths).
         weights: optional weights to bind now (see load_weights).
         strict: raise instead of letting the scheduler move nodes to a fallback backend.
+
+    One executor holds one scheduler and one set of compute buffers, so calls are serialised by
+    `self.lock` (a re-entrant lock): threads may share an executor, and run one at a time. On the
+    main thread, Ctrl-C stops a CPU compute at its next node and raises KeyboardInterrupt.
     """
 
     def __init__(self, graph, backend: str = "cpu", *, n_threads: int | None = None,
@@ -109,8 +138,9 @@ class GGMLExecutor:
         self.precision = precision
         self.strict = strict
         self.device_names = resolve_devices(backend)
-        self.n_threads = n_threads or os.cpu_count() or 1
-        self.runtime = _ggml.Runtime(self.device_names, self.n_threads, max(8192, 16 * len(graph.nodes)))
+        self.n_threads = check_threads(n_threads)
+        self.lock = threading.RLock()
+        self.runtime = _ggml.Runtime(self.device_names, self.n_threads, SCHED_MIN_SIZE)
         # On a device with its own memory (CUDA, RPC), inputs go straight there, so that ops which
         # read no weight (a whole graph of them, in the op tests) run on it too and not next to a
         # CPU-resident input; the upload costs the same one copy either way.
@@ -140,6 +170,10 @@ class GGMLExecutor:
         a memory map (GGUF files) with 32-byte alignment are used in place, not copied.
         """
         stored = check_weights(self.graph, weights, allow_extra=allow_extra)
+        with self.lock:
+            self._bind(stored)
+
+    def _bind(self, stored: dict[str, np.ndarray]) -> None:
         if self._wctx is None and self.graph.weights:
             self._wctx = _ggml.Context(len(self.graph.weights) + 1)
             for name, node in self.graph.weights.items():
@@ -197,7 +231,29 @@ class GGMLExecutor:
             graph = graph.specialize(shapes)
         wanted = graph.match(capture)
         live = graph.live_nodes(list(graph.outputs.values()) + wanted)
-        ctx = _ggml.Context(8 * len(live) + 64, 16 * len(live) + 64)
+        n_tensors = TENSORS_PER_NODE * len(live) + CONTEXT_SLACK
+        while True:
+            try:
+                prog = self._lower(graph, live, wanted, n_tensors)
+                break
+            except _ggml.ContextFull:
+                n_tensors *= 4
+        # ggml asserts when a graph outgrows its node array or the scheduler's hash set: both are
+        # sized from the tensors the lowering made (every node and leaf is one of them or a weight).
+        n = prog.ctx.n_tensors + len(self._wtensors) + 1
+        gctx = _ggml.Context(0, n)
+        cgraph = gctx.new_graph(n, prog.ctx)
+        for t in prog.outputs.values():
+            cgraph.expand(t)
+        prog.cgraph, prog.gctx = cgraph, gctx
+        self.runtime.ensure_capacity(2 * n + 64)
+        self.runtime.reserve(cgraph)
+        self._allocated = None  # reserving dropped the previous allocation
+        self._programs[key] = prog
+        return prog
+
+    def _lower(self, graph, live, wanted, n_tensors: int) -> Program:
+        ctx = _ggml.Context(n_tensors)
         L = Lowering(ctx, self.precision, fused_f32_attention=self.device_names[0] == "CPU")
         vals: dict[int, object] = {}
         inputs, tensors, id_checks = {}, {}, []
@@ -228,19 +284,13 @@ class GGMLExecutor:
                 t = _ggml.ops.cont(ctx, t)
             t.set_output()
             outputs[name] = t
-        cgraph = ctx.new_graph(16 * len(live) + 64)
-        for t in outputs.values():
-            cgraph.expand(t)
-        self.runtime.reserve(cgraph)
-        self._allocated = None  # reserving dropped the previous allocation
-        prog = Program(graph, ctx, cgraph, inputs, outputs, tensors, [c for c in id_checks if c])
-        self._programs[key] = prog
-        return prog
+        return Program(graph, ctx, None, inputs, outputs, tensors, [c for c in id_checks if c])
 
     def prepare(self, inputs: Mapping[str, object], *, capture: Sequence[str] = ()) -> Program:
         """Lower and reserve for these inputs' shapes without computing (a warm-up)."""
         arrays = check_inputs(self.graph, inputs)
-        return self._program({k: v.shape for k, v in arrays.items()}, tuple(capture))
+        with self.lock:
+            return self._program({k: v.shape for k, v in arrays.items()}, tuple(capture))
 
     # -- running -----------------------------------------------------------------------------------------
     def __call__(self, inputs: Mapping[str, object] | None = None, *, capture: Sequence[str] = (),
@@ -249,7 +299,11 @@ class GGMLExecutor:
         arrays = check_inputs(self.graph, dict(inputs or {}, **kw))
         if self.graph.weights and self._wctx is None:
             raise ValueError(f"graph '{self.graph.name}' has unbound weights: call load_weights() first")
-        prog = self._program({k: v.shape for k, v in arrays.items()}, tuple(capture))
+        with self.lock:
+            return self._run(arrays, tuple(capture))
+
+    def _run(self, arrays, capture) -> dict[str, np.ndarray]:
+        prog = self._program({k: v.shape for k, v in arrays.items()}, capture)
         for name, n_rows in prog.id_checks:
             ids = arrays[name]
             if ids.size and (ids.min() < 0 or ids.max() >= n_rows):
@@ -267,9 +321,13 @@ class GGMLExecutor:
                 raise ValueError(f"strict placement: {len(moved)} nodes would leave {self.runtime.backend_names[0]}: "
                                  + ", ".join(f"{n} -> {b}" for n, b in list(moved.items())[:10]))
             prog.checked = True
-        for name, t in prog.inputs.items():
-            self.runtime.set_tensor(t, arrays[name])
-        self.runtime.compute(prog.cgraph)
+        try:
+            for name, t in prog.inputs.items():
+                self.runtime.set_tensor(t, arrays[name])
+            self.runtime.compute(prog.cgraph, threading.current_thread() is threading.main_thread())
+        except BaseException:
+            self._allocated = None  # allocate afresh next time (after Ctrl-C, say)
+            raise
         self.last_program = prog
         return {name: self._read(prog, name, t) for name, t in prog.outputs.items()}
 
@@ -286,6 +344,10 @@ class GGMLExecutor:
 
     def placement(self) -> dict:
         """Where the last run's nodes ran: backend per node, split and copy counts, buffer sizes."""
+        with self.lock:
+            return self._placement_report()
+
+    def _placement_report(self) -> dict:
         prog = self.last_program
         if prog is None:
             raise ValueError("placement() needs a run first")

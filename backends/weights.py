@@ -44,8 +44,8 @@ def storage(node, value) -> np.ndarray:
         raise ValueError(f"shape {tuple(arr.shape)} != declared {shape}")
     if d is dt.bf16:
         return arr if arr.dtype == np.uint16 else dt.f32_to_bf16(arr)
-    if d is dt.i32 and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"expected integers for i32, got {arr.dtype}")
+    if d is dt.i32:
+        return dt.as_i32(arr, "i32")
     if d.is_float and not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"expected floats for {d.name}, got {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=d.numpy)
@@ -89,11 +89,10 @@ def check_inputs(graph, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
     for name, node in graph.inputs.items():
         arr = to_numpy(inputs[name])
         if node.dtype is dt.i32:
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"[input] '{name}': expected integers, got {arr.dtype}")
+            arr = dt.as_i32(arr, f"[input] '{name}'")
         elif not np.issubdtype(arr.dtype, np.floating):
             raise ValueError(f"[input] '{name}': expected floats, got {arr.dtype}")
-        if node.dtype is dt.bf16:
+        elif node.dtype is dt.bf16:
             arr = arr if arr.dtype == np.uint16 else dt.f32_to_bf16(arr)
         else:
             arr = np.ascontiguousarray(arr, dtype=node.dtype.numpy)

@@ -25,6 +25,8 @@ namespace gd {
 // scheduler, never from the context itself.
 struct Context {
     ggml_context * ctx = nullptr;
+    size_t graph_size = 0;     // the one graph this context has room for (0: none)
+    bool graph_made = false;
     explicit Context(size_t n_tensors, size_t graph_size);
     ~Context();
     Context(const Context &) = delete;
@@ -48,7 +50,8 @@ using Sources = std::unordered_map<ggml_tensor *, std::array<ggml_tensor *, GGML
 
 struct Graph {
     ggml_cgraph * g = nullptr;
-    std::shared_ptr<Context> owner;
+    std::shared_ptr<Context> owner;    // holds the graph's node arrays
+    std::shared_ptr<Context> tensors;  // holds its tensors (the same context, or the lowering's)
     std::shared_ptr<Sources> sources = std::make_shared<Sources>();
 
     // Restore the sources recorded before the first split; record those of nodes added since.
@@ -63,6 +66,21 @@ struct Graph {
         }
     }
 };
+
+// Thrown before a builder would overrun its context (ggml asserts there); the lowering catches
+// it and starts again with a larger context.
+struct ContextFull : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The context, if it has room for the tensors one builder makes (ggml_conv_2d makes several),
+// or ContextFull.
+inline ggml_context * fit(const std::shared_ptr<Context> & c, size_t n_new = 8) {
+    size_t reserved = c->graph_made ? 0 : ggml_graph_overhead_custom(c->graph_size, false);
+    if (ggml_get_mem_size(c->ctx) < ggml_used_mem(c->ctx) + reserved + n_new * ggml_tensor_overhead())
+        throw ContextFull("ggml context is full (" + std::to_string(ggml_used_mem(c->ctx)) + " bytes used)");
+    return c->ctx;
+}
 
 inline ggml_tensor * raw(const Tensor & x) {
     if (!x.t) throw std::invalid_argument("null tensor handle");

@@ -9,7 +9,7 @@
 
 namespace gd {
 
-Context::Context(size_t n_tensors, size_t graph_size) {
+Context::Context(size_t n_tensors, size_t graph_size) : graph_size(graph_size) {
     ggml_init_params params = {
         /*.mem_size   =*/ n_tensors * ggml_tensor_overhead() + ggml_graph_overhead_custom(graph_size, false),
         /*.mem_buffer =*/ nullptr,
@@ -129,6 +129,7 @@ PYBIND11_MODULE(_ggml, m) {
             PyErr_SetString(PyExc_ValueError, e.what());
         }
     });
+    py::register_exception<ContextFull>(m, "ContextFull", PyExc_MemoryError);
 
     m.def("set_log_level", [](int level) { g_log_level = level; }, py::arg("level"),
           "Minimum ggml log level printed to stderr (1 debug, 2 info, 3 warn, 4 error).");
@@ -187,17 +188,26 @@ PYBIND11_MODULE(_ggml, m) {
             for (auto n : ne) if (n <= 0) throw std::invalid_argument("dimensions must be positive");
             if (ne[0] % ggml_blck_size((ggml_type) type) != 0)
                 throw std::invalid_argument("innermost dimension is not a multiple of the type's block size");
-            if (ggml_get_mem_size(self->ctx) - ggml_used_mem(self->ctx) < ggml_tensor_overhead())
-                throw std::invalid_argument("context is full");
             ne.resize(4, 1);
-            ggml_tensor * t = ggml_new_tensor(self->ctx, (ggml_type) type, 4, ne.data());
+            ggml_tensor * t = ggml_new_tensor(fit(self, 1), (ggml_type) type, 4, ne.data());
             ggml_set_name(t, name.c_str());
             return Tensor{t, self};
         }, py::arg("type"), py::arg("ne"), py::arg("name") = "")
-        .def("new_graph", [](std::shared_ptr<Context> self, size_t size) {
-            return Graph{ggml_new_graph_custom(self->ctx, size, false), self};
-        }, py::arg("size"))
-        .def_property_readonly("used_mem", [](const Context & c) { return ggml_used_mem(c.ctx); });
+        .def("new_graph", [](std::shared_ptr<Context> self, size_t size, std::shared_ptr<Context> tensors) {
+            if (self->graph_made || size == 0 || size > self->graph_size)
+                throw std::invalid_argument("this context has room for one graph of up to " +
+                                            std::to_string(self->graph_size) + " nodes");
+            self->graph_made = true;
+            return Graph{ggml_new_graph_custom(self->ctx, size, false), self, tensors ? tensors : self};
+        }, py::arg("size"), py::arg("tensors") = nullptr,
+           "The context's one graph, of up to `size` nodes and as many leafs, over the tensors of "
+           "context `tensors` (default: this one).")
+        .def_property_readonly("used_mem", [](const Context & c) { return ggml_used_mem(c.ctx); })
+        .def_property_readonly("n_tensors", [](const Context & c) {
+            size_t n = 0;
+            for (ggml_tensor * t = ggml_get_first_tensor(c.ctx); t; t = ggml_get_next_tensor(c.ctx, t)) ++n;
+            return n;
+        }, "Tensors created in this context so far.");
 
     tensor
         .def_property_readonly("ne", &tensor_ne)
@@ -225,13 +235,16 @@ PYBIND11_MODULE(_ggml, m) {
         });
 
     graph
-        .def("expand", [](Graph & g, const Tensor & t) { ggml_build_forward_expand(g.g, raw(t)); }, py::arg("tensor"),
+        .def("expand", [](Graph & g, const Tensor & t) {
+            // ggml asserts when a graph overflows; the caller sizes it to every tensor it could hold
+            ggml_build_forward_expand(g.g, raw(t));
+        }, py::arg("tensor"),
              "ggml_build_forward_expand: add t and everything it depends on.")
         .def_property_readonly("n_nodes", [](Graph & g) { return ggml_graph_n_nodes(g.g); })
         .def("node", [](Graph & g, int i) {
             int n = ggml_graph_n_nodes(g.g);
             if (i < -n || i >= n) throw py::index_error("graph node index out of range");
-            return Tensor{ggml_graph_node(g.g, i), g.owner};
+            return Tensor{ggml_graph_node(g.g, i), g.tensors};
         }, py::arg("i"), "The i-th node in execution order (negative counts from the end).");
 
     register_ops(m);

@@ -7,6 +7,8 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <vector>
 
 namespace gd {
@@ -33,6 +35,45 @@ static py::buffer_info contiguous_info(const py::buffer & b, bool writable) {
     return info;
 }
 
+// Ctrl-C during a compute. The GIL is released and the main thread sits in ggml, so Python's own
+// SIGINT handler only sets a flag that nothing reads until the compute ends. While a compute runs
+// on the main thread, a handler of ours also raises `g_interrupted` (and chains to Python's), and
+// the CPU backend's abort callback stops the graph at its next node when it is set.
+static std::atomic<bool> g_interrupted{false};
+static struct sigaction g_prev_sigint;
+
+static void on_sigint(int sig, siginfo_t * info, void * uctx) {
+    g_interrupted.store(true);
+    if (g_prev_sigint.sa_flags & SA_SIGINFO) {
+        if (g_prev_sigint.sa_sigaction) g_prev_sigint.sa_sigaction(sig, info, uctx);
+    } else if (g_prev_sigint.sa_handler != SIG_DFL && g_prev_sigint.sa_handler != SIG_IGN) {
+        g_prev_sigint.sa_handler(sig);
+    }
+}
+
+static bool interrupted(void *) { return g_interrupted.load(); }
+
+// Installs on_sigint for its lifetime, chained to the handler in place (Python's), unless SIGINT
+// is ignored or left to its default (then there is no Python handler to honour).
+struct SigintGuard {
+    bool active = false;
+    explicit SigintGuard(bool want) {
+        g_interrupted.store(false);
+        if (!want) return;
+        struct sigaction cur;
+        if (sigaction(SIGINT, nullptr, &cur) != 0) return;
+        bool python_handles = (cur.sa_flags & SA_SIGINFO) ? cur.sa_sigaction != nullptr
+                                                          : cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN;
+        if (!python_handles) return;
+        struct sigaction mine = {};
+        mine.sa_sigaction = on_sigint;
+        mine.sa_flags = SA_SIGINFO | SA_RESTART;
+        sigemptyset(&mine.sa_mask);
+        if (sigaction(SIGINT, &mine, &g_prev_sigint) == 0) active = true;
+    }
+    ~SigintGuard() { if (active) sigaction(SIGINT, &g_prev_sigint, nullptr); }
+};
+
 struct Runtime {
     std::vector<ggml_backend_t> backends;
     ggml_backend_sched_t sched = nullptr;
@@ -42,8 +83,15 @@ struct Runtime {
     std::string cb_error;
     int n_threads = 0;
     ggml_threadpool_t pool = nullptr;  // a persistent CPU threadpool, while profiling
+    size_t graph_size = 0;             // the scheduler's capacity (hash set) in tensors
+    // Memory that tensor data may live in: this runtime's weight and host buffers (kept alive as
+    // long as the runtime) and the compute buffers of the graph allocated now. A handle to any
+    // other tensor may point into memory that has been freed or reused.
+    std::vector<std::shared_ptr<Buffer>> buffers;
+    std::shared_ptr<Context> allocated;
 
-    Runtime(const std::vector<std::string> & device_names, int n_threads, size_t graph_size) : n_threads(n_threads) {
+    Runtime(const std::vector<std::string> & device_names, int n_threads, size_t graph_size)
+        : n_threads(n_threads), graph_size(graph_size) {
         if (device_names.empty()) throw std::invalid_argument("no devices given");
         for (const auto & name : device_names) {
             ggml_backend_dev_t dev = find_device(name);
@@ -57,9 +105,42 @@ struct Runtime {
         }
         if (ggml_backend_dev_type(ggml_backend_get_device(backends.back())) != GGML_BACKEND_DEVICE_TYPE_CPU)
             throw std::invalid_argument("the last backend must be the CPU (the scheduler's fallback)");
+        new_sched();
+        // the last backend is the CPU; other backends' kernels have no abort callback
+        auto set_abort = (ggml_backend_set_abort_callback_t) ggml_backend_reg_get_proc_address(
+            ggml_backend_dev_backend_reg(ggml_backend_get_device(backends.back())), "ggml_backend_set_abort_callback");
+        if (set_abort) set_abort(backends.back(), interrupted, nullptr);
+    }
+
+    void new_sched() {
         sched = ggml_backend_sched_new(backends.data(), nullptr, (int) backends.size(), graph_size,
                                        /*parallel=*/false, /*op_offload=*/true);
         if (!sched) throw std::runtime_error("ggml_backend_sched_new failed");
+        if (eval_cb) ggml_backend_sched_set_eval_callback(sched, &Runtime::trampoline, this);
+    }
+
+    // The scheduler's hash set has a fixed size and ggml asserts when a graph overflows it: make
+    // room for n tensors (nodes + leafs + the copies a split adds) by starting a larger scheduler.
+    // Compute buffers are re-reserved on the next run; weight buffers belong to the backends.
+    void ensure_capacity(size_t n) {
+        live();
+        if (n <= graph_size) return;
+        ggml_backend_sched_free(sched);
+        sched = nullptr;
+        allocated.reset();
+        graph_size = std::max(n, 2 * graph_size);
+        new_sched();
+    }
+
+    // Data of t may be read or written: it lives in this runtime's buffers or the allocated graph.
+    void check_live(const Tensor & t, const char * what) const {
+        ggml_tensor * x = raw(t);
+        if (allocated && t.owner == allocated) return;
+        ggml_backend_buffer_t buf = x->view_src ? x->view_src->buffer : x->buffer;
+        for (const auto & b : buffers) if (b->buf && b->buf == buf) return;
+        throw std::invalid_argument(std::string(what) + ": tensor '" + ggml_get_name(x) +
+            "' belongs to no weight buffer of this runtime and to no graph allocated now (its memory may "
+            "have been freed or reused): run its graph again first");
     }
 
     ~Runtime() {
@@ -158,9 +239,10 @@ void register_sched(py::module_ & m) {
             auto out = std::make_shared<Buffer>();
             out->buf = buf;
             out->ctx = ctx;
+            r.buffers.push_back(out);
             return out;
         }, py::arg("ctx"), py::arg("backend"), "Allocate every tensor of ctx in one buffer of backend i.")
-        .def("host_buffer", [](Runtime &, py::buffer mem) {
+        .def("host_buffer", [](Runtime & r, py::buffer mem) {
             py::buffer_info info = mem.request();
             if ((uintptr_t) info.ptr % 32 != 0) throw std::invalid_argument("host memory must be 32-byte aligned");
             size_t size = (size_t) info.size * info.itemsize;
@@ -169,6 +251,7 @@ void register_sched(py::module_ & m) {
             if (!out->buf) throw std::runtime_error("ggml_backend_cpu_buffer_from_ptr failed");
             ggml_backend_buffer_set_usage(out->buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
             out->host = mem;
+            r.buffers.push_back(out);
             return out;
         }, py::arg("memory"), "Wrap host memory (e.g. an mmap) as a CPU buffer without copying; the memory is kept alive.")
         .def("place", [](Runtime &, std::shared_ptr<Buffer> b, Tensor & t, size_t offset) {
@@ -181,7 +264,8 @@ void register_sched(py::module_ & m) {
             if (ggml_backend_tensor_alloc(b->buf, x, base + offset) != GGML_STATUS_SUCCESS)
                 throw std::runtime_error("ggml_backend_tensor_alloc failed");
         }, py::arg("buffer"), py::arg("tensor"), py::arg("offset"), "Place tensor t at offset bytes inside buffer b (zero copy).")
-        .def("set_tensor", [](Runtime &, Tensor & t, py::buffer data) {
+        .def("set_tensor", [](Runtime & r, Tensor & t, py::buffer data) {
+            r.check_live(t, "set_tensor");
             ggml_tensor * x = raw(t);
             if (!x->buffer) throw std::invalid_argument("tensor '" + std::string(x->name) + "' has no memory yet");
             py::buffer_info info = contiguous_info(data, false);
@@ -191,7 +275,8 @@ void register_sched(py::module_ & m) {
                                             std::to_string(ggml_nbytes(x)) + " bytes, got " + std::to_string(n));
             ggml_backend_tensor_set(x, info.ptr, 0, n);
         }, py::arg("tensor"), py::arg("data"), "Copy host bytes into a tensor (any backend).")
-        .def("get_tensor", [](Runtime &, Tensor & t, py::buffer out) {
+        .def("get_tensor", [](Runtime & r, Tensor & t, py::buffer out) {
+            r.check_live(t, "get_tensor");
             ggml_tensor * x = raw(t);
             if (!x->buffer) throw std::invalid_argument("tensor '" + std::string(x->name) + "' has no memory");
             if (!ggml_is_contiguous(x)) throw std::invalid_argument("tensor is not contiguous");
@@ -200,7 +285,8 @@ void register_sched(py::module_ & m) {
             if (n != ggml_nbytes(x)) throw std::invalid_argument("output buffer has the wrong size");
             ggml_backend_tensor_get(x, info.ptr, 0, n);
         }, py::arg("tensor"), py::arg("out"), "Copy a tensor's bytes into a writable host array.")
-        .def("wait_for", [](Runtime &, Tensor & t) {
+        .def("wait_for", [](Runtime & r, Tensor & t) {
+            r.check_live(t, "wait_for");
             // Reading a few bytes waits until the tensor is computed even on backends whose
             // synchronize returns at once (RPC sends graphs without waiting for an answer).
             ggml_tensor * x = raw(t);
@@ -214,6 +300,7 @@ void register_sched(py::module_ & m) {
             {
                 py::gil_scoped_release nogil;
                 ggml_backend_sched_reset(r.live());  // reserve asserts that no graph is allocated
+                r.allocated.reset();
                 g.restore_sources();
                 ok = ggml_backend_sched_reserve(r.live(), g.g);
             }
@@ -222,9 +309,10 @@ void register_sched(py::module_ & m) {
         }, py::arg("graph"), "Size the compute buffers for this graph (once per set of input shapes).")
         .def("alloc_graph", [](Runtime & r, Graph & g, std::vector<std::pair<Tensor, int>> pinned) {
             ggml_backend_sched_reset(r.live());  // drop the previous run's allocation
+            r.allocated.reset();
             // ggml-alloc skips tensors that already have data; after another graph ran, those
             // pointers may point into a compute buffer that has since been reallocated.
-            for (ggml_tensor * t = ggml_get_first_tensor(g.owner->ctx); t; t = ggml_get_next_tensor(g.owner->ctx, t)) {
+            for (ggml_tensor * t = ggml_get_first_tensor(g.tensors->ctx); t; t = ggml_get_next_tensor(g.tensors->ctx, t)) {
                 t->data = nullptr;
                 t->buffer = nullptr;
             }
@@ -232,23 +320,41 @@ void register_sched(py::module_ & m) {
             for (auto & [t, i] : pinned) ggml_backend_sched_set_tensor_backend(r.live(), raw(t), r.backend(i));
             if (!ggml_backend_sched_alloc_graph(r.live(), g.g))
                 throw std::runtime_error("ggml_backend_sched_alloc_graph failed");
+            r.allocated = g.tensors;
         }, py::arg("graph"), py::arg("pinned") = std::vector<std::pair<Tensor, int>>{},
            "Allocate a graph for one run; `pinned` assigns tensors (e.g. inputs) to backends first.")
-        .def("reset", [](Runtime & r) { ggml_backend_sched_reset(r.live()); })
-        .def("compute", [](Runtime & r, Graph & g) {
+        .def("reset", [](Runtime & r) { ggml_backend_sched_reset(r.live()); r.allocated.reset(); })
+        .def("ensure_capacity", [](Runtime & r, size_t n) { r.ensure_capacity(n); }, py::arg("n"),
+             "Make the scheduler hold graphs of n tensors (a new scheduler if it is smaller).")
+        .def_readonly("graph_size", &Runtime::graph_size, "The scheduler's capacity in tensors.")
+        .def("compute", [](Runtime & r, Graph & g, bool interruptible) {
+            if (!r.allocated || r.allocated != g.tensors)
+                throw std::invalid_argument("compute: this graph is not the one allocated (call alloc_graph first)");
             r.cb_error.clear();
-            r.running = g.owner;
+            r.running = g.tensors;
             ggml_status st;
+            bool stopped_by_sigint;
             {
+                SigintGuard guard(interruptible);
                 py::gil_scoped_release nogil;
                 st = ggml_backend_sched_graph_compute(r.live(), g.g);
+                stopped_by_sigint = g_interrupted.exchange(false);
             }
             r.running.reset();
             if (!r.cb_error.empty()) throw std::runtime_error("eval callback raised: " + r.cb_error);
+            if (st == GGML_STATUS_ABORTED && stopped_by_sigint) {
+                // Python's handler has been tripped: run it now (KeyboardInterrupt by default); a
+                // handler that does not raise still leaves the outputs unfinished, so raise anyway.
+                if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                throw std::runtime_error("ggml graph compute was interrupted by SIGINT; its outputs are incomplete");
+            }
             if (st != GGML_STATUS_SUCCESS && st != GGML_STATUS_ABORTED)
                 throw std::runtime_error("ggml graph compute failed with status " + std::to_string((int) st));
             return st == GGML_STATUS_SUCCESS;
-        }, py::arg("graph"), "Run the graph with the GIL released. Returns False if the eval callback stopped it.")
+        }, py::arg("graph"), py::arg("interruptible") = false,
+           "Run the graph with the GIL released. Returns False if the eval callback stopped it. With "
+           "interruptible (main thread only), SIGINT stops the CPU backend at its next node and the "
+           "Python handler runs (KeyboardInterrupt).")
         .def("set_eval_callback", [](Runtime & r, std::optional<std::function<bool(Tensor, bool)>> cb) {
             if (cb) {
                 r.eval_cb = *cb;

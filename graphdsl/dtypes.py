@@ -81,3 +81,15 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
     return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+
+
+def as_i32(arr: np.ndarray, what: str) -> np.ndarray:
+    """Integers as int32, range-checked in the caller's dtype first: a cast would wrap
+    2**32 + 3 to 3 and read a valid but wrong row."""
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what}: expected integers, got {arr.dtype}")
+    if arr.dtype.itemsize > 4 or arr.dtype == np.uint32:
+        info = np.iinfo(np.int32)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise ValueError(f"{what}: values [{arr.min()}, {arr.max()}] do not fit int32")
+    return np.ascontiguousarray(arr, dtype=np.int32)

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from . import dtypes as dt
 from . import ops
 from .graph import Graph, Tensor
 from .inp_embd import build_inp_embd, constants
@@ -104,7 +105,7 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
         if kind == "text":
             if text is None:
                 raise ValueError(f"[embed] item {i} is text but no text model was given")
-            ids = np.asarray(data).astype(np.int32).reshape(-1)
+            ids = dt.as_i32(np.asarray(data), f"[embed] item {i} (text ids)").reshape(-1)
             feeds[f"text.{i}"] = ids
             pieces[i] = text(g.input(f"text.{i}", ids.shape, "i32"))
         elif kind == "embeddings":

@@ -18,6 +18,7 @@ from typing import Any
 from . import dtypes as dt
 
 MAX_RANK = 4  # ggml tensors have four dimensions
+MAX_BYTES = 2**48  # 256 TiB: no device holds more, and ggml's size arithmetic stays far from overflow
 
 
 class Node:
@@ -46,6 +47,13 @@ class Node:
 
     def __repr__(self) -> str:
         return f"%{self.name} : {type_str(self.dtype, self.shape)} = {self.op}(...)"
+
+
+def _sized(node: Node) -> Node:
+    if node.nbytes > MAX_BYTES:
+        raise ValueError(f"[{node.op}] node '{node.name}': {type_str(node.dtype, node.shape)} would take "
+                         f"{node.nbytes} bytes, more than the {MAX_BYTES} graphdsl allows for one tensor")
+    return node
 
 
 def type_str(dtype: dt.DType, shape: Sequence[int]) -> str:
@@ -229,7 +237,7 @@ class Graph:
             raise ValueError(f"[{op}] node '{qual}': shape {shape} must have 1 to {MAX_RANK} positive dims")
         if qual in self._names:
             raise ValueError(f"[{op}] node '{qual}': name already used in graph '{self.name}'")
-        return self._append(Node(op, (), {}, shape, d, self._unique(qual)))
+        return self._append(_sized(Node(op, (), {}, shape, d, self._unique(qual))))
 
     def _append(self, node: Node) -> Node:
         self.nodes.append(node)
@@ -256,7 +264,9 @@ class Graph:
         shape = tuple(int(s) for s in shape)
         if not 1 <= len(shape) <= MAX_RANK:
             raise ValueError(f"[{op}] node '{qual}': result rank {len(shape)} is outside 1..{MAX_RANK}")
-        return Tensor(self, self._append(Node(op, nodes, dict(attrs), shape, dtype, self._unique(qual))))
+        if any(s <= 0 for s in shape):
+            raise ValueError(f"[{op}] node '{qual}': result shape {shape} has an empty dim")
+        return Tensor(self, self._append(_sized(Node(op, nodes, dict(attrs), shape, dtype, self._unique(qual)))))
 
     def output(self, name: str, t: Tensor) -> Tensor:
         if not isinstance(t, Tensor) or t.graph is not self:

@@ -8,17 +8,26 @@ import numpy.typing
 import typing
 import typing_extensions
 from . import ops
-__all__: list[str] = ['BackendBuffer', 'Context', 'Graph', 'Runtime', 'Tensor', 'devices', 'ggml_version', 'has_backend', 'ops', 'quantize', 'row_size', 'rpc_add_server', 'rpc_start_server', 'set_log_level', 'type_name']
+__all__: list[str] = ['BackendBuffer', 'Context', 'ContextFull', 'Graph', 'Runtime', 'Tensor', 'devices', 'ggml_version', 'has_backend', 'ops', 'quantize', 'row_size', 'rpc_add_server', 'rpc_start_server', 'set_log_level', 'type_name']
+class ContextFull(MemoryError):
+    pass
 class Context:
     """
     A no_alloc ggml context with room for n_tensors tensor headers and one graph.
     """
     def __init__(self, n_tensors: typing.SupportsInt | typing.SupportsIndex, graph_size: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
-    def new_graph(self, size: typing.SupportsInt | typing.SupportsIndex) -> Graph:
-        ...
+    def new_graph(self, size: typing.SupportsInt | typing.SupportsIndex, tensors: Context = None) -> Graph:
+        """
+        The context's one graph, of up to `size` nodes and as many leafs, over the tensors of context `tensors` (default: this one).
+        """
     def new_tensor(self, type: typing.SupportsInt | typing.SupportsIndex, ne: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], name: str = '') -> Tensor:
         ...
+    @property
+    def n_tensors(self) -> int:
+        """
+        Tensors created in this context so far.
+        """
     @property
     def used_mem(self) -> int:
         ...
@@ -116,9 +125,13 @@ class Runtime:
         """
         Compute-buffer bytes the scheduler reserved on backend i.
         """
-    def compute(self, graph: Graph) -> bool:
+    def compute(self, graph: Graph, interruptible: bool = False) -> bool:
         """
-        Run the graph with the GIL released. Returns False if the eval callback stopped it.
+        Run the graph with the GIL released. Returns False if the eval callback stopped it. With interruptible (main thread only), SIGINT stops the CPU backend at its next node and the Python handler runs (KeyboardInterrupt).
+        """
+    def ensure_capacity(self, n: typing.SupportsInt | typing.SupportsIndex) -> None:
+        """
+        Make the scheduler hold graphs of n tensors (a new scheduler if it is smaller).
         """
     def get_tensor(self, tensor: Tensor, out: typing_extensions.Buffer) -> None:
         """
@@ -175,6 +188,11 @@ class Runtime:
     @property
     def backend_names(self) -> list[str]:
         ...
+    @property
+    def graph_size(self) -> int:
+        """
+        The scheduler's capacity in tensors.
+        """
     @property
     def n_copies(self) -> int:
         ...

@@ -122,8 +122,13 @@ def lowered(executor, inputs=None, **kw) -> LoweredReport:
     """
     if not hasattr(executor, "runtime"):
         raise ValueError(f"lowered() needs a ggml executor, got backend {getattr(executor, 'backend', executor)!r}")
-    if inputs is not None or kw:
-        executor(dict(inputs or {}, **kw))
+    with executor.lock:  # the run and the report of it, with no other thread's run in between
+        if inputs is not None or kw:
+            executor(dict(inputs or {}, **kw))
+        return _report(executor)
+
+
+def _report(executor) -> LoweredReport:
     prog = executor.last_program
     if prog is None:
         raise ValueError("lowered() reports what ggml ran: call the executor once first, or pass inputs")
@@ -149,7 +154,6 @@ def lowered(executor, inputs=None, **kw) -> LoweredReport:
         nodes=nodes, n_splits=pl["n_splits"], n_copies=pl.get("n_copies", 0),
         compute_buffer_bytes=dict(pl["compute_buffer_bytes"]), weight_bytes=dict(pl.get("weight_bytes", {})),
         placement=dict(pl["nodes"]), fallbacks=dict(pl.get("fallbacks", {})), unsupported=unsupported)
-
 
 
 def _captured(prog) -> list:

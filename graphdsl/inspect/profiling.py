@@ -153,7 +153,12 @@ def profile(executor, inputs=None, *, repeat: int = 3, warmup: int = 1, **kw) ->
         raise ValueError(f"profile(): repeat must be an int >= 1, got {repeat!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"profile(): warmup must be an int >= 0, got {warmup!r}")
-    inputs = dict(inputs or {}, **kw)
+    # held throughout: another thread's run in between would take the eval callback's timings
+    with executor.lock:
+        return _profile(executor, dict(inputs or {}, **kw), repeat, warmup)
+
+
+def _profile(executor, inputs, repeat: int, warmup: int) -> Profile:
     for _ in range(max(warmup, 1)):
         executor(inputs)
     walls = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes as dt
-from .registry import FLOAT, api, need, need_dtype, numel, register
+from .registry import FLOAT, api, need, need_dtype, need_int32, numel, register
 
 
 def _out_len(n, k, s, p, d):
@@ -20,6 +20,7 @@ def _conv_infer(w, x, *, stride, padding, dilation, nd):
     need(x.shape[-nd - 1] == w.shape[1], f"x channels {x.shape[-nd - 1]} != w in-channels {w.shape[1]}")
     need(all(s >= 1 for s in stride) and all(p >= 0 for p in padding) and all(d >= 1 for d in dilation),
          f"stride {stride} and dilation {dilation} must be >= 1, padding {padding} >= 0")
+    need_int32((*stride, *padding, *dilation), "stride, padding and dilation")
     spatial = tuple(_out_len(n, k, s, p, d) for n, k, s, p, d in
                     zip(x.shape[-nd:], w.shape[-nd:], stride, padding, dilation))
     need(all(o >= 1 for o in spatial), f"kernel {w.shape[-nd:]} does not fit input {x.shape[-nd:]}")
@@ -77,6 +78,7 @@ def _pool_infer(x, *, op, kernel, stride):
     need(op in ("max", "avg"), f"op must be 'max' or 'avg', got {op!r}")
     need(len(x.shape) >= 2, f"x must be (..., H, W), got {x.shape}")
     need(all(k >= 1 for k in kernel) and all(s >= 1 for s in stride), "kernel and stride must be >= 1")
+    need_int32((*kernel, *stride), "kernel and stride")
     need(all(k <= n for k, n in zip(kernel, x.shape[-2:])), f"kernel {kernel} larger than input {x.shape[-2:]}")
     oh, ow = ((n - k) // s + 1 for n, k, s in zip(x.shape[-2:], kernel, stride))
     return (*x.shape[:-2], oh, ow), x.dtype

@@ -57,6 +57,13 @@ def need(cond: bool, msg: str) -> None:
         raise ShapeError(msg)
 
 
+INT32_MAX = 2**31 - 1  # ggml takes strides, paddings, kernels and pads as C ints
+
+
+def need_int32(values, what: str) -> None:
+    need(all(abs(v) <= INT32_MAX for v in values), f"{what} {tuple(values)} must fit a 32-bit int")
+
+
 def need_dtype(node, allowed: Sequence[dt.DType], what: str) -> None:
     if node.dtype not in allowed:
         names = "/".join(d.name for d in allowed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes as dt
-from .registry import FLOAT, api, can_repeat, need, need_dtype, numel, register, tile_to
+from .registry import FLOAT, api, can_repeat, need, need_dtype, need_int32, numel, register, tile_to
 
 _ZERO = lambda out, ins, **a: 0  # noqa: E731 - layout ops do no arithmetic
 _ACT = (dt.f32, dt.f16, dt.bf16, dt.i32)
@@ -147,6 +147,7 @@ def _pad_infer(x, *, pads):
     need_dtype(x, FLOAT, "x")
     need(len(pads) == len(x.shape), f"need one (before, after) pair per axis, got {len(pads)} for rank {len(x.shape)}")
     need(all(lo >= 0 and hi >= 0 for lo, hi in pads), f"pads must be >= 0, got {pads}")
+    need_int32([v for lohi in pads for v in lohi], "pads")
     return tuple(s + lo + hi for s, (lo, hi) in zip(x.shape, pads)), x.dtype
 
 
