@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..gguf_io import MMPROJ_ARCH, GGUFFile, load_mmproj, load_text, read_gguf
+from ..gguf_io import MMPROJ_ARCH, GGUFFile, load_mmproj, load_text, nonfinite, read_gguf
 
 
 def _value(v, t: str) -> str:
@@ -30,12 +30,20 @@ def detect(path: str, f: GGUFFile) -> str:
                 a = cfg.audio
                 parts.append(f"audio n_mel {a.n_mel} {a.n_layer}x{a.n_embd} projector {a.projector_type!r}")
             quirks = "".join(f"\n  quirk: {q}" for q in cfg.quirks)
-            return "mmproj: " + "; ".join(parts) + _blocks(cfg) + quirks
+            return "mmproj: " + "; ".join(parts) + _blocks(cfg) + quirks + _finite(f)
         info, emb = load_text(path)
         return (f"text model {info.architecture!r}: {info.n_vocab} tokens ({info.tokenizer_model}), "
-                f"token_embd {emb.shape} {emb.dtype}" + _tokenizer(info))
+                f"token_embd {emb.shape} {emb.dtype}" + _tokenizer(info) + _finite(f))
     except ValueError as e:
         return f"not usable by graphdsl: {e}"
+
+
+def _finite(f: GGUFFile) -> str:
+    bad = nonfinite(f.tensors)
+    if not bad:
+        return "\n  weights: no NaN or inf"
+    return (f"\n  weights: {len(bad)} tensors hold NaN or inf: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''} "
+            "(from_gguf refuses them; check_finite=False loads them)")
 
 
 def _tokenizer(info) -> str:

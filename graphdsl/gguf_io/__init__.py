@@ -4,6 +4,7 @@
 - mmproj.py: multimodal projector files (`load_mmproj`, `MmprojConfig`), llama.cpp's loader
   quirks and tensor checks.
 - text.py: text-model files (`load_text`): token embeddings and the tokenizer.ggml.* vocabulary.
+- finite.py: NaN / inf in weights (`nonfinite`, `check_finite`), what `from_gguf` refuses.
 
     >>> f = read_gguf("mmproj.gguf")                     # doctest: +SKIP
     >>> cfg, tensors = load_mmproj("mmproj.gguf")         # doctest: +SKIP
@@ -27,8 +28,9 @@ from .mmproj import (  # noqa: F401
     load_mmproj,
     tensor_name,
 )
+from .finite import check_finite, nonfinite  # noqa: F401
 from .reader import MAX_DIMS, MAX_NAME, GGUFError, GGUFFile, GGUFTensor, read_gguf, weights_of  # noqa: F401
 from .text import TextInfo, load_text  # noqa: F401
 
 __all__ = ["AudioConfig", "GGUFError", "GGUFFile", "GGUFTensor", "MmprojConfig", "TextInfo", "VisionConfig",
-           "load_mmproj", "load_text", "read_gguf", "weights_of"]
+           "check_finite", "load_mmproj", "load_text", "nonfinite", "read_gguf", "weights_of"]

@@ -86,8 +86,13 @@ def audio_module(cfg):
     return AUDIO[a.projector_type]
 
 
-def from_gguf(path: str | os.PathLike) -> Mmproj:
-    """Read an mmproj GGUF into its vision and/or audio blocks and their weights (see the module doc)."""
+def from_gguf(path: str | os.PathLike, *, check_finite: bool = True) -> Mmproj:
+    """Read an mmproj GGUF into its vision and/or audio blocks and their weights (see the module doc).
+
+    check_finite: refuse weights holding NaN or inf (ValueError listing them; every value of
+    f32/f16/bf16 tensors, the block scales of quantized ones: ``gguf_io.finite``), as inputs are.
+    """
+    from ..gguf_io import check_finite as refuse_nonfinite
     from ..gguf_io import load_mmproj
     cfg, tensors = load_mmproj(path)
     vision = audio = None
@@ -100,4 +105,6 @@ def from_gguf(path: str | os.PathLike) -> Mmproj:
         mod = audio_module(cfg)
         audio = mod.WhisperEncoder(mod.config_from_gguf(cfg))
         weights.update(select_weights(audio, tensors, cfg.path))
+    if check_finite:
+        refuse_nonfinite({n: tensors[n] for n in weights}, cfg.path)
     return Mmproj(cfg.path, cfg, vision, audio, weights)

@@ -131,13 +131,21 @@ def config_from_gguf(src: Any) -> TextConfig:
     return TextConfig(info.n_vocab, info.n_embd, emb.dtype, wtypes={n: x.dtype for n, x in t.items()}, **kw)
 
 
-def from_gguf(path: str | os.PathLike) -> TextModel:
+def from_gguf(path: str | os.PathLike, *, check_finite: bool = True) -> TextModel:
     """(TextEmbedding, weights, TextInfo) of a text-model GGUF; the weights are the file's arrays
-    (no copy), only those the block uses. Errors name the file."""
+    (no copy), only those the block uses. Errors name the file. check_finite: refuse weights
+    holding NaN or inf (ValueError listing them; see ``gguf_io.finite`` for what is checked)."""
+    from ..gguf_io import check_finite as refuse_nonfinite
     from ..gguf_io import load_text, read_gguf
     f = read_gguf(path)
     block = TextEmbedding(config_from_gguf(f))
-    return TextModel(block, select_weights(block, f.tensors, f.path), load_text(f)[0])
+    eps = block.cfg.norm_eps
+    if eps is not None and not (np.isfinite(eps) and eps > 0):  # a NaN eps makes every row NaN
+        raise ValueError(f"{f.path}: {f.architecture}.attention.layer_norm_epsilon must be finite and > 0, got {eps}")
+    weights = select_weights(block, f.tensors, f.path)
+    if check_finite:
+        refuse_nonfinite({n: f.tensors[n] for n in weights}, f.path)
+    return TextModel(block, weights, load_text(f)[0])
 
 
 def tokenizer_of(info) -> Any:
