@@ -132,7 +132,7 @@ def cmd_preprocess(args) -> int:
     else:
         cb, close = _progress("audio", len(args.inputs))
         try:
-            res = pre.preprocess_audio(args.inputs, args.n_mels, progress=cb)
+            res = pre.preprocess_audio(args.inputs, args.n_mels, progress=cb, **_seconds(args))
         finally:
             close()
         windows = []
@@ -146,16 +146,24 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def _seconds(args) -> dict:
+    return {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
+
+
 def _image_config(args, pre):
+    import dataclasses
+    cap = {} if args.max_out_pixels is None else {"max_out_pixels": args.max_out_pixels}
     if args.mmproj:
         if args.mode is None:  # what the tower wants (CLIP: shortest edge + crop; SigLIP: square)
-            return _need("graphdsl.models").from_gguf(args.mmproj).image_config()
-        from .gguf_io import read_gguf
-        return pre.ImageConfig.from_mmproj(read_gguf(args.mmproj).metadata, mode=args.mode)
+            cfg = _need("graphdsl.models").from_gguf(args.mmproj).image_config()
+        else:
+            from .gguf_io import read_gguf
+            cfg = pre.ImageConfig.from_mmproj(read_gguf(args.mmproj).metadata, mode=args.mode)
+        return dataclasses.replace(cfg, **cap)
     mode = args.mode or "clip"
     size = 224 if args.size is None else args.size  # 0 never means "default": argparse refuses it
     crop = size if args.crop is None else args.crop
-    return pre.ImageConfig(mode=mode, size=size if mode != "siglip" else (size, size), crop_size=crop)
+    return pre.ImageConfig(mode=mode, size=size if mode != "siglip" else (size, size), crop_size=crop, **cap)
 
 
 def _tokenizer(args):
@@ -173,7 +181,7 @@ def _tokenizer(args):
 def _load_graph(args):
     """(graph, feeds, weights, label) for MODEL: "demo" or an mmproj GGUF (one encoder)."""
     return _need("graphdsl.demo").model_graph(args.model, modality=args.modality, spec=args.spec,
-                                              image=args.image, audio=args.audio)
+                                              image=args.image, audio=args.audio, check_finite=args.check_finite)
 
 
 def _compile(g, weights, args):
@@ -252,7 +260,8 @@ def cmd_embed(args) -> int:
     t0 = time.perf_counter()
     out = embed.embed_files(args.mmproj, args.text_model, images=args.image or [], audios=args.audio or [],
                             prompt=args.prompt, tokens=args.tokens, backend=args.backend, tokenizer=args.tokenizer,
-                            precision=args.precision, n_threads=args.threads)
+                            precision=args.precision, n_threads=args.threads, check_finite=args.check_finite,
+                            **_seconds(args))
     dt = time.perf_counter() - t0
     embd = np.ascontiguousarray(out.embd, dtype=np.float32)
     print(f"embd f32{list(embd.shape)} on {'+'.join(resolve_devices(args.backend))} in {dt * 1e3:.1f} ms "

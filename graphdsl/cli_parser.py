@@ -109,7 +109,23 @@ def _run_opts(p, backend: str = "cpu") -> None:
                    help="f32: exact f32 lowerings; fast: ggml's f16 fast paths (default: f32)")
 
 
+def _limit_opts(p, audio=True, image=False) -> None:
+    """Caps on what one input may cost (issue 12): raise them for inputs you trust."""
+    if audio:
+        p.add_argument("--max-seconds", type=positive_float, default=None,
+                       help="audio: refuse clips longer than this (default: 3 h)")
+    if image:
+        p.add_argument("--max-out-pixels", type=positive_int, default=None,
+                       help="image: refuse target sizes above this many pixels (default: 4096 x 4096)")
+
+
+def _finite_opt(p) -> None:
+    p.add_argument("--no-check-finite", dest="check_finite", action="store_false",
+                   help="load GGUF weights that hold NaN or inf (refused by default)")
+
+
 def _model_opts(p) -> None:
+    _finite_opt(p)
     p.add_argument("model", nargs="?", default="demo",
                    help='an mmproj GGUF file, or "demo" for the demo\'s mixed batch (default)')
     p.add_argument("--modality", choices=["image", "audio"], help="which encoder of an mmproj file (default: the first)")
@@ -178,6 +194,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="where to save the embeddings (float32, .npy format)")
     _force(p)
     _run_opts(p, "auto")
+    _limit_opts(p)
+    _finite_opt(p)
 
     p = command("preprocess", help="pre-process images, audio or text as the encoders want them",
                 description="CPU pre-processing: image -> f32 [3, H, W], audio -> Whisper log-mel windows "
@@ -194,6 +212,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--n-mels", type=positive_int, default=80, help="audio: mel bins (default: 80)")
     p.add_argument("--tokenizer", help="text: tokenizer.json")
     p.add_argument("--text-model", help="text: a GGUF with an embedded tokenizer.huggingface.json")
+    _limit_opts(p, audio=True, image=True)
 
     p = command("convert", help="convert HF checkpoint folder(s) to GGUF (llama.cpp layout)",
                 description="HF folder(s) (config.json + safetensors/bin) -> one GGUF file in llama.cpp's "

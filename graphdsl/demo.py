@@ -180,9 +180,11 @@ def demo_items(m: Models, image=None, audio=None) -> list:
     return chunk_prompt(PROMPT, tokenizer=m.tokenizer, media=[px, mel], n_tokens=n)
 
 
-def model_graph(model: str = "demo", *, modality: str | None = None, spec: str = "small", image=None, audio=None):
+def model_graph(model: str = "demo", *, modality: str | None = None, spec: str = "small", image=None, audio=None,
+                check_finite: bool = True):
     """(graph, inputs, weights, label) to inspect or time: the demo's mixed batch ("demo"), or one
-    encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files)."""
+    encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files); check_finite
+    as ``models.from_gguf``."""
     from .embed import build_mixed
     from .inp_embd import constants
     from .models import clip, siglip, whisper_enc
@@ -191,7 +193,7 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
         m = load_models(*build_files(spec)[:2])
         g, feeds, _ = build_mixed(demo_items(m, image, audio), m.text.block, m.media)
         return g, feeds, m.weights_for(g), f"demo ({spec}) mixed batch"
-    mm = from_gguf(model)
+    mm = from_gguf(model, check_finite=check_finite)
     kind = modality or next(iter(mm.media), None)
     if kind not in mm.media:
         raise ValueError(f"{model} has no {kind or 'image or audio'} encoder "

@@ -212,7 +212,8 @@ class Embedder:
 def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None = None, images: Sequence[Any] = (),
                 audios: Sequence[Any] = (), prompt: str | None = None, tokens: Sequence[int | str] | str | None = None,
                 *, backend: str = "auto", markers: Sequence[str] = ("<image>", "<audio>"), tokenizer: Any = None,
-                precision: str = "f32", n_threads: int | None = None) -> Embeddings:
+                precision: str = "f32", n_threads: int | None = None, check_finite: bool = True,
+                max_seconds: float | None = None) -> Embeddings:
     """Embed images, audio and a prompt read from files: the function behind ``graphdsl embed``.
 
     The mmproj GGUF gives the encoders (``models.from_gguf``) and the pre-processing: images are
@@ -235,6 +236,8 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
         markers: the (image, audio) marker strings.
         tokenizer: a tokenizer.json path or a ``preprocess.TextTokenizer`` (default: the text
             GGUF's own vocabulary, ``models.text.tokenizer_of``).
+        check_finite: refuse GGUF weights holding NaN or inf (``models.from_gguf``).
+        max_seconds: refuse longer audio (default: ``preprocess.audio.DEFAULT_MAX_SECONDS``).
 
     Returns:
         Embeddings: ``embd`` (n_tokens_total, n_embd), the decoder's input sequence, and the spans.
@@ -252,11 +255,11 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
     if len(markers) != 2 or markers[0] == markers[1] or not all(isinstance(m, str) and m for m in markers):
         raise ValueError(f"[embed_files] markers must be two different strings (image, audio), got {markers!r}")
     images, audios = list(images), list(audios)
-    m = from_gguf(mmproj)
+    m = from_gguf(mmproj, check_finite=check_finite)
     for kind, given in (("image", images), ("audio", audios)):
         if given and kind not in m.media:
             raise ValueError(f"{m.path}: no {kind} encoder, but {len(given)} {kind} input(s) were given")
-    tm = text_models.from_gguf(text_model) if text_model is not None else None
+    tm = text_models.from_gguf(text_model, check_finite=check_finite) if text_model is not None else None
     if tm is not None:
         for kind, block in m.media.items():
             if block.n_out != tm.block.n_out:
@@ -271,7 +274,8 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
         if m.audio.cfg.n_frames != N_FRAMES:
             raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
                              f"Whisper's log-mel gives {N_FRAMES}")
-        media["audio"] = [("audio", whisper_chunks(a, m.audio.cfg.n_mel)[0]) for a in audios]
+        seconds = {} if max_seconds is None else {"max_seconds": max_seconds}
+        media["audio"] = [("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]) for a in audios]
     if prompt is None and tokens is None:
         items = media["image"] + media["audio"]
         if not items:
