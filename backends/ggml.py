@@ -118,8 +118,10 @@ class GGMLExecutor:
     Args:
         graph: the Graph to run.
         backend: "cpu", "auto", a backend family ("cuda", "metal", "blas") or a device name.
-        n_threads: CPU threads (default: all cores).
+        n_threads: CPU threads, 1..min(512, 4 x cores) (default: all cores).
         precision: "f32" (exact f32 forms of conv, GELU and attention) or "fast" (ggml's f16 paths).
+            With f16/bf16/quantized weights, "f32" products see the activations rounded to the
+            weight's dot type (f16, bf16, q8_0, q8_K), as ggml's CPU mul_mat does; see the README.
         weights: optional weights to bind now (see load_weights).
         strict: raise instead of letting the scheduler move nodes to a fallback backend.
 

@@ -31,8 +31,10 @@ def compile(graph: Graph, backend: str = "cpu", *, n_threads: int | None = None,
         graph: the Graph to run.
         backend: "reference" (NumPy interpreter), "cpu", "auto" (accelerators first, CPU last),
             a backend family ("cuda", "metal", "blas") or a device name from devices().
-        n_threads: CPU threads for ggml (default: all cores).
-        precision: "f32" lowers to exact f32 forms; "fast" takes ggml's f16 fast paths.
+        n_threads: CPU threads for ggml, 1..min(512, 4 x cores) (default: all cores).
+        precision: "f32" lowers to exact f32 forms (with f16/bf16/quantized weights, ggml rounds
+            the activations to the weight's dot type first: README, Precision policy); "fast" takes
+            ggml's f16 fast paths.
         weights: a mapping name -> array to bind now (or call .load_weights later).
         strict: raise if the scheduler would move any node off the first device (no CPU fallback).
     """
