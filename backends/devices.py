@@ -1,0 +1,66 @@
+"""Which ggml devices a `backend=` string means, and how many CPU threads a run may ask for."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from graphdsl import _ggml
+
+
+def devices() -> list[dict]:
+    """What ggml's backend registry reports: name, description, type, memory, backend."""
+    return _ggml.devices()
+
+
+def resolve_devices(backend: str) -> list[str]:
+    """Map `backend=` to ggml device names, accelerators first and CPU last.
+
+    "cpu" -> CPU only; "auto" -> every local GPU/accelerator the registry has, then CPU;
+    "rpc://host:port" -> the devices of ggml's RPC server there, then CPU; otherwise a device
+    name ("CUDA0", "BLAS") or a backend family ("cuda", "metal", "blas") + CPU.
+    """
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be a string such as 'cpu', 'auto', 'cuda' or a device name, "
+                         f"got {backend!r}")
+    devs = devices()
+    names = [d["name"] for d in devs]
+    cpu = next((d["name"] for d in devs if d["type"] == "cpu"), None)
+    if cpu is None:
+        raise RuntimeError("ggml reports no CPU device")
+    key = backend.lower()
+    if key.startswith("rpc://"):
+        endpoint = backend[len("rpc://"):]
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"backend={backend!r}: expected rpc://HOST:PORT with a TCP port (1..65535)")
+        return [*_ggml.rpc_add_server(endpoint), cpu]
+    if key == "cpu":
+        return [cpu]
+    if key == "auto":
+        # local devices only: an RPC server registered earlier in this process is used when named
+        accel = [d["name"] for d in devs if d["type"] in ("gpu", "igpu") and d["backend"] != "RPC"]
+        accel += [d["name"] for d in devs if d["type"] == "accel"]
+        return [*accel, cpu]
+    chosen = [d["name"] for d in devs if d["type"] != "cpu" and
+              (d["name"].lower() == key or d["backend"].lower() == key or d["name"].lower().startswith(key))]
+    if not chosen:
+        raise ValueError(f"no ggml device matches backend={backend!r}; available: {', '.join(names)} "
+                         f"(a CUDA or Metal build of libggml-python adds devices; see the README)")
+    return [*chosen, cpu]
+
+
+MAX_THREADS = 512  # GGML_MAX_N_THREADS: ggml's thread pool holds no more
+
+
+def check_threads(n_threads) -> int:
+    """n_threads as given, or all cores; refused outside 1..min(512, 4 x cores): thousands of
+    threads spinning on ggml's barriers make a compute take minutes, and ggml has room for 512."""
+    cores = os.cpu_count() or 1
+    if n_threads is None:
+        return cores
+    limit = min(MAX_THREADS, 4 * cores)
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or not 1 <= n_threads <= limit:
+        raise ValueError(f"n_threads must be an integer in 1..{limit} (4 x the {cores} cores, at most "
+                         f"{MAX_THREADS}), got {n_threads!r}")
+    return int(n_threads)
