@@ -228,6 +228,7 @@ void register_sched(py::module_ & m) {
             r.sched = nullptr;
             r.backends.clear();
             r.pool = nullptr;
+            for (auto & b : r.buffers) b->buf = nullptr;  // the weight buffers it keeps alive, too
         }, "Forget the scheduler and backends without freeing them (at exit, for RPC).")
         .def("alloc_tensors", [](Runtime & r, std::shared_ptr<Context> ctx, int i) {
             auto buft = ggml_backend_get_default_buffer_type(r.backend(i));

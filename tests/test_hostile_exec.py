@@ -189,10 +189,14 @@ def test_ctrl_c_stops_a_long_compute_and_the_executor_still_works():
         y = run(x=small)["y"]
         print("again", float(y[0, 0]), flush=True)
     """)
+    # cwd: not the checkout, whose graphdsl/ (without the built extension) would shadow an installed one
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "GGML_NO_BACKTRACE": "1"})
+                            env={**os.environ, "GGML_NO_BACKTRACE": "1"}, cwd=HERE)
     try:
-        assert proc.stdout.readline().strip() == "computing"
+        line = proc.stdout.readline().strip()
+        if line != "computing":
+            proc.kill()
+            raise AssertionError(f"child did not start computing: {line!r} {proc.communicate()[1][-1500:]}")
         time.sleep(1.5)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
