@@ -15,6 +15,7 @@ import math
 
 from graphdsl import _ggml
 from graphdsl import dtypes as dt
+from graphdsl.ops.rope import GGML_ROPE_TYPE
 
 G = _ggml.ops
 _DTYPE_OF = {d.ggml_type: d for d in dt.DTYPES.values()}
@@ -188,9 +189,17 @@ def _attention(L, node, q, k, v, mask=None):
 @lowers("rope")
 def _rope(L, node, x, pos):
     a = node.attrs
-    from graphdsl.ops.linalg import ROPE_MODES
-    return G.rope_ext(L.ctx, x, pos, None, a["n_dims"], ROPE_MODES[a["mode"]], 0, a["freq_base"],
-                      a["freq_scale"], 0.0, 1.0, 32.0, 1.0)
+    mode = GGML_ROPE_TYPE[a["mode"]]
+    # YaRN off (ext_factor 0, attn_factor 1), llama.cpp's beta defaults; n_ctx_orig only feeds YaRN
+    yarn_off = (0.0, 1.0, 32.0, 1.0)
+    if a.get("sections") is None:
+        return G.rope_ext(L.ctx, x, pos, None, a["n_dims"], mode, 0, a["freq_base"], a["freq_scale"], *yarn_off)
+    # pos (4, n) is ne[n, 4]; ggml reads it flat, row r of token i at i + r*n: the same bytes
+    flat = L.reshape(pos, [pos.ne[0] * pos.ne[1]])
+    # ggml's n_dims for VISION is head_dim / 2 (the ladder of each section); the DSL counts rotated dims
+    n_dims = a["n_dims"] // 2 if a["mode"] == "vision" else a["n_dims"]
+    return G.rope_multi(L.ctx, x, flat, None, n_dims, list(a["sections"]), mode, 0, a["freq_base"],
+                        a["freq_scale"], *yarn_off)
 
 
 # -- layout ----------------------------------------------------------------------------------------

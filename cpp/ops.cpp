@@ -4,6 +4,8 @@
 
 #include <pybind11/stl.h>
 
+#include <array>
+
 namespace gd {
 
 using Ctx = std::shared_ptr<Context>;
@@ -125,6 +127,15 @@ void register_ops(py::module_ & root) {
     }, py::arg("ctx"), py::arg("a"), py::arg("pos"), py::arg("freq"), py::arg("n_dims"), py::arg("mode"),
        py::arg("n_ctx_orig"), py::arg("freq_base"), py::arg("freq_scale"), py::arg("ext_factor"),
        py::arg("attn_factor"), py::arg("beta_fast"), py::arg("beta_slow"));
+    m.def("rope_multi", [](Ctx c, const Tensor & a, const Tensor & pos, std::optional<Tensor> freq, int n_dims,
+                           std::array<int, GGML_MROPE_SECTIONS> sections, int mode, int n_ctx_orig, float freq_base,
+                           float freq_scale, float ext_factor, float attn_factor, float beta_fast, float beta_slow) {
+        return wrap(c, ggml_rope_multi(fit(c), raw(a), raw(pos), opt(freq), n_dims, sections.data(), mode, n_ctx_orig,
+                                       freq_base, freq_scale, ext_factor, attn_factor, beta_fast, beta_slow));
+    }, py::arg("ctx"), py::arg("a"), py::arg("pos"), py::arg("freq"), py::arg("n_dims"), py::arg("sections"),
+       py::arg("mode"), py::arg("n_ctx_orig"), py::arg("freq_base"), py::arg("freq_scale"), py::arg("ext_factor"),
+       py::arg("attn_factor"), py::arg("beta_fast"), py::arg("beta_slow"),
+       "multi-section RoPE (mode MROPE / VISION / IMROPE); pos holds 4 rows of ne2 positions, sections count pairs");
     m.def("mul_mat_set_prec_f32", [](Tensor & t) {
         if (raw(t)->op != GGML_OP_MUL_MAT) throw std::invalid_argument("mul_mat_set_prec_f32 needs a MUL_MAT tensor");
         ggml_mul_mat_set_prec(raw(t), GGML_PREC_F32);

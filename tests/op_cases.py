@@ -144,3 +144,15 @@ add("conv_1d", lambda w, x: ops.conv_1d(w, x, stride=2, padding=1), {"w": W((6, 
     precisions=("f32", "fast"), tol=FAST)
 add("pool_2d", lambda x: ops.pool_2d(x, "avg", 2), {"x": I((3, 8, 10))})
 add("pool_2d", lambda x: ops.pool_2d(x, "max", (3, 2), (2, 2)), {"x": I((2, 3, 9, 9))})
+
+# -- rope: the multi-section modes and Pixtral's rope_2d (graphdsl/ops/rope.py) --------------------------
+_ROPE = {"f32": 3e-5}  # ggml's f32 angle ladder at positions < 512 (tests/test_rope.py)
+add("rope", lambda x, p: ops.rope(x, p, mode="mrope", sections=(3, 3, 2)),
+    {"x": I((7, 3, 16)), "p": I((4, 7), "pos", "i32")}, tol=_ROPE)
+add("rope", lambda x, p: ops.rope(x, p, mode="mrope", n_dims=10, sections=(1, 2, 1, 1), freq_base=500.0),
+    {"x": I((5, 2, 16)), "p": I((4, 5), "pos", "i32")}, tol=_ROPE)
+add("rope", lambda x, p: ops.rope(x, p, mode="vision"), {"x": I((9, 2, 16)), "p": I((4, 9), "pos", "i32")},
+    tol=_ROPE)
+add("rope", lambda x, p: ops.rope_2d(x, p), {"x": I((6, 3, 16)), "p": I((2, 6), "pos", "i32")}, tol=_ROPE)
+add("rope", lambda x, p: ops.rope_2d(x, p, layout="neox"), {"x": I((6, 3, 16)), "p": I((4, 6), "pos", "i32")},
+    tol=_ROPE)

@@ -2,9 +2,10 @@
 ggml op builders (ggml ne order).
 """
 from __future__ import annotations
+import collections.abc
 import graphdsl._ggml
 import typing
-__all__: list[str] = ['add', 'argmax', 'cast', 'concat', 'cont', 'conv_1d', 'conv_2d', 'div', 'exp', 'flash_attn_ext', 'gelu', 'gelu_erf', 'gelu_quick', 'get_rows', 'im2col', 'mean', 'mul', 'mul_mat', 'mul_mat_set_prec_f32', 'neg', 'norm', 'pad_ext', 'permute', 'pool_2d', 'relu', 'repeat', 'repeat_4d', 'reshape_4d', 'rms_norm', 'rope_ext', 'scale_bias', 'sigmoid', 'silu', 'soft_max_ext', 'sqr', 'sqrt', 'sub', 'sum_rows', 'tanh', 'transpose', 'view_4d']
+__all__: list[str] = ['add', 'argmax', 'cast', 'concat', 'cont', 'conv_1d', 'conv_2d', 'div', 'exp', 'flash_attn_ext', 'gelu', 'gelu_erf', 'gelu_quick', 'get_rows', 'im2col', 'mean', 'mul', 'mul_mat', 'mul_mat_set_prec_f32', 'neg', 'norm', 'pad_ext', 'permute', 'pool_2d', 'relu', 'repeat', 'repeat_4d', 'reshape_4d', 'rms_norm', 'rope_ext', 'rope_multi', 'scale_bias', 'sigmoid', 'silu', 'soft_max_ext', 'sqr', 'sqrt', 'sub', 'sum_rows', 'tanh', 'transpose', 'view_4d']
 def add(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, b: graphdsl._ggml.Tensor) -> graphdsl._ggml.Tensor:
     """
     a + b, b repeated to a's shape
@@ -115,6 +116,10 @@ def rms_norm(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, eps: typing.
     """
 def rope_ext(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, pos: graphdsl._ggml.Tensor, freq: graphdsl._ggml.Tensor | None, n_dims: typing.SupportsInt | typing.SupportsIndex, mode: typing.SupportsInt | typing.SupportsIndex, n_ctx_orig: typing.SupportsInt | typing.SupportsIndex, freq_base: typing.SupportsFloat | typing.SupportsIndex, freq_scale: typing.SupportsFloat | typing.SupportsIndex, ext_factor: typing.SupportsFloat | typing.SupportsIndex, attn_factor: typing.SupportsFloat | typing.SupportsIndex, beta_fast: typing.SupportsFloat | typing.SupportsIndex, beta_slow: typing.SupportsFloat | typing.SupportsIndex) -> graphdsl._ggml.Tensor:
     ...
+def rope_multi(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, pos: graphdsl._ggml.Tensor, freq: graphdsl._ggml.Tensor | None, n_dims: typing.SupportsInt | typing.SupportsIndex, sections: typing.Annotated[collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], "FixedSize(4)"], mode: typing.SupportsInt | typing.SupportsIndex, n_ctx_orig: typing.SupportsInt | typing.SupportsIndex, freq_base: typing.SupportsFloat | typing.SupportsIndex, freq_scale: typing.SupportsFloat | typing.SupportsIndex, ext_factor: typing.SupportsFloat | typing.SupportsIndex, attn_factor: typing.SupportsFloat | typing.SupportsIndex, beta_fast: typing.SupportsFloat | typing.SupportsIndex, beta_slow: typing.SupportsFloat | typing.SupportsIndex) -> graphdsl._ggml.Tensor:
+    """
+    multi-section RoPE (mode MROPE / VISION / IMROPE); pos holds 4 rows of ne2 positions, sections count pairs
+    """
 def scale_bias(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, s: typing.SupportsFloat | typing.SupportsIndex, b: typing.SupportsFloat | typing.SupportsIndex) -> graphdsl._ggml.Tensor:
     """
     s * x + b

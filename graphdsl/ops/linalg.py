@@ -1,4 +1,4 @@
-"""Matrix products, lookups, normalisation, softmax, attention and rotary embedding."""
+"""Matrix products, lookups, normalisation, softmax and attention (rotary embedding: rope.py)."""
 from __future__ import annotations
 
 import math
@@ -202,44 +202,3 @@ def flash_attn_ext(q, k, v, mask=None, *, scale: float, name=None):
     inputs = [q, k, v] if mask is None else [q, k, v, mask]
     return _emit("flash_attn_ext", inputs, {"scale": float(scale)}, name)
 
-
-# -- rope ----------------------------------------------------------------------------------------
-ROPE_MODES = {"normal": 0, "neox": 2}
-
-
-def _rope_infer(x, pos, *, n_dims, mode, freq_base, freq_scale):
-    need_dtype(x, FLOAT, "x")
-    need_dtype(pos, (dt.i32,), "pos")
-    need(mode in ROPE_MODES, f"mode must be one of {list(ROPE_MODES)}, got {mode!r}")
-    need(len(x.shape) == 3, f"x must be (n_tokens, n_head, head_dim), got {x.shape}")
-    need(pos.shape == (x.shape[0],), f"pos must be (n_tokens,) = ({x.shape[0]},), got {pos.shape}")
-    need(0 < n_dims <= x.shape[-1] and n_dims % 2 == 0, f"n_dims {n_dims} must be even and <= {x.shape[-1]}")
-    need(freq_base > 0 and freq_scale > 0, "freq_base and freq_scale must be positive")
-    return x.shape, x.dtype
-
-
-def _rope_ref(x, pos, *, n_dims, mode, freq_base, freq_scale):
-    half = n_dims // 2
-    theta = freq_scale * pos[:, None].astype(np.float64) * freq_base ** (-2.0 * np.arange(half) / n_dims)
-    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
-    out = x.copy()
-    if mode == "neox":
-        a, b = x[..., :half], x[..., half:n_dims]
-        out[..., :half], out[..., half:n_dims] = a * cos - b * sin, a * sin + b * cos
-    else:
-        a, b = x[..., 0:n_dims:2], x[..., 1:n_dims:2]
-        out[..., 0:n_dims:2], out[..., 1:n_dims:2] = a * cos - b * sin, a * sin + b * cos
-    return out
-
-
-register("rope", _rope_infer, _rope_ref, lambda out, ins, **a: 6 * numel(out),
-         "rotary position embedding on (n_tokens, n_head, head_dim); mode normal (pairs 2i, 2i+1) or neox (i, i+d/2)")
-
-
-@api
-def rope(x, pos, *, n_dims: int | None = None, mode: str = "normal", freq_base: float = 10000.0,
-         freq_scale: float = 1.0, name=None):
-    """Rotary embedding of x (n_tokens, n_head, head_dim) at int32 positions pos (n_tokens,)."""
-    attrs = {"n_dims": int(n_dims or x.shape[-1]), "mode": mode, "freq_base": float(freq_base),
-             "freq_scale": float(freq_scale)}
-    return _emit("rope", [x, pos], attrs, name)
