@@ -264,3 +264,36 @@ def test_diff_against_named_intermediates(compiled):
     assert [r.name for r in rep.rows] == ["v.blk.0.layer_out", "v.blk.1.layer_out", "v.post_ln"]
     assert rep.first_bad.name == "v.blk.1.layer_out"
     assert rep.first_bad.max_abs == pytest.approx(1.0, rel=1e-4)
+
+
+def test_diff_refuses_keys_and_globs_that_match_nothing(compiled):
+    """A typo must not shrink the comparison to nothing and pass ('all 0 compared nodes')."""
+    g, w, inputs, run = compiled
+    theirs = inspect.capture(graphdsl.compile(g, "reference", weights=w), inputs, ["v.blk.0.layer_out"])
+    with pytest.raises(ValueError, match=r"reference \(reference\) key 'v.blk.0.layer_outt' names no computed "
+                                         r"node \(close: v.blk.0.layer_out"):
+        inspect.diff(run, {"v.blk.0.layer_outt": theirs["v.blk.0.layer_out"]}, inputs)
+    with pytest.raises(ValueError, match=r"nodes pattern 'v.blk.7.\*' matches no computed node"):
+        inspect.diff(run, theirs, inputs, nodes=["v.blk.0.*", "v.blk.7.*"])
+    with pytest.raises(ValueError, match="key 'x' names no computed node"):  # an input is not computed
+        inspect.diff(run, {"x": inputs["x"]}, inputs)
+    # the positive control: the right key compares exactly that node, labelled
+    rep = inspect.diff(run, theirs, inputs, labels=("ggml", "my hook"))
+    assert [r.name for r in rep.rows] == ["v.blk.0.layer_out"] and rep.ok
+    assert rep.names == ("ggml", "my hook")
+    assert "diff ggml vs my hook: all 1 compared nodes" in str(rep)
+    assert "run: ggml; reference: my hook" in str(rep)
+
+
+def test_diff_labels_executors_and_flags_layouts(compiled):
+    g, w, inputs, run = compiled
+    ref = graphdsl.compile(g, "reference", weights=w)
+    rep = inspect.diff(run, ref, inputs, nodes="v.blk.1.*")
+    assert f"run: {run.backend}; reference: reference" in rep.headline()
+    theirs = inspect.capture(ref, inputs, ["v.blk.0.ffn_up", "v.blk.0.layer_out"])
+    theirs["v.blk.0.ffn_up"] = theirs["v.blk.0.ffn_up"].T  # (32, 6) for a (6, 32) node: never reshaped
+    theirs["v.blk.0.layer_out"] = theirs["v.blk.0.layer_out"][None]  # a batch of one is only an axis
+    rep = inspect.diff(run, theirs, inputs)
+    assert rep.first_bad.name == "v.blk.0.ffn_up" and "shape (6, 32) vs (32, 6)" in rep.first_bad.note
+    assert rep.rows[-1].name == "v.blk.0.layer_out" and rep.rows[-1].ok
+
