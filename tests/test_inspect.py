@@ -297,3 +297,32 @@ def test_diff_labels_executors_and_flags_layouts(compiled):
     assert rep.first_bad.name == "v.blk.0.ffn_up" and "shape (6, 32) vs (32, 6)" in rep.first_bad.note
     assert rep.rows[-1].name == "v.blk.0.layer_out" and rep.rows[-1].ok
 
+
+def _profile_of(node_ms, normal_ms, profiled_ms):
+    nodes = [inspect.profiling.NodeTime(i, "MUL_MAT", f"n{i}", f"n{i}", "mul_mat", "CPU", t / 1e3)
+             for i, t in enumerate(node_ms)]
+    return inspect.Profile("g", nodes, normal_ms / 1e3, profiled_ms / 1e3, {}, 3)
+
+
+def test_profile_headline_adds_up():
+    """The issue's numbers: 5.2 ms of node time in a 45.9 ms call. The headline says where the rest
+    went (outside the nodes) and what node by node cost, per node, in units that are not 0.000."""
+    p = _profile_of([1.3] * 4, normal_ms=45.9, profiled_ms=46.5)
+    assert p.headline() == (
+        "profile of g: 4 ggml nodes, means of 3 call(s)\n"
+        "node-by-node call 46.500 ms = 5.200 ms in the nodes (sum of node times, 11%) "
+        "+ 41.300 ms outside them (inputs, outputs, allocation, Python)\n"
+        "normal call 45.900 ms; computing node by node cost 600.0 µs in all, 150.0 µs per node")
+    assert p.outside_s + p.total_s == pytest.approx(p.profiled_wall_s)
+    noisy = _profile_of([1.3] * 4, normal_ms=45.9, profiled_ms=44.0)  # a busy machine: no negative "cost"
+    assert noisy.headline().endswith("no measurable node-by-node cost: the normal call was 1.900 ms slower "
+                                     "(timing noise, e.g. a busy machine)")
+
+
+def test_profile_measured_numbers_are_consistent(compiled):
+    _, _, inputs, run = compiled
+    p = inspect.profile(run, inputs, repeat=2)
+    assert p.outside_s >= 0  # every node's time lies inside the call that contains it
+    assert p.total_s + p.outside_s == pytest.approx(p.profiled_wall_s)
+    assert p.overhead_s == pytest.approx(p.profiled_wall_s - p.wall_s)
+    assert f"node-by-node call {inspect.profiling._t(p.profiled_wall_s)} = " in p.headline()

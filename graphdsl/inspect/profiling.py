@@ -8,9 +8,13 @@ How: `Runtime.set_eval_callback(cb)` installs ggml_backend_sched's eval callback
 asks `cb(t, ask=True)` before each node; answering True for every node makes it compute the
 graph node by node and call `cb(t, ask=False)` after each one, so the time between the two
 calls is that node's compute time. The callback is removed afterwards (also on error).
-Node-by-node compute adds a synchronisation per node, so the sum of node times exceeds the
-wall time of a normal run; both are reported. ggml nodes map to graphdsl nodes by name (see
-`placement.ggml_owners`).
+ggml nodes map to graphdsl nodes by name (see `placement.ggml_owners`).
+
+Three numbers, measured separately, explain one another in the headline: the sum of node times,
+the node-by-node call that contains them (the rest of it is time outside the nodes: inputs,
+outputs, allocation, Python), and a normal call without the callback. The node-by-node call
+minus the normal call is the cost of computing node by node (a launch and a synchronisation per
+node); on a busy machine it can come out negative, and is then reported as noise, not as a saving.
 """
 from __future__ import annotations
 
@@ -48,24 +52,43 @@ class Profile(Report):
                  flops: dict[str, int], repeat: int):
         self.graph_name = graph_name
         self.nodes = nodes
-        self.wall_s = wall_s  # normal run (no callback), median
-        self.profiled_wall_s = profiled_wall_s  # node-by-node run, median
+        self.wall_s = wall_s  # a normal call (no callback), mean over repeats
+        self.profiled_wall_s = profiled_wall_s  # a node-by-node call, mean over repeats
         self.flops = flops  # graphdsl node -> FLOPs
         self.repeat = repeat
 
     @property
     def total_s(self) -> float:
+        """Sum of the node times (each a mean over the profiled calls)."""
         return sum(n.seconds for n in self.nodes)
 
     @property
+    def outside_s(self) -> float:
+        """Time of the node-by-node call spent outside every node: inputs, outputs, allocation, Python."""
+        return self.profiled_wall_s - self.total_s
+
+    @property
     def overhead_s(self) -> float:
-        """Per-node cost of computing node by node: (profiled run - normal run) / nodes."""
-        return max(self.profiled_wall_s - self.wall_s, 0.0) / max(len(self.nodes), 1)
+        """What computing node by node cost, in all: node-by-node call - normal call (signed: < 0 is noise)."""
+        return self.profiled_wall_s - self.wall_s
+
+    @property
+    def overhead_per_node_s(self) -> float:
+        return self.overhead_s / max(len(self.nodes), 1)
 
     def headline(self) -> str:
-        return (f"profile of {self.graph_name}: {len(self.nodes)} ggml nodes, mean of {self.repeat} run(s); "
-                f"sum of node times {ms(self.total_s)}, normal run {ms(self.wall_s)} "
-                f"(node-by-node overhead ~{ms(self.overhead_s)} per node)")
+        n, pw = len(self.nodes), self.profiled_wall_s
+        share = f", {100 * self.total_s / pw:.0f}%" if pw > 0 else ""
+        if self.overhead_s >= 0:
+            cost = (f"computing node by node cost {_t(self.overhead_s)} in all, "
+                    f"{_t(self.overhead_per_node_s)} per node")
+        else:
+            cost = (f"no measurable node-by-node cost: the normal call was {_t(-self.overhead_s)} slower "
+                    f"(timing noise, e.g. a busy machine)")
+        return (f"profile of {self.graph_name}: {n} ggml nodes, means of {self.repeat} call(s)\n"
+                f"node-by-node call {_t(pw)} = {_t(self.total_s)} in the nodes (sum of node times{share}) "
+                f"+ {_t(self.outside_s)} outside them (inputs, outputs, allocation, Python)\n"
+                f"normal call {_t(self.wall_s)}; {cost}")
 
     def _by(self, key) -> dict[str, tuple[float, int, int]]:
         """key(node) -> (seconds, ggml nodes, FLOPs), sorted by time, largest first."""
@@ -130,6 +153,11 @@ class Profile(Report):
         items = list(self._groups(by).items())[:top]
         return bar_chart(path, [k for k, _ in items], [v[0] * 1e3 for _, v in items],
                          title=f"{self.graph_name}: time by {by} (ms, node by node)", unit="ms")
+
+
+def _t(seconds: float) -> str:
+    """Milliseconds, or microseconds below one (a per-node cost must not print as 0.000 ms)."""
+    return f"{seconds * 1e6:.1f} µs" if abs(seconds) < 1e-3 else ms(seconds)
 
 
 _BY_TITLE = {"op": "op", "ggml_op": "ggml op", "block": "block", "node": "node"}
@@ -207,4 +235,5 @@ def _profile(executor, inputs, repeat: int, warmup: int) -> Profile:
         own = owners[i]
         nodes.append(NodeTime(i, op, name, own, by_name[own].op if own in by_name else "", backend, secs))
     flops = {nd.name: flops_of(nd) for nd in prog.graph.nodes if nd.op not in ("input", "weight")}
-    return Profile(prog.graph.name, nodes, statistics.median(walls), statistics.median(pwalls), flops, repeat)
+    # means, as the node times are: the headline adds and subtracts them
+    return Profile(prog.graph.name, nodes, statistics.fmean(walls), statistics.fmean(pwalls), flops, repeat)
