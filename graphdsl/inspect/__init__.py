@@ -11,11 +11,14 @@ What ggml ran (a GGMLExecutor after a call):
     profile(run, inputs)             per-node times via the scheduler's eval callback; .chart(png)
     capture(run, inputs, "v.blk.3.*") named intermediates as NumPy arrays (any backend)
     diff(run, ref, inputs)           first node whose error exceeds a bound, and a table of all
+    diff_hf(run, inputs, hf_model, hf_inputs)  the same against an HF torch model, via forward hooks
+                                     and a mapping HF module -> node (inspect.hf; needs torch)
 
 Every report prints as plain text with str() and through rich with .show() on a terminal.
 """
 from .compare import DiffReport, DiffRow, capture, diff
 from .drawing import GraphvizNotFound, draw, graphviz_available, to_dot, to_networkx
+from .hf import diff_hf
 from .placement import LoweredReport, lowered
 from .printing import format_graph
 from .profiling import Profile, profile
@@ -24,5 +27,5 @@ from .summarize import Summary, summary
 from .table import Table, show
 
 __all__ = ["DiffReport", "DiffRow", "GraphvizNotFound", "LoweredReport", "Profile", "Summary", "Table", "capture",
-           "diff", "draw", "find_repeats", "format_graph", "graphviz_available", "lowered", "profile", "show",
+           "diff", "diff_hf", "draw", "find_repeats", "format_graph", "graphviz_available", "lowered", "profile", "show",
            "summary", "to_dot", "to_networkx"]
