@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 
+import hf_refs  # our helper: plain import, so a bug in it fails instead of skipping
 import numpy as np
 import pytest
 
@@ -34,9 +35,8 @@ from graphdsl.convert import OUTTYPES, convert, convert_main, info_main, tensor_
 from graphdsl.convert.writer import encode
 from graphdsl.gguf_io import load_mmproj, read_gguf, weights_of
 
-hf_refs = pytest.importorskip("hf_refs")
-torch = hf_refs.need_torch()
-tf = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs torch (pip install -e .[test])")
+tf = pytest.importorskip("transformers", reason="needs transformers (pip install -e .[test])")
 
 BOUND = {"f32": 1e-5, "f16": 1e-3, "bf16": 1e-2, "q8_0": 1e-2, "q4_0": 0.1}
 PROJECTOR_BOUND = {("llava", "q8_0"): 2e-2, ("voxtral", "q8_0"): 3e-2, ("llava", "q4_0"): 0.25,

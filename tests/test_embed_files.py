@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hf_refs  # our helper: plain import, so a bug in it fails instead of skipping
 import numpy as np
 import pytest
 from test_from_gguf import VOCAB, WIDTH, llava_folder, voxtral_folder, write_text_gguf
@@ -15,9 +16,8 @@ from test_from_gguf import VOCAB, WIDTH, llava_folder, voxtral_folder, write_tex
 from graphdsl.convert import convert
 from graphdsl.embed import embed_files
 
-hf_refs = pytest.importorskip("hf_refs")
-torch = hf_refs.need_torch()
-tf = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs torch (pip install -e .[test])")
+tf = pytest.importorskip("transformers", reason="needs transformers (pip install -e .[test])")
 
 WAV = Path(__file__).parent / "data" / "speech_16k.wav"  # 3.1 s: one 30 s window -> 1500 / 4 = 375 tokens
 PROMPT = "USER: <image> what is this? <audio> and this. ASSISTANT:"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+import hf_refs  # our helper: plain import, so a bug in it fails instead of skipping
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFWriter, TokenType, quants
@@ -23,9 +24,8 @@ from graphdsl.embed import Embedder
 from graphdsl.gguf_io import load_mmproj
 from graphdsl.models import clip, from_gguf, siglip, text, whisper_enc
 
-hf_refs = pytest.importorskip("hf_refs")
-torch = hf_refs.need_torch()
-tf = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs torch (pip install -e .[test])")
+tf = pytest.importorskip("transformers", reason="needs transformers (pip install -e .[test])")
 
 WIDTH = 96  # the decoder width: both projectors and the text table produce it
 LLAMA = dict(hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
