@@ -77,13 +77,82 @@ def test_registry_is_complete():
         assert name in covered, f"{name} has no ggml-vs-reference case"
 
 
-@pytest.mark.parametrize("case", CASES[::5], ids=lambda c: c.id)
-def test_flops_are_counted(case):
-    g = case.graph()
-    for n in g.nodes:
+# FLOPs per op, written here from what each op computes (not read from the registry), as ggml's
+# test-backend-ops `op_flops` counts them: a multiply-add is 2, an element-wise op 1 per output.
+_PER_ELEMENT = {  # unary ops: arithmetic per output element
+    "neg": 1, "sqr": 1, "sqrt": 1, "exp": 1, "tanh": 1, "relu": 1,
+    "sigmoid": 4,  # 1 / (1 + exp(-x)): neg, exp, add, div
+    "silu": 5,  # x * sigmoid(x)
+    "gelu": 8,  # 0.5 x (1 + tanh(c (x + 0.044715 x^3))): x^3 (2), fma, mul, tanh, add, 2 mul
+    "gelu_erf": 8,  # 0.5 x (1 + erf(x / sqrt 2)), counted like the tanh form
+    "gelu_quick": 6,  # x * sigmoid(1.702 x)
+    "add": 1, "sub": 1, "mul": 1, "div": 1, "cast": 1,
+    "scale": 2,  # s * x + b
+    "norm": 5,  # mean, centre, square-sum, rsqrt, scale
+    "rms_norm": 3,  # square-sum, rsqrt, scale
+    "soft_max": 5,  # scale (+ mask), max, exp, sum, divide
+}
+_ZERO = {"reshape", "view", "permute", "cont", "concat", "pad", "repeat", "get_rows", "const"}  # data movement
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _expected_flops(n) -> int:
+    ins = [i.shape for i in n.inputs]
+    if n.op in _PER_ELEMENT:
+        return _PER_ELEMENT[n.op] * _size(n.shape)
+    if n.op in _ZERO:
+        return 0
+    if n.op == "mul_mat":  # (.., m, k) x (.., n, k): 2 m n k per output matrix
+        return 2 * _size(n.shape) * ins[0][-1]
+    if n.op in ("conv_1d", "conv_2d"):  # each output: ic * kernel multiply-adds
+        return 2 * _size(n.shape) * _size(ins[0][1:])
+    if n.op == "pool_2d":  # each output reads its window once
+        return _size(n.shape) * _size(n.attrs["kernel"])
+    if n.op in ("sum_rows", "mean", "argmax"):  # one op per input element
+        return _size(ins[0])
+    if n.op == "flash_attn_ext":  # q k^T (2 nq nkv dk) and p v (2 nq nkv dv) per head and batch
+        q, k, v = ins[:3]
+        heads_x_nq = _size(q[:-1])
+        return 2 * heads_x_nq * k[-2] * q[-1] + 2 * heads_x_nq * v[-2] * v[-1]
+    if n.op == "rope":  # per rotated pair: 4 multiplies, 2 adds
+        return 6 * _size(n.shape[:-1]) * n.attrs["n_dims"] // 2
+    raise KeyError(n.op)
+
+
+def _flops_mismatches(case) -> list[str]:
+    out = []
+    for n in case.graph().nodes:
         if n.op in REGISTRY:
-            f = REGISTRY[n.op].flops(n.shape, [i.shape for i in n.inputs], **n.attrs)
-            assert isinstance(f, (int, np.integer)) and f >= 0
+            got = REGISTRY[n.op].flops(n.shape, [i.shape for i in n.inputs], **n.attrs)
+            if not isinstance(got, (int, np.integer)) or got != _expected_flops(n):
+                out.append(f"{n.name} ({n.op}): registry {got!r}, expected {_expected_flops(n)}")
+    return out
+
+
+def test_every_op_has_a_flops_formula_here():
+    formulas = {*_PER_ELEMENT, *_ZERO, "mul_mat", "conv_1d", "conv_2d", "pool_2d", "sum_rows", "mean", "argmax",
+                "flash_attn_ext", "rope"}  # the branches of _expected_flops
+    missing = sorted(set(REGISTRY) - formulas)
+    assert not missing, f"write the FLOPs formula of {missing} in tests/test_ops.py"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_flops_match_the_formulas(case):
+    assert not _flops_mismatches(case)
+
+
+def test_flops_check_catches_a_wrong_rule(monkeypatch):
+    """Negative control: a mul_mat rule that forgot the multiply-add's 2, and an attention rule that
+    counted only q k^T, are both reported."""
+    import dataclasses
+    for op, wrong in [("mul_mat", lambda out, ins: int(np.prod(out)) * ins[0][-1]),
+                      ("flash_attn_ext", lambda out, ins, **a: 2 * int(np.prod(ins[0][:-1])) * ins[1][-2] * ins[0][-1])]:
+        monkeypatch.setitem(REGISTRY, op, dataclasses.replace(REGISTRY[op], flops=wrong))
+        case = next(c for c in CASES if c.op == op)
+        assert any(f"({op}): registry" in m for m in _flops_mismatches(case))
 
 
 def test_mul_mat_on_a_permuted_input_does_not_abort():
