@@ -1,7 +1,10 @@
 """Executor behaviour: reuse across runs, new shapes, devices, capture, placement, threads."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -92,9 +95,8 @@ def test_devices_lists_the_cpu():
     assert all({"name", "description", "type", "memory_total"} <= set(d) for d in devs)
 
 
-def test_compute_releases_the_gil():
-    """Two executors on two threads both finish; a held GIL would serialise, not deadlock, so
-    this checks only that concurrent use is safe."""
+def test_two_executors_on_two_threads_agree():
+    """Concurrent use of two executors is safe (whether the GIL is released is the next test)."""
     g = _attn_graph(n=64, d=64, heads=4)
     w = _weights(g)
     runs = [graphdsl.compile(g, "cpu", n_threads=1, weights=w) for _ in range(2)]
@@ -111,6 +113,67 @@ def test_compute_releases_the_gil():
     for t in ts:
         t.join()
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def _longest_stall(fn) -> tuple[float, float]:
+    """Run fn() while another Python thread stamps the clock in a loop; return (the longest gap
+    between stamps during fn, fn's duration). A call that holds the GIL stalls the stamper for
+    its whole length; one that releases it leaves only scheduling jitter."""
+    stamps: list[float] = []
+    stop = threading.Event()
+
+    def stamp():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+
+    t = threading.Thread(target=stamp)
+    t.start()
+    while not stamps:
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    fn()
+    t1 = time.perf_counter()
+    stop.set()
+    t.join()
+    inside = [s for s in stamps if t0 <= s <= t1]
+    return float(np.diff([t0, *inside, t1]).max()), t1 - t0
+
+
+def _matmul_chain(n_layer: int):
+    g = Graph("chain")
+    x = g.input("x", (1024, 2048))
+    w = g.weight("w", (2048, 2048))
+    for i in range(n_layer):
+        x = ops.mul_mat(x, w, name=f"mm.{i}")
+    g.output("y", x)
+    r = np.random.default_rng(6)
+    run = graphdsl.compile(g, "cpu", n_threads=1, weights={"w": r.standard_normal((2048, 2048), np.float32) / 45})
+    xv = r.standard_normal((1024, 2048), np.float32)
+    t0 = time.perf_counter()
+    run(x=xv)  # reserves, and warms up outside the measurement
+    return run, xv, time.perf_counter() - t0
+
+
+def test_compute_releases_the_gil():
+    """A Python thread keeps running while a long ggml compute runs on this one."""
+    run, xv, took = _matmul_chain(1)
+    if took < 0.3:  # a fast machine: lengthen the compute until a held GIL would stand out from jitter
+        run, xv, _ = _matmul_chain(min(int(0.3 / took) + 1, 64))
+    stall, took = _longest_stall(lambda: run(x=xv))
+    print(f"compute {took * 1e3:.0f} ms, longest stall of the other thread {stall * 1e3:.1f} ms")
+    assert stall < took / 3
+
+
+def test_gil_probe_sees_a_call_that_holds_the_gil():
+    """Negative control for the probe: usleep through ctypes.PyDLL keeps the GIL (as a compute
+    without py::gil_scoped_release would); through ctypes.CDLL it releases it."""
+    libc = ctypes.util.find_library("c")
+    if libc is None:
+        pytest.skip("no C library to call usleep from")
+    held, took = _longest_stall(lambda: ctypes.PyDLL(libc).usleep(300_000))
+    assert took >= 0.3 and held > 0.9 * took
+    free, took = _longest_stall(lambda: ctypes.CDLL(libc).usleep(300_000))
+    assert took >= 0.3 and free < took / 3
 
 
 def test_graph_prints_one_typed_line_per_node():
