@@ -160,10 +160,13 @@ def _image_config(args, pre):
             from .gguf_io import read_gguf
             cfg = pre.ImageConfig.from_mmproj(read_gguf(args.mmproj).metadata, mode=args.mode)
         return dataclasses.replace(cfg, **cap)
-    mode = args.mode or "clip"
+    from .models import registry
+    how = registry.image_modes()[args.mode or "clip"]  # a resize mode, or an arch's pre-processing
     size = 224 if args.size is None else args.size  # 0 never means "default": argparse refuses it
     crop = size if args.crop is None else args.crop
-    return pre.ImageConfig(mode=mode, size=size if mode != "siglip" else (size, size), crop_size=crop, **cap)
+    norm = {"mean": how.mean, "std": how.std} if args.mode in registry.ARCHS else {}  # else the mode's own
+    return pre.ImageConfig(mode=how.mode, size=(size, size) if how.mode == "siglip" else size, crop_size=crop,
+                           **norm, **cap)
 
 
 def _tokenizer(args):

@@ -205,8 +205,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="save the result (.npy format; several inputs are stacked)")
     _force(p)
     p.add_argument("--mmproj", help="image: take size/mean/std from this mmproj GGUF")
-    p.add_argument("--mode", choices=["clip", "siglip", "pad"],
-                   help="image: resize mode (default: the --mmproj tower's, else clip)")
+    from .models import registry  # importing graphdsl.models registers every model file
+    p.add_argument("--mode", choices=sorted(registry.image_modes()),
+                   help="image: a resize mode (clip: shortest edge + centre crop, siglip: square, pad) or a "
+                        "registered architecture, with its mean/std (default: the --mmproj tower's, else clip)")
     p.add_argument("--size", type=positive_int, help="image: shortest edge (clip/pad) or side (siglip) (default: 224)")
     p.add_argument("--crop", type=positive_int, help="image: centre crop (default: --size)")
     p.add_argument("--n-mels", type=positive_int, default=80, help="audio: mel bins (default: 80)")

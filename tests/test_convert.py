@@ -350,7 +350,9 @@ def test_two_tower_clip_and_preprocessor_config(tmp_path):
     convert(tmp_path / "c", tmp_path / "c.gguf", "f16")
     cfg, tensors = load_mmproj(tmp_path / "c.gguf")
     assert cfg.vision.image_mean == pytest.approx((0.1, 0.2, 0.3)) and cfg.vision.image_std == pytest.approx((0.5, 0.6, 0.7))
-    assert cfg.vision.projection_dim == 48 and not any(n.startswith("t.") for n in tensors)
+    # projection_dim is the width the file's encoder outputs (n_embd without a projector), not HF's
+    # visual_projection width, which the file does not hold
+    assert cfg.vision.projection_dim == 64 and not any(n.startswith("t.") for n in tensors)
     x = np.random.default_rng(0).standard_normal((3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         ref = model.vision_model(pixel_values=torch.from_numpy(x)[None]).last_hidden_state[0].numpy()

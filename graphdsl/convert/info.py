@@ -58,17 +58,14 @@ def _tokenizer(info) -> str:
     return f"\n  tokenizer: {src}, {tok.vocab_size} tokens"
 
 
-_BLOCKS = {"clip": "clip.ClipVision", "siglip": "siglip.SiglipVision", "whisper_enc": "whisper_enc.WhisperEncoder"}
-
-
 def _blocks(cfg) -> str:
-    """Which graphdsl.models blocks from_gguf builds for the file, or why it cannot."""
-    from ..models import audio_module, vision_module
+    """Which registered architectures ``models.from_gguf`` builds for the file, or why it cannot."""
+    from ..models import arch_for
     try:
-        mods = ([vision_module(cfg)] if cfg.vision else []) + ([audio_module(cfg)] if cfg.audio else [])
+        archs = [arch_for(cfg, sec) for sec in ("vision", "audio") if getattr(cfg, sec) is not None]
     except ValueError as e:
         return f"\n  graphdsl.models: {str(e).split(': ', 1)[-1]}"
-    return "\n  graphdsl.models: " + " + ".join(_BLOCKS[m.__name__.rsplit(".", 1)[-1]] for m in mods)
+    return "\n  graphdsl.models: " + " + ".join(f"{a.name}.{a.block.__name__}" for a in archs)
 
 
 def describe(path: str) -> str:

@@ -296,4 +296,7 @@ def _get(f: GGUFFile, key: str, kind, default=_REQUIRED):
         raise f.error(f"metadata {key!r} must be finite, got {v}")
     if kind == "floats" and not np.all(np.isfinite(v)):
         raise f.error(f"metadata {key!r} must be finite, got {list(v)}")
+    if kind is float and t == "f32":
+        # the shortest decimal that is this f32 (1e-5, not 9.99999974e-06): the value the writer meant
+        return float(str(np.float32(v)))
     return kind(v) if isinstance(kind, type) else list(v.tolist() if isinstance(v, np.ndarray) else v)

@@ -1,19 +1,18 @@
-"""One file per architecture; each has a config dataclass, a callable block, ``build()``,
-``weight_shapes()``, ``config_from_hf()``, ``config_from_gguf()`` and ``hf_to_gguf()`` (HF state
-dict -> llama.cpp mmproj names).
+"""One file per architecture, each registering one record (``registry.Arch``): its config
+dataclass, its block, ``config_from_hf`` / ``config_from_gguf`` / ``config_to_gguf`` and
+``hf_to_gguf`` (HF state dict -> llama.cpp mmproj names).
 
 - ``clip``: CLIP ViT + LLaVA MLP projector (``mm.0`` / ``mm.2``).
 - ``siglip``: SigLIP ViT + Gemma 3 projector (avg-pool, soft-embedding RMSNorm, input projection).
 - ``whisper_enc``: Whisper encoder + Voxtral projector (frame stacking + GELU MLP).
 - ``text``: token table, or BERT's embedding stage (positions, token types, LayerNorm).
 
-``from_gguf(path)`` reads an mmproj file into the blocks it describes, chosen by its projector
-type (clip.projector_type, else clip.vision.projector_type / clip.audio.projector_type):
-
-    vision "mlp" (LLaVA)            -> clip.ClipVision
-    vision "gemma3"                 -> siglip.SiglipVision
-    vision "none"                   -> ClipVision with v.class_embd, else SiglipVision
-    audio "voxtral" or "none"       -> whisper_enc.WhisperEncoder
+Every module of this package is imported here, so a new model file registers itself by being
+there. ``from_gguf(path)`` reads an mmproj file into the blocks it describes, the arch chosen by
+its projector type (clip.projector_type, else clip.vision.projector_type /
+clip.audio.projector_type) among the registered ones (``registry.for_projector``; "none", an
+encoder without projector, goes to the arch whose ``claims`` fits the tensors: CLIP with a class
+token, SigLIP without).
 
 Every weight is declared with the type the file stores it in, and the weights are the file's
 memory-mapped arrays (no copy). ``text.from_gguf`` does the same for a text model.
@@ -23,19 +22,23 @@ memory-mapped arrays (no copy). ``text.from_gguf`` does the same for a text mode
 """
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import clip, siglip, text, whisper_enc
+from . import registry
 from .common import select_weights
+from .registry import ARCHS, Arch
 
-MODELS = {"clip": clip, "siglip": siglip, "whisper_enc": whisper_enc, "text": text}
-VISION = {"mlp": clip, "gemma3": siglip}  # projector type -> model file ("none": by the tower's tensors)
-AUDIO = {"voxtral": whisper_enc, "none": whisper_enc}
+_SKIP = {"common", "registry"}
+for _m in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _SKIP):
+    importlib.import_module(f"{__name__}.{_m}")
+from . import clip, siglip, text, whisper_enc  # noqa: E402 - the names, for users
 
-__all__ = ["AUDIO", "MODELS", "VISION", "Mmproj", "clip", "from_gguf", "siglip", "text", "whisper_enc"]
+__all__ = ["ARCHS", "Arch", "Mmproj", "clip", "from_gguf", "registry", "siglip", "text", "whisper_enc"]
 
 
 @dataclass
@@ -44,46 +47,38 @@ class Mmproj:
 
     path: str
     config: object  # gguf_io.MmprojConfig
-    vision: clip.ClipVision | siglip.SiglipVision | None
-    audio: whisper_enc.WhisperEncoder | None
+    vision: object | None  # the vision arch's block
+    audio: object | None  # the audio arch's block
     weights: dict[str, np.ndarray]
+    archs: dict[str, Arch] | None = None  # "image" / "audio" -> the registered arch
 
     @property
     def media(self) -> dict:
         """kind -> block, as ``embed.Embedder`` takes them ("image", "audio")."""
         return {k: m for k, m in (("image", self.vision), ("audio", self.audio)) if m is not None}
 
-    def image_config(self):
-        """``preprocess.ImageConfig`` for the vision tower: size, mean and std from the file
-        (clip.vision.image_size / image_mean / image_std); CLIP towers resize the shortest edge
-        and centre-crop (HF's CLIPImageProcessor), SigLIP towers resize to a square (SiglipImageProcessor)."""
-        from ..preprocess import ImageConfig
+    def image_config(self, **kw):
+        """``preprocess.ImageConfig`` for the vision tower, as its arch pre-processes pixels (CLIP:
+        shortest edge + centre crop, SigLIP: square resize) with the file's size, mean and std
+        (clip.vision.image_size / image_mean / image_std); ``kw`` as ImageConfig (max_out_pixels)."""
         if self.vision is None:
             raise ValueError(f"{self.path}: no vision encoder")
-        v, n = self.config.vision, self.vision.cfg.image_size
-        if isinstance(self.vision, clip.ClipVision):
-            return ImageConfig(mode="clip", size=n, crop_size=n, mean=v.image_mean, std=v.image_std)
-        return ImageConfig(mode="siglip", size=(n, n), mean=v.image_mean, std=v.image_std)
+        arch = (self.archs or {}).get("image") or _arch_of(self.vision)
+        if arch.image is None:
+            raise ValueError(f"{self.path}: the {arch.name} architecture declares no image pre-processing")
+        v = self.config.vision
+        return arch.image.config(self.vision.cfg.image_size, v.image_mean, v.image_std, **kw)
 
 
-def vision_module(cfg):
-    """The model file for an MmprojConfig's vision tower (ValueError naming the file and the type)."""
-    v = cfg.vision
-    if v.projector_type == "none":
-        return clip if "v.class_embd" in cfg.shapes else siglip
-    if v.projector_type not in VISION:
-        raise cfg.error(f"vision projector type {v.projector_type!r} is not supported by graphdsl.models "
-                        f"(supported: {', '.join([*VISION, 'none'])})")
-    return VISION[v.projector_type]
+def _arch_of(block) -> Arch:
+    return next(a for a in ARCHS.values() if isinstance(block, a.block))
 
 
-def audio_module(cfg):
-    """The model file for an MmprojConfig's audio encoder (ValueError naming the file and the type)."""
-    a = cfg.audio
-    if a.projector_type not in AUDIO:
-        raise cfg.error(f"audio projector type {a.projector_type!r} is not supported by graphdsl.models "
-                        f"(supported: {', '.join(AUDIO)})")
-    return AUDIO[a.projector_type]
+def arch_for(mmproj_config, section: str) -> Arch:
+    """The registered arch that builds a file's "vision" or "audio" encoder (ValueError naming
+    the file and the supported projector types)."""
+    sec = getattr(mmproj_config, section)
+    return registry.for_projector(section, sec.projector_type, mmproj_config)
 
 
 def from_gguf(path: str | os.PathLike, *, check_finite: bool = True) -> Mmproj:
@@ -95,16 +90,13 @@ def from_gguf(path: str | os.PathLike, *, check_finite: bool = True) -> Mmproj:
     from ..gguf_io import check_finite as refuse_nonfinite
     from ..gguf_io import load_mmproj
     cfg, tensors = load_mmproj(path)
-    vision = audio = None
-    weights: dict[str, np.ndarray] = {}
-    if cfg.vision is not None:
-        mod = vision_module(cfg)
-        vision = (mod.ClipVision if mod is clip else mod.SiglipVision)(mod.config_from_gguf(cfg))
-        weights.update(select_weights(vision, tensors, cfg.path))
-    if cfg.audio is not None:
-        mod = audio_module(cfg)
-        audio = mod.WhisperEncoder(mod.config_from_gguf(cfg))
-        weights.update(select_weights(audio, tensors, cfg.path))
+    blocks, archs, weights = {}, {}, {}
+    for section, kind in (("vision", "image"), ("audio", "audio")):
+        if getattr(cfg, section) is None:
+            continue
+        arch = archs[kind] = arch_for(cfg, section)
+        blocks[kind] = arch.block(arch.config_from_gguf(cfg))
+        weights.update(select_weights(blocks[kind], tensors, cfg.path))
     if check_finite:
         refuse_nonfinite({n: tensors[n] for n in weights}, cfg.path)
-    return Mmproj(cfg.path, cfg, vision, audio, weights)
+    return Mmproj(cfg.path, cfg, blocks.get("image"), blocks.get("audio"), weights, archs)

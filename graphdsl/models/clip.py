@@ -26,14 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gguf import Keys
 
 from .. import blocks, ops
+from ..gguf_io import KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .common import (
     Block,
     T,
     as_dict,
+    graph_of,
     image_rows,
     keep_only,
     mmproj_config,
@@ -41,7 +44,12 @@ from .common import (
     strip_prefixes,
     sub,
     tn,
+    vit_keys,
+    weight_shapes_of,
 )
+from .registry import Arch, ImagePreprocess, register
+
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -132,15 +140,12 @@ class ClipVision(Block):
 def build(cfg: ClipConfig, image_hw: tuple[int, int] | None = None, n_images: int = 0) -> Graph:
     """A graph with input ``pixels`` ((3, H, W), or (n_images, 3, H, W) when n_images > 0) and output ``embd``."""
     h, w = image_hw or (cfg.image_size, cfg.image_size)
-    g = Graph("clip")
-    px = g.input("pixels", (n_images, 3, h, w) if n_images else (3, h, w))
-    g.output("embd", ClipVision(cfg)(px))
-    return g
+    return graph_of(ClipVision(cfg), (n_images, 3, h, w) if n_images else (3, h, w), "clip")
 
 
 def weight_shapes(cfg: ClipConfig) -> dict[str, tuple[int, ...]]:
     """Every weight the graph of this config uses: gguf name -> shape."""
-    return {k: n.shape for k, n in build(cfg).weights.items()}
+    return weight_shapes_of(ClipVision(cfg))
 
 
 _LLAVA_KEYS = ("vision_feature_layer", "vision_feature_select_strategy", "projector_hidden_act", "image_token_index")
@@ -194,8 +199,19 @@ def config_from_gguf(src: Any) -> ClipConfig:
                       n_head=v.n_head, n_layer=v.n_layer, eps=v.eps, act=v.act,
                       feature_layer=tuple(v.feature_layer) or (v.n_layer,), select=v.select,
                       projector="mlp" if proj else None, n_mm_embd=m.shapes[mm][0] if proj else 4096,
-                      mm_act=v.projector_act, mm_bias=tn(T.V_MMPROJ, "bias", 0) in m.shapes,
+                      mm_act=v.projector_act, mm_bias=tn(T.V_MMPROJ, "bias", 0) in m.shapes or not proj,
                       wtype=q, wtypes=dict(m.dtypes))
+
+
+def config_to_gguf(cfg: ClipConfig, image_mean=CLIP_MEAN, image_std=CLIP_STD) -> list[tuple[str, object]]:
+    """The metadata of a file holding ``cfg``; ``config_from_gguf`` reads it back (with the
+    tensors, which give the projector's width and biases). The file stores the blocks up to the
+    deepest feature layer (``hf_to_gguf`` keeps only those), and block_count says so."""
+    V = Keys.ClipVision
+    kv = [(Keys.Clip.PROJECTOR_TYPE, cfg.projector or "none"), *vit_keys(cfg, image_mean, image_std, max(cfg.layers)),
+          (KEY_FEATURE_LAYER, np.array(cfg.layers, np.int32)), (KEY_SELECT, cfg.select),
+          (V.PROJECTION_DIM, int(cfg.n_out)), (KEY_MM_ACT, cfg.mm_act)]
+    return kv
 
 
 def _rules():
@@ -225,3 +241,10 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     sd = strip_prefixes(state_dict, ["model.vision_tower.vision_model.", "vision_tower.vision_model.",
                                      "model.vision_tower.", "vision_tower.", "vision_model.", "model."])
     return keep_only(rename(sd, _rules()), weight_shapes(cfg), "clip")
+
+
+ARCH = register(Arch(
+    "clip", "image", ClipVision, ClipConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
+    projectors=("mlp", "none"), hf_model_types=("clip", "clip_vision_model", "llava"),
+    claims=lambda m: tn(T.V_ENC_EMBD_CLS, None) in m.shapes,  # "none": a tower with a class token
+    image=ImagePreprocess("clip", CLIP_MEAN, CLIP_STD)))

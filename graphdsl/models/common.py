@@ -154,3 +154,38 @@ def select_weights(block, tensors: Mapping[str, Any], where: str) -> dict[str, n
         raise ValueError(f"{where}: tensors do not fit the {type(block).__name__} the metadata describes: "
                          f"missing {missing}; mis-shaped {bad}")
     return {n: getattr(tensors[n], "array", tensors[n]) for n in nodes}
+
+
+# -- shared by the records of the registry --------------------------------------------------------------
+INPUT_NAMES = {"image": "pixels", "audio": "mel", "text": "ids"}
+
+
+def graph_of(block, shape: tuple[int, ...], name: str | None = None):
+    """A graph running ``block`` on one input of ``shape`` (named after its kind: pixels, mel, ids)
+    with output ``embd``: what ``build()`` of every model file is."""
+    from ..graph import Graph
+    g = Graph(name or type(block).__name__.lower())
+    dtype = "i32" if block.kind == "text" else "f32"
+    g.output("embd", block(g.input(INPUT_NAMES[block.kind], shape, dtype)))
+    return g
+
+
+def weight_shapes_of(block) -> dict[str, tuple[int, ...]]:
+    """Every weight a block declares: gguf name -> shape."""
+    return {k: n.shape for k, n in declared_weights(block).items()}
+
+
+def vit_keys(cfg, image_mean, image_std, n_layer: int | None = None) -> list[tuple[str, object]]:
+    """The clip.vision.* metadata every ViT tower writes (llama.cpp's names), from its config:
+    sizes, counts, eps, mean/std, llama.cpp's GELU/SiLU flags and graphdsl's exact activation.
+    n_layer: the blocks the file stores, when the graph uses fewer than the config has."""
+    from gguf import Keys
+
+    from ..gguf_io import KEY_ACT
+    V = Keys.ClipVision
+    gelu, silu = {"gelu": (True, False), "gelu_erf": (True, False), "silu": (False, True)}.get(cfg.act, (False, False))
+    return [(Keys.Clip.HAS_VISION_ENCODER, True), (V.IMAGE_SIZE, cfg.image_size), (V.PATCH_SIZE, cfg.patch_size),
+            (V.EMBEDDING_LENGTH, cfg.n_embd), (V.FEED_FORWARD_LENGTH, cfg.n_ff), (V.BLOCK_COUNT, cfg.n_layer if n_layer is None else n_layer),
+            (V.Attention.HEAD_COUNT, cfg.n_head), (V.Attention.LAYERNORM_EPS, float(cfg.eps)),
+            (V.IMAGE_MEAN, [float(x) for x in image_mean]), (V.IMAGE_STD, [float(x) for x in image_std]),
+            (V.USE_GELU, gelu), (V.USE_SILU, silu), (KEY_ACT.format(modality="vision"), cfg.act)]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gguf import Keys
 
 from .. import blocks, ops
 from .. import dtypes as dt
@@ -42,6 +43,7 @@ from .common import (
     Block,
     T,
     as_dict,
+    graph_of,
     image_rows,
     keep_only,
     mmproj_config,
@@ -49,7 +51,10 @@ from .common import (
     strip_prefixes,
     sub,
     tn,
+    vit_keys,
+    weight_shapes_of,
 )
+from .registry import Arch, ImagePreprocess, register
 
 
 @dataclass(frozen=True)
@@ -147,16 +152,13 @@ def _input_projection(x: Tensor, c: SiglipConfig) -> Tensor:
 
 
 def build(cfg: SiglipConfig, image_hw: tuple[int, int] | None = None, n_images: int = 0) -> Graph:
-    """A graph with input ``pixels`` ((3, H, W) or (n_images, 3, H, W)) and output ``embd``."""
+    """A graph with input ``pixels`` ((3, H, W), or (n_images, 3, H, W)) and output ``embd``."""
     h, w = image_hw or (cfg.image_size, cfg.image_size)
-    g = Graph("siglip")
-    px = g.input("pixels", (n_images, 3, h, w) if n_images else (3, h, w))
-    g.output("embd", SiglipVision(cfg)(px))
-    return g
+    return graph_of(SiglipVision(cfg), (n_images, 3, h, w) if n_images else (3, h, w), "siglip")
 
 
 def weight_shapes(cfg: SiglipConfig) -> dict[str, tuple[int, ...]]:
-    return {k: n.shape for k, n in build(cfg).weights.items()}
+    return weight_shapes_of(SiglipVision(cfg))
 
 
 def config_from_hf(hf: Any) -> SiglipConfig:
@@ -207,6 +209,17 @@ def config_from_gguf(src: Any) -> SiglipConfig:
                         mm_proj_transposed=transposed)
 
 
+def config_to_gguf(cfg: SiglipConfig, image_mean=(0.5,) * 3, image_std=(0.5,) * 3) -> list[tuple[str, object]]:
+    """The metadata of a file holding ``cfg`` (llama.cpp's: n_merge as the projector's scale
+    factor); ``config_from_gguf`` reads it back with the tensors (projection width and layout)."""
+    V = Keys.ClipVision
+    kv = [(Keys.Clip.PROJECTOR_TYPE, cfg.projector or "none"), *vit_keys(cfg, image_mean, image_std),
+          (V.PROJECTION_DIM, int(cfg.n_out))]
+    if cfg.projector:
+        kv.append((V.Projector.SCALE_FACTOR, cfg.pool))
+    return kv
+
+
 def _rules():
     per_layer = [("self_attn.q_proj", T.V_ENC_ATTN_Q), ("self_attn.k_proj", T.V_ENC_ATTN_K),
                  ("self_attn.v_proj", T.V_ENC_ATTN_V), ("self_attn.out_proj", T.V_ENC_ATTN_O),
@@ -239,3 +252,10 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     if key in out and not cfg.mm_proj_transposed:
         out[key] = np.ascontiguousarray(out[key].T)
     return keep_only(out, weight_shapes(cfg), "siglip")
+
+
+ARCH = register(Arch(
+    "siglip", "image", SiglipVision, SiglipConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
+    projectors=("gemma3", "none"), hf_model_types=("siglip", "siglip_vision_model", "gemma3"),
+    claims=lambda m: tn(T.V_ENC_EMBD_CLS, None) not in m.shapes,  # "none": a tower without a class token
+    image=ImagePreprocess("siglip")))

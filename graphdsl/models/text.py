@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, Keys, get_tensor_name_map
 
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
@@ -29,13 +30,16 @@ from .common import (
     T,
     as_dict,
     file_types,
+    graph_of,
     keep_only,
     rename,
     select_weights,
     strip_prefixes,
     sub,
     tn,
+    weight_shapes_of,
 )
+from .registry import Arch, register
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,11 @@ class TextEmbedding:
 
 def build(cfg: TextConfig, n_tokens: int = 8) -> Graph:
     """A graph with input ``ids`` (n_tokens,) i32 and output ``embd``."""
-    g = Graph("text_embd")
-    g.output("embd", TextEmbedding(cfg)(g.input("ids", (n_tokens,), "i32")))
-    return g
+    return graph_of(TextEmbedding(cfg), (n_tokens,), "text_embd")
 
 
 def weight_shapes(cfg: TextConfig) -> dict[str, tuple[int, ...]]:
-    return {k: n.shape for k, n in build(cfg, n_tokens=1).weights.items()}
+    return weight_shapes_of(TextEmbedding(cfg))
 
 
 def config_from_hf(hf: Any, wtype: str = "f32") -> TextConfig:
@@ -105,6 +107,41 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
              ("embeddings.LayerNorm.weight", tn(T.TOKEN_EMBD_NORM)),
              ("embeddings.LayerNorm.bias", tn(T.TOKEN_EMBD_NORM, "bias"))]
     return keep_only(rename(sd, rules), weight_shapes(cfg), "text")
+
+
+GGUF_ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.BERT]  # the files graphdsl writes are BERT text models
+
+
+def config_to_gguf(cfg: TextConfig, hf: Any = None) -> list[tuple[str, object]]:
+    """The metadata of a BERT text-model file holding ``cfg``; the layer counts and widths it
+    does not hold (graphdsl builds the embedding stage only) come from the HF config ``hf``,
+    so that llama.cpp can load the file."""
+    d = as_dict(hf) if hf is not None else {}
+    L, A, arch = Keys.LLM, Keys.Attention, GGUF_ARCH
+    return [(L.CONTEXT_LENGTH.format(arch=arch), cfg.n_pos or d.get("max_position_embeddings", 512)),
+            (L.EMBEDDING_LENGTH.format(arch=arch), cfg.n_embd),
+            (L.FEED_FORWARD_LENGTH.format(arch=arch), d.get("intermediate_size", 4 * cfg.n_embd)),
+            (L.BLOCK_COUNT.format(arch=arch), d.get("num_hidden_layers", 0)),
+            (A.HEAD_COUNT.format(arch=arch), d.get("num_attention_heads", 12)),
+            (A.LAYERNORM_EPS.format(arch=arch), float(cfg.norm_eps if cfg.norm_eps is not None else 1e-12)),
+            (A.CAUSAL.format(arch=arch), False)]
+
+
+def bert_layers(sd: Mapping, config: Any, have: Mapping) -> dict[str, np.ndarray]:
+    """The transformer layers of a BERT checkpoint, named by the gguf package's own HF map
+    (graphdsl's text model builds only the embedding stage; the file stays loadable by llama.cpp)."""
+    names = get_tensor_name_map(MODEL_ARCH.BERT, as_dict(config).get("num_hidden_layers", 12))
+    out = {}
+    for key, value in sd.items():
+        name = names.get_name(key.removeprefix("bert."), try_suffixes=(".weight", ".bias"))
+        if name is not None and name.startswith("blk.") and name not in have:
+            out[name] = np.asarray(value, dtype=np.float32)
+    return out
+
+
+def _vocab(hf_dir: str, n_vocab: int) -> list:
+    from ..convert.vocab import bert_vocab
+    return bert_vocab(hf_dir, n_vocab=n_vocab)
 
 
 # -- GGUF text models --------------------------------------------------------------------------------
@@ -190,3 +227,8 @@ def tokenizer_of(info) -> Any:
             special_tokens=[(info.tokens[cls], cls), (info.tokens[sep], sep)])
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
     return TextTokenizer(tok)
+
+
+ARCH = register(Arch(
+    "text", "text", TextEmbedding, TextConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
+    hf_model_types=("bert",), extra={"layers": bert_layers, "vocab": _vocab, "gguf_arch": lambda: GGUF_ARCH}))

@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gguf import Keys
 
 from .. import blocks, ops
+from ..gguf_io import KEY_ACT
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .common import (
@@ -45,7 +47,9 @@ from .common import (
     strip_prefixes,
     sub,
     tn,
+    weight_shapes_of,
 )
+from .registry import Arch, register
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,7 @@ def build(cfg: WhisperEncConfig, n_windows: int = 1) -> Graph:
 
 
 def weight_shapes(cfg: WhisperEncConfig) -> dict[str, tuple[int, ...]]:
-    return {k: n.shape for k, n in build(cfg).weights.items()}
+    return weight_shapes_of(WhisperEncoder(cfg))
 
 
 def sinusoids(n_ctx: int, n_embd: int, max_timescale: float = 10000.0) -> np.ndarray:
@@ -200,6 +204,19 @@ def config_from_gguf(src: Any) -> WhisperEncConfig:
                             mm_act="gelu_erf")
 
 
+def config_to_gguf(cfg: WhisperEncConfig) -> list[tuple[str, object]]:
+    """The metadata of a file holding ``cfg``; ``config_from_gguf`` reads it back with the tensors
+    (n_ctx is the position table's length, the projector's width its last matrix's)."""
+    A = Keys.ClipAudio
+    kv = [(Keys.Clip.HAS_AUDIO_ENCODER, True), (Keys.Clip.PROJECTOR_TYPE, cfg.projector or "none"),
+          (A.NUM_MEL_BINS, cfg.n_mel), (A.EMBEDDING_LENGTH, cfg.n_embd), (A.FEED_FORWARD_LENGTH, cfg.n_ff),
+          (A.BLOCK_COUNT, cfg.n_layer), (A.Attention.HEAD_COUNT, cfg.n_head),
+          (A.Attention.LAYERNORM_EPS, float(cfg.eps)), (KEY_ACT.format(modality="audio"), cfg.act)]
+    if cfg.projector:
+        kv += [(A.Projector.STACK_FACTOR, cfg.stack_factor), (A.PROJECTION_DIM, int(cfg.n_mm_embd))]
+    return kv
+
+
 def _rules():
     per_layer = [("self_attn.q_proj", T.A_ENC_ATTN_Q), ("self_attn.k_proj", T.A_ENC_ATTN_K),
                  ("self_attn.v_proj", T.A_ENC_ATTN_V), ("self_attn.out_proj", T.A_ENC_OUTPUT),
@@ -225,3 +242,8 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     out = rename(sd, _rules())
     out.setdefault(tn(T.A_ENC_EMBD_POS), sinusoids(cfg.n_ctx, cfg.n_embd))
     return keep_only(out, weight_shapes(cfg), "whisper_enc")
+
+
+ARCH = register(Arch(
+    "whisper_enc", "audio", WhisperEncoder, WhisperEncConfig, config_from_hf, config_from_gguf, config_to_gguf,
+    hf_to_gguf, projectors=("voxtral", "none"), hf_model_types=("whisper", "voxtral")))

@@ -1,0 +1,136 @@
+"""The architecture registry: one record per model file, so that adding a model is one file.
+
+Each ``graphdsl/models/<arch>.py`` ends with ``register(Arch(...))``: the projector types it
+serves (as llama.cpp's ``clip.projector_type`` writes them), the HF ``model_type``s it converts,
+its config and block classes, the config <-> GGUF metadata functions both ways, the HF -> GGUF
+tensor renames and its pre-processing as data. ``from_gguf``, ``convert``, ``info``,
+``inspect``, ``embed``, ``demo`` and ``graphdsl preprocess --mode`` loop over ``ARCHS``; model
+files in this package are imported (and so registered) by ``graphdsl.models``, in name order.
+
+    >>> from graphdsl.models import registry
+    >>> registry.for_hf("llava").name
+    'clip'
+    >>> "siglip" in registry.names("image")
+    True
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _always(mmproj_config) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """How a vision arch's pixels are made (``preprocess.ImageConfig``'s mode) and the mean/std
+    its HF image processor defaults to when a checkpoint's preprocessor_config.json has none."""
+
+    mode: str  # "clip" (shortest edge + centre crop), "siglip" (square resize), "pad"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def config(self, image_size: int, mean=None, std=None, **kw):
+        """The ``preprocess.ImageConfig`` for a tower trained at ``image_size``."""
+        from ..preprocess import ImageConfig
+        mean, std = tuple(mean or self.mean), tuple(std or self.std)
+        if self.mode == "siglip":
+            return ImageConfig(mode="siglip", size=(image_size, image_size), mean=mean, std=std, **kw)
+        return ImageConfig(mode=self.mode, size=image_size, crop_size=image_size, mean=mean, std=std, **kw)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: everything the package needs to load, convert, run and describe it.
+
+    Attributes:
+        name: the model file's name (``clip``), also accepted by ``preprocess --mode``.
+        modality: "image", "audio" or "text" (the ``build_inp_embd`` input kind of its block).
+        block: the Block class, called as ``block(cfg)(x)``.
+        config: the config dataclass.
+        projectors: ``clip.projector_type`` values (for its modality) whose files it builds.
+        hf_model_types: HF ``model_type``s ``graphdsl convert`` turns into its files.
+        config_from_hf: HF config (dict or object) -> config.
+        config_from_gguf: ``gguf_io.MmprojConfig`` (or a path) -> config.
+        config_to_gguf: config -> [(metadata key, value)]; the inverse of config_from_gguf.
+        hf_to_gguf: (HF state dict, config) -> {gguf name: f32 array}, exactly the graph's weights.
+        claims: for a projector type several archs serve ("none": an encoder without projector),
+            whether this arch fits the file (e.g. CLIP when the tower has a class token).
+        image: pixel pre-processing (vision archs).
+        output: "inline" (rows of the decoder's input) or "cross" (memories it attends to).
+        extra: optional hooks a converter needs (text models: "layers", "vocab").
+    """
+
+    name: str
+    modality: str
+    block: type
+    config: type
+    config_from_hf: Callable[[Any], Any]
+    config_from_gguf: Callable[[Any], Any]
+    config_to_gguf: Callable[..., list]
+    hf_to_gguf: Callable[[Mapping, Any], dict]
+    projectors: tuple[str, ...] = ()
+    hf_model_types: tuple[str, ...] = ()
+    claims: Callable[[Any], bool] = _always
+    image: ImagePreprocess | None = None
+    output: str = "inline"
+    extra: Mapping[str, Callable] = field(default_factory=dict)
+
+
+ARCHS: dict[str, Arch] = {}
+
+
+def register(arch: Arch) -> Arch:
+    if arch.name in ARCHS:
+        raise RuntimeError(f"architecture {arch.name!r} registered twice")
+    if arch.modality not in ("image", "audio", "text") or arch.output not in ("inline", "cross"):
+        raise RuntimeError(f"architecture {arch.name!r}: modality {arch.modality!r} / output {arch.output!r}")
+    for other in ARCHS.values():
+        shared = set(other.hf_model_types) & set(arch.hf_model_types)
+        if shared:
+            raise RuntimeError(f"HF model types {sorted(shared)} claimed by {other.name!r} and {arch.name!r}")
+    ARCHS[arch.name] = arch
+    return arch
+
+
+def _modality(section: str) -> str:
+    return {"vision": "image", "image": "image", "audio": "audio"}[section]
+
+
+def for_projector(section: str, projector: str, mmproj_config, *, what: str = "") -> Arch:
+    """The arch that builds a file's vision or audio encoder (ValueError naming the file and the
+    projector types graphdsl builds)."""
+    modality = _modality(section)
+    serving = [a for a in ARCHS.values() if a.modality == modality and projector in a.projectors]
+    fits = [a for a in serving if a.claims(mmproj_config)]
+    if len(fits) == 1:
+        return fits[0]
+    known = sorted({p for a in ARCHS.values() if a.modality == modality for p in a.projectors})
+    if not serving:
+        raise mmproj_config.error(f"{section} projector type {projector!r} is not supported by graphdsl.models "
+                                  f"(supported: {', '.join(known)})")
+    raise mmproj_config.error(f"{section} projector type {projector!r}: {len(fits)} of the architectures serving "
+                              f"it ({', '.join(a.name for a in serving)}) fit this file's tensors")
+
+
+def for_hf(model_type: str) -> Arch:
+    """The arch that converts an HF ``model_type`` (ValueError listing the supported ones)."""
+    for a in ARCHS.values():
+        if model_type in a.hf_model_types:
+            return a
+    known = sorted(t for a in ARCHS.values() for t in a.hf_model_types)
+    raise ValueError(f"cannot convert HF model_type {model_type!r}; supported: {', '.join(known)}")
+
+
+def image_modes() -> dict[str, ImagePreprocess]:
+    """``preprocess --mode`` choices: the resize modes, and each vision arch by name."""
+    modes = {m: ImagePreprocess(m) for m in ("clip", "siglip", "pad")}
+    modes.update({a.name: a.image for a in ARCHS.values() if a.image is not None and a.name not in modes})
+    return modes
+
+
+def names(modality: str | None = None) -> Sequence[str]:
+    return [a.name for a in ARCHS.values() if modality in (None, a.modality)]

@@ -1,0 +1,95 @@
+"""The architecture registry: every record complete, and config -> config_to_gguf -> GGUF file ->
+config_from_gguf the identity for each registered mmproj architecture (canonical configs: the
+fields a file cannot hold, such as the width of a projector that is absent, at their defaults)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from graphdsl.convert.writer import write_gguf
+from graphdsl.gguf_io import MMPROJ_ARCH, load_mmproj
+from graphdsl.models import ARCHS, arch_for, clip, registry, siglip, whisper_enc
+
+CANONICAL = {
+    "clip": [clip.ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2,
+                             feature_layer=(2,), select="default", n_mm_embd=48, mm_act="gelu_erf"),
+             clip.ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=3,
+                             feature_layer=(1, 3), select="full", projector=None, act="gelu")],
+    "siglip": [siglip.SiglipConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2,
+                                   mm_tokens_per_image=16, n_mm_embd=48),
+               siglip.SiglipConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2,
+                                   projector=None)],
+    "whisper_enc": [whisper_enc.WhisperEncConfig(n_mel=16, n_ctx=20, n_embd=32, n_head=4, n_layer=2, n_ff=64,
+                                                 stack_factor=4, n_mm_embd=48),
+                    whisper_enc.WhisperEncConfig(n_mel=16, n_ctx=20, n_embd=32, n_head=4, n_layer=2, n_ff=64,
+                                                 projector=None)],
+}
+MMPROJ_ARCHS = [a for a in ARCHS.values() if a.modality in ("image", "audio")]
+
+
+def _file(tmp_path, arch, cfg):
+    rng = np.random.default_rng(0)
+    shapes = arch.block and {k: n.shape for k, n in _weights(arch, cfg).items()}
+    tensors = {k: ((rng.standard_normal(s) * 0.1).astype(np.float32), "f32") for k, s in shapes.items()}
+    path = tmp_path / f"{arch.name}.gguf"
+    kv = [("general.name", arch.name), *arch.config_to_gguf(cfg)]
+    write_gguf(str(path), MMPROJ_ARCH, kv, tensors)
+    return path
+
+
+def _weights(arch, cfg):
+    from graphdsl.models.common import declared_weights
+    return declared_weights(arch.block(cfg))
+
+
+def _plain(cfg):
+    return dataclasses.replace(cfg, wtypes={})
+
+
+def test_every_record_is_complete():
+    assert {"clip", "siglip", "whisper_enc", "text"} <= set(ARCHS)
+    for a in ARCHS.values():
+        for fn in (a.config_from_hf, a.config_from_gguf, a.config_to_gguf, a.hf_to_gguf):
+            assert callable(fn), (a.name, fn)
+        assert a.modality != "image" or a.image is not None, f"{a.name}: a vision arch needs its pre-processing"
+        assert a.modality == "text" or a.projectors, f"{a.name} serves no projector type"
+        assert registry.for_hf(a.hf_model_types[0]) is a
+
+
+@pytest.mark.parametrize("arch", MMPROJ_ARCHS, ids=lambda a: a.name)
+def test_config_survives_a_gguf_file(tmp_path, arch):
+    assert arch.name in CANONICAL, f"add canonical configs for {arch.name} to this test"
+    for cfg in CANONICAL[arch.name]:
+        path = _file(tmp_path, arch, cfg)
+        m, _ = load_mmproj(path)
+        section = "vision" if arch.modality == "image" else "audio"
+        assert arch_for(m, section) is arch
+        assert _plain(arch.config_from_gguf(m)) == _plain(cfg)
+
+
+def test_a_config_field_the_file_loses_is_caught(tmp_path):
+    """Negative control: a config_to_gguf that forgets a key (the feature layers) breaks the identity."""
+    arch, cfg = ARCHS["clip"], CANONICAL["clip"][1]
+    lossy = dataclasses.replace(arch, config_to_gguf=lambda c: [kv for kv in clip.config_to_gguf(c)
+                                                                 if kv[0] != "clip.vision.feature_layer"])
+    m, _ = load_mmproj(_file(tmp_path, lossy, cfg))
+    assert _plain(arch.config_from_gguf(m)) != _plain(cfg)
+
+
+def test_unknown_projector_lists_the_registered_ones(tmp_path):
+    arch, cfg = ARCHS["clip"], CANONICAL["clip"][0]
+    path = tmp_path / "x.gguf"
+    kv = [(k, "ldp" if k == "clip.projector_type" else v) for k, v in arch.config_to_gguf(cfg)]
+    shapes = {k: n.shape for k, n in _weights(arch, cfg).items()}
+    write_gguf(str(path), MMPROJ_ARCH, kv, {k: (np.zeros(s, np.float32), "f32") for k, s in shapes.items()})
+    m, _ = load_mmproj(path)
+    with pytest.raises(ValueError, match=r"projector type 'ldp' is not supported by graphdsl.models \(supported: "
+                                         r"gemma3, mlp, none"):
+        arch_for(m, "vision")
+
+
+def test_unknown_hf_model_type_lists_the_convertible_ones():
+    with pytest.raises(ValueError, match=r"cannot convert HF model_type 'mobilevlm'; supported: .*llava"):
+        registry.for_hf("mobilevlm")
