@@ -3,7 +3,10 @@
 The idiom of ggml's examples/simple/simple-backend.cpp: devices ordered accelerators first and
 CPU last -> one ggml_backend_sched -> for each set of input shapes, a graph built in a no_alloc
 context and reserved once -> per run: alloc, set inputs, compute (GIL released), read outputs.
-Weights live in one backend buffer, uploaded once and referenced by every program.
+Weights live in one backend buffer, uploaded once and referenced by every program. Constants
+(`const` nodes) live in a buffer of their program, uploaded once when the program is built for
+its input shapes: the scheduler's compute buffers are shared by all programs, so values left
+there would be overwritten by the next program's run.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from graphdsl import dtypes as dt
 
 from .devices import MAX_THREADS, check_threads, devices, resolve_devices  # noqa: F401 - re-exported
 from .ggml_lower import LOWERING, STRIDED_OK, Lowering, ne_of, packed
-from .weights import check_inputs, check_weights
+from .weights import check_inputs, check_weights, const_value
 
 
 # Runtimes and buffers that hold memory on an RPC server. At exit they are forgotten rather than
@@ -54,6 +57,9 @@ class Program:
     id_checks: list = field(default_factory=list)  # (input name, n_rows) for get_rows ids
     checked: bool = False  # strict placement verified
     gctx: object = None  # the context holding cgraph
+    consts: dict[str, object] = field(default_factory=dict)  # const node name -> tensor in const_buffer
+    const_ctx: object = None  # the context holding consts
+    const_buffer: object = None  # their memory on the primary device, filled once (_upload_consts)
 
 
 class GGMLExecutor:
@@ -176,7 +182,7 @@ class GGMLExecutor:
         if any(graph.inputs[k].shape != s for k, s in shapes.items()):
             graph = graph.specialize(shapes)
         wanted = graph.match(capture)
-        live = graph.live_nodes(list(graph.outputs.values()) + wanted)
+        live = graph.live_nodes(list(graph.outputs.values()) + wanted, values_only=True)
         n_tensors = TENSORS_PER_NODE * len(live) + CONTEXT_SLACK
         while True:
             try:
@@ -184,9 +190,11 @@ class GGMLExecutor:
                 break
             except _ggml.ContextFull:
                 n_tensors *= 4
+        self._upload_consts(prog)
         # ggml asserts when a graph outgrows its node array or the scheduler's hash set: both are
-        # sized from the tensors the lowering made (every node and leaf is one of them or a weight).
-        n = prog.ctx.n_tensors + len(self._wtensors) + 1
+        # sized from the tensors the lowering made (every node and leaf is one of them, a weight
+        # or a constant).
+        n = prog.ctx.n_tensors + len(self._wtensors) + len(prog.consts) + 1
         gctx = _ggml.Context(0, n)
         cgraph = gctx.new_graph(n, prog.ctx)
         for t in prog.outputs.values():
@@ -201,8 +209,10 @@ class GGMLExecutor:
     def _lower(self, graph, live, wanted, n_tensors: int) -> Program:
         ctx = _ggml.Context(n_tensors)
         L = Lowering(ctx, self.precision, fused_f32_attention=self.device_names[0] == "CPU")
+        # Constants get their own context: it is allocated in a buffer of its own, not by the scheduler.
+        Lc = Lowering(_ggml.Context(sum(n.op == "const" for n in live) + 1), self.precision)
         vals: dict[int, object] = {}
-        inputs, tensors, id_checks = {}, {}, []
+        inputs, tensors, id_checks, consts = {}, {}, [], {}
         for node in live:
             if node.op == "input":
                 t = ctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), node.name)
@@ -210,6 +220,8 @@ class GGMLExecutor:
                 inputs[node.name] = t
             elif node.op == "weight":
                 t = self._wtensors[node.name]
+            elif node.op == "const":  # a leaf; its inputs give shapes only and are not lowered
+                t = consts[node.name] = LOWERING["const"](Lc, node)
             else:
                 args = [vals[id(i)] if i.op == "weight" or node.op in STRIDED_OK else L.cont(vals[id(i)])
                         for i in node.inputs]
@@ -226,11 +238,23 @@ class GGMLExecutor:
         outputs = {}
         for name, node in [*graph.outputs.items(), *((n.name, n) for n in wanted)]:
             t = vals[id(node)]
-            if not packed(t) or node.op in ("input", "weight"):
+            if not packed(t) or node.op in ("input", "weight", "const"):
                 t = _ggml.ops.cont(ctx, t)
             t.set_output()
             outputs[name] = t
-        return Program(graph, ctx, None, inputs, outputs, tensors, [c for c in id_checks if c])
+        return Program(graph, ctx, None, inputs, outputs, tensors, [c for c in id_checks if c],
+                       consts=consts, const_ctx=Lc.ctx)
+
+    def _upload_consts(self, prog: Program) -> None:
+        """Allocate the program's constants on the primary device and copy their values in, once."""
+        if not prog.consts:
+            return
+        prog.const_buffer = self.runtime.alloc_tensors(prog.const_ctx, 0)
+        if self._remote:
+            _RPC_HANDLES.add(prog.const_buffer)
+        nodes = {n.name: n for n in prog.graph.nodes if n.op == "const"}
+        for name, t in prog.consts.items():
+            self.runtime.set_tensor(t, const_value(nodes[name]))
 
     def prepare(self, inputs: Mapping[str, object], *, capture: Sequence[str] = ()) -> Program:
         """Lower and reserve for these inputs' shapes without computing (a warm-up)."""
@@ -334,10 +358,16 @@ def _ids_check(node):
     table, ids = node.inputs
     if ids.op == "input":
         return (ids.name, table.shape[0])
+    if ids.op == "const":  # known now: checked once, here
+        v = const_value(ids)
+        if v.min() < 0 or v.max() >= table.shape[0]:
+            raise ValueError(f"[get_rows] node '{node.name}': constant ids '{ids.name}' must lie in "
+                             f"[0, {table.shape[0]}), got [{v.min()}, {v.max()}]")
+        return None
     if ids.op == "argmax" and ids.inputs[0].shape[-1] <= table.shape[0]:
         return None
     raise ValueError(f"[get_rows] node '{node.name}': ids must come from a graph input (checked at run "
-                     f"time) or an argmax over at most {table.shape[0]} columns")
+                     f"time), a constant or an argmax over at most {table.shape[0]} columns")
 
 
 def _check_lowered(node, t):

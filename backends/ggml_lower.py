@@ -315,3 +315,10 @@ def _pool_2d(L, node, x):
     op = 0 if a["op"] == "max" else 1
     (kh, kw), (sh, sw) = a["kernel"], a["stride"]
     return G.pool_2d(L.ctx, x, op, kw, kh, sw, sh, 0.0, 0.0)
+
+
+@lowers("const")
+def _const(L, node, *shape_only):
+    """A leaf tensor in L's context; the executor uploads the value once per program (ggml.py).
+    The node's inputs only gave its shape, so nothing is computed from them."""
+    return L.ctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), node.name[:63])

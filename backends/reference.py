@@ -2,7 +2,8 @@
 
 It runs each node's registry reference in float64 (so it is a tighter reference than any f32
 backend), on weights stored exactly as ggml stores them (f16, bf16, quantized blocks) and
-dequantized with the gguf package.
+dequantized with the gguf package. Constants are evaluated from their node (of the graph
+specialized to the call's shapes), exactly as the ggml backend uploads them.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from gguf.quants import dequantize
 from graphdsl import dtypes as dt
 from graphdsl.ops.registry import REGISTRY
 
-from .weights import check_inputs, check_weights
+from .weights import check_inputs, check_weights, const_value
 
 
 def to_compute(node, stored: np.ndarray) -> np.ndarray:
@@ -57,11 +58,13 @@ class ReferenceExecutor:
         values: dict[int, np.ndarray] = {}
         captured = {}
         wanted = graph.match(capture)
-        for node in graph.live_nodes(list(graph.outputs.values()) + wanted):
+        for node in graph.live_nodes(list(graph.outputs.values()) + wanted, values_only=True):
             if node.op == "input":
                 v = to_compute(node, arrays[node.name])
             elif node.op == "weight":
                 v = self._weights[node.name]
+            elif node.op == "const":  # its inputs give shapes only, and were not computed
+                v = to_compute(node, const_value(node))
             else:
                 args = [values[id(i)] for i in node.inputs]
                 try:

@@ -74,17 +74,23 @@ def check_weights(graph, weights: Mapping[str, object], *, allow_extra: bool = F
     return out
 
 
+def const_value(node) -> np.ndarray:
+    """A const node's stored value (its dtype; bf16 as bit patterns) for its inputs' shapes now."""
+    return node.attrs["value"].evaluate([i.shape for i in node.inputs])
+
+
 def check_inputs(graph, inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
     """Inputs by name, converted to their declared dtype; shapes may differ (see Graph.specialize).
 
-    Inputs that carry a build-time value in `node.meta["const"]` (e.g. interpolation matrices)
-    are fed from it unless the caller passes them.
+    Constants are graph nodes (`Graph.const`), never fed: naming one here is an error like any
+    unknown name.
     """
-    inputs = {**{n: v.meta["const"] for n, v in graph.inputs.items() if "const" in v.meta}, **inputs}
     missing = [n for n in graph.inputs if n not in inputs]
     extra = sorted(set(inputs) - set(graph.inputs))
     if missing or extra:
-        raise ValueError(f"inputs do not match graph '{graph.name}': missing {missing}, unexpected {extra}")
+        consts = sorted(set(extra) & {n.name for n in graph.nodes if n.op == "const"})
+        hint = f" ({', '.join(consts)}: constants, computed by the graph)" if consts else ""
+        raise ValueError(f"inputs do not match graph '{graph.name}': missing {missing}, unexpected {extra}{hint}")
     out = {}
     for name, node in graph.inputs.items():
         arr = to_numpy(inputs[name])

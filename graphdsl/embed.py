@@ -43,7 +43,7 @@ import numpy as np
 from . import dtypes as dt
 from . import ops
 from .graph import Graph, Tensor
-from .inp_embd import build_inp_embd, constants
+from .inp_embd import build_inp_embd
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
         media: kind -> media model (``ClipVision``, ``SiglipVision``, ``WhisperEncoder`` ...).
 
     Returns:
-        (graph with output ``embd``, the inputs to feed it (constants included), spans).
+        (graph with output ``embd``, the inputs to feed it, spans).
     """
     media = dict(media or {})
     g = Graph("mixed_batch")
@@ -143,7 +143,6 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
     for i, (k, p) in enumerate(zip(kinds, pieces)):
         spans.append(Span(i, k, start, p.shape[0]))
         start += p.shape[0]
-    feeds.update(constants(g))
     return g, feeds, spans
 
 

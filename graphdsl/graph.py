@@ -4,7 +4,8 @@ A small, closed IR in the spirit of torch.fx: every node is `Node(op, inputs, at
 dtype, name)` plus a free-form `meta` dict for analysis results. Two pseudo-ops start a graph:
 `input` (fed at run time) and `weight` (bound once, by name). Every other op comes from the
 registry in `graphdsl.ops`, whose shape rule runs when the node is built, so a bad shape is a
-ValueError at the line that wrote it, never an abort inside ggml.
+ValueError at the line that wrote it, never an abort inside ggml. Constants are the registry op
+`const` (`Graph.const`): fixed, or recomputed from input shapes when the graph is specialized.
 
 Shapes are NumPy order (outermost first) and weights are `(out, in)` as in PyTorch.
 """
@@ -230,6 +231,28 @@ class Graph:
         self.weights[node.name] = node
         return Tensor(self, node)
 
+    def const(self, name: str, value, *, shape_of: Sequence[Tensor] = (),
+              dtype: str | dt.DType | None = None) -> Tensor:
+        """A value known before the run: an array, or `fn(*shapes) -> array` of `shape_of`'s shapes.
+
+        A function is called again whenever those shapes change (`specialize`, an executor called
+        with another input shape); an array given with `shape_of` is pinned to the current shapes
+        (a change raises ValueError). Only the shapes of `shape_of` are read. dtype: any
+        non-quantized one (default i32 for integers, f16 for float16, else f32). See ops/const.py.
+
+            >>> cols = g.const("cols", lambda s: np.arange(s[-1] // 16), shape_of=[px])   # i32
+        """
+        from .ops.const import ConstValue
+        from .ops.registry import ShapeError
+        qual = self.qualify(name)
+        if any(not isinstance(t, Tensor) or t.graph is not self for t in shape_of):
+            raise ValueError(f"[const] node '{qual}': shape_of must be tensors of this graph")
+        try:
+            cv = ConstValue(value, [t.shape for t in shape_of], dtype, pinned=bool(shape_of))
+        except ShapeError as e:
+            raise ValueError(f"[const] node '{qual}': {e}") from None
+        return self.emit("const", list(shape_of), {"value": cv}, name)
+
     def _leaf(self, op: str, name: str, shape: Sequence[int], d: dt.DType) -> Node:
         shape = tuple(int(s) for s in shape)
         qual = self.qualify(name)
@@ -292,8 +315,12 @@ class Graph:
         return [n for n in self.nodes if n.op not in ("input", "weight")
                 and any(fnmatch.fnmatchcase(n.name, p) for p in patterns)]
 
-    def live_nodes(self, outputs: Sequence[Node] | None = None) -> list[Node]:
-        """Nodes the outputs depend on, in build (topological) order."""
+    def live_nodes(self, outputs: Sequence[Node] | None = None, *, values_only: bool = False) -> list[Node]:
+        """Nodes the outputs depend on, in build (topological) order.
+
+        With `values_only`, the inputs of `const` nodes are not followed: a constant reads only
+        their shapes, so an executor need not compute (or upload) them for it.
+        """
         roots = list(self.outputs.values()) if outputs is None else list(outputs)
         seen: set[int] = set()
         stack = roots
@@ -301,14 +328,17 @@ class Graph:
             n = stack.pop()
             if id(n) not in seen:
                 seen.add(id(n))
-                stack.extend(n.inputs)
+                if not (values_only and n.op == "const"):
+                    stack.extend(n.inputs)
         return [n for n in self.nodes if id(n) in seen]
 
     def specialize(self, shapes: dict[str, Sequence[int]]) -> Graph:
         """Replay this graph with new input shapes (same ops, attrs and weights).
 
         Shape rules run again, so an op whose attributes do not fit the new shapes raises
-        ValueError naming it. Models whose structure depends on the input size rebuild instead.
+        ValueError naming it; constants built from a function of shapes are recomputed, pinned
+        ones raise. Attributes are not recomputed: a reshape to a grid (gh, gw) fixed at build
+        time stays (gh, gw), so models whose structure depends on the input size rebuild instead.
         """
         unknown = set(shapes) - set(self.inputs)
         if unknown:
@@ -352,3 +382,4 @@ class Graph:
         """Write DOT/SVG/PNG, repeated blocks collapsed (see inspect.draw)."""
         from .inspect.drawing import draw
         return draw(self, path, **kw)
+

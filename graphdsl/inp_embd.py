@@ -17,8 +17,11 @@ Position embeddings of images whose patch grid differs from the trained one are 
 HF's ``interpolate_pos_encoding=True`` does (``torch.nn.functional.interpolate``, bicubic,
 A = -0.75, align_corners=False, border-clamped taps). Bicubic resizing is linear and separable,
 so it runs in the graph as two matrix products with constant matrices computed here in NumPy.
-Such constants are graph *inputs* carrying their value in ``node.meta["const"]``; executors
-feed them unless the call passes them (``constants(graph)`` collects them explicitly).
+They are ``const`` nodes computed from the pixels' shape, so an executor called with another
+image size recomputes them. Where the graph's structure itself depends on the input size (no
+resize at the trained grid, the first n rows of a position table), a shape guard (a constant
+pinned to the shape, needed by no output) makes such a call raise ValueError instead of reusing
+rows for the wrong positions.
 
 Example:
     >>> g = Graph("clip_embd")
@@ -31,6 +34,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,23 +79,29 @@ def build_inp_embd(kind: str, x: Tensor, **params) -> Tensor:
     return k.build(x, **params)
 
 
-# -- constant inputs --------------------------------------------------------------------------------
-def const_input(g: Graph, name: str, value: np.ndarray) -> Tensor:
-    """A graph input whose value is fixed at build time (kept in ``node.meta["const"]``)."""
-    value = np.ascontiguousarray(value, dtype=np.float32)
-    taken = {n.name for n in g.nodes}
-    base, i = name, 0
-    while g.qualify(name) in taken:
-        i += 1
-        name = f"{base}_{i}"
-    t = g.input(name, value.shape)
-    t.node.meta["const"] = value
-    return t
-
-
+# -- constants and shape guards ----------------------------------------------------------------------
 def constants(g: Graph) -> dict[str, np.ndarray]:
-    """The values of the graph's constant inputs, to pass along with the real inputs."""
-    return {name: n.meta["const"] for name, n in g.inputs.items() if "const" in n.meta}
+    """Deprecated: constants are ``const`` nodes that executors evaluate; there is nothing to feed."""
+    warnings.warn("graphdsl.inp_embd.constants() is deprecated: constants are graph nodes now "
+                  "(Graph.const), executors need no feed for them", DeprecationWarning, stacklevel=2)
+    return {}
+
+
+def shape_guard(g: Graph, name: str, t: Tensor, why: str, same: Callable[..., tuple] | None = None) -> None:
+    """Make a later change of ``t``'s shape raise ValueError (at ``Graph.specialize``), saying why.
+
+    ``same(shape)`` gives the part of the shape the graph depends on (default: all of it); the
+    guard is a constant computed from it that no output needs, so executors never evaluate it.
+    """
+    key = same(t.shape) if same else tuple(t.shape)
+
+    def guard(shape):
+        now = same(shape) if same else tuple(shape)
+        if now != key:
+            raise ValueError(f"{why}: built for {key}, got {now}; build the graph for this shape")
+        return np.zeros(1, np.int32)
+    guard.__name__ = "shape_guard"
+    g.const(name, guard, shape_of=[t])
 
 
 # -- bicubic resizing as a matrix ---------------------------------------------------------------------
@@ -121,15 +131,19 @@ def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
     return m
 
 
-def resize_pos_embd(pos: Tensor, grid_in: tuple[int, int], grid_out: tuple[int, int]) -> Tensor:
-    """Bicubic resize of a (gh*gw, d) position table to (nh*nw, d), as two constant mat-muls.
+def resize_pos_embd(pos: Tensor, grid_in: tuple[int, int], pixels: Tensor, patch_size: int) -> Tensor:
+    """Bicubic resize of a (gh*gw, d) position table to the pixels' grid (nh*nw, d), as two mat-muls.
 
         P' = M_h · P · M_w^T    per channel, with P viewed as (gh, gw)
+
+    M_h, M_w are constants computed from the pixels' shape (nh = H // p, nw = W // p), so they
+    follow the image size when the graph is specialized.
     """
-    g = pos.graph
-    (gh, gw), (nh, nw), d = grid_in, grid_out, pos.shape[-1]
-    mw = const_input(g, "pos_resize_w", bicubic_matrix(gw, nw))  # (nw, gw)
-    mh = const_input(g, "pos_resize_h", bicubic_matrix(gh, nh))  # (nh, gh)
+    g, ps = pos.graph, patch_size
+    (gh, gw), d = grid_in, pos.shape[-1]
+    nh, nw = pixels.shape[-2] // ps, pixels.shape[-1] // ps
+    mw = g.const("pos_resize_w", lambda s: bicubic_matrix(gw, s[-1] // ps), shape_of=[pixels])  # (nw, gw)
+    mh = g.const("pos_resize_h", lambda s: bicubic_matrix(gh, s[-2] // ps), shape_of=[pixels])  # (nh, gh)
     # cont: ggml's CPU mul_mat needs x's last axis contiguous (the lowering checks only for transposes)
     p = ops.cont(ops.permute(ops.reshape(pos, (gh, gw, d)), (2, 0, 1)), name="pos_resize.chw")  # (d, gh, gw)
     p = ops.mul_mat(p, mw, name="pos_resize.w")  # (d, gh, nw)
@@ -163,6 +177,7 @@ def text_embd(ids: Tensor, *, n_vocab: int, n_embd: int, wtype: str = "f32", n_p
         if n > n_pos:
             raise ValueError(f"[text_embd] {n} tokens exceed the {n_pos} learned positions")
         pos = g.weight("position_embd.weight", (n_pos, n_embd))
+        shape_guard(g, "inp_embd.pos_guard", ids, "[text_embd] position rows 0..n-1 are fixed at build time")
         x = ops.add(x, ops.view(pos, 0, 0, n, name="inp_embd.pos_rows"), name="inp_embd.pos")
     if norm_eps is not None:
         x = blocks.norm(x, "token_embd_norm", eps=norm_eps)
@@ -206,10 +221,13 @@ def image_embd(pixels: Tensor, *, n_embd: int, patch_size: int, image_size: int,
     pos = g.weight("position_embd.weight", (g0 * g0 + n_cls, n_embd))
     if (gh, gw) != (g0, g0):
         table = ops.view(pos, 0, n_cls, n_cls + g0 * g0, name="pos_patches") if class_embd else pos
-        table = resize_pos_embd(table, (g0, g0), (gh, gw))
+        table = resize_pos_embd(table, (g0, g0), pixels, p)
         if class_embd:
             table = ops.concat([ops.view(pos, 0, 0, 1, name="pos_cls"), table], axis=0, name="pos_all")
         pos = table
+    else:
+        shape_guard(g, "pos_grid_guard", pixels, "[image_embd] the trained grid needs no position resize, so "
+                    "this graph has none", same=lambda s: (s[-2] // p, s[-1] // p))
     return ops.add(x, pos, name="inp_pos")
 
 
@@ -242,6 +260,9 @@ def audio_embd(mel: Tensor, *, n_embd: int, n_pos: int) -> Tensor:
     n = x.shape[-1]
     x = ops.permute(x, (*range(len(b)), len(b) + 1, len(b)), name="conv1d.t")  # ([B,] n, d)
     pos = g.weight("position_embd.weight", (n_pos, n_embd))
+    if n != n_pos:
+        shape_guard(g, "pos_guard", mel, "[audio_embd] position rows 0..T/2-1 are fixed at build time",
+                    same=lambda s: s[-1])
     return ops.add(x, pos if n == n_pos else ops.view(pos, 0, 0, n, name="pos_rows"), name="inp_pos")
 
 

@@ -16,7 +16,6 @@ import pytest
 import target
 
 import graphdsl
-from graphdsl.inp_embd import constants
 
 DATA = Path(__file__).parent / "data"
 BOUND = target.TF32_REL if target.TF32 else 1e-5  # relative L2 error vs HF fp32 (precision="f32")
@@ -50,10 +49,9 @@ def randomize(model, seed: int = 0, std: float = 0.05):
 
 
 def run_graph(g, weights, inputs, backend=None, **kw):
-    """Compile, bind (strict) and run on `backend` (default: the backend under test); constant
-    inputs (interpolation matrices) are added."""
+    """Compile, bind (strict) and run on `backend` (default: the backend under test)."""
     exe = graphdsl.compile(g, backend or target.BACKEND, weights=weights, **kw)
-    return exe({**inputs, **constants(g)})
+    return exe(inputs)
 
 
 # -- small HF models -------------------------------------------------------------------------------

@@ -147,6 +147,11 @@ add("conv_1d", lambda w, x: ops.conv_1d(w, x, stride=2, padding=1), {"w": W((6, 
 add("pool_2d", lambda x: ops.pool_2d(x, "avg", 2), {"x": I((3, 8, 10))})
 add("pool_2d", lambda x: ops.pool_2d(x, "max", (3, 2), (2, 2)), {"x": I((2, 3, 9, 9))})
 
+# -- constants ------------------------------------------------------------------------------------------
+add("const", lambda x: x * x.graph.const("k", lambda s: np.linspace(-2, 2, s[-1]), shape_of=[x]), {"x": I((5, 13))})
+add("const", lambda w: ops.get_rows(w, w.graph.const("ids", np.array([6, 0, 3, 3]))), {"w": W((7, 9))})
+add("const", lambda x: x + ops.cast(x.graph.const("h", np.full((3, 5), -1.5, np.float16)), "f32"), {"x": I((2, 3, 5))})
+
 # -- rope: the multi-section modes and Pixtral's rope_2d (graphdsl/ops/rope.py) --------------------------
 _ROPE = {"f32": 3e-5}  # ggml's f32 angle ladder at positions < 512 (tests/test_rope.py)
 add("rope", lambda x, p: ops.rope(x, p, mode="mrope", sections=(3, 3, 2)),

@@ -8,7 +8,7 @@ from hf_refs import BOUND, bert_tiny, llava_tiny, need_torch, randomize, rel_err
 from target import BACKEND
 
 from graphdsl import Graph
-from graphdsl.inp_embd import INPUT_KINDS, bicubic_matrix, build_inp_embd, constants, register_input_kind
+from graphdsl.inp_embd import INPUT_KINDS, bicubic_matrix, build_inp_embd, register_input_kind
 from graphdsl.models import clip, siglip, text, whisper_enc
 
 BACKENDS = [BACKEND, "reference"]
@@ -87,14 +87,26 @@ def test_image_kind_matches_siglip_embeddings(hw):
     assert rel_err(run_graph(g, w, {"px": px[0].numpy()})["y"], ref) <= BOUND
 
 
-def test_interpolation_constants_are_inputs_with_values():
+def test_interpolation_constants_are_const_nodes_that_follow_the_pixels():
     g = Graph()
     inp = g.input("px", (3, 40, 24))
     with g.scope("v"):
         build_inp_embd("image", inp, n_embd=8, patch_size=8, image_size=32)
-    k = constants(g)
+    assert list(g.inputs) == ["px"]  # nothing for the caller to feed
+    k = {n.name: n for n in g.nodes if n.op == "const"}
     assert sorted(k) == ["v.pos_resize_h", "v.pos_resize_w"]
     assert k["v.pos_resize_h"].shape == (5, 4) and k["v.pos_resize_w"].shape == (3, 4)
+    s = {n.name: n for n in g.specialize({"px": (3, 24, 40)}).nodes if n.op == "const"}
+    assert s["v.pos_resize_h"].shape == (3, 4) and s["v.pos_resize_w"].shape == (5, 4)
+    np.testing.assert_array_equal(s["v.pos_resize_w"].attrs["value"].evaluate([(3, 24, 40)]),
+                                  bicubic_matrix(4, 5).astype(np.float32))
+
+
+def test_constants_helper_is_deprecated_and_empty():
+    from graphdsl.inp_embd import constants
+    g = Graph()
+    with pytest.warns(DeprecationWarning, match="Graph.const"):
+        assert constants(g) == {}
 
 
 def test_audio_kind_matches_whisper_conv_stem():

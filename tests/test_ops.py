@@ -168,15 +168,16 @@ def test_mul_mat_on_a_permuted_input_does_not_abort():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_constant_inputs_are_fed_from_meta():
+def test_constants_are_nodes_not_inputs():
     from graphdsl import Graph
     g = Graph("c")
-    x, m = g.input("x", (2, 3)), g.input("m", (3, 3))
-    m.node.meta["const"] = np.eye(3, dtype=np.float32) * 2
+    x, m = g.input("x", (2, 3)), g.const("m", np.eye(3, dtype=np.float32) * 2)
     g.output("y", x @ m)
     xv = np.ones((2, 3), np.float32)
     for backend in ("reference", BACKEND):
         np.testing.assert_allclose(graphdsl.compile(g, backend)(x=xv)["y"], 2 * xv)
+        with pytest.raises(ValueError, match=r"unexpected \['m'\] \(m: constants, computed by the graph\)"):
+            graphdsl.compile(g, backend)(x=xv, m=np.eye(3, dtype=np.float32))
 
 
 _PRODUCT_CASES = [c for c in CASES if c.op in ("mul_mat", "conv_1d", "conv_2d", "flash_attn_ext")]

@@ -1,5 +1,5 @@
 """The op registry and the public op builders (`from graphdsl import ops; ops.mul_mat(x, w)`)."""
-from . import conv, elementwise, linalg, reduce, rope, shape  # noqa: F401 - registers the ops
+from . import const, conv, elementwise, linalg, reduce, rope, shape  # noqa: F401 - registers the ops
 from .conv import conv_1d, conv_2d, pool_2d  # noqa: F401
 from .elementwise import add, div, mul, scale, sub  # noqa: F401
 from .linalg import flash_attn_ext, get_rows, linear, mul_mat, norm, rms_norm, soft_max  # noqa: F401
