@@ -7,6 +7,9 @@ registry in `graphdsl.ops`, whose shape rule runs when the node is built, so a b
 ValueError at the line that wrote it, never an abort inside ggml. Constants are the registry op
 `const` (`Graph.const`): fixed, or recomputed from input shapes when the graph is specialized.
 
+This module imports nothing of `graphdsl.inspect` (which imports it): printing lives here, and
+the summary/drawing delegates import their module on first use.
+
 Shapes are NumPy order (outermost first) and weights are `(out, in)` as in PyTorch.
 """
 from __future__ import annotations
@@ -199,11 +202,15 @@ class Graph:
                 return cand
 
     def input(self, name: str, shape: Sequence[int], dtype: str | dt.DType = "f32") -> Tensor:
-        """A tensor fed at run time (NumPy order)."""
+        """A tensor fed at run time (NumPy order), by exactly this name.
+
+        Scopes do not prefix input names: the caller feeds `name` as written here, wherever the
+        input was declared (a scoped name would surface only later, as a missing input).
+        """
         d = dt.dtype(dtype)
         if d.is_quantized:
             raise ValueError(f"[input] node '{name}': inputs cannot be quantized ({d.name})")
-        node = self._leaf("input", name, shape, d)
+        node = self._leaf("input", name, shape, d, qualify=False)
         self.inputs[node.name] = node
         return Tensor(self, node)
 
@@ -253,9 +260,9 @@ class Graph:
             raise ValueError(f"[const] node '{qual}': {e}") from None
         return self.emit("const", list(shape_of), {"value": cv}, name)
 
-    def _leaf(self, op: str, name: str, shape: Sequence[int], d: dt.DType) -> Node:
+    def _leaf(self, op: str, name: str, shape: Sequence[int], d: dt.DType, qualify: bool = True) -> Node:
         shape = tuple(int(s) for s in shape)
-        qual = self.qualify(name)
+        qual = self.qualify(name) if qualify else name
         if not 1 <= len(shape) <= MAX_RANK or any(s <= 0 for s in shape):
             raise ValueError(f"[{op}] node '{qual}': shape {shape} must have 1 to {MAX_RANK} positive dims")
         if qual in self._names:
@@ -360,14 +367,14 @@ class Graph:
         return g
 
     def __str__(self) -> str:
-        from .inspect.printing import format_graph
         return format_graph(self)
 
     def __repr__(self) -> str:
         return (f"<Graph '{self.name}': {len(self.nodes)} nodes, {len(self.inputs)} inputs, "
                 f"{len(self.weights)} weights, {len(self.outputs)} outputs>")
 
-    # -- inspection (thin delegates to graphdsl.inspect) ---------------------------------------
+    # -- inspection (thin delegates to graphdsl.inspect, imported on first use: inspect imports this
+    # module, and its renderers need the optional rich / networkx / Graphviz) ----------------------
     def summary(self, group_by: int | str | None = None):
         """Table of nodes: op, shape, dtype, parameters, FLOPs, bytes read/written (see inspect.summary)."""
         from .inspect.summarize import summary
@@ -383,3 +390,17 @@ class Graph:
         from .inspect.drawing import draw
         return draw(self, path, **kw)
 
+
+def format_graph(graph: Graph) -> str:
+    """One typed line per node, as jaxprs and fx graphs print (`str(graph)`)."""
+    lines = [f"graph {graph.name}(", *(f"    %{n.name} : {type_str(n.dtype, n.shape)}," for n in graph.inputs.values()),
+             "):"]
+    for n in graph.nodes:
+        head = f"    %{n.name} : {type_str(n.dtype, n.shape)} = "
+        if n.op == "weight":
+            lines.append(head + "weight")
+        elif n.op != "input":
+            args = [f"%{i.name}" for i in n.inputs] + [f"{k}={v!r}" for k, v in n.attrs.items()]
+            lines.append(head + f"{n.op}({', '.join(args)})")
+    lines.append(f"    return {{{', '.join(f'{k}=%{v.name}' for k, v in graph.outputs.items())}}}")
+    return "\n".join(lines)

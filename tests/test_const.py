@@ -168,13 +168,14 @@ def test_bad_constants_raise_naming_the_node():
         g.const("o", np.zeros(2), shape_of=[Graph().input("y", (2,))])
 
 
-def test_constant_value_is_copied():
+def test_constant_value_is_copied_and_printed_short():
     g = Graph("copy")
     a = np.ones(3, np.float32)
     c = g.const("c", a)
     a[:] = 7  # the caller's array changes; the graph's constant does not
     g.output("y", c * 1.0)
     np.testing.assert_array_equal(graphdsl.compile(g, "reference")()["y"], np.ones(3))
+    assert "%c : f32[3] = const(value=<f32 fixed>)" in str(g)
 
 
 # -- upload once per program ------------------------------------------------------------------------------
@@ -216,3 +217,31 @@ def test_reference_computes_nothing_for_a_shape_only_input():
     for backend in BACKENDS:
         out = graphdsl.compile(g, backend)(x=np.zeros(4, np.float32), s=np.zeros((5, 1), np.float32))
         np.testing.assert_array_equal(out["y"], np.full(4, 51))
+
+
+# -- inputs in a scope ------------------------------------------------------------------------------------
+def test_inputs_keep_their_names_inside_a_scope():
+    g = Graph("scoped")
+    with g.scope("v"):
+        px = g.input("pixels", (2,))
+        y = ops.scale(px, 2.0, name="double")
+    g.output("y", y)
+    assert list(g.inputs) == ["pixels"] and y.name == "v.double"
+    np.testing.assert_array_equal(graphdsl.compile(g, "reference")(pixels=np.ones(2, np.float32))["y"], [2, 2])
+    with pytest.raises(ValueError, match=r"\[input\] node 'pixels': name already used"):
+        with g.scope("a"):
+            g.input("pixels", (2,))
+
+
+def test_graph_module_imports_inspect_only_in_the_inspection_delegates():
+    """printing lives in graph.py (inspect imports graph, not the reverse); only summary / drawing
+    delegates import graphdsl.inspect, at call time."""
+    import ast
+    import inspect as pyinspect
+
+    import graphdsl.graph as gm
+    tree = ast.parse(pyinspect.getsource(gm))
+    where = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+             for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and "inspect" in (n.module or "")}
+    assert where == {"summary", "to_networkx", "draw"}
+    assert not any(isinstance(n, ast.ImportFrom) and "inspect" in (n.module or "") for n in tree.body)
