@@ -186,7 +186,7 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
     encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files); check_finite
     as ``models.from_gguf``."""
     from .embed import build_mixed
-    from .models import clip, siglip, whisper_enc
+    from .models.common import INPUT_NAMES, graph_of
     from .preprocess import preprocess_image, whisper_features
     if model == "demo":
         m = load_models(*build_files(spec)[:2])
@@ -197,13 +197,13 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
     if kind not in mm.media:
         raise ValueError(f"{model} has no {kind or 'image or audio'} encoder "
                          f"(it has: {', '.join(mm.media) or 'none'})")
+    block = mm.media[kind]
     if kind == "image":
-        px = preprocess_image(image or DATA / "demo_image.png", mm.image_config())
-        arch = clip if isinstance(mm.vision, clip.ClipVision) else siglip
-        g, feeds = arch.build(mm.vision.cfg, image_hw=px.shape[1:]), {"pixels": px}
+        data = preprocess_image(image or DATA / "demo_image.png", mm.image_config())
     else:
-        mel = whisper_features(audio or DATA / "speech_16k.wav", mm.audio.cfg.n_mel)
-        g, feeds = whisper_enc.build(mm.audio.cfg, n_windows=1), {"mel": mel[None]}
+        data = whisper_features(audio or DATA / "speech_16k.wav", block.cfg.n_mel)
+    x = data if kind == "image" else block.rows(data)  # one image (3, H, W); audio as its windows
+    g, feeds = graph_of(block, x.shape, mm.archs[kind].name), {INPUT_NAMES[kind]: x}
     return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
 
 
