@@ -51,6 +51,18 @@ def test_compiled_encoder_called_at_another_shape_equals_a_fresh_build(model, fi
     assert rel_err(exe(pixels=_pixels(first, 0))["embd"], out_first) <= 1e-6
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gemma3_pooling_grid_refuses_another_grid_with_the_same_count(backend):
+    """The projector's (gh, gw) reshape is fixed at build: 40x24 then 24x40 must raise, not pool
+    the wrong neighbours (it was 0.87 relative L2 off a fresh build)."""
+    cfg, m = gemma3_tiny()
+    c = siglip.config_from_hf(cfg)
+    exe = graphdsl.compile(siglip.build(c, (40, 24)), backend, weights=siglip.hf_to_gguf(m.state_dict(), c))
+    exe(pixels=_pixels((40, 24), 0))
+    with pytest.raises(ValueError, match=r"Gemma 3 pooling grid: built for \(10, 6\), got \(6, 10\)"):
+        exe(pixels=_pixels((24, 40), 1))
+
+
 def _stale(graph):
     """The old mechanism: every constant keeps the value it had when built, for any shapes."""
     for n in graph.nodes:

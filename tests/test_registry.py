@@ -93,3 +93,36 @@ def test_unknown_projector_lists_the_registered_ones(tmp_path):
 def test_unknown_hf_model_type_lists_the_convertible_ones():
     with pytest.raises(ValueError, match=r"cannot convert HF model_type 'mobilevlm'; supported: .*llava"):
         registry.for_hf("mobilevlm")
+
+
+def test_hf_to_gguf_says_which_keys_no_rule_matched():
+    """A checkpoint under a prefix the converter does not strip: the error shows its keys."""
+    cfg = CANONICAL["clip"][1]
+    sd = {f"wrapper.vision.{k}": v for k, v in {"embeddings.class_embedding": np.zeros(32, np.float32)}.items()}
+    with pytest.raises(ValueError, match=r"missing .*v\.class_embd.*matched no rule after stripping the prefixes "
+                                         r"\['model\.vision_tower\.vision_model\.'.*'wrapper\.vision\.embeddings"):
+        clip.hf_to_gguf(sd, cfg)
+
+
+def test_a_config_of_another_registered_arch_is_refused():
+    with pytest.raises(ValueError, match=r"an HF 'llava' config is built by graphdsl.models.clip"):
+        siglip.config_from_hf({"model_type": "llava", "vision_config": {}})
+
+
+def test_a_user_block_needs_no_file_types():
+    """Block.__call__ used to read cfg.wtypes, an AttributeError for a user's own config."""
+    from graphdsl import Graph, ops
+    from graphdsl.models.common import Block
+
+    class Scale(Block):
+        kind = "image"
+
+        def _build(self, x):
+            return ops.scale(x, self.cfg.k, 0.0)
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        k: float = 2.0
+
+    g = Graph("u")
+    assert Scale(Cfg())(g.input("x", (2, 3))).shape == (2, 3)

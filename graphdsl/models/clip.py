@@ -35,13 +35,12 @@ from ..inp_embd import build_inp_embd
 from .common import (
     Block,
     T,
-    as_dict,
+    VISION_PREFIXES,
+    hf_dict,
+    convert_state,
     graph_of,
     image_rows,
-    keep_only,
     mmproj_config,
-    rename,
-    strip_prefixes,
     sub,
     tn,
     vit_keys,
@@ -158,7 +157,7 @@ def config_from_hf(hf: Any) -> ClipConfig:
     encoder alone with feature_layer -1 (last_hidden_state) and the class token kept; a LLaVA
     config (model_type "llava" or LLaVA's keys) gives its feature layer(s), select strategy and projector.
     """
-    d = as_dict(hf)
+    d = hf_dict(hf, "clip")
     llava = "vision_config" in d and (d.get("model_type") == "llava" or any(k in d for k in _LLAVA_KEYS))
     v = sub(d, "vision_config") if "vision_config" in d else d
     kw = dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
@@ -238,9 +237,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     Returns exactly the tensors the graph of ``config`` uses (a ClipConfig or an HF config).
     """
     cfg = config if isinstance(config, ClipConfig) else config_from_hf(config)
-    sd = strip_prefixes(state_dict, ["model.vision_tower.vision_model.", "vision_tower.vision_model.",
-                                     "model.vision_tower.", "vision_tower.", "vision_model.", "model."])
-    return keep_only(rename(sd, _rules()), weight_shapes(cfg), "clip")
+    return convert_state(state_dict, VISION_PREFIXES, _rules(), weight_shapes(cfg), "clip")
 
 
 ARCH = register(Arch(

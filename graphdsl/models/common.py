@@ -3,7 +3,7 @@ and reading configs and per-tensor types from mmproj GGUF files."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,11 @@ def to_numpy(v: Any) -> np.ndarray:
     return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
 
 
+# Where HF checkpoints keep a vision tower: LLaVA-style wrappers, bare towers, two-tower models.
+VISION_PREFIXES = ("model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.",
+                   "vision_tower.", "vision_model.", "model.")
+
+
 def strip_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:
     """Keys with the first matching prefix removed (keys matching none are kept as they are)."""
     prefixes = tuple(prefixes)
@@ -44,8 +49,10 @@ def strip_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str]) -> di
     return out
 
 
-def rename(state_dict: Mapping[str, Any], rules: Iterable[tuple[str, str]]) -> dict[str, np.ndarray]:
-    """Apply (hf_name, gguf_name) rules; both may contain "{bid}". Unmatched keys are dropped."""
+def rename(state_dict: Mapping[str, Any], rules: Iterable[tuple[str, str]],
+           unmatched: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Apply (hf_name, gguf_name) rules; both may contain "{bid}". Unmatched keys are dropped
+    (and appended to ``unmatched`` when given, for the error keep_only raises)."""
     import re
     compiled = []
     for hf, gg in rules:
@@ -58,18 +65,39 @@ def rename(state_dict: Mapping[str, Any], rules: Iterable[tuple[str, str]]) -> d
             if m:
                 out[gg.format(bid=int(m.group("bid"))) if "bid" in pat.groupindex else gg] = to_numpy(v)
                 break
+        else:
+            if unmatched is not None:
+                unmatched.append(k)
     return out
 
 
-def keep_only(mapped: dict[str, np.ndarray], needed: Mapping[str, tuple], what: str) -> dict[str, np.ndarray]:
-    """The tensors a graph uses; a needed one that is missing or mis-shaped raises, listing all."""
+def keep_only(mapped: dict[str, np.ndarray], needed: Mapping[str, tuple], what: str, *,
+              unmatched: Sequence[str] = (), prefixes: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The tensors a graph uses; a needed one that is missing or mis-shaped raises, listing all,
+    with the state dict's keys that no rename rule matched (after stripping ``prefixes``): a
+    checkpoint under an unexpected prefix shows up there."""
     missing = [n for n in needed if n not in mapped]
     bad = [f"{n}: {mapped[n].shape} != {tuple(s)}" for n, s in needed.items()
            if n in mapped and tuple(mapped[n].shape) != tuple(s)]
     if missing or bad:
+        hint = ""
+        if missing and unmatched:
+            hint = (f"; {len(unmatched)} state-dict keys matched no rule after stripping the prefixes "
+                    f"{list(prefixes)}, e.g. {list(unmatched[:4])}")
         raise ValueError(f"[{what}.hf_to_gguf] state dict does not fit the config: "
-                         f"missing {missing}; mis-shaped {bad}")
+                         f"missing {missing}; mis-shaped {bad}{hint}")
     return {n: mapped[n] for n in needed}
+
+
+def convert_state(state_dict: Mapping[str, Any], prefixes: Sequence[str], rules, needed: Mapping[str, tuple],
+                  what: str, fix: Any = None) -> dict[str, np.ndarray]:
+    """strip_prefixes -> rename -> (fix: a function of the renamed dict, for values a file stores
+    differently from HF) -> keep_only: the body of every model file's hf_to_gguf."""
+    unmatched: list[str] = []
+    out = rename(strip_prefixes(state_dict, prefixes), rules, unmatched)
+    if fix is not None:
+        out = fix(out)
+    return keep_only(out, needed, what, unmatched=unmatched, prefixes=prefixes)
 
 
 def image_rows(pixels: Any, what: str) -> np.ndarray:
@@ -87,6 +115,21 @@ def sub(d: Mapping[str, Any] | None, key: str) -> dict:
     if v is None:
         return {}
     return v if isinstance(v, Mapping) else v.to_dict()
+
+
+def hf_dict(cfg: Any, arch: str) -> dict:
+    """An HF config as a dict, refused when its model_type is another registered arch's: read as
+    this one it would silently lose that arch's parts (siglip reading an Idefics3Config would
+    drop the connector)."""
+    from .registry import ARCHS
+    d = as_dict(cfg)
+    mt = d.get("model_type")
+    own = ARCHS[arch].hf_model_types if arch in ARCHS else ()
+    other = next((a.name for a in ARCHS.values() if a.name != arch and mt in a.hf_model_types), None)
+    if mt and mt not in own and other:
+        raise ValueError(f"[{arch}.config_from_hf] an HF {mt!r} config is built by graphdsl.models.{other}; "
+                         f"{arch} would drop what it does not build")
+    return d
 
 
 def as_dict(cfg: Any) -> dict:
@@ -122,7 +165,8 @@ class Block:
     n_out = property(lambda self: self.cfg.n_out)
 
     def __call__(self, x):
-        with file_types(x.graph, self.cfg.wtypes):
+        # a user's config need not know about per-tensor file types
+        with file_types(x.graph, getattr(self.cfg, "wtypes", None)):
             return self._build(x)
 
     def _build(self, x):

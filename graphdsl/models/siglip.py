@@ -38,17 +38,16 @@ from gguf import Keys
 from .. import blocks, ops
 from .. import dtypes as dt
 from ..graph import Graph, Tensor
-from ..inp_embd import build_inp_embd
+from ..inp_embd import build_inp_embd, shape_guard
 from .common import (
     Block,
     T,
-    as_dict,
+    VISION_PREFIXES,
+    hf_dict,
+    convert_state,
     graph_of,
     image_rows,
-    keep_only,
     mmproj_config,
-    rename,
-    strip_prefixes,
     sub,
     tn,
     vit_keys,
@@ -124,7 +123,12 @@ class SiglipVision(Block):
         if c.projector != "gemma3":
             raise ValueError(f"[siglip] unknown projector {c.projector!r}; this file has 'gemma3'")
         *b, _, d = x.shape
-        gh, gw = pixels.shape[-2] // c.patch_size, pixels.shape[-1] // c.patch_size
+        p = c.patch_size
+        gh, gw = pixels.shape[-2] // p, pixels.shape[-1] // p
+        # the reshape to the (gh, gw) grid is fixed now: another grid with as many patches would pool
+        # the wrong neighbours, so a compiled graph called at it raises instead
+        shape_guard(g, "mm.grid_guard", pixels, "[siglip] the Gemma 3 pooling grid",
+                    same=lambda s: (s[-2] // p, s[-1] // p))
         r = len(b)
         with g.scope("mm"):
             x = ops.permute(x, (*range(r), r + 1, r), name="grid.t")  # ([B,] d, n)
@@ -163,7 +167,7 @@ def weight_shapes(cfg: SiglipConfig) -> dict[str, tuple[int, ...]]:
 
 def config_from_hf(hf: Any) -> SiglipConfig:
     """SiglipConfig from an HF SiglipVisionConfig (encoder only) or Gemma3Config (with projector)."""
-    d = as_dict(hf)  # a two-tower SiglipConfig has text_config + vision_config too: the tower alone
+    d = hf_dict(hf, "siglip")  # a two-tower SiglipConfig has text_config + vision_config too: the tower alone
     gemma = "vision_config" in d and (d.get("model_type") == "gemma3" or "mm_tokens_per_image" in d)
     v = sub(d, "vision_config") if "vision_config" in d else d
     kw = dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 16),
@@ -242,16 +246,15 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     the input projection keeps HF's layout unless ``mm_proj_transposed`` is False. Returns exactly the tensors the graph of ``config`` uses.
     """
     cfg = config if isinstance(config, SiglipConfig) else config_from_hf(config)
-    sd = strip_prefixes(state_dict, ["model.vision_tower.vision_model.", "vision_tower.vision_model.",
-                                     "model.vision_tower.", "vision_tower.", "vision_model.", "model."])
-    out = rename(sd, _rules())
-    key = tn(T.V_MM_SOFT_EMB_NORM)
-    if key in out:
-        out[key] = out[key] + np.float32(1.0)
-    key = tn(T.V_MM_INP_PROJ)
-    if key in out and not cfg.mm_proj_transposed:
-        out[key] = np.ascontiguousarray(out[key].T)
-    return keep_only(out, weight_shapes(cfg), "siglip")
+    def fix(out):
+        key = tn(T.V_MM_SOFT_EMB_NORM)
+        if key in out:
+            out[key] = out[key] + np.float32(1.0)
+        key = tn(T.V_MM_INP_PROJ)
+        if key in out and not cfg.mm_proj_transposed:
+            out[key] = np.ascontiguousarray(out[key].T)
+        return out
+    return convert_state(state_dict, VISION_PREFIXES, _rules(), weight_shapes(cfg), "siglip", fix)
 
 
 ARCH = register(Arch(

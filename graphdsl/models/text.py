@@ -29,12 +29,10 @@ from ..inp_embd import build_inp_embd
 from .common import (
     T,
     as_dict,
+    convert_state,
     file_types,
     graph_of,
-    keep_only,
-    rename,
     select_weights,
-    strip_prefixes,
     sub,
     tn,
     weight_shapes_of,
@@ -87,7 +85,7 @@ def weight_shapes(cfg: TextConfig) -> dict[str, tuple[int, ...]]:
 def config_from_hf(hf: Any, wtype: str = "f32") -> TextConfig:
     """TextConfig from an HF config: BERT-like (model_type bert, ...) gets the full embedding
     stage; any other (a decoder, or a multimodal config's text_config) just its token table."""
-    d = as_dict(hf)
+    d = as_dict(hf)  # any decoder, or a multimodal config's text_config
     if "text_config" in d:
         d = sub(d, "text_config")
     if d.get("model_type") in ("bert", "roberta", "xlm-roberta", "nomic_bert") or "type_vocab_size" in d:
@@ -96,17 +94,18 @@ def config_from_hf(hf: Any, wtype: str = "f32") -> TextConfig:
     return TextConfig(d["vocab_size"], d["hidden_size"], wtype)
 
 
+_RULES = [("embeddings.word_embeddings.weight", tn(T.TOKEN_EMBD)), ("embed_tokens.weight", tn(T.TOKEN_EMBD)),
+          ("embeddings.position_embeddings.weight", tn(T.POS_EMBD)),
+          ("embeddings.token_type_embeddings.weight", tn(T.TOKEN_TYPES)),
+          ("embeddings.LayerNorm.weight", tn(T.TOKEN_EMBD_NORM)),
+          ("embeddings.LayerNorm.bias", tn(T.TOKEN_EMBD_NORM, "bias"))]
+
+
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     """HF BertModel (embeddings.*) or decoder (model.embed_tokens / language_model ...) -> gguf names."""
     cfg = config if isinstance(config, TextConfig) else config_from_hf(config)
-    sd = strip_prefixes(state_dict, ["model.language_model.", "language_model.model.", "language_model.",
-                                     "bert.", "model."])
-    rules = [("embeddings.word_embeddings.weight", tn(T.TOKEN_EMBD)), ("embed_tokens.weight", tn(T.TOKEN_EMBD)),
-             ("embeddings.position_embeddings.weight", tn(T.POS_EMBD)),
-             ("embeddings.token_type_embeddings.weight", tn(T.TOKEN_TYPES)),
-             ("embeddings.LayerNorm.weight", tn(T.TOKEN_EMBD_NORM)),
-             ("embeddings.LayerNorm.bias", tn(T.TOKEN_EMBD_NORM, "bias"))]
-    return keep_only(rename(sd, rules), weight_shapes(cfg), "text")
+    prefixes = ["model.language_model.", "language_model.model.", "language_model.", "bert.", "model."]
+    return convert_state(state_dict, prefixes, _RULES, weight_shapes(cfg), "text")
 
 
 GGUF_ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.BERT]  # the files graphdsl writes are BERT text models

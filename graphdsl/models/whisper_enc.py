@@ -40,11 +40,9 @@ from ..inp_embd import build_inp_embd
 from .common import (
     Block,
     T,
-    as_dict,
-    keep_only,
+    hf_dict,
+    convert_state,
     mmproj_config,
-    rename,
-    strip_prefixes,
     sub,
     tn,
     weight_shapes_of,
@@ -161,7 +159,7 @@ def sinusoids(n_ctx: int, n_embd: int, max_timescale: float = 10000.0) -> np.nda
 
 def config_from_hf(hf: Any) -> WhisperEncConfig:
     """WhisperEncConfig from an HF WhisperConfig (encoder only) or VoxtralConfig (with projector)."""
-    d = as_dict(hf)
+    d = hf_dict(hf, "whisper_enc")
     voxtral = "audio_config" in d
     a = sub(d, "audio_config") if voxtral else d
     kw = dict(n_mel=a.get("num_mel_bins", 80), n_ctx=a.get("max_source_positions", 1500),
@@ -238,10 +236,11 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     filled with ``sinusoids()``.
     """
     cfg = config if isinstance(config, WhisperEncConfig) else config_from_hf(config)
-    sd = strip_prefixes(state_dict, ["model.encoder.", "model.audio_tower.", "audio_tower.", "encoder.", "model."])
-    out = rename(sd, _rules())
-    out.setdefault(tn(T.A_ENC_EMBD_POS), sinusoids(cfg.n_ctx, cfg.n_embd))
-    return keep_only(out, weight_shapes(cfg), "whisper_enc")
+    def fix(out):
+        out.setdefault(tn(T.A_ENC_EMBD_POS), sinusoids(cfg.n_ctx, cfg.n_embd))
+        return out
+    return convert_state(state_dict, ["model.encoder.", "model.audio_tower.", "audio_tower.", "encoder.", "model."],
+                         _rules(), weight_shapes(cfg), "whisper_enc", fix)
 
 
 ARCH = register(Arch(
