@@ -1,5 +1,8 @@
 """The blocks new families need (issue 13 item 4), each against HF's own code or plain torch.
 
+- pixel_shuffle vs ``Idefics3Connector.pixel_shuffle`` / SmolVLM's / InternVL's;
+- merge_order vs ``get_vision_position_ids`` (Qwen2-VL's patch order), patch_merge inside HF's
+  Qwen2-VL ``PatchMerger``;
 - attention with fused qkv, a RoPE q/k hook and the cu_seqlens mask vs HF's Qwen2-VL
   ``VisionAttention`` (which attends per sequence), a q/k RMSNorm hook vs plain torch, masks of
   rank 3 and 4 vs an explicit per-image / per-sequence loop.
@@ -40,6 +43,117 @@ def torch_mods():
 
 def _rng(seed=0):
     return np.random.default_rng(seed)
+
+
+# -- pixel shuffle / patch merge -------------------------------------------------------------------
+def _hf_shuffle(kind):
+    if kind == "idefics3":
+        from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector
+        return lambda x, h, w, s: Idefics3Connector.pixel_shuffle(None, x, s)
+    if kind == "smolvlm":
+        from transformers.models.smolvlm.modeling_smolvlm import SmolVLMConnector
+        return lambda x, h, w, s: SmolVLMConnector.pixel_shuffle(None, x, s)
+    from transformers.models.internvl.modeling_internvl import InternVLModel
+
+    def internvl(x, h, w, s):  # as InternVLModel.get_image_features feeds it: (B, h, w, C)
+        y = InternVLModel.pixel_shuffle(None, x.reshape(x.shape[0], h, w, -1), 1.0 / s)
+        return y.reshape(x.shape[0], -1, y.shape[-1])
+    return internvl
+
+
+def _shuffle_graph(shape, grid, s, merge_only=False):
+    g = Graph("ps")
+    x = g.input("x", shape)
+    with g.scope("mm"):
+        y = blocks.patch_merge(x, s) if merge_only else blocks.pixel_shuffle(x, grid, s)
+    g.output("y", y)
+    return g
+
+
+CASES = [("idefics3", (4, 4), 2), ("idefics3", (6, 6), 3), ("idefics3", (8, 8), 4), ("idefics3", (8, 8), 2),
+         ("smolvlm", (6, 6), 2), ("internvl", (4, 6), 2), ("internvl", (6, 4), 2), ("internvl", (8, 12), 4)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("batch", [0, 2])
+@pytest.mark.parametrize("kind,grid,s", CASES)
+def test_pixel_shuffle_matches_hf(kind, grid, s, batch, backend):
+    torch = torch_mods()
+    (h, w), d = grid, 5
+    x = _rng(s).standard_normal((max(batch, 1), h * w, d)).astype(np.float32)
+    ref = _hf_shuffle(kind)(torch.from_numpy(x), h, w, s).numpy()
+    shape = x.shape if batch else x.shape[1:]
+    out = run(_shuffle_graph(shape, grid, s), backend, x=x.reshape(shape))
+    np.testing.assert_array_equal(out, ref if batch else ref[0])  # a layout: exact
+
+    # negative controls: Qwen's view on raster rows, and (non-square) the grid read transposed
+    wrong = run(_shuffle_graph(shape, grid, s, merge_only=True), backend, x=x.reshape(shape))
+    assert nmax(wrong, ref if batch else ref[0]) > WRONG
+    if h != w:
+        wrong = run(_shuffle_graph(shape, (w, h), s), backend, x=x.reshape(shape))
+        assert nmax(wrong, ref if batch else ref[0]) > WRONG
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grid,m", [((4, 6), 2), ((6, 4), 2), ((6, 9), 3), ((2, 2), 2)])
+def test_merge_order_is_qwen2vl_patch_order(grid, m, backend):
+    """Raster (row, col) features put in merge order equal HF's vision position ids."""
+    torch = torch_mods()
+    from transformers.vision_utils import get_vision_position_ids
+    h, w = grid
+    ref = get_vision_position_ids(torch.tensor([[1, h, w]]), m).numpy()  # (h*w, 2) rows, cols
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    x = np.stack([rows.ravel(), cols.ravel()], -1).astype(np.float32)
+    g = Graph("mo")
+    g.output("y", blocks.merge_order(g.input("x", x.shape), grid, m))
+    np.testing.assert_array_equal(run(g, backend, x=x), ref)
+    idx = blocks.merge_order_index(grid, m)
+    np.testing.assert_array_equal(np.stack([idx // w, idx % w], -1), ref)
+    if (h, w) != (m, m):  # the raster order itself is not the answer
+        assert not np.array_equal(x, ref)
+
+    # pixel_shuffle == patch_merge(merge_order(.)) on a batch
+    xb = _rng().standard_normal((2, h * w, 3)).astype(np.float32)
+    g = Graph("mo2")
+    xi = g.input("x", xb.shape)
+    g.output("y", ops.sub(blocks.pixel_shuffle(xi, grid, m),
+                          blocks.patch_merge(blocks.merge_order(xi, grid, m), m), name="d"))
+    assert not run(g, backend, x=xb).any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_patch_merge_in_qwen2vl_patch_merger(backend):
+    """ln_q -> patch_merge -> mm.0 -> GELU -> mm.2 vs HF's PatchMerger on merge-ordered patches."""
+    torch = torch_mods()
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import PatchMerger
+    torch.manual_seed(0)
+    hf = PatchMerger(dim=24, context_dim=8, spatial_merge_size=2).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn(p.shape) * 0.1)
+    grid = (4, 6)
+    x = _rng(1).standard_normal((24, 8)).astype(np.float32)  # raster
+    xm = x[blocks.merge_order_index(grid, 2)]
+    with torch.no_grad():
+        ref = hf(torch.from_numpy(xm)).numpy()
+        wrong = hf(torch.from_numpy(x)).numpy()  # negative control: merged in raster order
+    sd = {k: v.numpy() for k, v in hf.state_dict().items()}
+    weights = {"v.post_ln.weight": sd["ln_q.weight"], "v.post_ln.bias": sd["ln_q.bias"],
+               **{f"mm.{i}.{p}": sd[f"mlp.{i}.{p}"] for i in (0, 2) for p in ("weight", "bias")}}
+    g = Graph("merger")
+    xi = g.input("x", x.shape)
+    with g.scope("v"):
+        y = blocks.merge_order(xi, grid, 2)  # the transformer would run here, in merge order
+        y = blocks.norm(y, "post_ln", eps=1e-6)
+    y = blocks.patch_merge(y, 2)
+    with g.scope("mm"):
+        y = blocks.linear(y, "0", 32)
+        y = blocks.activation(y, "gelu_erf", name="act")
+        y = blocks.linear(y, "2", 24)
+    g.output("y", y)
+    out = run(g, backend, weights, x=x)
+    assert nmax(out, ref) <= BOUND
+    assert nmax(wrong, ref) > WRONG
 
 
 # -- attention -------------------------------------------------------------------------------------
@@ -277,6 +391,18 @@ def test_attention_argument_errors():
         blocks.attention(x, 2, qk_hook=lambda q, k, il: (ops.reshape(q, (4, 8)), k))
     with pytest.raises(ValueError, match=r"\[vit\] 'blk': 1 masks for 2 layers"):
         blocks.vit(x, blocks.VitParams(8, 2, 16, 1e-5, "relu"), 2, mask=[None])
+
+
+def test_merge_errors():
+    _, x = _x((12, 8))
+    with pytest.raises(ValueError, match=r"\[pixel_shuffle\] node 'pixel_shuffle': grid \(h, w\) = \(3, 4\)"):
+        blocks.pixel_shuffle(x, (3, 4), 2)
+    with pytest.raises(ValueError, match=r"\[merge_order\] .*grid \(h, w\) = \(4, 4\) must hold x's 12 rows"):
+        blocks.merge_order(x, (4, 4), 2)
+    with pytest.raises(ValueError, match=r"\[patch_merge\] .*12 rows, not a multiple of 3\^2 = 9"):
+        blocks.patch_merge(x, 3)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        blocks.pixel_shuffle(x, (2, 6), 0)
 
 
 def test_block_mask_errors():

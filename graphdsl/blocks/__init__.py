@@ -1,4 +1,4 @@
-"""Shared blocks: norm, linear, attention, FFN, and the generic pre-LN ViT.
+"""Shared blocks: norm, linear, attention, FFN, the generic pre-LN ViT and patch merging.
 
 The counterpart of llama.cpp's ``llm_graph_context`` (``build_norm``, ``build_ffn``,
 ``build_attn``) and ``clip_graph::build_vit``. Every block declares its weights by *local* name
@@ -13,6 +13,7 @@ unusual copies a block rather than adding a flag to it.
 | attention.py | attention (q/k hook, fused or separate qkv, masks of rank 2-4), qk_norm,  |
 |              | block_mask / seq_mask (one sequence per image, from HF's cu_seqlens)      |
 | vit.py       | VitParams, vit_layer, vit                                                 |
+| merge.py     | pixel_shuffle (Idefics3, InternVL), merge_order + patch_merge (Qwen2-VL)  |
 
 Shapes are NumPy order. Token tensors are ``(n, d)`` or batched ``(B, n, d)``: every block
 works on both, so several images of one size run as one batch sharing the weights.
@@ -31,7 +32,9 @@ from __future__ import annotations
 from ..graph import Graph, Tensor  # noqa: F401 - Graph for the docstring example
 from .attention import QKHook, attention, block_mask, qk_norm, seq_mask
 from .core import ACTS, HF_ACT, act_of, activation, ffn, linear, norm
+from .merge import merge_order, merge_order_index, patch_merge, pixel_shuffle
 from .vit import VitParams, vit, vit_layer
 
 __all__ = ["ACTS", "HF_ACT", "QKHook", "VitParams", "act_of", "activation", "attention", "block_mask", "ffn",
-           "linear", "norm", "qk_norm", "seq_mask", "vit", "vit_layer"]
+           "linear", "merge_order", "merge_order_index", "norm", "patch_merge", "pixel_shuffle", "qk_norm",
+           "seq_mask", "vit", "vit_layer"]
