@@ -268,7 +268,9 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
         raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
     media: dict[str, list] = {"image": [], "audio": []}
     if images:
-        media["image"] = [("image", px) for px in preprocess_images(images, m.image_config())]
+        frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
+        media["image"] = ([("image", frames(src, m)) for src in images] if frames is not None else
+                          [("image", px) for px in preprocess_images(images, m.image_config())])
     if audios:
         if m.audio.cfg.n_frames != N_FRAMES:
             raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "

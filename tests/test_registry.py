@@ -4,28 +4,16 @@ fields a file cannot hold, such as the width of a projector that is absent, at t
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 
 from graphdsl.convert.writer import write_gguf
 from graphdsl.gguf_io import MMPROJ_ARCH, load_mmproj
-from graphdsl.models import ARCHS, arch_for, clip, registry, siglip, whisper_enc
+from graphdsl.models import ARCHS, arch_for, clip, registry, siglip
 
-CANONICAL = {
-    "clip": [clip.ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2,
-                             feature_layer=(2,), select="default", n_mm_embd=48, mm_act="gelu_erf"),
-             clip.ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=3,
-                             feature_layer=(1, 3), select="full", projector=None, act="gelu")],
-    "siglip": [siglip.SiglipConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2,
-                                   mm_tokens_per_image=16, n_mm_embd=48),
-               siglip.SiglipConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2,
-                                   projector=None)],
-    "whisper_enc": [whisper_enc.WhisperEncConfig(n_mel=16, n_ctx=20, n_embd=32, n_head=4, n_layer=2, n_ff=64,
-                                                 stack_factor=4, n_mm_embd=48),
-                    whisper_enc.WhisperEncConfig(n_mel=16, n_ctx=20, n_embd=32, n_head=4, n_layer=2, n_ff=64,
-                                                 projector=None)],
-}
+CANONICAL = {a.name: a.examples for a in ARCHS.values()}
 MMPROJ_ARCHS = [a for a in ARCHS.values() if a.modality in ("image", "audio")]
 
 
@@ -60,7 +48,7 @@ def test_every_record_is_complete():
 
 @pytest.mark.parametrize("arch", MMPROJ_ARCHS, ids=lambda a: a.name)
 def test_config_survives_a_gguf_file(tmp_path, arch):
-    assert arch.name in CANONICAL, f"add canonical configs for {arch.name} to this test"
+    assert arch.examples, f"{arch.name} registers no example configs (Arch.examples)"
     for cfg in CANONICAL[arch.name]:
         path = _file(tmp_path, arch, cfg)
         m, _ = load_mmproj(path)
@@ -85,8 +73,9 @@ def test_unknown_projector_lists_the_registered_ones(tmp_path):
     shapes = {k: n.shape for k, n in _weights(arch, cfg).items()}
     write_gguf(str(path), MMPROJ_ARCH, kv, {k: (np.zeros(s, np.float32), "f32") for k, s in shapes.items()})
     m, _ = load_mmproj(path)
-    with pytest.raises(ValueError, match=r"projector type 'ldp' is not supported by graphdsl.models \(supported: "
-                                         r"gemma3, mlp, none"):
+    known = ", ".join(sorted({p for a in ARCHS.values() if a.modality == "image" for p in a.projectors}))
+    with pytest.raises(ValueError, match=rf"projector type 'ldp' is not supported by graphdsl.models "
+                                         rf"\(supported: {re.escape(known)}\)"):
         arch_for(m, "vision")
 
 

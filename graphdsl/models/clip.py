@@ -244,4 +244,8 @@ ARCH = register(Arch(
     "clip", "image", ClipVision, ClipConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("mlp", "none"), hf_model_types=("clip", "clip_vision_model", "llava"),
     claims=lambda m: tn(T.V_ENC_EMBD_CLS, None) in m.shapes,  # "none": a tower with a class token
-    image=ImagePreprocess("clip", CLIP_MEAN, CLIP_STD)))
+    image=ImagePreprocess("clip", CLIP_MEAN, CLIP_STD),
+    examples=(ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2, feature_layer=(2,),
+                         select="default", n_mm_embd=48, mm_act="gelu_erf"),
+              ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=3, feature_layer=(1, 3),
+                         select="full", projector=None, act="gelu"))))

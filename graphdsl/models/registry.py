@@ -59,9 +59,13 @@ class Arch:
         hf_to_gguf: (HF state dict, config) -> {gguf name: f32 array}, exactly the graph's weights.
         claims: for a projector type several archs serve ("none": an encoder without projector),
             whether this arch fits the file (e.g. CLIP when the tower has a class token).
-        image: pixel pre-processing (vision archs).
+        image: pixel pre-processing (vision archs): a resize mode with mean/std.
+        frames: for archs that cut an image into several frames (tiles + a global view):
+            ``frames(source, mmproj) -> array`` replacing ``image`` in ``embed_files``.
         output: "inline" (rows of the decoder's input) or "cross" (memories it attends to).
         extra: optional hooks a converter needs (text models: "layers", "vocab").
+        examples: small canonical configs (every field a file can hold, the rest at defaults):
+            the registry's tests round-trip each through a GGUF file.
     """
 
     name: str
@@ -76,8 +80,10 @@ class Arch:
     hf_model_types: tuple[str, ...] = ()
     claims: Callable[[Any], bool] = _always
     image: ImagePreprocess | None = None
+    frames: Callable[[Any, Any], Any] | None = None
     output: str = "inline"
     extra: Mapping[str, Callable] = field(default_factory=dict)
+    examples: tuple = ()
 
 
 ARCHS: dict[str, Arch] = {}

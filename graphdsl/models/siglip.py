@@ -261,4 +261,7 @@ ARCH = register(Arch(
     "siglip", "image", SiglipVision, SiglipConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("gemma3", "none"), hf_model_types=("siglip", "siglip_vision_model", "gemma3"),
     claims=lambda m: tn(T.V_ENC_EMBD_CLS, None) not in m.shapes,  # "none": a tower without a class token
-    image=ImagePreprocess("siglip")))
+    image=ImagePreprocess("siglip"),
+    examples=(SiglipConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2,
+                           mm_tokens_per_image=16, n_mm_embd=48),
+              SiglipConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, projector=None))))

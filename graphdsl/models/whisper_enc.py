@@ -245,4 +245,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 
 ARCH = register(Arch(
     "whisper_enc", "audio", WhisperEncoder, WhisperEncConfig, config_from_hf, config_from_gguf, config_to_gguf,
-    hf_to_gguf, projectors=("voxtral", "none"), hf_model_types=("whisper", "voxtral")))
+    hf_to_gguf, projectors=("voxtral", "none"), hf_model_types=("whisper", "voxtral"),
+    examples=(WhisperEncConfig(n_mel=16, n_ctx=20, n_embd=32, n_head=4, n_layer=2, n_ff=64, stack_factor=4,
+                               n_mm_embd=48),
+              WhisperEncConfig(n_mel=16, n_ctx=20, n_embd=32, n_head=4, n_layer=2, n_ff=64, projector=None))))
