@@ -1,0 +1,189 @@
+"""Idefics3 / SmolVLM: a SigLIP-style tower + pixel shuffle + a linear connector (projector "idefics3").
+
+    x = patch_embd(frame) + patch_embd.bias + position_embd        (build_inp_embd "image", no class token)
+    x = blk.0 .. blk.{n-1}(x)                                       (pre-LN layers, tanh-GELU)
+    x = LayerNorm(v.post_ln)(x)
+    x = pixel_shuffle(x, s)                                         (s x s patches -> one token of s^2 d)
+    y = mm.model.fc(x)                                              (no bias)
+
+An image is several frames (``preprocess.idefics3_images``: tiles row by row, then the global
+image, each max_image_size square); each frame gives (n_patches / s^2) tokens, in frame order.
+
+Positions: HF numbers patches by bucketing fractional coordinates in float32, which for some
+grids (19, 25, 29 ... patches per side on this machine; the result depends on torch's vector
+width) repeats one position and skips the next. graphdsl, like llama.cpp, uses the exact
+positions 0..n-1, which is what HF computes on every other grid (SmolVLM's 32 and 26 included).
+
+Example:
+    >>> cfg = Idefics3Config(image_size=32, patch_size=4, n_embd=64, n_ff=128, n_head=4, n_layer=2,
+    ...                      scale_factor=2, n_mm_embd=48)
+    >>> build(cfg).outputs["embd"].shape       # 8x8 patches, 2x2 shuffled -> 16 tokens
+    (1, 16, 48)
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from gguf import Keys
+
+from .. import blocks
+from ..graph import Graph, Tensor
+from ..inp_embd import build_inp_embd, shape_guard
+from .common import (
+    VISION_PREFIXES,
+    Block,
+    T,
+    convert_state,
+    graph_of,
+    hf_dict,
+    mmproj_config,
+    sub,
+    tn,
+    vit_keys,
+    weight_shapes_of,
+)
+from .registry import Arch, ImagePreprocess, register
+
+
+@dataclass(frozen=True)
+class Idefics3Config:
+    """Tower hyperparameters (defaults: SmolVLM-256M's SigLIP-B/16 @ 512) and the connector's."""
+
+    image_size: int = 512
+    patch_size: int = 16
+    n_embd: int = 768
+    n_ff: int = 3072
+    n_head: int = 12
+    n_layer: int = 12
+    eps: float = 1e-6
+    act: str = "gelu"
+    scale_factor: int = 4
+    n_mm_embd: int = 576
+    attn: str = "flash"
+    wtype: str = "f32"
+    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
+
+    @property
+    def vit(self) -> blocks.VitParams:
+        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act, attn=self.attn,
+                                wtype=self.wtype)
+
+    @property
+    def n_out(self) -> int:
+        return self.n_mm_embd
+
+
+class Idefics3Vision(Block):
+    """Frames f32 (n_frames, 3, S, S) -> (n_frames, n_tokens, n_mm_embd)."""
+
+    kind = "image"
+    example = property(lambda self: ((1, 3, self.cfg.image_size, self.cfg.image_size), "f32"))
+
+    def rows(self, frames) -> np.ndarray:
+        """An image's frames: ``preprocess.idefics3_images``' result, (n, 3, S, S) or one (3, S, S)."""
+        a = np.asarray(getattr(frames, "pixel_values", frames), np.float32)
+        a = a[None] if a.ndim == 3 else a
+        s = self.cfg.image_size
+        if a.ndim != 4 or a.shape[1:] != (3, s, s):
+            raise ValueError(f"[idefics3] frames must be (n, 3, {s}, {s}) (see preprocess.idefics3_images), "
+                             f"got {a.shape}")
+        return np.ascontiguousarray(a)
+
+    def _build(self, frames: Tensor) -> Tensor:
+        c, g = self.cfg, frames.graph
+        grid = (frames.shape[-2] // c.patch_size, frames.shape[-1] // c.patch_size)
+        shape_guard(g, "v.frame_guard", frames, "[idefics3] frames are max_image_size squares",
+                    same=lambda s: tuple(s[-2:]))
+        with g.scope("v"):
+            x = build_inp_embd("image", frames, n_embd=c.n_embd, patch_size=c.patch_size,
+                               image_size=c.image_size, patch_bias=True)
+            x = blocks.vit(x, c.vit, n_layer=c.n_layer)[-1]
+            x = blocks.norm(x, "post_ln", eps=c.eps)
+        with g.scope("mm"):
+            x = blocks.pixel_shuffle(x, grid, c.scale_factor, name="shuffle")
+            return blocks.linear(x, "model.fc", c.n_mm_embd, bias=False, wtype=c.wtype)
+
+
+def build(cfg: Idefics3Config, n_frames: int = 1) -> Graph:
+    """A graph with input ``pixels`` (n_frames, 3, S, S) and output ``embd``."""
+    return graph_of(Idefics3Vision(cfg), (n_frames, 3, cfg.image_size, cfg.image_size), "idefics3")
+
+
+def weight_shapes(cfg: Idefics3Config) -> dict[str, tuple[int, ...]]:
+    return weight_shapes_of(Idefics3Vision(cfg))
+
+
+def config_from_hf(hf: Any) -> Idefics3Config:
+    """From an HF Idefics3Config / SmolVLMConfig (vision_config, scale_factor, text_config)."""
+    d = hf_dict(hf, "idefics3")
+    v, t = sub(d, "vision_config"), sub(d, "text_config")
+    return Idefics3Config(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
+                          n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
+                          n_head=v.get("num_attention_heads", 12), n_layer=v.get("num_hidden_layers", 12),
+                          eps=v.get("layer_norm_eps", 1e-6), act=blocks.act_of(v.get("hidden_act", "gelu_pytorch_tanh")),
+                          scale_factor=d.get("scale_factor", 2), n_mm_embd=t.get("hidden_size", 4096))
+
+
+def config_from_gguf(src: Any) -> Idefics3Config:
+    """From an mmproj GGUF with projector "idefics3" (llama.cpp's: clip.vision.projector.scale_factor,
+    mm.model.fc.weight (n_mm_embd, n_embd s^2))."""
+    m = mmproj_config(src)
+    v = m.vision
+    if v is None or v.projector_type != "idefics3":
+        raise m.error("an Idefics3 file has a vision encoder with projector 'idefics3'")
+    fc = m.shapes[tn(T.V_MMPROJ_FC)]
+    s = v.n_merge or int(round((fc[1] / v.n_embd) ** 0.5))
+    if s * s * v.n_embd != fc[1]:
+        raise m.error(f"mm.model.fc.weight {list(fc)} does not take {v.n_embd} x scale_factor^2 ({s}^2) inputs")
+    return Idefics3Config(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff,
+                          n_head=v.n_head, n_layer=v.n_layer, eps=v.eps, act=v.act, scale_factor=s, n_mm_embd=fc[0],
+                          wtype=m.dtypes.get(tn(T.V_ENC_ATTN_Q, "weight", 0), "f32"), wtypes=dict(m.dtypes))
+
+
+def config_to_gguf(cfg: Idefics3Config, image_mean=(0.5,) * 3, image_std=(0.5,) * 3) -> list[tuple[str, object]]:
+    V = Keys.ClipVision
+    return [(Keys.Clip.PROJECTOR_TYPE, "idefics3"), *vit_keys(cfg, image_mean, image_std),
+            (V.Projector.SCALE_FACTOR, cfg.scale_factor), (V.PROJECTION_DIM, cfg.n_mm_embd)]
+
+
+def _rules():
+    per_layer = [("self_attn.q_proj", T.V_ENC_ATTN_Q), ("self_attn.k_proj", T.V_ENC_ATTN_K),
+                 ("self_attn.v_proj", T.V_ENC_ATTN_V), ("self_attn.out_proj", T.V_ENC_ATTN_O),
+                 ("layer_norm1", T.V_ENC_INPUT_NORM), ("layer_norm2", T.V_ENC_POST_ATTN_NORM),
+                 ("mlp.fc1", T.V_ENC_FFN_UP), ("mlp.fc2", T.V_ENC_FFN_DOWN)]
+    rules = [("embeddings.position_embedding.weight", tn(T.V_ENC_EMBD_POS)),
+             ("connector.modality_projection.proj.weight", tn(T.V_MMPROJ_FC))]
+    for s in ("weight", "bias"):
+        rules += [(f"embeddings.patch_embedding.{s}", tn(T.V_ENC_EMBD_PATCH, s)),
+                  (f"post_layernorm.{s}", tn(T.V_POST_NORM, s))]
+        rules += [(f"encoder.layers.{{bid}}.{hf}.{s}", tn(t, s)) for hf, t in per_layer]
+    return rules
+
+
+def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
+    """HF Idefics3ForConditionalGeneration / SmolVLM tensors -> gguf names (NumPy f32)."""
+    cfg = config if isinstance(config, Idefics3Config) else config_from_hf(config)
+    # the tower sits at model.vision_model., the connector at model.connector.
+    return convert_state(state_dict, ("model.vision_model.", "vision_model.", "model.", *VISION_PREFIXES), _rules(),
+                         weight_shapes(cfg), "idefics3")
+
+
+def frames(source, mmproj) -> np.ndarray:
+    """An image as HF's Idefics3ImageProcessor cuts it (tiles row by row, then the global image),
+    with its defaults for a tower of this size (longest edge 4 x max_image_size) and the file's
+    mean/std; ``preprocess.idefics3_images`` takes any other setting."""
+    from ..preprocess.idefics3 import Idefics3ImageConfig, idefics3_images
+    v, s = mmproj.config.vision, mmproj.vision.cfg.image_size
+    cfg = Idefics3ImageConfig(longest_edge=4 * s, max_image_size=s, mean=tuple(v.image_mean), std=tuple(v.image_std))
+    return idefics3_images(source, cfg).pixel_values
+
+
+ARCH = register(Arch(
+    "idefics3", "image", Idefics3Vision, Idefics3Config, config_from_hf, config_from_gguf, config_to_gguf,
+    hf_to_gguf, projectors=("idefics3",), hf_model_types=("idefics3", "smolvlm"),
+    image=ImagePreprocess("siglip"), frames=frames,
+    examples=(Idefics3Config(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, scale_factor=2,
+                             n_mm_embd=48),)))
