@@ -5,6 +5,7 @@
     >>> g = Graph("mlp")
     >>> x = g.input("x", (3, 8))
     >>> g.output("y", ops.linear(x, g.weight("w", (4, 8))).gelu_erf())
+    Tensor(%gelu_erf : f32[3,4])
     >>> run = graphdsl.compile(g, backend="cpu")
     >>> run.load_weights({"w": np.ones((4, 8), np.float32)})
     >>> run(x=np.ones((3, 8), np.float32))["y"].shape

@@ -146,11 +146,15 @@ class Graph:
     """A dataflow graph of named nodes: inputs, weights, ops and named outputs.
 
     Example:
+        >>> from graphdsl import ops
         >>> g = Graph("mlp")
         >>> x = g.input("x", (3, 8))
         >>> with g.scope("mm.0"):
         ...     h = ops.linear(x, g.weight("weight", (16, 8)), g.weight("bias", (16,)))
         >>> g.output("y", h.gelu_erf())
+        Tensor(%gelu_erf : f32[3,16])
+        >>> sorted(g.weights)
+        ['mm.0.bias', 'mm.0.weight']
     """
 
     def __init__(self, name: str = "graph"):
@@ -247,7 +251,10 @@ class Graph:
         (a change raises ValueError). Only the shapes of `shape_of` are read. dtype: any
         non-quantized one (default i32 for integers, f16 for float16, else f32). See ops/const.py.
 
-            >>> cols = g.const("cols", lambda s: np.arange(s[-1] // 16), shape_of=[px])   # i32
+            >>> import numpy as np
+            >>> g = Graph("c"); px = g.input("pixels", (3, 32, 48))
+            >>> g.const("cols", lambda s: np.arange(s[-1] // 16), shape_of=[px])   # i32
+            Tensor(%cols : i32[3])
         """
         from .ops.const import ConstValue
         from .ops.registry import ShapeError

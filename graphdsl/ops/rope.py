@@ -131,8 +131,10 @@ def rope(x, pos, *, n_dims: int | None = None, mode: str = "normal", sections=No
         freq_base, freq_scale: the frequency ladder's base and a factor on every angle.
 
     Example:
-        >>> q = g.input("q", (6, 2, 16)); p = g.input("p", (4, 6), "i32")
+        >>> from graphdsl import Graph, ops
+        >>> g = Graph("r"); q = g.input("q", (6, 2, 16)); p = g.input("p", (4, 6), "i32")
         >>> ops.rope(q, p, mode="vision", freq_base=10000.0)   # Qwen2-VL's vision rotary
+        Tensor(%rope : f32[6,2,16])
     """
     d = x.shape[-1]
     n_dims = int(d if n_dims is None else n_dims)
