@@ -9,7 +9,6 @@ import pkgutil
 import pytest
 
 
-
 def _modules():
     names = ["graphdsl", "graphdsl.graph", "graphdsl.inp_embd"]
     for pkg in ("graphdsl.ops", "graphdsl.blocks", "graphdsl.models"):
