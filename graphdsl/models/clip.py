@@ -21,8 +21,7 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,47 +31,23 @@ from .. import blocks, ops
 from ..gguf_io import KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
-from .common import (
-    Block,
-    T,
-    VISION_PREFIXES,
-    hf_dict,
-    convert_state,
-    graph_of,
-    image_rows,
-    mmproj_config,
-    sub,
-    tn,
-    vit_keys,
-    weight_shapes_of,
-)
+from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, Block, T, VitHparams, convert_state, graph_of, hf_dict, image_rows,
+    sub, tn, vit_keys, weight_shapes_of)
 from .registry import Arch, ImagePreprocess, register
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
-class ClipConfig:
-    """CLIP ViT hyperparameters (defaults: ViT-L/14 @ 336 of LLaVA 1.5) and the projector's."""
+class ClipConfig(VitHparams):
+    """CLIP ViT hyperparameters (``VitHparams``) and the projector's."""
 
-    image_size: int = 336
-    patch_size: int = 14
-    n_embd: int = 1024
-    n_ff: int = 4096
-    n_head: int = 16
-    n_layer: int = 24
-    eps: float = 1e-5
-    act: str = "gelu_quick"
     feature_layer: int | tuple[int, ...] = -2
     select: str = "default"  # "default": drop the class token; "full": keep it
     projector: str | None = "mlp"  # "mlp" (LLaVA) or None (encoder features only)
     n_mm_embd: int = 4096
     mm_act: str = "gelu_erf"
     mm_bias: bool = True
-    attn: str = "flash"  # "flash" or "softmax", see blocks.attention
-    wtype: str = "f32"  # storage of the big matrices: "f32", "f16", "q8_0", ...
-    # per-tensor storage by gguf name, overriding wtype and the f32 default (a file's own types)
-    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -81,11 +56,6 @@ class ClipConfig:
         if any(not -(self.n_layer + 1) <= f <= self.n_layer for f in fl):
             raise ValueError(f"[clip] feature_layer {self.feature_layer} out of range for {self.n_layer} layers")
         return tuple(f % (self.n_layer + 1) for f in fl)
-
-    @property
-    def vit(self) -> blocks.VitParams:
-        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act,
-                                attn=self.attn, wtype=self.wtype)
 
     @property
     def n_out(self) -> int:
@@ -160,10 +130,7 @@ def config_from_hf(hf: Any) -> ClipConfig:
     d = hf_dict(hf, "clip")
     llava = "vision_config" in d and (d.get("model_type") == "llava" or any(k in d for k in _LLAVA_KEYS))
     v = sub(d, "vision_config") if "vision_config" in d else d
-    kw = dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
-              n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
-              n_head=v.get("num_attention_heads", 12), n_layer=v.get("num_hidden_layers", 12),
-              eps=v.get("layer_norm_eps", 1e-5), act=blocks.act_of(v.get("hidden_act", "quick_gelu")))
+    kw = hf_vit_hparams(v, eps=1e-5, act="quick_gelu", patch_size=32)
     if not llava:
         return ClipConfig(**kw, feature_layer=-1, select="full", projector=None)
     fl = d.get("vision_feature_layer", -2)
@@ -181,25 +148,16 @@ def config_from_gguf(src: Any) -> ClipConfig:
     strategy and activations from the metadata, the projector's width from mm.2 (or mm.0), and
     every tensor's stored type as ``wtypes``.
     """
-    m = mmproj_config(src)
-    v = m.vision
-    if v is None:
-        raise m.error("no vision encoder (clip.has_vision_encoder is false)")
-    if v.projector_type not in ("mlp", "none"):
-        raise m.error(f"vision projector type {v.projector_type!r} is not a CLIP/LLaVA one ('mlp' or 'none')")
+    m, v, kw = gguf_vision(src, ("mlp", "none"), "CLIP/LLaVA")
     if tn(T.V_ENC_EMBD_CLS, None) not in m.shapes:
         raise m.error("a CLIP tower needs v.class_embd (a tower without it is SigLIP-like: see models.siglip)")
     proj = v.projector_type == "mlp"
     mm = next((n for n in (tn(T.V_MMPROJ, "weight", 2), tn(T.V_MMPROJ, "weight", 0)) if n in m.shapes), None)
     if proj and mm is None:
         raise m.error("projector 'mlp' without mm.0.weight")
-    q = m.dtypes.get(tn(T.V_ENC_ATTN_Q, "weight", 0), "f32")
-    return ClipConfig(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff,
-                      n_head=v.n_head, n_layer=v.n_layer, eps=v.eps, act=v.act,
-                      feature_layer=tuple(v.feature_layer) or (v.n_layer,), select=v.select,
+    return ClipConfig(**kw, feature_layer=tuple(v.feature_layer) or (v.n_layer,), select=v.select,
                       projector="mlp" if proj else None, n_mm_embd=m.shapes[mm][0] if proj else 4096,
-                      mm_act=v.projector_act, mm_bias=tn(T.V_MMPROJ, "bias", 0) in m.shapes or not proj,
-                      wtype=q, wtypes=dict(m.dtypes))
+                      mm_act=v.projector_act, mm_bias=tn(T.V_MMPROJ, "bias", 0) in m.shapes or not proj)
 
 
 def config_to_gguf(cfg: ClipConfig, image_mean=CLIP_MEAN, image_std=CLIP_STD) -> list[tuple[str, object]]:
@@ -214,18 +172,8 @@ def config_to_gguf(cfg: ClipConfig, image_mean=CLIP_MEAN, image_std=CLIP_STD) ->
 
 
 def _rules():
-    L = "encoder.layers.{bid}."
-    per_layer = [("self_attn.q_proj", T.V_ENC_ATTN_Q), ("self_attn.k_proj", T.V_ENC_ATTN_K),
-                 ("self_attn.v_proj", T.V_ENC_ATTN_V), ("self_attn.out_proj", T.V_ENC_ATTN_O),
-                 ("layer_norm1", T.V_ENC_INPUT_NORM), ("layer_norm2", T.V_ENC_POST_ATTN_NORM),
-                 ("mlp.fc1", T.V_ENC_FFN_UP), ("mlp.fc2", T.V_ENC_FFN_DOWN)]
-    rules = [("embeddings.class_embedding", tn(T.V_ENC_EMBD_CLS, None)),
-             ("embeddings.patch_embedding.weight", tn(T.V_ENC_EMBD_PATCH)),
-             ("embeddings.position_embedding.weight", tn(T.V_ENC_EMBD_POS))]
-    for hf, t in [("pre_layrnorm", T.V_PRE_NORM), ("post_layernorm", T.V_POST_NORM)]:
-        rules += [(f"{hf}.{s}", tn(t, s)) for s in ("weight", "bias")]
-    for hf, t in per_layer:
-        rules += [(f"{L}{hf}.{s}", tn(t, s)) for s in ("weight", "bias")]
+    rules = [*hf_vit_rules(), ("embeddings.class_embedding", tn(T.V_ENC_EMBD_CLS, None))]
+    rules += [(f"pre_layrnorm.{s}", tn(T.V_PRE_NORM, s)) for s in ("weight", "bias")]
     for hf, bid in [("multi_modal_projector.linear_1", 0), ("multi_modal_projector.linear_2", 2)]:
         rules += [(f"{hf}.{s}", tn(T.V_MMPROJ, s, bid)) for s in ("weight", "bias")]
     return rules

@@ -4,12 +4,46 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
+from .. import blocks
+
 T = MODEL_TENSOR
+
+
+@dataclass(frozen=True)
+class EncoderHparams:
+    """What every transformer encoder's config holds (defaults: a ViT-B-sized tower); a model
+    config adds its own fields after these."""
+
+    n_embd: int = 768
+    n_ff: int = 3072
+    n_head: int = 12
+    n_layer: int = 12
+    eps: float = 1e-6
+    act: str = "gelu"  # an op name (blocks.act_of maps HF's names)
+    attn: str = "flash"  # "flash" or "softmax", see blocks.attention
+    wtype: str = "f32"  # storage of the big matrices: "f32", "f16", "q8_0", ...
+    # per-tensor storage by gguf name, overriding wtype and the f32 default (a file's own types)
+    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
+    qkv_bias: ClassVar[tuple[bool, bool, bool]] = (True, True, True)
+
+    @property
+    def vit(self) -> blocks.VitParams:
+        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act, qkv_bias=self.qkv_bias,
+                                attn=self.attn, wtype=self.wtype)
+
+
+@dataclass(frozen=True)
+class VitHparams(EncoderHparams):
+    """An encoder over image patches: the size it was trained at and its patch size."""
+
+    image_size: int = 224
+    patch_size: int = 16
 
 
 def tn(tensor: MODEL_TENSOR, suffix: str | None = "weight", bid: int | None = None) -> str:
@@ -233,3 +267,57 @@ def vit_keys(cfg, image_mean, image_std, n_layer: int | None = None) -> list[tup
             (V.Attention.HEAD_COUNT, cfg.n_head), (V.Attention.LAYERNORM_EPS, float(cfg.eps)),
             (V.IMAGE_MEAN, [float(x) for x in image_mean]), (V.IMAGE_STD, [float(x) for x in image_std]),
             (V.USE_GELU, gelu), (V.USE_SILU, silu), (KEY_ACT.format(modality="vision"), cfg.act)]
+
+
+def hf_vit_rules(layers: str = "encoder.layers.{bid}.", post_ln: str = "post_layernorm") -> list[tuple[str, str]]:
+    """HF -> gguf renames every HF ViT (CLIP, SigLIP, Idefics3 ...) shares: patch and position
+    embeddings, each layer's attention / norms / MLP (weight and bias) and the final LayerNorm."""
+    per_layer = [("self_attn.q_proj", T.V_ENC_ATTN_Q), ("self_attn.k_proj", T.V_ENC_ATTN_K),
+                 ("self_attn.v_proj", T.V_ENC_ATTN_V), ("self_attn.out_proj", T.V_ENC_ATTN_O),
+                 ("layer_norm1", T.V_ENC_INPUT_NORM), ("layer_norm2", T.V_ENC_POST_ATTN_NORM),
+                 ("mlp.fc1", T.V_ENC_FFN_UP), ("mlp.fc2", T.V_ENC_FFN_DOWN)]
+    rules = [("embeddings.position_embedding.weight", tn(T.V_ENC_EMBD_POS))]
+    for s in ("weight", "bias"):
+        rules += [(f"embeddings.patch_embedding.{s}", tn(T.V_ENC_EMBD_PATCH, s)), (f"{post_ln}.{s}", tn(T.V_POST_NORM, s))]
+        rules += [(f"{layers}{hf}.{s}", tn(t, s)) for hf, t in per_layer]
+    return rules
+
+
+def post_ln_tower(x, c, kind: str, scope: str, **embd):
+    """build_inp_embd -> c.n_layer pre-LN blocks -> ``post_ln``, in ``scope`` (SigLIP, Whisper,
+    Idefics3: every tower whose features are its last layer's, normalised)."""
+    from ..inp_embd import build_inp_embd
+    with x.graph.scope(scope):
+        x = build_inp_embd(kind, x, n_embd=c.n_embd, **embd)
+        x = blocks.vit(x, c.vit, n_layer=c.n_layer)[-1]
+        return blocks.norm(x, "post_ln", eps=c.eps)
+
+
+def projector_of(c, known: str, what: str) -> bool:
+    """Whether config c has its projector (None: the encoder alone); another name raises."""
+    if c.projector is not None and c.projector != known:
+        raise ValueError(f"[{what}] unknown projector {c.projector!r}; this file has {known!r}")
+    return c.projector is not None
+
+
+def hf_vit_hparams(v: Mapping[str, Any], eps: float, act: str, patch_size: int = 16) -> dict:
+    """VitHparams fields from an HF vision config dict, with the family's defaults for eps / act."""
+    return dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", patch_size),
+                n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
+                n_head=v.get("num_attention_heads", 12), n_layer=v.get("num_hidden_layers", 12),
+                eps=v.get("layer_norm_eps", eps), act=blocks.act_of(v.get("hidden_act", act)))
+
+
+def gguf_vision(src: Any, projectors: Sequence[str], what: str):
+    """(MmprojConfig, its vision section) of a file whose vision projector is one of ``projectors``,
+    and the VitHparams fields it holds (with every tensor's stored type as wtypes)."""
+    m = mmproj_config(src)
+    v = m.vision
+    if v is None:
+        raise m.error("no vision encoder (clip.has_vision_encoder is false)")
+    if v.projector_type not in projectors:
+        raise m.error(f"vision projector type {v.projector_type!r} is not a {what} one ({', '.join(projectors)})")
+    kw = dict(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff, n_head=v.n_head,
+              n_layer=v.n_layer, eps=v.eps, act=v.act, wtype=m.dtypes.get(tn(T.V_ENC_ATTN_Q, "weight", 0), "f32"),
+              wtypes=dict(m.dtypes))
+    return m, v, kw

@@ -22,8 +22,7 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,45 +30,18 @@ from gguf import Keys
 
 from .. import blocks
 from ..graph import Graph, Tensor
-from ..inp_embd import build_inp_embd, shape_guard
-from .common import (
-    VISION_PREFIXES,
-    Block,
-    T,
-    convert_state,
-    graph_of,
-    hf_dict,
-    mmproj_config,
-    sub,
-    tn,
-    vit_keys,
-    weight_shapes_of,
-)
+from ..inp_embd import shape_guard
+from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, post_ln_tower, Block, T, VitHparams, convert_state, graph_of, hf_dict, sub,
+    tn, vit_keys, weight_shapes_of)
 from .registry import Arch, ImagePreprocess, register
 
 
 @dataclass(frozen=True)
-class Idefics3Config:
-    """Tower hyperparameters (defaults: SmolVLM-256M's SigLIP-B/16 @ 512) and the connector's."""
+class Idefics3Config(VitHparams):
+    """Tower hyperparameters (``VitHparams``) and the connector's."""
 
-    image_size: int = 512
-    patch_size: int = 16
-    n_embd: int = 768
-    n_ff: int = 3072
-    n_head: int = 12
-    n_layer: int = 12
-    eps: float = 1e-6
-    act: str = "gelu"
     scale_factor: int = 4
     n_mm_embd: int = 576
-    attn: str = "flash"
-    wtype: str = "f32"
-    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
-
-    @property
-    def vit(self) -> blocks.VitParams:
-        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act, attn=self.attn,
-                                wtype=self.wtype)
 
     @property
     def n_out(self) -> int:
@@ -97,11 +69,7 @@ class Idefics3Vision(Block):
         grid = (frames.shape[-2] // c.patch_size, frames.shape[-1] // c.patch_size)
         shape_guard(g, "v.frame_guard", frames, "[idefics3] frames are max_image_size squares",
                     same=lambda s: tuple(s[-2:]))
-        with g.scope("v"):
-            x = build_inp_embd("image", frames, n_embd=c.n_embd, patch_size=c.patch_size,
-                               image_size=c.image_size, patch_bias=True)
-            x = blocks.vit(x, c.vit, n_layer=c.n_layer)[-1]
-            x = blocks.norm(x, "post_ln", eps=c.eps)
+        x = post_ln_tower(frames, c, "image", "v", patch_size=c.patch_size, image_size=c.image_size, patch_bias=True)
         with g.scope("mm"):
             x = blocks.pixel_shuffle(x, grid, c.scale_factor, name="shuffle")
             return blocks.linear(x, "model.fc", c.n_mm_embd, bias=False, wtype=c.wtype)
@@ -120,27 +88,19 @@ def config_from_hf(hf: Any) -> Idefics3Config:
     """From an HF Idefics3Config / SmolVLMConfig (vision_config, scale_factor, text_config)."""
     d = hf_dict(hf, "idefics3")
     v, t = sub(d, "vision_config"), sub(d, "text_config")
-    return Idefics3Config(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 32),
-                          n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
-                          n_head=v.get("num_attention_heads", 12), n_layer=v.get("num_hidden_layers", 12),
-                          eps=v.get("layer_norm_eps", 1e-6), act=blocks.act_of(v.get("hidden_act", "gelu_pytorch_tanh")),
+    return Idefics3Config(**hf_vit_hparams(v, eps=1e-6, act="gelu_pytorch_tanh", patch_size=32),
                           scale_factor=d.get("scale_factor", 2), n_mm_embd=t.get("hidden_size", 4096))
 
 
 def config_from_gguf(src: Any) -> Idefics3Config:
     """From an mmproj GGUF with projector "idefics3" (llama.cpp's: clip.vision.projector.scale_factor,
     mm.model.fc.weight (n_mm_embd, n_embd s^2))."""
-    m = mmproj_config(src)
-    v = m.vision
-    if v is None or v.projector_type != "idefics3":
-        raise m.error("an Idefics3 file has a vision encoder with projector 'idefics3'")
+    m, v, kw = gguf_vision(src, ("idefics3",), "Idefics3")
     fc = m.shapes[tn(T.V_MMPROJ_FC)]
     s = v.n_merge or int(round((fc[1] / v.n_embd) ** 0.5))
     if s * s * v.n_embd != fc[1]:
         raise m.error(f"mm.model.fc.weight {list(fc)} does not take {v.n_embd} x scale_factor^2 ({s}^2) inputs")
-    return Idefics3Config(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff,
-                          n_head=v.n_head, n_layer=v.n_layer, eps=v.eps, act=v.act, scale_factor=s, n_mm_embd=fc[0],
-                          wtype=m.dtypes.get(tn(T.V_ENC_ATTN_Q, "weight", 0), "f32"), wtypes=dict(m.dtypes))
+    return Idefics3Config(**kw, scale_factor=s, n_mm_embd=fc[0])
 
 
 def config_to_gguf(cfg: Idefics3Config, image_mean=(0.5,) * 3, image_std=(0.5,) * 3) -> list[tuple[str, object]]:
@@ -150,17 +110,7 @@ def config_to_gguf(cfg: Idefics3Config, image_mean=(0.5,) * 3, image_std=(0.5,) 
 
 
 def _rules():
-    per_layer = [("self_attn.q_proj", T.V_ENC_ATTN_Q), ("self_attn.k_proj", T.V_ENC_ATTN_K),
-                 ("self_attn.v_proj", T.V_ENC_ATTN_V), ("self_attn.out_proj", T.V_ENC_ATTN_O),
-                 ("layer_norm1", T.V_ENC_INPUT_NORM), ("layer_norm2", T.V_ENC_POST_ATTN_NORM),
-                 ("mlp.fc1", T.V_ENC_FFN_UP), ("mlp.fc2", T.V_ENC_FFN_DOWN)]
-    rules = [("embeddings.position_embedding.weight", tn(T.V_ENC_EMBD_POS)),
-             ("connector.modality_projection.proj.weight", tn(T.V_MMPROJ_FC))]
-    for s in ("weight", "bias"):
-        rules += [(f"embeddings.patch_embedding.{s}", tn(T.V_ENC_EMBD_PATCH, s)),
-                  (f"post_layernorm.{s}", tn(T.V_POST_NORM, s))]
-        rules += [(f"encoder.layers.{{bid}}.{hf}.{s}", tn(t, s)) for hf, t in per_layer]
-    return rules
+    return [*hf_vit_rules(), ("connector.modality_projection.proj.weight", tn(T.V_MMPROJ_FC))]
 
 
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:

@@ -28,8 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,43 +37,19 @@ from gguf import Keys
 from .. import blocks, ops
 from .. import dtypes as dt
 from ..graph import Graph, Tensor
-from ..inp_embd import build_inp_embd, shape_guard
-from .common import (
-    Block,
-    T,
-    VISION_PREFIXES,
-    hf_dict,
-    convert_state,
-    graph_of,
-    image_rows,
-    mmproj_config,
-    sub,
-    tn,
-    vit_keys,
-    weight_shapes_of,
-)
+from ..inp_embd import shape_guard
+from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, post_ln_tower, projector_of, Block, T, VitHparams, convert_state, graph_of, hf_dict, image_rows,
+    sub, tn, vit_keys, weight_shapes_of)
 from .registry import Arch, ImagePreprocess, register
 
 
 @dataclass(frozen=True)
-class SiglipConfig:
-    """SigLIP hyperparameters (defaults: SigLIP-So400m/14 @ 896 of Gemma 3) and the projector's."""
+class SiglipConfig(VitHparams):
+    """SigLIP hyperparameters (``VitHparams``) and the projector's."""
 
-    image_size: int = 896
-    patch_size: int = 14
-    n_embd: int = 1152
-    n_ff: int = 4304
-    n_head: int = 16
-    n_layer: int = 27
-    eps: float = 1e-6
-    act: str = "gelu"  # tanh approximation (HF "gelu_pytorch_tanh")
     projector: str | None = "gemma3"  # "gemma3" or None (post-LN features only)
     mm_tokens_per_image: int = 256
     n_mm_embd: int = 2560
-    attn: str = "flash"
-    wtype: str = "f32"
-    # per-tensor storage by gguf name, overriding wtype and the f32 default (a file's own types)
-    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
     # True: mm.input_projection.weight is (n_embd, n_mm_embd) as in HF / llama.cpp (float types
     # only; f16 when wtype is quantized); False: (n_mm_embd, n_embd), any type
     mm_proj_transposed: bool = True
@@ -83,11 +58,6 @@ class SiglipConfig:
     def pool(self) -> int:
         """Side of the average-pooling window: (image_size / patch) / sqrt(tokens per image)."""
         return (self.image_size // self.patch_size) // math.isqrt(self.mm_tokens_per_image)
-
-    @property
-    def vit(self) -> blocks.VitParams:
-        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act,
-                                attn=self.attn, wtype=self.wtype)
 
     @property
     def n_out(self) -> int:
@@ -113,15 +83,9 @@ class SiglipVision(Block):
 
     def _build(self, pixels: Tensor) -> Tensor:
         c, g = self.cfg, pixels.graph
-        with g.scope("v"):
-            x = build_inp_embd("image", pixels, n_embd=c.n_embd, patch_size=c.patch_size,
-                               image_size=c.image_size, patch_bias=True)
-            x = blocks.vit(x, c.vit, n_layer=c.n_layer)[-1]
-            x = blocks.norm(x, "post_ln", eps=c.eps)
-        if c.projector is None:
+        x = post_ln_tower(pixels, c, "image", "v", patch_size=c.patch_size, image_size=c.image_size, patch_bias=True)
+        if not projector_of(c, "gemma3", "siglip"):
             return x
-        if c.projector != "gemma3":
-            raise ValueError(f"[siglip] unknown projector {c.projector!r}; this file has 'gemma3'")
         *b, _, d = x.shape
         p = c.patch_size
         gh, gw = pixels.shape[-2] // p, pixels.shape[-1] // p
@@ -170,10 +134,7 @@ def config_from_hf(hf: Any) -> SiglipConfig:
     d = hf_dict(hf, "siglip")  # a two-tower SiglipConfig has text_config + vision_config too: the tower alone
     gemma = "vision_config" in d and (d.get("model_type") == "gemma3" or "mm_tokens_per_image" in d)
     v = sub(d, "vision_config") if "vision_config" in d else d
-    kw = dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", 16),
-              n_embd=v.get("hidden_size", 768), n_ff=v.get("intermediate_size", 3072),
-              n_head=v.get("num_attention_heads", 12), n_layer=v.get("num_hidden_layers", 12),
-              eps=v.get("layer_norm_eps", 1e-6), act=blocks.act_of(v.get("hidden_act", "gelu_pytorch_tanh")))
+    kw = hf_vit_hparams(v, eps=1e-6, act="gelu_pytorch_tanh", patch_size=16)
     if not gemma:
         return SiglipConfig(**kw, projector=None)
     return SiglipConfig(**kw, projector="gemma3", mm_tokens_per_image=d.get("mm_tokens_per_image", 256),
@@ -188,15 +149,7 @@ def config_from_gguf(src: Any) -> SiglipConfig:
     float is HF's / llama.cpp's (preferred when square), (n_mm, n_embd) is the mul_mat layout
     (the only one a quantized matrix can have). Every tensor's stored type becomes ``wtypes``.
     """
-    m = mmproj_config(src)
-    v = m.vision
-    if v is None:
-        raise m.error("no vision encoder (clip.has_vision_encoder is false)")
-    if v.projector_type not in ("gemma3", "none"):
-        raise m.error(f"vision projector type {v.projector_type!r} is not a SigLIP one ('gemma3' or 'none')")
-    kw = dict(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff, n_head=v.n_head,
-              n_layer=v.n_layer, eps=v.eps, act=v.act, wtype=m.dtypes.get(tn(T.V_ENC_ATTN_Q, "weight", 0), "f32"),
-              wtypes=dict(m.dtypes))
+    m, v, kw = gguf_vision(src, ("gemma3", "none"), "SigLIP")
     if v.projector_type == "none":
         return SiglipConfig(**kw, projector=None)
     side = v.image_size // v.patch_size // max(v.n_merge, 1)
@@ -225,18 +178,8 @@ def config_to_gguf(cfg: SiglipConfig, image_mean=(0.5,) * 3, image_std=(0.5,) * 
 
 
 def _rules():
-    per_layer = [("self_attn.q_proj", T.V_ENC_ATTN_Q), ("self_attn.k_proj", T.V_ENC_ATTN_K),
-                 ("self_attn.v_proj", T.V_ENC_ATTN_V), ("self_attn.out_proj", T.V_ENC_ATTN_O),
-                 ("layer_norm1", T.V_ENC_INPUT_NORM), ("layer_norm2", T.V_ENC_POST_ATTN_NORM),
-                 ("mlp.fc1", T.V_ENC_FFN_UP), ("mlp.fc2", T.V_ENC_FFN_DOWN)]
-    rules = [("embeddings.position_embedding.weight", tn(T.V_ENC_EMBD_POS)),
-             ("multi_modal_projector.mm_input_projection_weight", tn(T.V_MM_INP_PROJ)),
-             ("multi_modal_projector.mm_soft_emb_norm.weight", tn(T.V_MM_SOFT_EMB_NORM))]
-    for s in ("weight", "bias"):
-        rules += [(f"embeddings.patch_embedding.{s}", tn(T.V_ENC_EMBD_PATCH, s)),
-                  (f"post_layernorm.{s}", tn(T.V_POST_NORM, s))]
-        rules += [(f"encoder.layers.{{bid}}.{hf}.{s}", tn(t, s)) for hf, t in per_layer]
-    return rules
+    return [*hf_vit_rules(), ("multi_modal_projector.mm_input_projection_weight", tn(T.V_MM_INP_PROJ)),
+            ("multi_modal_projector.mm_soft_emb_norm.weight", tn(T.V_MM_SOFT_EMB_NORM))]
 
 
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:

@@ -26,9 +26,8 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 from gguf import Keys
@@ -36,49 +35,26 @@ from gguf import Keys
 from .. import blocks, ops
 from ..gguf_io import KEY_ACT
 from ..graph import Graph, Tensor
-from ..inp_embd import build_inp_embd
-from .common import (
-    Block,
-    T,
-    hf_dict,
-    convert_state,
-    mmproj_config,
-    sub,
-    tn,
-    weight_shapes_of,
-)
+from .common import post_ln_tower, projector_of, Block, EncoderHparams, T, convert_state, hf_dict, mmproj_config, sub, tn, weight_shapes_of
 from .registry import Arch, register
 
 
 @dataclass(frozen=True)
-class WhisperEncConfig:
-    """Whisper encoder hyperparameters (defaults: tiny) and the projector's."""
+class WhisperEncConfig(EncoderHparams):
+    """Whisper encoder hyperparameters (``EncoderHparams``) and the projector's."""
 
     n_mel: int = 80
     n_ctx: int = 1500  # positions per window (HF max_source_positions); the window is 2 n_ctx frames
-    n_embd: int = 384
-    n_head: int = 6
-    n_layer: int = 4
-    n_ff: int = 1536
-    eps: float = 1e-5
-    act: str = "gelu_erf"
     projector: str | None = "voxtral"  # "voxtral" or None (encoder output only)
     stack_factor: int = 4
     n_mm_embd: int = 3072
     mm_act: str = "gelu_erf"
-    attn: str = "flash"
-    wtype: str = "f32"
-    # per-tensor storage by gguf name, overriding wtype and the f32 default (a file's own types)
-    wtypes: Mapping[str, str] = field(default_factory=dict, hash=False, repr=False)
 
     @property
     def n_frames(self) -> int:
         return 2 * self.n_ctx
 
-    @property
-    def vit(self) -> blocks.VitParams:
-        return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act,
-                                qkv_bias=(True, False, True), attn=self.attn, wtype=self.wtype)
+    qkv_bias: ClassVar[tuple[bool, bool, bool]] = (True, False, True)  # Whisper's k_proj has no bias
 
     @property
     def n_out(self) -> int:
@@ -112,14 +88,9 @@ class WhisperEncoder(Block):
 
     def _build(self, mel: Tensor) -> Tensor:
         c, g = self.cfg, mel.graph
-        with g.scope("a"):
-            x = build_inp_embd("audio", mel, n_embd=c.n_embd, n_pos=c.n_ctx)
-            x = blocks.vit(x, c.vit, n_layer=c.n_layer)[-1]
-            x = blocks.norm(x, "post_ln", eps=c.eps)
-        if c.projector is None:
+        x = post_ln_tower(mel, c, "audio", "a", n_pos=c.n_ctx)
+        if not projector_of(c, "voxtral", "whisper_enc"):
             return x
-        if c.projector != "voxtral":
-            raise ValueError(f"[whisper_enc] unknown projector {c.projector!r}; this file has 'voxtral'")
         *b, n, d = x.shape
         s = c.stack_factor
         if n % s:  # llama.cpp pads the last stack with zeros
@@ -167,7 +138,7 @@ def config_from_hf(hf: Any) -> WhisperEncConfig:
               n_head=a.get("encoder_attention_heads", a.get("num_attention_heads", 6)),
               n_layer=a.get("encoder_layers", a.get("num_hidden_layers", 4)),
               n_ff=a.get("encoder_ffn_dim", a.get("intermediate_size", 1536)),
-              act=blocks.act_of(a.get("activation_function", "gelu")))
+              eps=1e-5, act=blocks.act_of(a.get("activation_function", "gelu")))  # HF's LayerNorm default eps
     if not voxtral:
         return WhisperEncConfig(**kw, projector=None)
     # Voxtral's audio intermediate_size is the stacked width s * d (HF reshapes to it)
@@ -216,10 +187,11 @@ def config_to_gguf(cfg: WhisperEncConfig) -> list[tuple[str, object]]:
 
 
 def _rules():
-    per_layer = [("self_attn.q_proj", T.A_ENC_ATTN_Q), ("self_attn.k_proj", T.A_ENC_ATTN_K),
-                 ("self_attn.v_proj", T.A_ENC_ATTN_V), ("self_attn.out_proj", T.A_ENC_OUTPUT),
-                 ("self_attn_layer_norm", T.A_ENC_INPUT_NORM), ("final_layer_norm", T.A_ENC_OUTPUT_NORM),
-                 ("fc1", T.A_ENC_FFN_UP), ("fc2", T.A_ENC_FFN_DOWN)]
+    # HF WhisperEncoderLayer's module names -> llama.cpp's audio block tensors
+    per_layer = {"self_attn.q_proj": T.A_ENC_ATTN_Q, "self_attn.k_proj": T.A_ENC_ATTN_K,
+                 "self_attn.v_proj": T.A_ENC_ATTN_V, "self_attn.out_proj": T.A_ENC_OUTPUT,
+                 "self_attn_layer_norm": T.A_ENC_INPUT_NORM, "final_layer_norm": T.A_ENC_OUTPUT_NORM,
+                 "fc1": T.A_ENC_FFN_UP, "fc2": T.A_ENC_FFN_DOWN}.items()
     rules = [("embed_positions.weight", tn(T.A_ENC_EMBD_POS))]
     for s in ("weight", "bias"):
         rules += [(f"conv{i}.{s}", tn(T.A_ENC_CONV1D, s, i)) for i in (1, 2)]
