@@ -6,6 +6,7 @@ raw blocks (uint8 rows) and only the reference interpreter dequantizes them.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,3 +94,30 @@ def as_i32(arr: np.ndarray, what: str) -> np.ndarray:
         if arr.size and (arr.min() < info.min or arr.max() > info.max):
             raise ValueError(f"{what}: values [{arr.min()}, {arr.max()}] do not fit int32")
     return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+_F32_TABLES = ("position_embd", "token_types")
+_WEIGHT = re.compile(r"\.weight(\.\d+)?$")  # v.patch_embd.weight, and its second kernel v.patch_embd.weight.1
+
+
+def storage_type(name: str, shape: tuple[int, ...], wtype: str) -> str:
+    """The one storage policy: the type a weight named ``name`` of ``shape`` is kept in when a
+    model (or a file, ``convert.writer``) asks for ``wtype``; llama.cpp's convert_hf_to_gguf.py
+    policy (MmprojModel + ModelBase.prepare_tensors):
+
+    - 1-D tensors (norms, biases, class embedding) and anything not a ``.weight``: f32.
+    - position and token-type tables: f32.
+    - convolution kernels (rank >= 3): f16 when wtype is f16, else f32.
+    - 2-D weights whose rows are not whole blocks: f16 for a quantized wtype.
+    - other 2-D weights: wtype.
+
+    (The converter adds one rule of its own: ``convert.writer.tensor_type``.)
+    """
+    d = dtype(wtype)
+    if len(shape) <= 1 or not _WEIGHT.search(name) or any(t in name for t in _F32_TABLES):
+        return "f32"
+    if len(shape) >= 3:
+        return "f16" if d is f16 else "f32"
+    if d.is_quantized and shape[-1] % d.block_size:
+        return "f16"
+    return d.name

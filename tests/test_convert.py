@@ -185,9 +185,23 @@ def test_weights_read_back_as_written(hf_model, tmp_path):
     ("mm.input_projection.weight", (64, 96), "q8_0", "f16"),
     ("token_embd.weight", (100, 64), "q4_0", "q4_0"),
     ("mm.0.weight", (96, 64), "bf16", "bf16"),
+    ("v.patch_embd.weight.1", (64, 3, 14, 14), "f16", "f16"),  # Qwen2-VL's second kernel is a weight too
 ])
 def test_type_policy(name, shape, outtype, expect):
     assert tensor_type(name, shape, outtype) == expect
+
+
+def test_blocks_declare_what_the_writer_writes():
+    """One policy: a graph built from a config with a quantized wtype declares each weight with the
+    type the converter would store it in (rows of 48 are not whole q4_0 blocks: f16 in both)."""
+    from graphdsl.models import clip
+    cfg = clip.ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=48, n_head=4, n_layer=1, feature_layer=(1,),
+                          n_mm_embd=64, wtype="q4_0")
+    declared = clip.build(cfg).weights
+    assert {n: w.dtype.name for n, w in declared.items()} == {n: tensor_type(n, w.shape, "q4_0")
+                                                             for n, w in declared.items() if n != "v.patch_embd.weight"} | {
+        "v.patch_embd.weight": declared["v.patch_embd.weight"].dtype.name}
+    assert declared["v.blk.0.ffn_down.weight"].dtype.name == "f16" and declared["mm.0.weight"].dtype.name == "q4_0"
 
 
 def test_llava_file_layout(hf_model, tmp_path):

@@ -6,6 +6,7 @@ weight ``v.blk.3.attn_q.weight`` and the node ``v.blk.3.attn_q``.
 """
 from __future__ import annotations
 
+from .. import dtypes as dt
 from .. import ops
 from ..graph import Tensor
 
@@ -55,7 +56,10 @@ def linear(x: Tensor, name: str, n_out: int, *, bias: bool = True, wtype: str = 
         (..., n_out), node named ``name``.
     """
     g = x.graph
-    w = g.weight(f"{name}.weight", (n_out, x.shape[-1]), wtype)
+    shape = (n_out, x.shape[-1])
+    # the storage policy the converter writes files with (a quantized wtype over rows that are not
+    # whole blocks gives f16, as in the file), so a graph built from a config declares what a file holds
+    w = g.weight(f"{name}.weight", shape, dt.storage_type(g.qualify(f"{name}.weight"), shape, wtype))
     if not bias:
         return ops.mul_mat(x, w, name=name)
     y = ops.mul_mat(x, w, name=f"{name}.mm")

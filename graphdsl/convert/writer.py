@@ -23,21 +23,14 @@ from ..fileio import atomic_path
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 FILE_TYPE = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "bf16": LlamaFileType.MOSTLY_BF16,
              "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}
-_F32_TABLES = ("position_embd", "token_types")
-
-
 def tensor_type(name: str, shape: tuple[int, ...], outtype: str) -> str:
-    """The graphdsl dtype name a tensor is stored as for a given outtype (see the module doc)."""
+    """The graphdsl dtype name a tensor is stored as for a given outtype (``dtypes.storage_type``,
+    the policy the model blocks declare their weights with too)."""
     if outtype not in OUTTYPES:
         raise ValueError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
-    if len(shape) <= 1 or not name.endswith(".weight") or any(t in name for t in _F32_TABLES):
-        return "f32"
-    if len(shape) >= 3:
-        return "f16" if outtype == "f16" else "f32"
-    d = dt.dtype(outtype)
-    if d.is_quantized and (shape[-1] % d.block_size or "input_projection" in name):
-        return "f16"
-    return outtype
+    if "input_projection" in name and dt.dtype(outtype).is_quantized and len(shape) == 2:
+        return "f16"  # HF's layout of Gemma 3's projection is multiplied through a transpose (see above)
+    return dt.storage_type(name, shape, outtype)
 
 
 def encode(arr: np.ndarray, dtype: str) -> np.ndarray:
