@@ -112,3 +112,28 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
     ref = _hf_features(model, frames.pixel_values)
     got = np.load(out)
     assert rel_err(got, ref.reshape(-1, ref.shape[-1])) <= BOUND
+
+
+# HF Idefics3 module names -> graphdsl node names (the tower's layers, the connector)
+MAPPING = {"embeddings": "v.inp_pos", "encoder.layers.{i}.self_attn": "v.blk.{i}.attn_out",
+           "encoder.layers.{i}.mlp.fc1": "v.blk.{i}.ffn_up", "encoder.layers.{i}": "v.blk.{i}.layer_out",
+           "post_layernorm": "v.post_ln", "connector.modality_projection": "mm.model.fc"}
+
+
+def test_node_by_node_against_hf(tiny):
+    """inspect.diff_hf with the mapping above: every mapped node within the bound; a weight scaled
+    by 1.05 (negative control) is named as the first bad node."""
+    from graphdsl.inspect import diff_hf
+    torch = need_torch()
+    _, model, c, w = tiny
+    frames = np.random.default_rng(2).standard_normal((1, 3, c.image_size, c.image_size)).astype(np.float32)
+    run = graphdsl.compile(idefics3.build(c, n_frames=1), BACKEND, weights=w)
+    forward = lambda m, px: m.model.get_image_features(px)  # noqa: E731
+    rep = diff_hf(run, {"pixels": frames}, model, torch.from_numpy(frames)[None], MAPPING, forward=forward,
+                  rel_l2=BOUND)
+    assert rep.ok, rep
+    bad = dict(w, **{"v.blk.1.ffn_up.weight": w["v.blk.1.ffn_up.weight"] * np.float32(1.05)})
+    broken = graphdsl.compile(idefics3.build(c, n_frames=1), BACKEND, weights=bad)
+    rep = diff_hf(broken, {"pixels": frames}, model, torch.from_numpy(frames)[None], MAPPING, forward=forward,
+                  rel_l2=BOUND)
+    assert not rep.ok and rep.first_bad.name == "v.blk.1.ffn_up"
