@@ -198,7 +198,7 @@ def cmd_inspect(args) -> int:
     print(f"# {label}")
     if args.print:
         print(g)
-    _show(g.summary(None if args.nodes else args.group_by))
+    _show(inspect.summary(g, None if args.nodes else args.group_by))
     if args.draw:
         from .demo import draw_or_dot
         ins = next(i for opt, _, i in cli_parser.outputs(args) if opt == "--draw")  # for the .dot fallback
@@ -249,7 +249,8 @@ def cmd_bench(args) -> int:
             bar.update()
     if bar:
         bar.close()
-    flops = g.summary().flops or 0
+    from . import inspect
+    flops = inspect.summary(g).flops or 0
     med = float(np.median(times))
     print(f"{label} on {run.backend} ({run.n_threads} threads, precision {args.precision}): "
           f"median {med * 1e3:.2f} ms, min {min(times) * 1e3:.2f} ms, mean {np.mean(times) * 1e3:.2f} ms "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import inspect
 from .models import Mmproj, from_gguf
 from .models import text as text_models
 from .models.clip import ClipConfig
@@ -224,7 +225,6 @@ def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = 
     """Run the demo and print its report to `out` (stdout). See the module docstring."""
     import graphdsl
 
-    from . import inspect
     from .embed import build_mixed
     from .inspect.table import show
     out = out or sys.stdout
@@ -269,7 +269,7 @@ def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = 
     say(f"graphdsl demo: {len(items)} chunks -> one graph: {kinds}")
     say(f"  files: {mmproj} + {text_path.name} ({'built now' if built else 'cached'})")
     say("")
-    report(g.summary(group_by="blocks"))
+    report(inspect.summary(g, group_by="blocks"))
     say("")
     report(inspect.lowered(run))
     if profile:
@@ -307,11 +307,11 @@ def draw_or_dot(graph, path: Path, *, force: bool = True, inputs=()) -> tuple[Pa
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            graph.draw(tmp)
+            inspect.draw(graph, tmp)
         return path, ""
     except GraphvizNotFound:
         from .inspect.drawing import INSTALL_HINT
         dot = check_output(path.with_suffix(".dot"), inputs, force=force, what="drawing")
         with atomic_path(dot) as tmp:
-            graph.draw(tmp)
+            inspect.draw(graph, tmp)
         return dot, "DOT only: " + INSTALL_HINT

@@ -7,8 +7,8 @@ registry in `graphdsl.ops`, whose shape rule runs when the node is built, so a b
 ValueError at the line that wrote it, never an abort inside ggml. Constants are the registry op
 `const` (`Graph.const`): fixed, or recomputed from input shapes when the graph is specialized.
 
-This module imports nothing of `graphdsl.inspect` (which imports it): printing lives here, and
-the summary/drawing delegates import their module on first use.
+This module imports nothing of `graphdsl.inspect` (which imports it): printing lives here;
+tables and drawings are `graphdsl.inspect.summary(g)` / `draw(g, path)` / `to_networkx(g)`.
 
 Shapes are NumPy order (outermost first) and weights are `(out, in)` as in PyTorch.
 """
@@ -20,6 +20,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from . import dtypes as dt
+from . import ops
+from .ops.const import ConstValue
+from .ops.registry import REGISTRY, ShapeError
 
 MAX_RANK = 4  # ggml tensors have four dimensions
 MAX_BYTES = 2**48  # 256 TiB: no device holds more, and ggml's size arithmetic stays far from overflow
@@ -93,36 +96,29 @@ class Tensor:
 
     # Arithmetic. Scalars become `scale` nodes; tensors broadcast the way ggml repeats.
     def __add__(self, o):
-        from . import ops
         return ops.scale(self, 1.0, float(o)) if _is_scalar(o) else ops.add(self, o)
 
     __radd__ = __add__
 
     def __sub__(self, o):
-        from . import ops
         return ops.scale(self, 1.0, -float(o)) if _is_scalar(o) else ops.sub(self, o)
 
     def __rsub__(self, o):
-        from . import ops
         return ops.scale(self, -1.0, float(o))
 
     def __mul__(self, o):
-        from . import ops
         return ops.scale(self, float(o)) if _is_scalar(o) else ops.mul(self, o)
 
     __rmul__ = __mul__
 
     def __truediv__(self, o):
-        from . import ops
         return ops.scale(self, 1.0 / float(o)) if _is_scalar(o) else ops.div(self, o)
 
     def __neg__(self):
-        from . import ops
         return ops.neg(self)
 
     def __matmul__(self, o: Tensor):
         """a @ b with NumPy semantics; lowered to ggml_mul_mat(b^T, a)."""
-        from . import ops
         return ops.mul_mat(self, o.transpose())
 
     @property
@@ -131,7 +127,6 @@ class Tensor:
 
     def __getattr__(self, op: str):
         # t.gelu(), t.reshape(...), t.permute(...): every registered op is a method.
-        from . import ops
         fn = ops.OPS_API.get(op)
         if fn is None:
             raise AttributeError(f"Tensor has no attribute or op {op!r}")
@@ -256,8 +251,6 @@ class Graph:
             >>> g.const("cols", lambda s: np.arange(s[-1] // 16), shape_of=[px])   # i32
             Tensor(%cols : i32[3])
         """
-        from .ops.const import ConstValue
-        from .ops.registry import ShapeError
         qual = self.qualify(name)
         if any(not isinstance(t, Tensor) or t.graph is not self for t in shape_of):
             raise ValueError(f"[const] node '{qual}': shape_of must be tensors of this graph")
@@ -282,7 +275,6 @@ class Graph:
 
     def emit(self, op: str, inputs: Sequence[Tensor], attrs: dict[str, Any], name: str | None) -> Tensor:
         """Add one registry op; its shape rule runs now and errors name the node."""
-        from .ops.registry import REGISTRY, ShapeError
         opdef = REGISTRY.get(op)
         qual = self.qualify(name or op)
         if opdef is None:
@@ -382,20 +374,6 @@ class Graph:
 
     # -- inspection (thin delegates to graphdsl.inspect, imported on first use: inspect imports this
     # module, and its renderers need the optional rich / networkx / Graphviz) ----------------------
-    def summary(self, group_by: int | str | None = None):
-        """Table of nodes: op, shape, dtype, parameters, FLOPs, bytes read/written (see inspect.summary)."""
-        from .inspect.summarize import summary
-        return summary(self, group_by)
-
-    def to_networkx(self, weights: bool = True):
-        """A networkx.DiGraph with node/edge attributes (see inspect.to_networkx)."""
-        from .inspect.drawing import to_networkx
-        return to_networkx(self, weights)
-
-    def draw(self, path, **kw):
-        """Write DOT/SVG/PNG, repeated blocks collapsed (see inspect.draw)."""
-        from .inspect.drawing import draw
-        return draw(self, path, **kw)
 
 
 def format_graph(graph: Graph) -> str:

@@ -42,7 +42,7 @@ def encoder(n_layer=3):
 
 # -- summary ------------------------------------------------------------------------------
 def test_summary_golden_and_flops_by_hand():
-    s = tiny().summary()
+    s = inspect.summary(tiny())
     # mul_mat (2,4) over k=3: 2*2*4*3 = 48; bias add: 8; gelu_erf: 8 per element * 8 = 64
     assert s.flops == 48 + 8 + 64
     assert s.params == 4 * 3 + 4
@@ -63,12 +63,12 @@ def test_summary_golden_and_flops_by_hand():
 
 def test_summary_group_by_aggregates_blocks():
     g, _, _ = encoder(3)
-    s = g.summary(group_by=3)
+    s = inspect.summary(g, group_by=3)
     assert list(s.groups) == ["x", "v.blk.0", "v.blk.1", "v.blk.2", "v.post_ln"]
     assert s.groups["v.blk.0"].flops == s.groups["v.blk.2"].flops > 0
     assert sum(v.flops for v in s.groups.values()) == s.flops
     assert sum(v.params for v in s.groups.values()) == s.params == sum(n.numel for n in g.weights.values())
-    by2 = g.summary(group_by=2)
+    by2 = inspect.summary(g, group_by=2)
     assert by2.groups["v.blk"].flops == 3 * s.groups["v.blk.0"].flops
     assert "v.blk.1" in str(s) and "total" in str(s)
 
@@ -77,7 +77,7 @@ def test_summary_rich_rendering():
     pytest.importorskip("rich")
     from rich.console import Console
     con = Console(record=True, width=200, file=io.StringIO())
-    con.print(tiny().summary())
+    con.print(inspect.summary(tiny()))
     out = con.export_text()
     assert "proj.mul_mat" in out and "120" in out
 
@@ -90,21 +90,21 @@ class _Tty(io.StringIO):
 def test_show_falls_back_to_plain_text_without_rich(monkeypatch):
     monkeypatch.setitem(sys.modules, "rich.console", None)  # import fails as if rich were not installed
     buf = _Tty()
-    tiny().summary().show(buf)
-    assert buf.getvalue() == str(tiny().summary()) + "\n"
+    inspect.summary(tiny()).show(buf)
+    assert buf.getvalue() == str(inspect.summary(tiny())) + "\n"
 
 
 # -- networkx and drawing ---------------------------------------------------------------------
 def test_to_networkx_attributes():
     g = tiny()
-    nxg = g.to_networkx()
+    nxg = inspect.to_networkx(g)
     assert nxg.nodes["proj.mul_mat"]["op"] == "mul_mat"
     assert nxg.nodes["proj.mul_mat"]["flops"] == 48
     assert nxg.nodes["proj.weight"]["params"] == 12
     assert nxg.nodes["act"]["is_output"]
     assert nxg.edges["x", "proj.mul_mat"]["shape"] == (2, 3)
     assert nxg.edges["proj.weight", "proj.mul_mat"]["args"] == [1]
-    assert set(g.to_networkx(weights=False)) == {"x", "proj.mul_mat", "proj.add", "act"}
+    assert set(inspect.to_networkx(g, weights=False)) == {"x", "proj.mul_mat", "proj.add", "act"}
 
 
 def test_repeats_found_and_broken_by_a_different_layer():
@@ -123,7 +123,7 @@ def test_repeats_found_and_broken_by_a_different_layer():
 
 def test_dot_collapses_repeated_blocks(tmp_path):
     g, _, _ = encoder(4)
-    p = g.draw(tmp_path / "enc.dot")
+    p = inspect.draw(g, tmp_path / "enc.dot")
     text = p.read_text()
     assert text.startswith('digraph "enc" {') and text.rstrip().endswith("}")
     assert text.count("{") == text.count("}")
@@ -143,11 +143,11 @@ def test_dot_collapses_repeated_blocks(tmp_path):
 @pytest.mark.skipif(not HAVE_DOT, reason="Graphviz `dot` not installed (apt-get install graphviz)")
 def test_draw_svg_and_png(tmp_path):
     g, _, _ = encoder(2)
-    svg = g.draw(tmp_path / "enc.svg")
+    svg = inspect.draw(g, tmp_path / "enc.svg")
     root = ET.parse(svg).getroot()
     assert root.tag.endswith("svg")
     assert "v.blk.[0-1] ×2" in "".join(root.itertext())
-    png = g.draw(tmp_path / "enc.png", rankdir="LR")
+    png = inspect.draw(g, tmp_path / "enc.png", rankdir="LR")
     with Image.open(png) as im:
         im.verify()
         assert im.format == "PNG"
@@ -156,10 +156,10 @@ def test_draw_svg_and_png(tmp_path):
 def test_draw_without_graphviz_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(draw_mod.shutil, "which", lambda name: None)
     with pytest.raises(inspect.GraphvizNotFound, match="apt-get install graphviz"):
-        tiny().draw(tmp_path / "t.svg")
-    assert tiny().draw(tmp_path / "t.dot").exists()  # DOT needs nothing
+        inspect.draw(tiny(), tmp_path / "t.svg")
+    assert inspect.draw(tiny(), tmp_path / "t.dot").exists()  # DOT needs nothing
     with pytest.raises(ValueError, match="unknown format"):
-        tiny().draw(tmp_path / "t.jpeg")
+        inspect.draw(tiny(), tmp_path / "t.jpeg")
 
 
 # -- after compile ------------------------------------------------------------------------------

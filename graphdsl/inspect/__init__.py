@@ -2,9 +2,9 @@
 
 The DSL graph:
     print(g)                         one typed line per node
-    g.summary(group_by=None)         table: op, shape, dtype, params, FLOPs, bytes read/written
-    g.to_networkx()                  networkx.DiGraph with node and edge attributes
-    g.draw("g.svg")                  DOT / SVG / PNG; repeated blocks collapsed ("v.blk.[0-23] ×24")
+    summary(g, group_by=None)        table: op, shape, dtype, params, FLOPs, bytes read/written
+    to_networkx(g)                   networkx.DiGraph with node and edge attributes
+    draw(g, "g.svg")                 DOT / SVG / PNG; repeated blocks collapsed ("v.blk.[0-23] ×24")
 
 What ggml ran (a GGMLExecutor after a call):
     lowered(run)                     ggml nodes and ops, placement, splits, buffers, unsupported ops

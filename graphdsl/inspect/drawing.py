@@ -1,4 +1,4 @@
-"""graph.to_networkx() and graph.draw(path): DOT always, SVG/PNG/PDF through Graphviz's `dot`.
+"""to_networkx(graph) and draw(graph, path): DOT always, SVG/PNG/PDF through Graphviz's `dot`.
 
 The DOT text is written here by hand (no pydot needed). Rendering SVG or PNG runs Graphviz's
 `dot` program; where it is missing, `draw` raises `GraphvizNotFound` saying how to install it
@@ -9,8 +9,8 @@ Drawings collapse repeated blocks: the 24 identical layers v.blk.0 .. v.blk.23 b
 cluster "v.blk.[0-23] ×24" showing the first layer; the wire from one layer to the next is a
 dashed edge inside the cluster. Nodes are coloured by op kind and edges carry shapes.
 
-    >>> g.draw("encoder.svg")              # doctest: +SKIP
-    >>> nxg = g.to_networkx(); nxg.nodes["v.blk.0.attn_q"]["flops"]   # doctest: +SKIP
+    >>> draw(g, "encoder.svg")              # doctest: +SKIP
+    >>> nxg = to_networkx(g); nxg.nodes["v.blk.0.attn_q"]["flops"]   # doctest: +SKIP
 """
 from __future__ import annotations
 

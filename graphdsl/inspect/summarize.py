@@ -1,4 +1,4 @@
-"""graph.summary(): one row per node with parameters, FLOPs and bytes moved; totals; grouping.
+"""summary(graph): one row per node with parameters, FLOPs and bytes moved; totals; grouping.
 
 Costs come from the op registry (`REGISTRY[op].flops`, like ggml's `op_flops` in
 test-backend-ops). Bytes are what a node reads (its inputs, weights included) and writes (its
@@ -6,8 +6,8 @@ result), at the stored dtype, so quantized weights count their blocks. Layout op
 runs as views (reshape, view, permute) move no bytes. A weight's parameters are counted at its
 first consumer, so the totals count shared weights once.
 
-    >>> print(g.summary())                  # doctest: +SKIP
-    >>> print(g.summary(group_by=3))        # per block: v.blk.0, v.blk.1, ...
+    >>> print(summary(g))                  # doctest: +SKIP
+    >>> print(summary(g, group_by=3))        # per block: v.blk.0, v.blk.1, ...
 """
 from __future__ import annotations
 

@@ -12,11 +12,18 @@ the compiled extension.
 
 from .audio import load_audio, log_mel_spectrogram, mel_filters, whisper_chunks, whisper_features
 from .batch import parallel_map, preprocess_audio, preprocess_images, stack_images
-from .idefics3 import Idefics3ImageConfig, Idefics3Images, Idefics3Prompt, idefics3_images, idefics3_prompt, stack_idefics3
+from .idefics3 import (Idefics3ImageConfig, Idefics3Images, Idefics3Prompt, idefics3_images, idefics3_prompt,
+                       stack_idefics3)
 from .image import ImageConfig, load_image, preprocess_image
 from .text import AudioChunk, Chunk, ImageChunk, TextChunk, TextTokenizer, chunk_prompt
 
 __all__ = [
+    "Idefics3ImageConfig",
+    "Idefics3Images",
+    "Idefics3Prompt",
+    "idefics3_images",
+    "idefics3_prompt",
+    "stack_idefics3",
     "AudioChunk",
     "Chunk",
     "ImageChunk",
