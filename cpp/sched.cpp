@@ -37,29 +37,32 @@ static py::buffer_info contiguous_info(const py::buffer & b, bool writable) {
 
 // Ctrl-C during a compute. The GIL is released and the main thread sits in ggml, so Python's own
 // SIGINT handler only sets a flag that nothing reads until the compute ends. While a compute runs
-// on the main thread, a handler of ours also raises `g_interrupted` (and chains to Python's), and
-// the CPU backend's abort callback stops the graph at its next node when it is set.
-static std::atomic<bool> g_interrupted{false};
+// on the main thread, a handler of ours also raises *that runtime's* flag (and chains to Python's),
+// and its CPU backend's abort callback stops the graph at its next node. Other runtimes, computing
+// on other threads, are not touched: each has its own flag.
+static std::atomic<std::atomic<bool> *> g_sigint_target{nullptr};
 static struct sigaction g_prev_sigint;
+static int g_guard_depth = 0;  // guards are installed on the main thread only, so this needs no lock
 
 static void on_sigint(int sig, siginfo_t * info, void * uctx) {
-    g_interrupted.store(true);
+    if (std::atomic<bool> * flag = g_sigint_target.load()) flag->store(true);
     if (g_prev_sigint.sa_flags & SA_SIGINFO) {
-        if (g_prev_sigint.sa_sigaction) g_prev_sigint.sa_sigaction(sig, info, uctx);
+        if (g_prev_sigint.sa_sigaction && g_prev_sigint.sa_sigaction != on_sigint)
+            g_prev_sigint.sa_sigaction(sig, info, uctx);
     } else if (g_prev_sigint.sa_handler != SIG_DFL && g_prev_sigint.sa_handler != SIG_IGN) {
         g_prev_sigint.sa_handler(sig);
     }
 }
 
-static bool interrupted(void *) { return g_interrupted.load(); }
+static bool flag_set(void * flag) { return static_cast<std::atomic<bool> *>(flag)->load(); }
 
-// Installs on_sigint for its lifetime, chained to the handler in place (Python's), unless SIGINT
-// is ignored or left to its default (then there is no Python handler to honour).
+// Installs on_sigint for its lifetime, aimed at one runtime's flag and chained to the handler in
+// place (Python's), unless SIGINT is ignored or left to its default (no Python handler to honour),
+// or a guard is already installed (a compute nested in an eval callback: the outer one keeps it).
 struct SigintGuard {
     bool active = false;
-    explicit SigintGuard(bool want) {
-        g_interrupted.store(false);
-        if (!want) return;
+    SigintGuard(bool want, std::atomic<bool> & flag) {
+        if (!want || g_guard_depth > 0) return;
         struct sigaction cur;
         if (sigaction(SIGINT, nullptr, &cur) != 0) return;
         bool python_handles = (cur.sa_flags & SA_SIGINFO) ? cur.sa_sigaction != nullptr
@@ -69,9 +72,20 @@ struct SigintGuard {
         mine.sa_sigaction = on_sigint;
         mine.sa_flags = SA_SIGINFO | SA_RESTART;
         sigemptyset(&mine.sa_mask);
-        if (sigaction(SIGINT, &mine, &g_prev_sigint) == 0) active = true;
+        g_sigint_target.store(&flag);
+        if (sigaction(SIGINT, &mine, &g_prev_sigint) == 0) {
+            active = true;
+            ++g_guard_depth;
+        } else {
+            g_sigint_target.store(nullptr);
+        }
     }
-    ~SigintGuard() { if (active) sigaction(SIGINT, &g_prev_sigint, nullptr); }
+    ~SigintGuard() {
+        if (!active) return;
+        sigaction(SIGINT, &g_prev_sigint, nullptr);
+        g_sigint_target.store(nullptr);
+        --g_guard_depth;
+    }
 };
 
 struct Runtime {
@@ -80,6 +94,7 @@ struct Runtime {
     int n_reserve = 0;
     std::function<bool(Tensor, bool)> eval_cb;
     std::shared_ptr<Context> running;  // owner of the graph being computed, for callback handles
+    std::atomic<bool> interrupted{false};  // set by SIGINT while this runtime computes on the main thread
     std::string cb_error;
     int n_threads = 0;
     ggml_threadpool_t pool = nullptr;  // a persistent CPU threadpool, while profiling
@@ -109,7 +124,7 @@ struct Runtime {
         // the last backend is the CPU; other backends' kernels have no abort callback
         auto set_abort = (ggml_backend_set_abort_callback_t) ggml_backend_reg_get_proc_address(
             ggml_backend_dev_backend_reg(ggml_backend_get_device(backends.back())), "ggml_backend_set_abort_callback");
-        if (set_abort) set_abort(backends.back(), interrupted, nullptr);
+        if (set_abort) set_abort(backends.back(), flag_set, &interrupted);
     }
 
     void new_sched() {
@@ -123,7 +138,7 @@ struct Runtime {
     // room for n tensors (nodes + leafs + the copies a split adds) by starting a larger scheduler.
     // Compute buffers are re-reserved on the next run; weight buffers belong to the backends.
     void ensure_capacity(size_t n) {
-        live();
+        idle();
         if (n <= graph_size) return;
         ggml_backend_sched_free(sched);
         sched = nullptr;
@@ -133,9 +148,17 @@ struct Runtime {
     }
 
     // Data of t may be read or written: it lives in this runtime's buffers or the allocated graph.
+    // A graph's intermediates share memory the allocator hands on once their consumers have run,
+    // so of the allocated graph only inputs and outputs (captures are outputs) hold their values
+    // after a compute; during one, the eval callback may read the node it is told about.
     void check_live(const Tensor & t, const char * what) const {
         ggml_tensor * x = raw(t);
-        if (allocated && t.owner == allocated) return;
+        if (allocated && t.owner == allocated) {
+            if (running || (x->flags & (GGML_TENSOR_FLAG_INPUT | GGML_TENSOR_FLAG_OUTPUT))) return;
+            throw std::invalid_argument(std::string(what) + ": tensor '" + ggml_get_name(x) +
+                "' is an intermediate of the graph: its memory is reused once its consumers have run "
+                "(capture it to read it)");
+        }
         ggml_backend_buffer_t buf = x->view_src ? x->view_src->buffer : x->buffer;
         for (const auto & b : buffers) if (b->buf && b->buf == buf) return;
         throw std::invalid_argument(std::string(what) + ": tensor '" + ggml_get_name(x) +
@@ -176,6 +199,13 @@ struct Runtime {
     ggml_backend_sched_t live() const {
         if (!sched) throw std::runtime_error("this runtime was abandoned at exit");
         return sched;
+    }
+
+    // The scheduler while no compute of this runtime is running: a call from its own eval callback
+    // would re-plan or re-allocate under the graph being computed.
+    ggml_backend_sched_t idle() const {
+        if (running) throw std::runtime_error("this runtime is computing (called from its own eval callback?)");
+        return live();
     }
 
     ggml_backend_t backend(int i) const {
@@ -298,6 +328,7 @@ void register_sched(py::module_ & m) {
         }, py::arg("tensor"), "Block until tensor t has been computed (one round trip on RPC).")
         .def("reserve", [](Runtime & r, Graph & g) {
             bool ok;
+            r.idle();
             {
                 py::gil_scoped_release nogil;
                 ggml_backend_sched_reset(r.live());  // reserve asserts that no graph is allocated
@@ -309,7 +340,7 @@ void register_sched(py::module_ & m) {
             ++r.n_reserve;
         }, py::arg("graph"), "Size the compute buffers for this graph (once per set of input shapes).")
         .def("alloc_graph", [](Runtime & r, Graph & g, std::vector<std::pair<Tensor, int>> pinned) {
-            ggml_backend_sched_reset(r.live());  // drop the previous run's allocation
+            ggml_backend_sched_reset(r.idle());  // drop the previous run's allocation
             r.allocated.reset();
             // ggml-alloc skips tensors that already have data; after another graph ran, those
             // pointers may point into a compute buffer that has since been reallocated.
@@ -324,22 +355,24 @@ void register_sched(py::module_ & m) {
             r.allocated = g.tensors;
         }, py::arg("graph"), py::arg("pinned") = std::vector<std::pair<Tensor, int>>{},
            "Allocate a graph for one run; `pinned` assigns tensors (e.g. inputs) to backends first.")
-        .def("reset", [](Runtime & r) { ggml_backend_sched_reset(r.live()); r.allocated.reset(); })
+        .def("reset", [](Runtime & r) { ggml_backend_sched_reset(r.idle()); r.allocated.reset(); })
         .def("ensure_capacity", [](Runtime & r, size_t n) { r.ensure_capacity(n); }, py::arg("n"),
              "Make the scheduler hold graphs of n tensors (a new scheduler if it is smaller).")
         .def_readonly("graph_size", &Runtime::graph_size, "The scheduler's capacity in tensors.")
         .def("compute", [](Runtime & r, Graph & g, bool interruptible) {
+            r.idle();
             if (!r.allocated || r.allocated != g.tensors)
                 throw std::invalid_argument("compute: this graph is not the one allocated (call alloc_graph first)");
             r.cb_error.clear();
             r.running = g.tensors;
+            r.interrupted.store(false);
             ggml_status st;
             bool stopped_by_sigint;
             {
-                SigintGuard guard(interruptible);
+                SigintGuard guard(interruptible, r.interrupted);
                 py::gil_scoped_release nogil;
                 st = ggml_backend_sched_graph_compute(r.live(), g.g);
-                stopped_by_sigint = g_interrupted.exchange(false);
+                stopped_by_sigint = r.interrupted.exchange(false);
             }
             r.running.reset();
             if (!r.cb_error.empty()) throw std::runtime_error("eval callback raised: " + r.cb_error);

@@ -227,3 +227,91 @@ def test_tensors_beyond_any_device_are_refused_when_built():
     g = Graph("big")
     with pytest.raises(ValueError, match=r"\[input\] node 'x'.*bytes, more than"):
         g.input("x", (2**40, 2**20))
+
+
+# -- found in review: SIGINT, nesting and intermediates --------------------------------------------
+def test_ctrl_c_on_the_main_thread_leaves_other_threads_computes_alone():
+    """Each runtime has its own interrupt flag: a background thread's runs during and after a
+    Ctrl-C of the main thread's compute are complete and equal to a clean run (one came back
+    123 off, silently, when the flag was global)."""
+    proc = _child("""
+        import os, signal, threading, time, numpy as np, graphdsl
+        from graphdsl import Graph, ops
+        def chain(name, depth):
+            g = Graph(name); h = g.input("x", (512, 512)); w = g.weight("w", (512, 512))
+            for i in range(depth):
+                h = ops.scale(ops.linear(h, w), 1.0 / np.sqrt(512))
+            g.output("y", h)
+            return g
+        r = np.random.default_rng(0)
+        wv, xv = {"w": r.standard_normal((512, 512)).astype(np.float32)}, r.standard_normal((512, 512)).astype(np.float32)
+        bg = graphdsl.compile(chain("bg", 60), "cpu", weights=wv)
+        fg = graphdsl.compile(chain("fg", 400), "cpu", weights=wv)
+        ref = bg(x=xv)["y"].copy()
+        errs = []
+        th = threading.Thread(target=lambda: errs.extend(float(np.abs(bg(x=xv)["y"] - ref).max()) for _ in range(6)))
+        th.start()
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        try:
+            fg(x=xv); print("fg finished")
+        except KeyboardInterrupt:
+            print("fg interrupted")
+        th.join()
+        print("bg errors", max(errs), len(errs))
+    """)
+    assert proc.returncode == 0 and "fg interrupted" in proc.stdout and "bg errors 0.0 6" in proc.stdout, \
+        (proc.stdout, proc.stderr[-1500:])
+
+
+def test_a_compute_nested_in_an_eval_callback_leaves_ctrl_c_working():
+    """A second executor run inside the first's eval callback (same thread) used to leave a SIGINT
+    handler that chained to itself: the next Ctrl-C hung the process."""
+    proc = _child("""
+        import os, signal, time, numpy as np, graphdsl
+        from graphdsl import Graph, ops
+        g = Graph("a"); x = g.input("x", (4, 4)); g.output("y", ops.add(x, x))
+        A, B = graphdsl.compile(g, "cpu"), graphdsl.compile(g, "cpu")
+        xv = np.ones((4, 4), np.float32)
+        A(x=xv)
+        A.runtime.set_eval_callback(lambda t, ask: ask or B(x=xv) is not None)
+        A(x=xv)
+        A.runtime.set_eval_callback(None)
+        try:
+            os.kill(os.getpid(), signal.SIGINT); time.sleep(0.5); print("no KeyboardInterrupt")
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt")
+    """, timeout=60)
+    assert proc.returncode == 0 and "KeyboardInterrupt" in proc.stdout and "no " not in proc.stdout, proc.stderr[-1500:]
+
+
+def test_an_executor_called_from_its_own_eval_callback_is_refused():
+    """Re-planning under the graph being computed gave 15 instead of 2, silently."""
+    g = Graph("a")
+    x = g.input("x", (4, 4))
+    g.output("y", ops.add(ops.mul(x, x), x))
+    run = graphdsl.compile(g, "cpu")
+    xv = np.ones((4, 4), np.float32)
+    run(x=xv)
+    run.runtime.set_eval_callback(lambda t, ask: ask or run(x=xv * 3) is not None)
+    try:
+        with pytest.raises(RuntimeError, match="runtime is computing"):
+            run(x=xv)
+    finally:
+        run.runtime.set_eval_callback(None)
+    np.testing.assert_array_equal(run(x=xv)["y"], 2 * xv)  # and it still works
+
+
+def test_intermediates_of_the_allocated_graph_cannot_be_read():
+    """Their memory is handed on once their consumers ran; outputs (and captures) stay readable."""
+    g = Graph("chain")
+    h = g.input("x", (4, 8))
+    for i in range(4):
+        h = ops.scale(h.tanh(), 2.0, 0.5)
+    g.output("y", h)
+    run = graphdsl.compile(g, "cpu")
+    run(x=np.ones((4, 8), np.float32))
+    prog = run.last_program
+    run.runtime.get_tensor(prog.outputs["y"], np.empty((4, 8), np.float32))
+    inner = next(t for n, t in prog.tensors.items() if n.startswith("tanh"))
+    with pytest.raises(ValueError, match="is an intermediate of the graph"):
+        run.runtime.get_tensor(inner, np.empty((4, 8), np.float32))

@@ -94,7 +94,7 @@ def test_hf_to_gguf_says_which_keys_no_rule_matched():
 
 
 def test_a_config_of_another_registered_arch_is_refused():
-    with pytest.raises(ValueError, match=r"an HF 'llava' config is built by graphdsl.models.clip"):
+    with pytest.raises(ValueError, match=r"an HF model_type .llava. is built by graphdsl.models.clip"):
         siglip.config_from_hf({"model_type": "llava", "vision_config": {}})
 
 
@@ -115,3 +115,19 @@ def test_a_user_block_needs_no_file_types():
 
     g = Graph("u")
     assert Scale(Cfg())(g.input("x", (2, 3))).shape == (2, 3)
+
+
+def test_a_wrapper_around_another_arch_s_tower_is_refused():
+    """A LLaVA config holding a SigLIP tower is not a CLIP one (it would be read with CLIP's eps/act)."""
+    d = {"model_type": "llava", "vision_config": {"model_type": "siglip_vision_model"}, "text_config": {}}
+    with pytest.raises(ValueError, match=r"vision_config.model_type 'siglip_vision_model' is built by "
+                                         r"graphdsl.models.siglip"):
+        clip.config_from_hf(d)
+
+
+@pytest.mark.parametrize("layers", [(2, 1), (1, 1), (0,)])
+def test_feature_layers_llama_cpp_would_misread_are_not_written(layers):
+    """llama.cpp concatenates feature layers ascending and once each (and needs a block)."""
+    cfg = dataclasses.replace(CANONICAL["clip"][1], feature_layer=layers)
+    with pytest.raises(ValueError, match="cannot be written as llama.cpp reads them"):
+        clip.config_to_gguf(cfg)

@@ -294,7 +294,10 @@ class GGMLExecutor:
         try:
             for name, t in prog.inputs.items():
                 self.runtime.set_tensor(t, arrays[name])
-            self.runtime.compute(prog.cgraph, threading.current_thread() is threading.main_thread())
+            done = self.runtime.compute(prog.cgraph, threading.current_thread() is threading.main_thread())
+            if not done:  # an eval callback stopped the graph: its outputs are unfinished
+                raise RuntimeError(f"the compute of graph '{self.graph.name}' was stopped before its end "
+                                   f"(by an eval callback); no outputs")
         except BaseException:
             self._allocated = None  # allocate afresh next time (after Ctrl-C, say)
             raise

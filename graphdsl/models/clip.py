@@ -165,7 +165,12 @@ def config_to_gguf(cfg: ClipConfig, image_mean=CLIP_MEAN, image_std=CLIP_STD) ->
     tensors, which give the projector's width and biases). The file stores the blocks up to the
     deepest feature layer (``hf_to_gguf`` keeps only those), and block_count says so."""
     V = Keys.ClipVision
-    kv = [(Keys.Clip.PROJECTOR_TYPE, cfg.projector or "none"), *vit_keys(cfg, image_mean, image_std, max(cfg.layers)),
+    layers = cfg.layers
+    if list(layers) != sorted(set(layers)) or max(layers) == 0:
+        # llama.cpp concatenates the feature layers in ascending order, each once, and needs a block
+        raise ValueError(f"[clip.config_to_gguf] feature layers {layers} cannot be written as llama.cpp reads "
+                         f"them: they must be distinct, ascending and not only the embeddings (0)")
+    kv = [(Keys.Clip.PROJECTOR_TYPE, cfg.projector or "none"), *vit_keys(cfg, image_mean, image_std, max(layers)),
           (KEY_FEATURE_LAYER, np.array(cfg.layers, np.int32)), (KEY_SELECT, cfg.select),
           (V.PROJECTION_DIM, int(cfg.n_out)), (KEY_MM_ACT, cfg.mm_act)]
     return kv

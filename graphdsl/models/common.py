@@ -157,12 +157,14 @@ def hf_dict(cfg: Any, arch: str) -> dict:
     drop the connector)."""
     from .registry import ARCHS
     d = as_dict(cfg)
-    mt = d.get("model_type")
     own = ARCHS[arch].hf_model_types if arch in ARCHS else ()
-    other = next((a.name for a in ARCHS.values() if a.name != arch and mt in a.hf_model_types), None)
-    if mt and mt not in own and other:
-        raise ValueError(f"[{arch}.config_from_hf] an HF {mt!r} config is built by graphdsl.models.{other}; "
-                         f"{arch} would drop what it does not build")
+    # the config itself, and the tower a wrapper holds (a LLaVA config around a SigLIP tower)
+    for where, mt in (("", d.get("model_type")), *((f"{k}.", sub(d, k).get("model_type"))
+                                                  for k in ("vision_config", "audio_config") if k in d)):
+        other = next((a.name for a in ARCHS.values() if a.name != arch and mt in a.hf_model_types), None)
+        if mt and mt not in own and other:
+            raise ValueError(f"[{arch}.config_from_hf] an HF {where}model_type {mt!r} is built by "
+                             f"graphdsl.models.{other}; {arch} would drop what it does not build")
     return d
 
 
