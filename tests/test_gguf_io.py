@@ -316,7 +316,6 @@ MMPROJ_BAD = {
     "no encoder": (dict(drop_key=gguf.Keys.Clip.HAS_VISION_ENCODER), "neither clip.has_vision_encoder"),
     "unknown projector": (dict(projector="warp9"), "unknown vision projector type 'warp9'"),
     "missing tensor": (dict(drop_tensor="v.blk.2.attn_k.weight"), r"missing 1: v.blk.2.attn_k.weight"),
-    "missing projector tensor": (dict(drop_tensor="mm.0.weight"), r"missing 1: mm.0.weight"),
     "position rows": (dict(replace=("v.position_embd.weight", f32(20, N))), r"v.position_embd.weight \(20, 64\) != \(17, 64\)"),
     "ffn width": (dict(replace=("v.blk.0.ffn_up.weight", f32(FF + 32, N))), r"v.blk.0.ffn_up.weight \(160, 64\) != \(128, 64\)"),
     "missing key": (dict(drop_key=gguf.Keys.ClipVision.IMAGE_SIZE), "missing metadata key 'clip.vision.image_size'"),
@@ -345,3 +344,22 @@ def test_bad_mmproj_files(tmp_path, case):
     with pytest.raises(ValueError, match=message) as e:
         load_mmproj(path)
     assert str(e.value).startswith(path)
+
+
+@pytest.mark.parametrize("drop,replace,message", [
+    ("mm.0.weight", None, r"tensors do not fit the ClipVision the metadata describes: missing \['mm.0.weight'"),
+    (None, ("mm.2.weight", (96, 99)), r"mis-shaped \['mm.2.weight \(96, 99\) != \(96, 96\)'\]"),
+])
+def test_projector_tensors_are_checked_by_the_arch_that_builds_them(tmp_path, drop, replace, message):
+    """A projector's tensors belong to its architecture (graphdsl.models' registry): from_gguf and
+    info check each one the block declares, with the shape the metadata implies."""
+    from graphdsl.convert.info import describe
+    from graphdsl.models import from_gguf
+    tensors = [t for t in vit_tensors() if t[0] != drop]
+    if replace:
+        tensors = [(n, f32(*replace[1]), r) if n == replace[0] else (n, a, r) for n, a, r in tensors]
+    path = write(tmp_path / "p.gguf", tensors, vision_kv(projector="mlp"))
+    load_mmproj(path)  # the tower is fine
+    with pytest.raises(ValueError, match=message):
+        from_gguf(path)
+    assert "graphdsl.models: tensors do not fit" in describe(path)

@@ -20,7 +20,7 @@ def detect(path: str, f: GGUFFile) -> str:
     """One line saying what the file is, or why graphdsl cannot use it."""
     try:
         if f.architecture == MMPROJ_ARCH:
-            cfg, _ = load_mmproj(path)
+            cfg, tensors = load_mmproj(path)
             parts = []
             if cfg.vision:
                 v = cfg.vision
@@ -30,7 +30,7 @@ def detect(path: str, f: GGUFFile) -> str:
                 a = cfg.audio
                 parts.append(f"audio n_mel {a.n_mel} {a.n_layer}x{a.n_embd} projector {a.projector_type!r}")
             quirks = "".join(f"\n  quirk: {q}" for q in cfg.quirks)
-            return "mmproj: " + "; ".join(parts) + _blocks(cfg) + quirks + _finite(f)
+            return "mmproj: " + "; ".join(parts) + _blocks(cfg, tensors) + quirks + _finite(f)
         info, emb = load_text(path)
         return (f"text model {info.architecture!r}: {info.n_vocab} tokens ({info.tokenizer_model}), "
                 f"token_embd {emb.shape} {emb.dtype}" + _tokenizer(info) + _finite(f))
@@ -58,11 +58,15 @@ def _tokenizer(info) -> str:
     return f"\n  tokenizer: {src}, {tok.vocab_size} tokens"
 
 
-def _blocks(cfg) -> str:
-    """Which registered architectures ``models.from_gguf`` builds for the file, or why it cannot."""
+def _blocks(cfg, tensors) -> str:
+    """Which registered architectures ``models.from_gguf`` builds for the file, or why it cannot
+    (a projector no arch serves, or tensors that do not fit the block the metadata describes)."""
     from ..models import arch_for
+    from ..models.common import select_weights
     try:
         archs = [arch_for(cfg, sec) for sec in ("vision", "audio") if getattr(cfg, sec) is not None]
+        for a in archs:
+            select_weights(a.block(a.config_from_gguf(cfg)), tensors, cfg.path)
     except ValueError as e:
         return f"\n  graphdsl.models: {str(e).split(': ', 1)[-1]}"
     return "\n  graphdsl.models: " + " + ".join(f"{a.name}.{a.block.__name__}" for a in archs)

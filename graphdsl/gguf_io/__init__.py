@@ -11,8 +11,6 @@
     >>> arr, dtype, shape = tensors["v.blk.0.attn_q.weight"]  # doctest: +SKIP
 """
 from .mmproj import (  # noqa: F401
-    CHECKED_AUDIO,
-    CHECKED_VISION,
     FFN_SWAP_PROJECTORS,
     KEY_ACT,
     KEY_FEATURE_LAYER,

@@ -169,6 +169,8 @@ def config_from_gguf(src: Any) -> WhisperEncConfig:
     out = m.shapes.get(tn(T.A_MMPROJ, "weight", 2))
     if out is None:
         raise m.error("projector 'voxtral' without mm.a.mlp.2.weight")
+    if a.stack_factor < 1:  # the block stacks that many frames per row
+        raise m.error(f"projector 'voxtral' needs clip.audio.projector.stack_factor >= 1, got {a.stack_factor}")
     return WhisperEncConfig(**kw, projector="voxtral", stack_factor=a.stack_factor, n_mm_embd=out[0],
                             mm_act="gelu_erf")
 
