@@ -33,7 +33,7 @@ def prepare(hf_dir: str) -> tuple[str, list[tuple[str, object]], dict[str, np.nd
     if arch.modality == "text":
         tensors.update(arch.extra["layers"](sd, config, tensors))
         kv += arch.config_to_gguf(cfg, config) + arch.extra["vocab"](hf_dir, cfg.n_vocab)
-        return arch.extra["gguf_arch"](), kv, tensors
+        return arch.extra["gguf_arch"], kv, tensors
     if arch.image is not None:
         kv += arch.config_to_gguf(cfg, pre.get("image_mean", arch.image.mean), pre.get("image_std", arch.image.std))
     else:

@@ -50,7 +50,7 @@ class Mmproj:
     vision: object | None  # the vision arch's block
     audio: object | None  # the audio arch's block
     weights: dict[str, np.ndarray]
-    archs: dict[str, Arch] | None = None  # "image" / "audio" -> the registered arch
+    archs: dict[str, Arch]  # "image" / "audio" -> the registered arch that built the block
 
     @property
     def media(self) -> dict:
@@ -63,15 +63,11 @@ class Mmproj:
         (clip.vision.image_size / image_mean / image_std); ``kw`` as ImageConfig (max_out_pixels)."""
         if self.vision is None:
             raise ValueError(f"{self.path}: no vision encoder")
-        arch = (self.archs or {}).get("image") or _arch_of(self.vision)
+        arch = self.archs["image"]
         if arch.image is None:
             raise ValueError(f"{self.path}: the {arch.name} architecture declares no image pre-processing")
         v = self.config.vision
         return arch.image.config(self.vision.cfg.image_size, v.image_mean, v.image_std, **kw)
-
-
-def _arch_of(block) -> Arch:
-    return next(a for a in ARCHS.values() if isinstance(block, a.block))
 
 
 def arch_for(mmproj_config, section: str) -> Arch:

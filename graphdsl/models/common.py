@@ -8,9 +8,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+from gguf import Keys
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from .. import blocks
+from ..gguf_io import KEY_ACT, MmprojConfig, load_mmproj
+from ..graph import Graph
+from ..inp_embd import build_inp_embd
+from .registry import ARCHS
 
 T = MODEL_TENSOR
 
@@ -155,7 +160,6 @@ def hf_dict(cfg: Any, arch: str) -> dict:
     """An HF config as a dict, refused when its model_type is another registered arch's: read as
     this one it would silently lose that arch's parts (siglip reading an Idefics3Config would
     drop the connector)."""
-    from .registry import ARCHS
     d = as_dict(cfg)
     own = ARCHS[arch].hf_model_types if arch in ARCHS else ()
     # the config itself, and the tower a wrapper holds (a LLaVA config around a SigLIP tower)
@@ -176,7 +180,6 @@ def as_dict(cfg: Any) -> dict:
 # -- GGUF files ----------------------------------------------------------------------------------------
 def mmproj_config(src: Any):
     """An ``MmprojConfig`` from a path, an ``MmprojConfig`` or ``load_mmproj``'s (config, tensors) pair."""
-    from ..gguf_io import MmprojConfig, load_mmproj
     if isinstance(src, tuple) and len(src) == 2 and isinstance(src[0], MmprojConfig):
         return src[0]
     if isinstance(src, MmprojConfig):
@@ -216,7 +219,6 @@ def file_types(g, wtypes: Mapping[str, str] | None):
 
 def declared_weights(block) -> dict:
     """name -> weight node of everything a model block declares (built on its example input)."""
-    from ..graph import Graph
     g = Graph("weights")
     shape, dtype = block.example
     block(g.input("example", shape, dtype))
@@ -243,7 +245,6 @@ INPUT_NAMES = {"image": "pixels", "audio": "mel", "text": "ids"}
 def graph_of(block, shape: tuple[int, ...], name: str | None = None):
     """A graph running ``block`` on one input of ``shape`` (named after its kind: pixels, mel, ids)
     with output ``embd``: what ``build()`` of every model file is."""
-    from ..graph import Graph
     g = Graph(name or type(block).__name__.lower())
     dtype = "i32" if block.kind == "text" else "f32"
     g.output("embd", block(g.input(INPUT_NAMES[block.kind], shape, dtype)))
@@ -259,9 +260,7 @@ def vit_keys(cfg, image_mean, image_std, n_layer: int | None = None) -> list[tup
     """The clip.vision.* metadata every ViT tower writes (llama.cpp's names), from its config:
     sizes, counts, eps, mean/std, llama.cpp's GELU/SiLU flags and graphdsl's exact activation.
     n_layer: the blocks the file stores, when the graph uses fewer than the config has."""
-    from gguf import Keys
 
-    from ..gguf_io import KEY_ACT
     V = Keys.ClipVision
     gelu, silu = {"gelu": (True, False), "gelu_erf": (True, False), "silu": (False, True)}.get(cfg.act, (False, False))
     return [(Keys.Clip.HAS_VISION_ENCODER, True), (V.IMAGE_SIZE, cfg.image_size), (V.PATCH_SIZE, cfg.patch_size),
@@ -288,7 +287,6 @@ def hf_vit_rules(layers: str = "encoder.layers.{bid}.", post_ln: str = "post_lay
 def post_ln_tower(x, c, kind: str, scope: str, **embd):
     """build_inp_embd -> c.n_layer pre-LN blocks -> ``post_ln``, in ``scope`` (SigLIP, Whisper,
     Idefics3: every tower whose features are its last layer's, normalised)."""
-    from ..inp_embd import build_inp_embd
     with x.graph.scope(scope):
         x = build_inp_embd(kind, x, n_embd=c.n_embd, **embd)
         x = blocks.vit(x, c.vit, n_layer=c.n_layer)[-1]

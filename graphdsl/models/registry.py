@@ -63,7 +63,8 @@ class Arch:
         frames: for archs that cut an image into several frames (tiles + a global view):
             ``frames(source, mmproj) -> array`` replacing ``image`` in ``embed_files``.
         output: "inline" (rows of the decoder's input) or "cross" (memories it attends to).
-        extra: optional hooks a converter needs (text models: "layers", "vocab").
+        extra: what a converter needs besides (text models: the "layers" and "vocab" hooks and
+            the file's "gguf_arch").
         examples: small canonical configs (every field a file can hold, the rest at defaults):
             the registry's tests round-trip each through a GGUF file.
     """
@@ -82,7 +83,7 @@ class Arch:
     image: ImagePreprocess | None = None
     frames: Callable[[Any, Any], Any] | None = None
     output: str = "inline"
-    extra: Mapping[str, Callable] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
     examples: tuple = ()
 
 

@@ -220,4 +220,4 @@ def tokenizer_of(info) -> Any:
 
 ARCH = register(Arch(
     "text", "text", TextEmbedding, TextConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    hf_model_types=("bert",), extra={"layers": bert_layers, "vocab": _vocab, "gguf_arch": lambda: GGUF_ARCH}))
+    hf_model_types=("bert",), extra={"layers": bert_layers, "vocab": _vocab, "gguf_arch": GGUF_ARCH}))
