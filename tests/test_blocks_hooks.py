@@ -410,3 +410,26 @@ def test_block_mask_errors():
         blocks.block_mask([2, -1])
     with pytest.raises(ValueError, match="must sum to one N"):
         blocks.block_mask([[2, 2], [3]])
+
+
+# -- gated FFN (SwiGLU) ------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gated_ffn_matches_hf_qwen2_5_vl_mlp(backend):
+    """blocks.ffn(gated=True) vs HF's Qwen2.5-VL ``Qwen2_5_VLMLP`` (down(silu(gate(x)) * up(x)))."""
+    torch = torch_mods()
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLMLP
+
+    class Cfg:
+        hidden_size, intermediate_size, hidden_act = 16, 24, "silu"
+    torch.manual_seed(0)
+    mlp = Qwen2_5_VLMLP(Cfg(), bias=True).eval()
+    x = _rng(1).standard_normal((5, 16)).astype(np.float32)
+    w = {f"ffn_{n}.{k}": getattr(getattr(mlp, f"{n}_proj"), k).detach().numpy()
+         for n in ("gate", "up", "down") for k in ("weight", "bias")}
+    g = Graph("ffn")
+    g.output("y", blocks.ffn(g.input("x", x.shape), 24, "silu", gated=True))
+    with torch.no_grad():
+        ref = mlp(torch.from_numpy(x)).numpy()
+    assert nmax(run(g, backend, w, x=x), ref) <= BOUND
+    swapped = {**w, "ffn_gate.weight": w["ffn_up.weight"], "ffn_up.weight": w["ffn_gate.weight"]}
+    assert nmax(run(g, backend, swapped, x=x), ref) > WRONG  # gate and up are not interchangeable

@@ -88,9 +88,17 @@ def norm(x: Tensor, name: str, *, eps: float, kind: str = "layer", bias: bool = 
     return ops.add(y, g.weight(f"{name}.bias", (d,)), name=name)
 
 
-def ffn(x: Tensor, n_ff: int, act: str, *, bias: bool = True, wtype: str = "f32") -> Tensor:
-    """y = act(x W_up^T + b_up) W_down^T + b_down; weights ``ffn_up`` (n_ff, d), ``ffn_down`` (d, n_ff)."""
+def ffn(x: Tensor, n_ff: int, act: str, *, bias: bool = True, wtype: str = "f32", gated: bool = False) -> Tensor:
+    """The MLP of a transformer layer; weights ``ffn_up`` (n_ff, d), ``ffn_down`` (d, n_ff).
+
+    plain: ``y = act(x W_up^T + b_up) W_down^T + b_down``;
+    gated (SwiGLU/GeGLU, llama.cpp's ``ffn_gate``): ``y = (act(x W_gate^T + b_gate) * (x W_up^T + b_up)) W_down^T + b_down``.
+    """
     d = x.shape[-1]
-    h = linear(x, "ffn_up", n_ff, bias=bias, wtype=wtype)
-    h = activation(h, act, name="ffn_act")
+    up = linear(x, "ffn_up", n_ff, bias=bias, wtype=wtype)
+    if gated:
+        gate = activation(linear(x, "ffn_gate", n_ff, bias=bias, wtype=wtype), act, name="ffn_act")
+        h = ops.mul(gate, up, name="ffn_gated")
+    else:
+        h = activation(up, act, name="ffn_act")
     return linear(h, "ffn_down", d, bias=bias, wtype=wtype)

@@ -15,7 +15,9 @@ class VitParams:
     """Hyperparameters of one pre-LN transformer encoder layer (CLIP, SigLIP, Whisper, Qwen2-VL).
 
     act is an op name from ACTS (see act_of for HF names); norm "layer" or "rms"; attn "flash"
-    or "softmax"; qkv "separate" (attn_q/k/v) or "fused" (one attn_qkv).
+    or "softmax"; qkv "separate" (attn_q/k/v) or "fused" (one attn_qkv); ffn "plain" (up, act,
+    down) or "gated" (SwiGLU: act(gate) * up, then down; Qwen2.5-VL, Pixtral); ffn_bias whether the
+    FFN's linears have biases.
     """
 
     n_embd: int
@@ -28,6 +30,12 @@ class VitParams:
     attn: str = "flash"
     wtype: str = "f32"
     qkv: str = "separate"
+    ffn: str = "plain"
+    ffn_bias: bool = True
+
+    def __post_init__(self):
+        if self.ffn not in ("plain", "gated"):
+            raise ValueError(f"[vit] ffn must be 'plain' or 'gated', got {self.ffn!r}")
 
 
 def vit_layer(x: Tensor, p: VitParams, mask: Tensor | None = None, *, qk_hook: QKHook | None = None,
@@ -35,7 +43,7 @@ def vit_layer(x: Tensor, p: VitParams, mask: Tensor | None = None, *, qk_hook: Q
     """One pre-LN encoder layer:
 
         h = x + attn_out(attention(ln1(x)))
-        y = h + ffn_down(act(ffn_up(ln2(h))))
+        y = h + ffn_down(act(ffn_up(ln2(h))))        (ffn="gated": ffn_down(act(ffn_gate(.)) * ffn_up(.)))
 
     mask, qk_hook and il go to ``attention``.
     """
@@ -44,7 +52,7 @@ def vit_layer(x: Tensor, p: VitParams, mask: Tensor | None = None, *, qk_hook: Q
                   qk_hook=qk_hook, il=il)
     x = ops.add(x, h, name="ffn_inp")
     h = norm(x, "ln2", eps=p.eps, kind=p.norm)
-    h = ffn(h, p.n_ff, p.act, wtype=p.wtype)
+    h = ffn(h, p.n_ff, p.act, wtype=p.wtype, bias=p.ffn_bias, gated=p.ffn == "gated")
     return ops.add(x, h, name="layer_out")
 
 
