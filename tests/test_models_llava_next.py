@@ -87,8 +87,8 @@ def test_build_items_hook_gives_each_image_its_rows(tiny):
     _, c, w, images, ref = tiny
     views = [anyres_images(im, AnyresConfig.from_hf(PROC)) for im in images]
     g = graphdsl.Graph("items")
-    feeds, outs, key = llava_next.LlavaNextVision(c).build_items(g, "image.0.", views)
-    assert list(feeds) == ["image.0.pixels"] and len(outs) == len(views)
+    feeds, outs, key = llava_next.LlavaNextVision(c).build_items(g, "image.items", views)
+    assert list(feeds) == ["image.items.pixels"] and len(outs) == len(views)
     assert key == ("llava_next", tuple((v.image_size, v.grid) for v in views))
     for i, o in enumerate(outs):
         g.output(f"img{i}", o)
@@ -173,3 +173,26 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
     m = from_gguf(gguf)
     assert m.archs["image"].name == "llava_next" and m.vision.cfg.grid_pinpoints == tuple(map(tuple, PINPOINTS))
     assert rel_err(np.load(out), np.concatenate(ref[:2])) <= BOUND
+
+
+def test_mixed_batch_places_each_image_rows_in_order(tiny):
+    """[text, image, text, image] through embed.Embedder: spans as HF's row counts, image rows as
+    HF's packed features, text rows as the token table; the same feed shapes with another layout
+    (the two images swapped: same views, other grids) compile anew and give HF's rows again."""
+    torch = need_torch()
+    from graphdsl.embed import Embedder
+    from graphdsl.models import text
+    model, c, w, images, ref = tiny
+    tc = text.TextConfig(n_vocab=model.config.text_config.vocab_size, n_embd=c.n_mm_embd)
+    table = model.model.language_model.embed_tokens.weight.detach().numpy()
+    emb = Embedder(text.TextEmbedding(tc), {"image": llava_next.LlavaNextVision(c)}, backend=BACKEND,
+                   weights={**w, "token_embd.weight": table})
+    views = [anyres_images(im, AnyresConfig.from_hf(PROC)) for im in images[:2]]
+    ids = [np.array([1, 2, 3], np.int32), np.array([4, 5], np.int32)]
+    for order in ((0, 1), (1, 0)):
+        out = emb([ids[0], ("image", views[order[0]]), ids[1], ("image", views[order[1]])])
+        assert [s.n_tokens for s in out.spans] == [3, len(ref[order[0]]), 2, len(ref[order[1]])]
+        want = np.concatenate([table[ids[0]], ref[order[0]], table[ids[1]], ref[order[1]]])
+        assert rel_err(out.embd, want) <= BOUND
+    assert len(emb._exes) == 2  # one compiled graph per layout
+    del torch

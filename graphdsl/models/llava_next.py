@@ -131,7 +131,7 @@ class LlavaNextVision(Block):
         and the layouts as the executor-cache key."""
         pixels = self.views(datas)
         layouts = [layout_of(im) for im in datas]
-        name = f"{prefix}pixels"
+        name = f"{prefix}.pixels"
         with file_types(g, self.cfg.wtypes):
             outs = self.pack(self.tower(g.input(name, pixels.shape)), layouts)
         return {name: pixels}, outs, ("llava_next", tuple(layouts))
