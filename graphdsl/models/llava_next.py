@@ -29,8 +29,8 @@ Example:
     >>> cfg = LlavaNextConfig(image_size=32, patch_size=8, n_embd=64, n_ff=128, n_head=4, n_layer=2,
     ...                       n_mm_embd=48, grid_pinpoints=((32, 64), (64, 32), (64, 64)))
     >>> g = build(cfg, [((45, 70), (1, 2))])     # one 70x45 image: base + 1x2 tiles
-    >>> g.inputs["pixels"].shape, g.outputs["embd"].shape    # 16 base rows + 6 x (8 + 1)
-    ((3, 3, 32, 32), (70, 48))
+    >>> g.inputs["pixels"].shape, g.outputs["embd"].shape    # 16 base rows + 4 rows x (6 unpadded + newline)
+    ((3, 3, 32, 32), (44, 48))
 """
 from __future__ import annotations
 
