@@ -196,3 +196,27 @@ def test_mixed_batch_places_each_image_rows_in_order(tiny):
         assert rel_err(out.embd, want) <= BOUND
     assert len(emb._exes) == 2  # one compiled graph per layout
     del torch
+
+
+@pytest.mark.parametrize("pts, match", [([64, 32, 32], "pairs"), ("absent", "pairs"), ([48, 32], "multiples"),
+                                        ([32 * 64, 32 * 64], "max_tiles"), (None, "needs v.image_newline")])
+def test_bad_files_raise_naming_the_file(tmp_path, pts, match):
+    """Pinpoints a file may hold that no grid fits, and a file without its newline: ValueError
+    naming the file, before any graph is built."""
+    from graphdsl.convert.writer import write_gguf
+    from graphdsl.gguf_io import MMPROJ_ARCH
+    from graphdsl.models import from_gguf
+    from graphdsl.models.common import weight_shapes_of
+    arch = llava_next.ARCH
+    cfg = arch.examples[0]
+    kv = [(k, np.array(pts if isinstance(pts, list) else [32, 64], np.int32) if k == llava_next.KEY_PINPOINTS else v)
+          for k, v in arch.config_to_gguf(cfg) if not (pts == "absent" and k == llava_next.KEY_PINPOINTS)]
+    shapes = weight_shapes_of(llava_next.LlavaNextVision(cfg))
+    if pts is None:
+        shapes.pop("v.image_newline")
+        shapes["model.image_newline"] = (cfg.n_mm_embd,)  # the older files' name
+    path = tmp_path / "bad.gguf"
+    write_gguf(str(path), MMPROJ_ARCH, kv, {k: (np.zeros(s, np.float32), "f32") for k, s in shapes.items()})
+    with pytest.raises(ValueError, match=match) as e:
+        from_gguf(path)
+    assert "bad.gguf" in str(e.value)

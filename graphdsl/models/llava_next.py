@@ -220,7 +220,10 @@ def config_from_gguf(src: Any) -> LlavaNextConfig:
         raise m.error(f"{KEY_PINPOINTS} must list (width, height) pairs, got {pts}")
     if m.shapes.get(IMAGE_NEWLINE) is None:
         raise m.error(f"a LLaVA-1.6 file needs {IMAGE_NEWLINE} (older files name it model.image_newline: rename it)")
-    return _with(clip.config_from_gguf(m), grid_pinpoints=tuple(zip(pts[1::2], pts[0::2])))
+    try:
+        return _with(clip.config_from_gguf(m), grid_pinpoints=tuple(zip(pts[1::2], pts[0::2])))
+    except ValueError as e:  # the pinpoints' checks (multiples of the tile, max_tiles), naming the file
+        raise m.error(str(e)) from None
 
 
 def config_to_gguf(cfg: LlavaNextConfig, image_mean=clip.CLIP_MEAN, image_std=clip.CLIP_STD) -> list[tuple[str, object]]:
