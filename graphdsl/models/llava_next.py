@@ -21,9 +21,10 @@ File (llama.cpp's LLaVA-1.6 mmproj): projector "mlp" with ``v.image_newline``,
 ``clip.vision.image_grid_pinpoints`` flattened as (width, height) pairs (clip.cpp reads each pair
 into a clip_image_size {width, height}; HF's config lists (height, width)), and
 ``clip.vision.mm_patch_merge_type`` "spatial_unpad". graphdsl follows HF: the class token is
-position 0 and is dropped before the projector; llama.cpp's mtmd appends it after the patches
-(upstream issue #25814) and, at the versions read, packs LLaVA-1.6 views without unpadding or
-newlines.
+position 0 and is dropped before the projector, where llama.cpp's mtmd appends it after the
+patches (upstream issue #25814). mtmd also loads the newline without using it (no unpad step,
+``clip_get_newline_tensor`` without callers since ``clip_llava_handle_patches`` went, as read in
+its sources; not run here), so its LLaVA-1.6 rows differ from HF's in count and order.
 
 Example:
     >>> cfg = LlavaNextConfig(image_size=32, patch_size=8, n_embd=64, n_ff=128, n_head=4, n_layer=2,
