@@ -220,3 +220,15 @@ def test_bad_files_raise_naming_the_file(tmp_path, pts, match):
     with pytest.raises(ValueError, match=match) as e:
         from_gguf(path)
     assert "bad.gguf" in str(e.value)
+
+
+def test_extreme_aspect_ratios_match_hf(tiny):
+    """A 7x300 image unpads to no row (HF keeps the base view alone), a 300x7 one to no column (a
+    newline per row), a 1x1 one to a letterboxed 1x2 grid; all in one batch with a normal image."""
+    model, c, w, images, _ = tiny
+    imgs = [_image(hw, 9) for hw in ((7, 300), (300, 7), (1, 1))] + images[3:]
+    ref = _hf_features(model, imgs)
+    views = [anyres_images(im, AnyresConfig.from_hf(PROC)) for im in imgs]
+    assert [len(r) for r in ref[:2]] == [16, 16 + 12]
+    assert [v.n_tokens(c.patches_per_side) for v in views] == [len(r) for r in ref]
+    assert rel_err(_ours(c, w, views), np.concatenate(ref)) <= BOUND

@@ -153,22 +153,35 @@ class LlavaNextVision(Block):
         for i, (hw, (rows, cols)) in enumerate(layouts):
             base = ops.reshape(ops.view(f, 0, v0, v0 + 1, name=f"anyres.{i}.base_view"), (p * p, d),
                                name=f"anyres.{i}.base")
-            tiles = ops.view(f, 0, v0 + 1, v0 + 1 + rows * cols, name=f"anyres.{i}.tile_views")
-            # (rows, cols, p, p*d) -> (rows, p, cols, p*d): patch (i, j) of tile (r, c) at (r*p + i, c*p + j)
-            x = ops.reshape(tiles, (rows, cols, p, p * d), name=f"anyres.{i}.tiles")
-            x = ops.permute(x, (0, 2, 1, 3), name=f"anyres.{i}.tile_rows")
-            x = ops.reshape(ops.cont(x, name=f"anyres.{i}.cont"), (rows * p, cols * p, d), name=f"anyres.{i}.grid")
             top, bottom, left, right = unpad_crop(hw, (rows * p, cols * p))
-            if (top, bottom) != (0, rows * p):
-                x = ops.view(x, 0, top, bottom, name=f"anyres.{i}.unpad_rows")
-            if (left, right) != (0, cols * p):
-                x = ops.view(x, 1, left, right, name=f"anyres.{i}.unpad_cols")
-            nl = ops.repeat(newline, (x.shape[0], 1, d), name=f"anyres.{i}.newlines")
-            x = ops.concat([x, nl], axis=1, name=f"anyres.{i}.rows")
-            x = ops.reshape(x, (x.shape[0] * x.shape[1], d), name=f"anyres.{i}.unpadded")
-            outs.append(ops.concat([base, x], axis=0, name=f"anyres.{i}"))
+            if bottom == top:  # an extreme aspect ratio leaves no row: the base view alone, as HF
+                outs.append(base)
+            elif right == left:  # ... or no column: one newline per row, as HF
+                nl = ops.repeat(newline, (bottom - top, 1, d), name=f"anyres.{i}.newlines")
+                outs.append(ops.concat([base, ops.reshape(nl, (bottom - top, d))], axis=0, name=f"anyres.{i}"))
+            else:
+                grid = self._grid(ops.view(f, 0, v0 + 1, v0 + 1 + rows * cols, name=f"anyres.{i}.tile_views"),
+                                  (rows, cols), (top, bottom, left, right), newline, f"anyres.{i}")
+                outs.append(ops.concat([base, grid], axis=0, name=f"anyres.{i}"))
             v0 += 1 + rows * cols
         return outs
+
+    def _grid(self, tiles: Tensor, grid: tuple[int, int], crop: tuple[int, int, int, int], newline: Tensor,
+              name: str) -> Tensor:
+        """(rows*cols, p*p, d) tile features -> the unpadded grid's rows, each ended by a newline."""
+        (rows, cols), (top, bottom, left, right) = grid, crop
+        p, d = self.cfg.patches_per_side, self.cfg.n_mm_embd
+        # (rows, cols, p, p*d) -> (rows, p, cols, p*d): patch (i, j) of tile (r, c) at (r*p + i, c*p + j)
+        x = ops.reshape(tiles, (rows, cols, p, p * d), name=f"{name}.tiles")
+        x = ops.permute(x, (0, 2, 1, 3), name=f"{name}.tile_rows")
+        x = ops.reshape(ops.cont(x, name=f"{name}.cont"), (rows * p, cols * p, d), name=f"{name}.grid")
+        if (top, bottom) != (0, rows * p):
+            x = ops.view(x, 0, top, bottom, name=f"{name}.unpad_rows")
+        if (left, right) != (0, cols * p):
+            x = ops.view(x, 1, left, right, name=f"{name}.unpad_cols")
+        nl = ops.repeat(newline, (bottom - top, 1, d), name=f"{name}.newlines")
+        x = ops.concat([x, nl], axis=1, name=f"{name}.rows")
+        return ops.reshape(x, (x.shape[0] * x.shape[1], d), name=f"{name}.unpadded")
 
     def _build(self, pixels: Tensor) -> Tensor:
         c, g = self.cfg, pixels.graph
