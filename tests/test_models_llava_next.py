@@ -161,7 +161,8 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
         im.save(paths[-1])
     gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
     for cmd in (["convert", folder, "-o", gguf],
-                ["embed", "--mmproj", gguf, *[a for p in paths for a in ("--image", p)], "-o", out, "--backend", "cpu"]):
+                ["embed", "--mmproj", gguf, *[a for p in paths for a in ("--image", p)], "-o", out,
+                 "--backend", "cpu"]):
         r = subprocess.run([sys.executable, "-m", "graphdsl.cli", *map(str, cmd)], capture_output=True, text=True,
                            timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]

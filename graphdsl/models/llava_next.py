@@ -22,9 +22,9 @@ File (llama.cpp's LLaVA-1.6 mmproj): projector "mlp" with ``v.image_newline``,
 into a clip_image_size {width, height}; HF's config lists (height, width)), and
 ``clip.vision.mm_patch_merge_type`` "spatial_unpad". graphdsl follows HF: the class token is
 position 0 and is dropped before the projector, where llama.cpp's mtmd appends it after the
-patches (upstream issue #25814). mtmd also loads the newline without using it (no unpad step,
-``clip_get_newline_tensor`` without callers since ``clip_llava_handle_patches`` went, as read in
-its sources; not run here), so its LLaVA-1.6 rows differ from HF's in count and order.
+patches (upstream issue #25814). mtmd also appears to load the newline without using it (no
+unpad step and no caller of ``clip_get_newline_tensor`` since ``clip_llava_handle_patches`` was
+removed: read, not run here), in which case its LLaVA-1.6 rows differ from HF's in count too.
 
 Example:
     >>> cfg = LlavaNextConfig(image_size=32, patch_size=8, n_embd=64, n_ff=128, n_head=4, n_layer=2,
@@ -40,7 +40,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from gguf import Keys
 
 from .. import ops
 from ..gguf_io.reader import _get, read_gguf
@@ -240,7 +239,8 @@ def config_from_gguf(src: Any) -> LlavaNextConfig:
         raise m.error(str(e)) from None
 
 
-def config_to_gguf(cfg: LlavaNextConfig, image_mean=clip.CLIP_MEAN, image_std=clip.CLIP_STD) -> list[tuple[str, object]]:
+def config_to_gguf(cfg: LlavaNextConfig, image_mean=clip.CLIP_MEAN, image_std=clip.CLIP_STD) -> list[tuple]:
+    """models.clip's metadata, the pinpoints as llama.cpp reads them ((width, height) pairs) and LLaVA-1.6's keys."""
     wh = np.array([v for h, w in cfg.grid_pinpoints for v in (w, h)], np.int32)
     return [*clip.config_to_gguf(cfg, image_mean, image_std), (KEY_PINPOINTS, wh),
             (KEY_MERGE_TYPE, "spatial_unpad"), (KEY_CROP_RESOLUTION, int(cfg.image_size))]

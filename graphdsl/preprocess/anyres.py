@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image import DEFAULT_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageConfig, ImageSource, load_image, normalize, resize_uint8
+from .image import (DEFAULT_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageConfig, ImageSource, load_image,
+                    normalize, resize_uint8)
 
 # HF's LlavaNextImageProcessor default (LLaVA-1.6 at 336 px).
 LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
