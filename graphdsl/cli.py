@@ -3,8 +3,8 @@
     graphdsl devices                         ggml devices and what backend="auto" picks
     graphdsl info FILE.gguf                  metadata, tensors and the detected model
     graphdsl inspect [MODEL] [--draw g.svg] [--profile] [--lowered] [--diff] ...
-    graphdsl embed --mmproj M.gguf [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
-                   [--image a.png]... [--audio b.wav]... -o out.npy [-f]
+    graphdsl embed [--mmproj M.gguf] [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
+                   [--image a.png]... [--audio b.wav]... -o out.npy [--spans out.spans.json] [-f]
     graphdsl preprocess image|audio|text INPUT ... [-o out.npy [-f]]
     graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [-f] [--outtype f16]
     graphdsl bench [MODEL] [--repeat 20]
@@ -21,7 +21,10 @@ leaves the previous file whole (graphdsl.fileio).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,7 +92,11 @@ def cmd_convert(args) -> int:
     conv = _need("graphdsl.convert")
     print(f"converting {' + '.join(args.hf_dir)} -> {args.output} ({args.outtype}) ...", file=sys.stderr)
     t0 = time.perf_counter()
-    types = conv.convert(args.hf_dir, args.output, args.outtype)
+    cb, close = _stages("convert")
+    try:  # a bar per stage on a terminal: reading the checkpoint, encoding tensors (then gguf's write bar)
+        types = conv.convert(args.hf_dir, args.output, args.outtype, progress=cb if sys.stderr.isatty() else None)
+    finally:
+        close()
     counts: dict[str, int] = {}
     for t in types.values():
         counts[t] = counts.get(t, 0) + 1
@@ -262,14 +269,36 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _stages(desc: str):
+    """(progress(stage, done, total), close) drawing a tqdm bar on a terminal; no-ops when piped."""
+    bar = [None]
+
+    def cb(stage, done, total):
+        if bar[0] is None:
+            bar[0] = _bar(total, desc) or False
+        b = bar[0]
+        if b:
+            if b.total != total:  # a new stage with its own count (convert: folders, then tensors)
+                b.reset(total=total)
+            b.set_description(f"{desc}: {stage}", refresh=False)
+            b.n = done
+            b.refresh()
+
+    return cb, lambda: bar[0] and bar[0].close()
+
+
 def cmd_embed(args) -> int:
     embed = _need("graphdsl.embed")
     from graphdsl.backends.ggml import resolve_devices
     t0 = time.perf_counter()
-    out = embed.embed_files(args.mmproj, args.text_model, images=args.image or [], audios=args.audio or [],
-                            prompt=args.prompt, tokens=args.tokens, backend=args.backend, tokenizer=args.tokenizer,
-                            precision=args.precision, n_threads=args.threads, check_finite=args.check_finite,
-                            **_seconds(args))
+    cb, close = _stages("embed")
+    try:
+        out = embed.embed_files(args.mmproj, args.text_model, images=args.image or [], audios=args.audio or [],
+                                prompt=args.prompt, tokens=args.tokens, backend=args.backend,
+                                tokenizer=args.tokenizer, precision=args.precision, n_threads=args.threads,
+                                check_finite=args.check_finite, progress=cb, **_seconds(args))
+    finally:
+        close()
     dt = time.perf_counter() - t0
     embd = np.ascontiguousarray(out.embd, dtype=np.float32)
     print(f"embd f32{list(embd.shape)} on {'+'.join(resolve_devices(args.backend))} in {dt * 1e3:.1f} ms "
@@ -279,6 +308,12 @@ def cmd_embed(args) -> int:
         print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")
     _save(args.output, embd)
     print(f"wrote {args.output}: {embd.dtype}{list(embd.shape)}")
+    spans = cli_parser.spans_path(args)
+    with atomic_open(spans, "w", encoding="utf-8") as fh:  # where a decoder places each chunk's rows
+        json.dump({"embeddings": os.path.basename(args.output), "shape": list(embd.shape), "dtype": "float32",
+                   "spans": [dataclasses.asdict(s) for s in out.spans]}, fh, indent=1)
+        fh.write("\n")
+    print(f"wrote {spans}: {len(out.spans)} spans")
     return 0
 
 

@@ -61,8 +61,8 @@ def outputs(args) -> list[tuple[str, str, list]]:
         from .convert import input_files
         return [("-o", args.output, input_files(args.hf_dir))]
     if cmd == "embed":
-        return [("-o", args.output, [args.mmproj, args.text_model, args.tokenizer, *(args.image or []),
-                                     *(args.audio or [])])]
+        ins = [args.mmproj, args.text_model, args.tokenizer, *(args.image or []), *(args.audio or [])]
+        return [("-o", args.output, ins), ("--spans", spans_path(args), ins)]
     if cmd == "preprocess" and args.output:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
@@ -78,8 +78,18 @@ def outputs(args) -> list[tuple[str, str, list]]:
     return []
 
 
+def spans_path(args) -> str:
+    """Where `embed` writes its spans: --spans, else the output's name with .spans.json for its suffix."""
+    if args.spans:
+        return args.spans
+    root, ext = os.path.splitext(args.output)
+    return (root if ext else args.output) + ".spans.json"
+
+
 def check_args(args) -> None:
     """Option combinations and outputs, before any work; raises ValueError (a usage error)."""
+    if args.command == "embed" and not (args.mmproj or args.text_model):
+        raise ValueError("embed needs --mmproj (images, audio), --text-model (--prompt, --tokens) or both")
     if args.command == "inspect":
         if args.capture_out and not args.capture:
             raise ValueError("--capture-out needs --capture GLOB")
@@ -183,7 +193,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p = command("embed", help="embed a mixed batch (text, images, audio) into the decoder's input sequence",
                 description="Run a prompt with <image>/<audio> markers (or bare media) through an mmproj "
                             "(+ text model) as one graph; print the spans and save the embeddings. " + OUTPUT_NOTE)
-    p.add_argument("--mmproj", required=True, help="mmproj GGUF (vision and/or audio encoder)")
+    p.add_argument("--mmproj", help="mmproj GGUF (vision and/or audio encoder); not needed for text alone")
     p.add_argument("--text-model", help="text GGUF with the token table; needed for --prompt / --tokens")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the --text-model's own vocabulary)")
     p.add_argument("--image", action="append", help="image file, in marker order (repeatable)")
@@ -192,6 +202,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     seq.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
     seq.add_argument("--tokens", help='token ids with markers, e.g. "1,2,<image>,3"')
     p.add_argument("-o", "--output", required=True, help="where to save the embeddings (float32, .npy format)")
+    p.add_argument("--spans", metavar="JSON", help="where to save the spans, the rows each chunk occupies "
+                                                   "(default: the output's name with .spans.json as its suffix)")
     _force(p)
     _run_opts(p, "auto")
     _limit_opts(p)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,11 +208,12 @@ class Embedder:
 
 
 # -- from files ---------------------------------------------------------------------------------------
-def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None = None, images: Sequence[Any] = (),
+def embed_files(mmproj: str | os.PathLike | None, text_model: str | os.PathLike | None = None, images: Sequence[Any] = (),
                 audios: Sequence[Any] = (), prompt: str | None = None, tokens: Sequence[int | str] | str | None = None,
                 *, backend: str = "auto", markers: Sequence[str] = ("<image>", "<audio>"), tokenizer: Any = None,
                 precision: str = "f32", n_threads: int | None = None, check_finite: bool = True,
-                max_seconds: float | None = None) -> Embeddings:
+                max_seconds: float | None = None, progress: Callable[[str, int, int], None] | None = None
+                ) -> Embeddings:
     """Embed images, audio and a prompt read from files: the function behind ``graphdsl embed``.
 
     The mmproj GGUF gives the encoders (``models.from_gguf``) and the pre-processing: images are
@@ -227,7 +228,7 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
     Without prompt and tokens the result is the media alone: images, then audio, concatenated.
 
     Args:
-        mmproj: the mmproj GGUF (vision and/or audio).
+        mmproj: the mmproj GGUF (vision and/or audio), or None for text alone.
         text_model: a text GGUF (token_embd + tokenizer.ggml.*); needed for a prompt or tokens.
         images, audios: paths (or arrays / PIL images; PCM arrays at 16 kHz).
         prompt, tokens: at most one of the two.
@@ -237,6 +238,8 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
             GGUF's own vocabulary, ``models.text.tokenizer_of``).
         check_finite: refuse GGUF weights holding NaN or inf (``models.from_gguf``).
         max_seconds: refuse longer audio (default: ``preprocess.audio.DEFAULT_MAX_SECONDS``).
+        progress: called as ``progress(stage, done, total)`` after each stage: loading, each
+            image and audio file pre-processed, and the run (one graph: a single step).
 
     Returns:
         Embeddings: ``embd`` (n_tokens_total, n_embd), the decoder's input sequence, and the spans.
@@ -254,29 +257,47 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
     if len(markers) != 2 or markers[0] == markers[1] or not all(isinstance(m, str) and m for m in markers):
         raise ValueError(f"[embed_files] markers must be two different strings (image, audio), got {markers!r}")
     images, audios = list(images), list(audios)
-    m = from_gguf(mmproj, check_finite=check_finite)
+    total, done = 2 + len(images) + len(audios), [0]
+
+    def step(stage: str) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(stage, done[0], total)
+
+    if mmproj is None and text_model is None:
+        raise ValueError("[embed_files] give an mmproj, a text model or both")
+    m = from_gguf(mmproj, check_finite=check_finite) if mmproj is not None else None
     for kind, given in (("image", images), ("audio", audios)):
-        if given and kind not in m.media:
-            raise ValueError(f"{m.path}: no {kind} encoder, but {len(given)} {kind} input(s) were given")
+        if given and (m is None or kind not in m.media):
+            where = f"{m.path}: no {kind} encoder" if m is not None else f"no mmproj (the {kind} encoder)"
+            raise ValueError(f"{where}, but {len(given)} {kind} input(s) were given")
     tm = text_models.from_gguf(text_model, check_finite=check_finite) if text_model is not None else None
-    if tm is not None:
+    if tm is not None and m is not None:
         for kind, block in m.media.items():
             if block.n_out != tm.block.n_out:
                 raise ValueError(f"{m.path}: the {kind} projector gives width {block.n_out}, but the text model "
                                  f"{os.fspath(text_model)} has n_embd {tm.block.n_out}")
     if (prompt is not None or tokens is not None) and tm is None:
         raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
+    step("loaded")
     media: dict[str, list] = {"image": [], "audio": []}
     if images:
         frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
-        media["image"] = ([("image", frames(src, m)) for src in images] if frames is not None else
-                          [("image", px) for px in preprocess_images(images, m.image_config())])
+        if frames is not None:
+            for src in images:
+                media["image"].append(("image", frames(src, m)))
+                step("image")
+        else:  # in parallel; progress comes back on this thread after each image
+            pixels = preprocess_images(images, m.image_config(), progress=lambda d, _t: d and step("image"))
+            media["image"] = [("image", px) for px in pixels]
     if audios:
         if m.audio.cfg.n_frames != N_FRAMES:
             raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
                              f"Whisper's log-mel gives {N_FRAMES}")
         seconds = {} if max_seconds is None else {"max_seconds": max_seconds}
-        media["audio"] = [("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]) for a in audios]
+        for a in audios:
+            media["audio"].append(("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]))
+            step("audio")
     if prompt is None and tokens is None:
         items = media["image"] + media["audio"]
         if not items:
@@ -292,12 +313,14 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
                                  "were given")
         queues = {k: iter(v) for k, v in media.items()}
         items = [next(queues[p]) if isinstance(p, str) else p for p in pieces]
-    weights = dict(m.weights)
+    weights = dict(m.weights) if m is not None else {}
     if tm is not None:
         weights.update(tm.weights)
-    emb = Embedder(tm.block if tm is not None else None, m.media, backend=backend, precision=precision,
+    emb = Embedder(tm.block if tm is not None else None, m.media if m is not None else {}, backend=backend, precision=precision,
                    n_threads=n_threads, weights=weights)
-    return emb(items)
+    out = emb(items)
+    step("run")
+    return out
 
 
 def _split_prompt(prompt: str, tm, tokenizer, kinds: Mapping[str, str]) -> list:
