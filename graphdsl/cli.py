@@ -3,6 +3,7 @@
     graphdsl devices                         ggml devices and what backend="auto" picks
     graphdsl info FILE.gguf                  metadata, tensors and the detected model
     graphdsl inspect [MODEL] [--draw g.svg] [--profile] [--lowered] [--diff] ...
+    graphdsl view [MODEL | TEXT.gguf] [--profile] [--diff] [-o page.html | --port 8000]
     graphdsl embed [--mmproj M.gguf] [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
                    [--image a.png]... [--audio b.wav]... -o out.npy [--spans out.spans.json] [-f]
     graphdsl preprocess image|audio|text INPUT ... [-o out.npy [-f]]
@@ -244,6 +245,40 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _view_graph(args):
+    """(graph, inputs, weights, label): an mmproj's encoder or the demo (as inspect), or a text GGUF's table."""
+    if args.model != "demo":
+        from .gguf_io import read_gguf
+        if read_gguf(args.model).architecture != "clip":  # a text model: its token table on a few ids
+            from .models.common import graph_of
+            tm = _need("graphdsl.models.text").from_gguf(args.model, check_finite=args.check_finite)
+            ids = np.arange(min(8, tm.block.cfg.n_vocab), dtype=np.int32)
+            g = graph_of(tm.block, ids.shape, Path(args.model).stem)
+            return g, {"ids": ids}, {k: tm.weights[k] for k in g.weights}, f"{Path(args.model).name} (text)"
+    return _load_graph(args)
+
+
+def cmd_view(args) -> int:
+    import graphdsl
+
+    from .inspect.view import view
+    g, feeds, weights, label = _view_graph(args)
+    run = _compile(g, weights, args)
+    run(feeds)  # a run first, so each node shows its backend
+    ref = graphdsl.compile(g, "reference", weights=weights) if args.diff else None
+    if args.diff:
+        from . import inspect
+        ref = inspect.diff(run, ref, feeds, rel_l2=args.rel_l2)
+    v = view(run, feeds, profile=args.profile or None, diff=ref, path=args.output, serve_page=not args.output,
+             port=args.port, title=label, repeat=args.repeat)
+    if args.output:
+        print(f"wrote {args.output}: {label}, {len(g.live_nodes())} nodes (open it in a browser)")
+        return 0
+    print(f"{label}: serving {v.url} (the page is also at {v.path}); Ctrl-C stops", flush=True)
+    v.serve_forever()
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .inspect.table import si
     g, feeds, weights, label = _load_graph(args)
@@ -332,7 +367,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"devices": cmd_devices, "info": cmd_info, "inspect": cmd_inspect, "embed": cmd_embed,
+COMMANDS = {"devices": cmd_devices, "info": cmd_info, "inspect": cmd_inspect, "view": cmd_view, "embed": cmd_embed,
             "preprocess": cmd_preprocess, "convert": cmd_convert, "bench": cmd_bench, "demo": cmd_demo,
             "rpc-server": cmd_rpc_server}
 

@@ -66,6 +66,9 @@ def outputs(args) -> list[tuple[str, str, list]]:
     if cmd == "preprocess" and args.output:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
+    if cmd == "view" and args.output:
+        ins = [args.image, args.audio, None if args.model == "demo" else args.model]
+        return [("-o", args.output, ins)]
     if cmd == "inspect":
         from .demo import DATA, VERSION, cache_dir
         ins = [args.image or DATA / "demo_image.png", args.audio or DATA / "speech_16k.wav"]
@@ -188,6 +191,22 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--diff", action="store_true", help="compare every node with the NumPy reference backend")
     p.add_argument("--rel-l2", type=positive_float, default=1e-4,
                    help="with --diff: bound on the relative L2 error (default: 1e-4)")
+    _force(p)
+
+    p = command("view", help="an interactive page of a model's graph, with time and error overlays",
+                description="Write a self-contained HTML page of a model's graph (an mmproj's encoder, a text "
+                            "GGUF's token table, or the demo) and serve it on 127.0.0.1: a tree from the node names "
+                            "(repeated blocks collapsible), op, shape, dtype, FLOPs, bytes, weights and backend per "
+                            "node; --profile adds times, --diff errors against the NumPy reference. " + OUTPUT_NOTE)
+    _model_opts(p)
+    _run_opts(p)
+    p.add_argument("--profile", action="store_true", help="time every node (overlay: time)")
+    p.add_argument("--repeat", type=positive_int, default=3, help="profiled runs to average (default: 3)")
+    p.add_argument("--diff", action="store_true", help="compare every node with the NumPy reference (overlay: error)")
+    p.add_argument("--rel-l2", type=positive_float, default=1e-4, help="with --diff: the bound (default: 1e-4)")
+    p.add_argument("-o", "--output", metavar="HTML", help="write the page here and exit (default: serve it)")
+    p.add_argument("--port", type=int_range(0, 65535, name="TCP port (0: any free one)"), default=0,
+                   help="port on 127.0.0.1 to serve on (default: a free one)")
     _force(p)
 
     p = command("embed", help="embed a mixed batch (text, images, audio) into the decoder's input sequence",
