@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-backends test-cuda install runtime bench stub clean
+.PHONY: demo test test-ray test-backends test-cuda install runtime bench stub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,12 @@ demo: runtime
 # pytest exits 5 when it collects nothing; that is a failure here too.
 test: install
 	$(BIN)/python -m pytest -q -rs tests
+
+# embed-dataset on Ray Data (tests/test_dataset_ray.py, a local 2-CPU Ray on 127.0.0.1): its own
+# target, since Ray is a large optional extra and its start-up takes ~20 s.
+test-ray: install
+	$(BIN)/pip install -q -e ".[test,ray]"
+	$(BIN)/python -m pytest -q -rs tests/test_dataset_ray.py
 
 # A second venv whose libggml is rebuilt from the sdist with BLAS and RPC. The op and model suites
 # then run twice: on BLAS + CPU (a real two-backend schedule with copies between them) and on ggml's

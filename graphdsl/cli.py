@@ -6,6 +6,7 @@
     graphdsl view [MODEL | TEXT.gguf] [--profile] [--diff] [-o page.html | --port 8000]
     graphdsl embed [--mmproj M.gguf] [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
                    [--image a.png]... [--audio b.wav]... -o out.npy [--spans out.spans.json] [-f]
+    graphdsl embed-dataset FOLDER|MANIFEST [--mmproj M.gguf] [--text-model T.gguf] -o OUT/ [--workers N | --ray [ADDR]]
     graphdsl preprocess image|audio|text INPUT ... [-o out.npy [-f]]
     graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [-f] [--outtype f16]
     graphdsl bench [MODEL] [--repeat 20]
@@ -352,6 +353,33 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_embed_dataset(args) -> int:
+    ds = _need("graphdsl.dataset")
+    from .dataset.run import main_progress
+    progress, on_start, close = main_progress()
+    started = {}
+
+    def start(done, total):
+        started.update(done=done, total=total)
+        on_start(done, total)
+    t0 = time.perf_counter()
+    try:
+        res = ds.embed_dataset(args.source, args.output, mmproj=args.mmproj, text_model=args.text_model,
+                               tokenizer=args.tokenizer, shard_size=args.shard_size, workers=args.workers,
+                               ray=(args.ray if args.ray != "local" else True) if args.ray else False,
+                               ray_actors=args.ray_actors, restart=args.force, progress=progress, on_start=start,
+                               backend=args.backend, precision=args.precision, n_threads=args.threads,
+                               check_finite=args.check_finite, **_seconds(args))
+    finally:
+        close()
+    dt = time.perf_counter() - t0
+    new = res["n_items"] - started.get("done", 0)
+    rate = f", {new / dt:.2f} items/s" if new and dt > 0 else ""
+    print(f"{args.output}: {res['n_items']} items in {res['n_shards']} shard(s) of width {res['n_embd']}; "
+          f"{res['skipped_shards']} shard(s) were already done, {new} item(s) embedded now in {dt:.1f} s{rate}")
+    return 0
+
+
 def cmd_rpc_server(args) -> int:
     from graphdsl.backends.rpc import serve_rpc
     # blocks until the process ends (ggml prints the endpoint); a libggml without RPC raises ValueError,
@@ -368,7 +396,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"devices": cmd_devices, "info": cmd_info, "inspect": cmd_inspect, "view": cmd_view, "embed": cmd_embed,
-            "preprocess": cmd_preprocess, "convert": cmd_convert, "bench": cmd_bench, "demo": cmd_demo,
+            "embed-dataset": cmd_embed_dataset, "preprocess": cmd_preprocess, "convert": cmd_convert, "bench": cmd_bench, "demo": cmd_demo,
             "rpc-server": cmd_rpc_server}
 
 

@@ -91,6 +91,16 @@ def spans_path(args) -> str:
 
 def check_args(args) -> None:
     """Option combinations and outputs, before any work; raises ValueError (a usage error)."""
+    if args.command == "embed-dataset":
+        if not (args.mmproj or args.text_model):
+            raise ValueError("embed-dataset needs --mmproj, --text-model or both")
+        if args.ray and args.workers:
+            raise ValueError("give --workers or --ray, not both")
+        src, out = os.path.realpath(args.source), os.path.realpath(args.output)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"-o {args.output} is a file; the output is a folder")
+        if out == src or (os.path.isdir(src) and os.path.commonpath([out, src]) == src):
+            raise ValueError(f"-o {args.output} is inside the input {args.source}; choose a folder outside it")
     if args.command == "embed" and not (args.mmproj or args.text_model):
         raise ValueError("embed needs --mmproj (images, audio), --text-model (--prompt, --tokens) or both")
     if args.command == "inspect":
@@ -225,6 +235,28 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                                                    "(default: the output's name with .spans.json as its suffix)")
     _force(p)
     _run_opts(p, "auto")
+    _limit_opts(p)
+    _finite_opt(p)
+
+    p = command("embed-dataset", help="embed a folder or manifest into sharded Parquet (resumable; workers or Ray)",
+                description="Embed every item of a folder (one item per image / audio file) or a CSV / JSONL / "
+                            "Parquet manifest of (id, prompt | tokens, images, audios) into OUT/part-NNNNN.parquet "
+                            "(id, n_tokens, spans, embeddings) and OUT/_manifest.json. Shards are written "
+                            "atomically; a rerun skips the finished ones. Needs pyarrow (graphdsl[dataset]); "
+                            "--ray needs graphdsl[ray].")
+    p.add_argument("source", help="a folder of images / audio, or a .csv / .jsonl / .parquet manifest")
+    p.add_argument("--mmproj", help="mmproj GGUF (vision and/or audio encoder)")
+    p.add_argument("--text-model", help="text GGUF with the token table (for prompts / tokens)")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the --text-model's own vocabulary)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created)")
+    p.add_argument("--shard-size", type=positive_int, default=256, help="items per Parquet file (default: 256)")
+    p.add_argument("--workers", type=count, default=0,
+                   help="worker processes, each with its own compiled model (default: 0, in this process)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help='run on Ray Data: a local Ray, or a cluster ("auto", "HOST:6379")')
+    p.add_argument("--ray-actors", type=positive_int, default=2, help="with --ray: embedder actors (default: 2)")
+    p.add_argument("-f", "--force", action="store_true", help="start over when OUT holds another run's shards")
+    _run_opts(p)
     _limit_opts(p)
     _finite_opt(p)
 
