@@ -156,3 +156,10 @@ def test_make_demo_installs_the_runtime_only(tmp_path):
     assert "pip install -q -e .\n" in demo_cmds and "[test]" not in demo_cmds and "torch" not in demo_cmds
     assert "build_libggml.sh" in demo_cmds and "graphdsl demo" in demo_cmds  # the same fast libggml
     assert 'pip install -q -e ".[test]"' in test_cmds and "build_libggml.sh" in test_cmds  # tests keep theirs
+
+
+@pytest.mark.parametrize("cmd", ["view", "embed-dataset"])
+def test_new_commands_have_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([cmd, "--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(f"usage: graphdsl {cmd}")
