@@ -266,14 +266,14 @@ def cmd_view(args) -> int:
     g, feeds, weights, label = _view_graph(args)
     run = _compile(g, weights, args)
     run(feeds)  # a run first, so each node shows its backend
-    ref = graphdsl.compile(g, "reference", weights=weights) if args.diff else None
+    rep = None
     if args.diff:
         from . import inspect
-        ref = inspect.diff(run, ref, feeds, rel_l2=args.rel_l2)
-    v = view(run, feeds, profile=args.profile or None, diff=ref, path=args.output, serve_page=not args.output,
+        rep = inspect.diff(run, graphdsl.compile(g, "reference", weights=weights), feeds, rel_l2=args.rel_l2)
+    v = view(run, feeds, profile=args.profile or None, diff=rep, path=args.output, serve_page=not args.output,
              port=args.port, title=label, repeat=args.repeat)
     if args.output:
-        print(f"wrote {args.output}: {label}, {len(g.live_nodes())} nodes (open it in a browser)")
+        print(f"wrote {args.output}: {label}, {sum(n.op != 'weight' for n in g.live_nodes())} nodes (open it in a browser)")
         return 0
     print(f"{label}: serving {v.url} (the page is also at {v.path}); Ctrl-C stops", flush=True)
     v.serve_forever()
