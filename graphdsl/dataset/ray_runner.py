@@ -52,7 +52,7 @@ def run_ray(pending, cfg: dict, n_actors: int, address, finished, tick) -> None:
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         threads = cfg["n_threads"] or 1
         res = ds.map_batches(ShardActor, fn_constructor_kwargs={"cfg": {**cfg, "n_threads": threads}},
-                             batch_size=1, concurrency=n_actors, num_cpus=threads)
+                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=n_actors), num_cpus=threads)
         for row in res.iter_rows():
             meta = json.loads(row["meta"])
             finished(meta)
