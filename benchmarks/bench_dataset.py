@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--spec", default="small", choices=["small", "tiny"])
     ap.add_argument("--repeat", type=int, default=1, help="runs per row (median)")
     ap.add_argument("--shard-size", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="ggml threads of every worker (default: the cores split between the workers)")
     args = ap.parse_args()
 
     from graphdsl import demo
@@ -52,6 +54,8 @@ def main() -> None:
             rows.append(("Ray Data, 2 actors (local)", dict(ray=True, ray_actors=2, n_threads=max(1, cores // 2))))
         except ImportError:
             print("(Ray not installed: no Ray row)")
+        if args.threads:  # e.g. 1 on a busy machine, where ggml's spinning threads wait on each other
+            rows = [(label, {**kw, "n_threads": args.threads}) for label, kw in rows]
         results, tables = [], []
         for label, kw in rows:
             times = []
