@@ -61,8 +61,8 @@ def outputs(args) -> list[tuple[str, str, list]]:
         from .convert import input_files
         return [("-o", args.output, input_files(args.hf_dir))]
     if cmd == "embed":
-        return [("-o", args.output, [args.mmproj, args.text_model, args.tokenizer, *(args.image or []),
-                                     *(args.audio or [])])]
+        ins = [args.mmproj, args.text_model, args.tokenizer, *(args.image or []), *(args.audio or [])]
+        return [(opt, path, ins) for opt, path in (("-o", args.output), ("--cross-output", args.cross_output)) if path]
     if cmd == "preprocess" and args.output:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
@@ -192,6 +192,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     seq.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
     seq.add_argument("--tokens", help='token ids with markers, e.g. "1,2,<image>,3"')
     p.add_argument("-o", "--output", required=True, help="where to save the embeddings (float32, .npy format)")
+    p.add_argument("--cross-output", help="where to save cross-attention memories (mllama images: .npz with "
+                                          "memory.N, index, n_valid, start, end); needed when there are any")
     _force(p)
     _run_opts(p, "auto")
     _limit_opts(p)
