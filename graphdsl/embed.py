@@ -348,6 +348,12 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
                                  f"{os.fspath(text_model)} has n_embd {tm.block.n_out}")
     if (prompt is not None or tokens is not None) and tm is None:
         raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
+    xk = cross_kinds(m.media) & {k for k, given in (("image", images), ("audio", audios)) if given}
+    if xk and (prompt is not None or tokens is not None):
+        # a marker here becomes the item; mllama's <|image|> is a token of the text that must stay
+        raise ValueError(f"{m.path}: its {'/'.join(sorted(xk))} encoder gives cross-attention "
+                         "memories, whose place in a prompt is a token of the text: embed the media alone, or "
+                         "build the batch with preprocess.mllama.mllama_items and Embedder")
     media: dict[str, list] = {"image": [], "audio": []}
     if images:
         frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images

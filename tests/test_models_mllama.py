@@ -165,3 +165,14 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
     assert np.load(out).shape == (0, 48)
     assert got["memory.0"].shape == ref.shape and int(got["n_valid"][0]) == im.n_tiles * c.n_pos
     assert rel_err(got["memory.0"], ref) <= BOUND
+    # with a prompt the marker would replace mllama's <|image|> token: refused, not silently shifted
+    from gguf import GGMLQuantizationType
+    from test_from_gguf import write_text_gguf
+
+    from graphdsl.embed import embed_files
+    write_text_gguf(tmp_path / "t.gguf", n_embd=48, qtype=GGMLQuantizationType.F32)
+    with pytest.raises(ValueError, match="cross-attention memories"):
+        embed_files(gguf, tmp_path / "t.gguf", images=[img], tokens=[5, "<image>", 6])
+    r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "embed", "--mmproj", str(gguf), "--image", str(img),
+                        "-o", str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "--cross-output" in r.stderr
