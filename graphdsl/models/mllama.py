@@ -76,7 +76,7 @@ class MllamaConfig(VitHparams):
     @property
     def vit(self) -> blocks.VitParams:
         return blocks.VitParams(self.n_embd, self.n_head, self.n_ff, self.eps, self.act, qkv_bias=(False,) * 3,
-                                attn="softmax", wtype=self.wtype)
+                                attn=self.attn, wtype=self.wtype)
 
 
 def attn_mask(n_tiles: int, cfg: MllamaConfig) -> np.ndarray:
@@ -155,6 +155,8 @@ class MllamaVision(Block):
             x = blocks.norm(x, "pre_ln", eps=OUTER_EPS)
             x = ops.pad(x, ((0, 0), (0, 0), (0, n_pad - n_pos), (0, 0)), name="inp_pad")
             x = ops.reshape(x, (b, t * n_pad, d), name="inp_seq")
+            if b == 1:  # one image: an (n, n) mask, which flash attention takes (a batch needs the softmax form)
+                mask = ops.reshape(mask, (t * n_pad, t * n_pad), name="attn_mask.one")
             hs = []
             for il in range(c.n_layer):
                 with g.scope(f"blk.{il}"):
