@@ -188,3 +188,41 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
     r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "embed", "--mmproj", str(gguf), "--image", str(img),
                         "-o", str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and "--cross-output" in r.stderr
+
+
+# HF module names -> graphdsl nodes: the embeddings, every local and global layer, the features
+MAPPING = {"vision_model.layernorm_pre": "v.pre_ln", "vision_model.transformer.layers.{i}": "v.blk.{i}.layer_out",
+           "vision_model.transformer.layers.{i}.mlp.fc1": "v.blk.{i}.ffn_up",
+           "vision_model.layernorm_post": "v.post_ln",
+           "vision_model.post_tile_positional_embedding": "v.post_tile",
+           "vision_model.global_transformer.layers.{i}": "v.global.blk.{i}.layer_out"}
+
+
+def test_node_by_node_against_hf(tiny):
+    """inspect.diff_hf with the mapping above: every mapped node within the bound; the second
+    local layer's fc1 scaled by 1.05 (negative control) is named as the first bad node."""
+    from graphdsl.inspect import diff_hf
+    torch = need_torch()
+    _, model, c, w = tiny
+    ims = [_random_image(3, seed=7)]
+    px, ids, mask = mllama.MllamaVision(c).feeds(ims)
+    feeds = {"pixels": px, "pixels.aspect_ratio_ids": ids, "pixels.attn_mask": mask}
+    hf_in = dict(pixel_values=torch.from_numpy(px)[None, None], aspect_ratio_ids=torch.tensor([[ims[0].aspect_ratio_id]]),
+                 aspect_ratio_mask=torch.from_numpy(ims[0].aspect_ratio_mask)[None, None])
+    forward = lambda m, x: m.model.vision_model(**x)  # noqa: E731
+    for weights, ok in ((w, True), (_mutate(w, "v.blk.1.ffn_up.weight", lambda a: a * 1.05), False)):
+        run = graphdsl.compile(mllama.build(c), BACKEND, weights=weights)
+        rep = diff_hf(run, feeds, model, hf_in, MAPPING, forward=forward, rel_l2=BOUND)
+        assert rep.ok == ok, rep
+    assert rep.first_bad.name == "v.blk.1.ffn_up"
+
+
+def test_config_from_hf_defaults_are_llama_3_2_vision():
+    need_torch()
+    from transformers import MllamaConfig
+    c = mllama.config_from_hf(MllamaConfig())
+    got = (c.image_size, c.patch_size, c.n_layer, c.n_global_layer, c.max_tiles, c.n_ratios, c.layers_out,
+           c.n_mm_embd, c.n_feat, c.act, c.n_pos, c.n_pad)
+    assert got == (448, 14, 32, 8, 4, 8, (3, 7, 15, 23, 30), 4096, 7680, "gelu_erf", 1025, 1032)
+    with pytest.raises(ValueError, match="vision_output_dim"):
+        mllama.config_from_hf({"model_type": "mllama", "vision_config": {"vision_output_dim": 100}})

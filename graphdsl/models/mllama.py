@@ -41,8 +41,8 @@ from gguf import Keys
 from .. import blocks, ops
 from ..gguf_io.reader import _get, read_gguf
 from ..graph import Graph, Tensor
-from .common import (VISION_PREFIXES, Block, T, VitHparams, convert_state, file_types, gguf_vision, hf_dict,
-                     hf_vit_hparams, sub, tn, vit_keys, weight_shapes_of)
+from .common import (VISION_PREFIXES, Block, T, VitHparams, convert_state, file_types, gguf_vision, hf_dict, sub,
+                     tn, vit_keys, weight_shapes_of)
 from .registry import Arch, ImagePreprocess, register
 
 KEY_GLOBAL_LAYERS = "clip.vision.global.block_count"
@@ -114,8 +114,8 @@ def _tile_table(x: Tensor, ids: Tensor, name: str, rows: int, shape: tuple[int, 
 class MllamaVision(Block):
     """Images as tiles -> (B, T (P + 1), n_mm_embd) cross-attention memories.
 
-    Called on pixels (B T, 3, S, S) (each image's T tiles in turn) it declares two more inputs, ``{pixels}.aspect_ratio_ids``
-    i32 (B,) and ``{pixels}.attn_mask`` f32 (B, T Np, T Np) (``attn_mask``); in a mixed batch
+    Called on pixels (B T, 3, S, S) (each image's T tiles in turn) it declares two more inputs,
+    ``{pixels}.aspect_ratio_ids`` i32 (B,) and ``{pixels}.attn_mask`` f32 (B, T Np, T Np); in a mixed batch
     ``build_items`` feeds them from ``preprocess.mllama.MllamaImage`` items.
     """
 
@@ -142,7 +142,8 @@ class MllamaVision(Block):
                             stride=c.patch_size, name="patch_embd.conv")
             x = ops.permute(ops.reshape(x, (b, t, d, n_pos - 1), name="patch_embd.flat"), (0, 1, 3, 2),
                             name="patch_embd")  # (B, T, P, d)
-            x = ops.add(x, _tile_table(x, ids, "pre_tile_position_embd", c.n_ratios + 1, (t, 1, d)), name="inp_pre_tile")
+            pre = _tile_table(x, ids, "pre_tile_position_embd", c.n_ratios + 1, (t, 1, d))
+            x = ops.add(x, pre, name="inp_pre_tile")
             cls = ops.reshape(g.weight("class_embd", (d,)), (1, 1, 1, d), name="inp_cls.tok")
             x = ops.concat([ops.repeat(cls, (b, t, 1, d), name="inp_cls.rep"), x], axis=2, name="inp_cls")
             gate = ops.tanh(g.weight("position_embd.gate", (1,)), name="position_embd.gate.tanh")
@@ -195,15 +196,15 @@ class MllamaVision(Block):
                              f"{type(data).__name__} ({e})") from None
         want = (c.max_tiles, 3, c.image_size, c.image_size)
         if px.shape != want or not 1 <= a <= c.n_ratios or not 1 <= k <= c.max_tiles:
-            raise ValueError(f"[mllama] image pixels {px.shape} (want {want}), aspect ratio id {a} (1..{c.n_ratios}), "
-                             f"{k} tiles (1..{c.max_tiles})")
+            raise ValueError(f"[mllama] image pixels {px.shape} (want {want}), aspect ratio id {a} "
+                             f"(1..{c.n_ratios}), {k} tiles (1..{c.max_tiles})")
         return px, a, k
 
     def feeds(self, datas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pixels (B T, 3, S, S), aspect ratio ids i32 (B,), attention masks (B, T Np, T Np))."""
         ims = [self._image(d) for d in datas]
-        return (np.ascontiguousarray(np.concatenate([p for p, _, _ in ims])), np.array([a for _, a, _ in ims], np.int32),
-                np.stack([attn_mask(k, self.cfg) for _, _, k in ims]))
+        px = np.ascontiguousarray(np.concatenate([p for p, _, _ in ims]))
+        return px, np.array([a for _, a, _ in ims], np.int32), np.stack([attn_mask(k, self.cfg) for _, _, k in ims])
 
     def build_items(self, g: Graph, prefix: str, datas) -> tuple[dict, list[Tensor], tuple]:
         """The mixed-batch hook (``embed``): all images of the batch in one run; each item gives
@@ -252,9 +253,11 @@ def config_from_hf(hf: Any) -> MllamaConfig:
     v = sub(d, "vision_config") or d
     t = sub(d, "text_config")
     ratios = v.get("supported_aspect_ratios") or [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]]
-    kw = hf_vit_hparams(v, eps=1e-5, act="gelu", patch_size=14)
-    kw["eps"] = v.get("norm_eps", 1e-5)
-    kw["n_head"] = v.get("attention_heads", v.get("num_attention_heads", 16))
+    # HF MllamaVisionConfig's defaults (Llama 3.2 11B's tower, at 448 px), for keys a dict leaves out
+    kw = dict(image_size=v.get("image_size", 448), patch_size=v.get("patch_size", 14),
+              n_embd=v.get("hidden_size", 1280), n_ff=v.get("intermediate_size", 5120),
+              n_head=v.get("attention_heads", v.get("num_attention_heads", 16)), n_layer=v.get("num_hidden_layers", 32),
+              eps=v.get("norm_eps", 1e-5), act=blocks.act_of(v.get("hidden_act", "gelu")))
     layers_out = tuple(v.get("intermediate_layers_indices") or (3, 7, 15, 23, 30))
     cfg = MllamaConfig(**kw, n_global_layer=v.get("num_global_layers", 8), max_tiles=v.get("max_num_tiles", 4),
                        n_ratios=len(ratios), layers_out=layers_out, n_mm_embd=t.get("hidden_size", 4096))
