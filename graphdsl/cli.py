@@ -342,6 +342,8 @@ def cmd_embed(args) -> int:
     print(f"  {'chunk':>5}  {'kind':<10} {'start':>6} {'n_tokens':>8}")
     for s in out.spans:
         print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")
+    if out.cross and not args.cross_output:
+        raise ValueError(f"the batch gives {len(out.cross)} cross-attention memories: pass --cross-output FILE.npz")
     _save(args.output, embd)
     print(f"wrote {args.output}: {embd.dtype}{list(embd.shape)}")
     spans = cli_parser.spans_path(args)
@@ -350,6 +352,14 @@ def cmd_embed(args) -> int:
                    "spans": [dataclasses.asdict(s) for s in out.spans]}, fh, indent=1)
         fh.write("\n")
     print(f"wrote {spans}: {len(out.spans)} spans")
+    if out.cross:
+        for m in out.cross:
+            print(f"  cross {m.index}: {m.kind} f32{list(m.embd.shape)}, {m.n_valid} valid rows, "
+                  f"attended by rows {m.start}..{m.end}")
+        fields = {f: np.array([getattr(m, f) for m in out.cross]) for f in ("index", "n_valid", "start", "end")}
+        with atomic_open(args.cross_output) as fh:
+            np.savez(fh, **{f"memory.{j}": m.embd for j, m in enumerate(out.cross)}, **fields)
+        print(f"wrote {args.cross_output}: {len(out.cross)} memories")
     return 0
 
 
