@@ -203,6 +203,9 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
         data = preprocess_image(image or DATA / "demo_image.png", mm.image_config())
     else:
         data = whisper_features(audio or DATA / "speech_16k.wav", block.cfg.n_mel)
+    if hasattr(block, "build_items"):  # media packed by the model itself (any-size images): the batch's path
+        g, feeds, _ = build_mixed([(kind, data)], None, {kind: block})
+        return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
     x = data if kind == "image" else block.rows(data)  # one image (3, H, W); audio as its windows
     g, feeds = graph_of(block, x.shape, mm.archs[kind].name), {INPUT_NAMES[kind]: x}
     return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"

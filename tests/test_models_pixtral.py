@@ -192,15 +192,31 @@ def _cli(*args):
     return r
 
 
+def _text_gguf(path, table):
+    """The decoder's token table as a text GGUF (f32, placeholder token strings: ids are given)."""
+    from gguf import GGUFWriter
+    w = GGUFWriter(str(path), arch="llama")
+    w.add_embedding_length(table.shape[1])
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(table.shape[0])])
+    w.add_tensor("token_embd.weight", np.ascontiguousarray(table, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 @pytest.fixture(scope="module")
 def folder(tiny, tmp_path_factory):
     """The HF folder (save_pretrained + a tokenizer_config.json naming the marker tokens), two PNGs
-    larger than image_size (scaled down, then rounded up) and HF's decoder input for them,
-    pre-processed by HF's PixtralImageProcessor (PIL)."""
+    larger than image_size (scaled down, then rounded up), the decoder's token table as a text
+    GGUF, and HF's decoder input for [5, <image>, 7, <image>, 7] with the images pre-processed
+    by HF's PixtralImageProcessor (PIL)."""
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
     which, model, c, _ = tiny
     tmp = tmp_path_factory.mktemp(f"pixtral_{which}")
     _save_folder(model, tmp / "hf")
+    _text_gguf(tmp / "text.gguf", model.get_input_embeddings().weight.detach().numpy())
     rng = np.random.default_rng(4)
     paths = []
     for k, (h, w) in enumerate([(45, 70), (90, 20)]):
@@ -214,19 +230,27 @@ def folder(tiny, tmp_path_factory):
         (h, w), = px["image_sizes"]
         imgs.append(px["pixel_values"][0][:, :h, :w])
     ref, spans = _hf_decoder_input(model, imgs, c)
-    return tmp, paths, np.concatenate([ref[a:b] for a, b in spans])
+    return tmp, paths, ref, spans, imgs
 
 
 def test_hf_folder_converts_and_embeds_cli(tiny, folder):
-    """HF dir -> graphdsl convert -> graphdsl embed --image a.png --image b.png (f32): the rows
-    equal HF's decoder input for the same files."""
-    tmp, paths, want = folder
+    """HF dir -> graphdsl convert -> graphdsl embed --text-model --image a.png --image b.png
+    --tokens "5,<image>,7,<image>,7" (f32): the whole sequence equals HF's decoder input
+    (inputs_embeds) for the same files and ids, marker rows included."""
+    tmp, paths, ref, spans, imgs = folder
     gguf, out = tmp / "m.gguf", tmp / "e.npy"
     _cli("convert", tmp / "hf", "-o", gguf)
-    _cli("embed", "--mmproj", gguf, "--image", paths[0], "--image", paths[1], "-o", out, "--backend", "cpu")
-    err = rel_err(np.load(out), want)
+    _cli("embed", "--mmproj", gguf, "--text-model", tmp / "text.gguf", "--image", paths[0], "--image", paths[1],
+         "--tokens", "5,<image>,7,<image>,7", "-o", out, "--backend", "cpu")
+    err = rel_err(np.load(out), ref)
     print(f"{tiny[0]} f32: {err:.2e}")
     assert err <= BOUND
+    # the file's pre-processing (longest edge image_size, sides multiples of patch * merge) is HF's
+    from graphdsl.cli import main
+    assert main(["preprocess", "image", str(paths[1]), "--mmproj", str(gguf), "-o", str(tmp / "px.npy")]) == 0
+    assert np.abs(np.load(tmp / "px.npy") - imgs[1]).max() == 0.0
+    for cmd in (["info", str(gguf)], ["inspect", str(gguf), "--image", str(paths[0])]):
+        assert main(cmd) == 0, cmd
 
 
 @pytest.mark.parametrize("outtype,bound", [("f16", 1e-3), ("q8_0", 5e-2)])
@@ -236,7 +260,8 @@ def test_hf_folder_converts_and_embeds_quantized(tiny, folder, outtype, bound):
     about 5x what these models measure: ggml quantizes activations to 8 bits as well)."""
     from graphdsl.convert import convert
     from graphdsl.embed import embed_files
-    tmp, paths, want = folder
+    tmp, paths, ref, spans, _ = folder
+    want = np.concatenate([ref[a:b] for a, b in spans])
     gguf = tmp / f"m_{outtype}.gguf"
     convert(str(tmp / "hf"), gguf, outtype)
     mm = graphdsl.models.from_gguf(gguf)

@@ -47,7 +47,7 @@ from ..graph import Graph, Tensor
 from ..ops.rope import grid_positions, neox_to_normal
 from .common import (Block, T, VitHparams, as_dict, convert_state, file_types, gguf_vision, sub, tn, vit_keys,
                      weight_shapes_of)
-from .registry import ARCHS, Arch, ImagePreprocess, register
+from .registry import Arch, ImagePreprocess, register
 
 Grid = tuple[int, int]  # (h, w) in patches
 IMG_BREAK, IMG_END = tn(T.V_TOK_EMBD_IMG_BREAK, None), "v.token_embd.img_end"
@@ -218,6 +218,8 @@ class PixtralVision(Block):
         self.grids = [tuple(gr) for gr in grids] if grids else [(side, side)]
 
     example = property(lambda self: ((sum(h * w for h, w in self.grids), self.cfg.n_patch_in), "f32"))
+    # Mmproj.image_config: sides multiples of the merged patch (HF's PixtralProcessor: patch * merge)
+    image_kw = property(lambda self: {"patch_size": self.cfg.patch_size * self.cfg.merge})
 
     def _build(self, patches: Tensor) -> Tensor:
         return encode(patches, self.cfg, self.grids)
@@ -388,9 +390,7 @@ def frames(source, mmproj) -> np.ndarray:
     """An image resized as HF's processor does for this file: the longest edge clip.vision.image_size,
     sides multiples of patch * merge, the file's mean / std: pixels (3, H, W)."""
     from ..preprocess.pixtral import pixtral_image
-    c, v = mmproj.vision.cfg, mmproj.config.vision
-    return pixtral_image(source, ARCHS["pixtral"].image.config(c.image_size, v.image_mean, v.image_std,
-                                                               patch_size=c.patch_size * c.merge))
+    return pixtral_image(source, mmproj.image_config())
 
 
 ARCH = register(Arch(
