@@ -281,3 +281,30 @@ def test_errors():
         pixtral.config_to_gguf(dataclasses.replace(c, rope_theta=1e6))
     with pytest.raises(ValueError, match="IMG_BREAK"):
         pixtral.hf_dir({"vision_config": {}}, "/nonexistent")
+
+
+# HF module names -> graphdsl node names (the tower's layers, the merger, the projector)
+MAPPING = {"vision_tower.ln_pre": "v.pre_ln", "transformer.layers.{i}.attention": "v.blk.{i}.attn_out",
+           "transformer.layers.{i}.feed_forward.up_proj": "v.blk.{i}.ffn_up",
+           "transformer.layers.{i}.feed_forward": "v.blk.{i}.ffn_down", "transformer.layers.{i}": "v.blk.{i}.layer_out",
+           "multi_modal_projector.linear_1": "mm.1", "multi_modal_projector.linear_2": "mm.2"}
+MERGER = {"multi_modal_projector.norm": "mm.input_norm", "multi_modal_projector.patch_merger": "mm.patch_merger"}
+
+
+def test_node_by_node_against_hf(tiny):
+    """inspect.diff_hf: every mapped node within the bound on a non-square image; a weight scaled
+    by 1.05 (negative control) is named as the first bad node."""
+    from graphdsl.inspect import diff_hf
+    torch = need_torch()
+    which, model, c, w = tiny
+    c = _features_only(c)
+    img = _images(which, 1, seed=3)[0]
+    x, grids = pixtral.PixtralVision(c).items([img])
+    g = pixtral.build(c, grids)
+    mapping = {**MAPPING, **(MERGER if c.merge > 1 else {})}
+    forward = lambda m, px: m.model.get_image_features(px, image_sizes=torch.tensor([img.shape[1:]]))  # noqa: E731
+    for weights, ok in ((w, True), (dict(w, **{"v.blk.1.ffn_up.weight": w["v.blk.1.ffn_up.weight"] * 1.05}), False)):
+        run = graphdsl.compile(g, BACKEND, weights={k: weights[k] for k in g.weights})
+        rep = diff_hf(run, {"pixels": x}, model, torch.from_numpy(img)[None], mapping, forward=forward, rel_l2=BOUND)
+        assert rep.ok == ok, rep
+    assert rep.first_bad.name == "v.blk.1.ffn_up"
