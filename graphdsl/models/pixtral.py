@@ -355,7 +355,8 @@ def _rules() -> list[tuple[str, str]]:
     rules = [(f"vision_tower.{hf}", gg) for hf, gg in rules] + rules  # a LLaVA/Mistral-3 model or a bare tower
     mm = "multi_modal_projector."
     rules += [(f"{mm}linear_{i}.{s}", tn(T.V_MMPROJ, s, i)) for i in (1, 2) for s in ("weight", "bias")]
-    rules += [(f"{mm}norm.weight", tn(T.V_MM_INP_NORM)), (f"{mm}patch_merger.merging_layer.weight", tn(T.V_MM_PATCH_MERGER))]
+    rules += [(f"{mm}norm.weight", tn(T.V_MM_INP_NORM)),
+              (f"{mm}patch_merger.merging_layer.weight", tn(T.V_MM_PATCH_MERGER))]
     return rules + [(k, "token_embd") for k in ("language_model.embed_tokens.weight",
                                                 "language_model.model.embed_tokens.weight")]
 

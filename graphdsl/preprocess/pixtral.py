@@ -96,7 +96,8 @@ class PixtralImageConfig:
         set_("mean", mean)
         set_("std", std)
         if isinstance(self.resample, bool) or self.resample not in {int(r) for r in Image.Resampling}:
-            raise ValueError(f"[PixtralImageConfig] resample must be a PIL.Image.Resampling code, got {self.resample!r}")
+            raise ValueError(f"[PixtralImageConfig] resample must be a PIL.Image.Resampling code, "
+                             f"got {self.resample!r}")
         set_("resample", int(self.resample))
 
     def out_size(self, height: int, width: int) -> tuple[int, int]:
