@@ -21,6 +21,9 @@ GGML_BUILD ?= native
 install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps $(REFDATA)
+	@# HF's Phi-4 image processor needs torchvision; its wheel here is a CUDA build that breaks
+	@# `import transformers` model classes once in the venv, so it goes beside it (tests/phi4_hf.py)
+	test -d build/tv-site/torchvision || $(BIN)/pip install -q --no-deps --target build/tv-site "torchvision==0.28.0"
 	@if [ "$(GGML_BUILD)" = native ]; then \
 	  test -e $(VENV)/.libggml-native || { scripts/build_libggml.sh --venv $(VENV) native && touch $(VENV)/.libggml-native; }; \
 	else \

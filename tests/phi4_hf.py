@@ -81,7 +81,7 @@ TV_SITE = Path(__file__).resolve().parents[1] / "build" / "tv-site"
 def torchvision_transforms():
     """Import torchvision's pure-Python transforms beside the CPU torch (see the module doc), or skip.
 
-    torchvision is looked up in the environment, then in build/tv-site (``make tv-site``: the
+    torchvision is looked up in the environment, then in build/tv-site (``make install`` puts the
     wheel installed with --no-deps outside the venv, because once in the venv it breaks every
     ``import transformers`` model class of a process that has not declared the schemas first).
     """
@@ -89,7 +89,7 @@ def torchvision_transforms():
     if importlib.util.find_spec("torchvision") is None and TV_SITE.is_dir():
         sys.path.append(str(TV_SITE))
     if importlib.util.find_spec("torchvision") is None:
-        pytest.skip("needs torchvision 0.28.0 (make tv-site)")
+        pytest.skip("needs torchvision 0.28.0 in build/tv-site (make install)")
     if not _DECLARED:
         try:
             lib = torch.library.Library("torchvision", "DEF")

@@ -10,8 +10,9 @@
 3. rescale and normalize, cut the grid into crops row by row, and put first the whole padded
    image resized bicubically to one crop (the "global image").
 
-HF resizes step 2 with torchvision's antialiased bilinear on the uint8 image, which is
-Pillow's BILINEAR resize (the same fixed-point filter, bit for bit); the global image's
+HF resizes step 2 with torchvision's antialiased bilinear on the uint8 image: Pillow's filter
+with torch's own fixed-point precision (Pillow's BILINEAR differs by one level on some
+pixels), done here in NumPy as torch's CPU kernel does it; the global image's
 bicubic resize without antialiasing is torch's ``interpolate`` on float32, done here as two
 products with ``inp_embd.bicubic_matrix``.
 
@@ -105,6 +106,42 @@ def hd_layout(w: int, h: int, c: Phi4ImageConfig) -> tuple[tuple[int, int], tupl
     return (cols, rows), new, (tw - new[0], th - new[1])
 
 
+def _aa_bilinear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """torch's antialiased bilinear weights for uint8 (aten UpSampleKernel: ``_compute_index_ranges_
+    int16_weights``): per output the first source index and int16 weights, and their precision."""
+    scale = n_in / n_out
+    support = scale if scale >= 1.0 else 1.0
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    k = int(np.ceil(support)) * 2 + 1
+    starts, ws = np.zeros(n_out, np.int64), np.zeros((n_out, k), np.float64)
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        n = min(int(center + support + 0.5), n_in) - lo
+        w = np.maximum(0.0, 1.0 - np.abs((np.arange(n) + lo - center + 0.5) * inv))
+        starts[i], ws[i, :n] = lo, w / w.sum() if w.sum() else w
+    prec = 0
+    while prec < 22 and int(0.5 + ws.max() * (1 << (prec + 1))) < (1 << 15):
+        prec += 1
+    wi = np.trunc(ws * (1 << prec) + np.where(ws >= 0, 0.5, -0.5)).astype(np.int64)
+    return starts, wi, prec
+
+
+def _resize_u8(a: np.ndarray, w: int, h: int) -> np.ndarray:
+    """torchvision's ``resize`` of a uint8 (H, W, 3) image, antialiased bilinear: horizontal pass,
+    then vertical, each in fixed point rounded to uint8 as torch's CPU kernel does."""
+    for axis, n_out in ((1, w), (0, h)):
+        n_in = a.shape[axis]
+        if n_in == n_out:
+            continue
+        starts, wi, prec = _aa_bilinear_weights(n_in, n_out)
+        x = np.moveaxis(a, axis, 0).astype(np.int64)
+        idx = np.minimum(starts[:, None] + np.arange(wi.shape[1]), n_in - 1)
+        acc = np.einsum("ok,ok...->o...", wi, x[idx]) + (1 << (prec - 1))
+        a = np.moveaxis(np.clip(acc >> prec, 0, 255).astype(np.uint8), 0, axis)
+    return a
+
+
 def _bicubic(n_in: int, n_out: int) -> np.ndarray:
     from ..inp_embd import bicubic_matrix
     return bicubic_matrix(n_in, n_out).astype(np.float32)
@@ -122,9 +159,10 @@ def phi4_image(src: ImageSource | Image.Image, c: Phi4ImageConfig = Phi4ImageCon
     if ph >= c.patch:
         mask[-(ph // c.patch):, :] = False
     canvas = np.full((rows * c.crop, cols * c.crop, 3), 255, np.uint8)
-    canvas[:new[1], :new[0]] = np.asarray(img.resize(new, Image.Resampling.BILINEAR))
-    x = canvas.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255)
-    x = (x - np.asarray(c.mean, np.float32)[:, None, None]) / np.asarray(c.std, np.float32)[:, None, None]
+    canvas[:new[1], :new[0]] = _resize_u8(np.asarray(img), *new)
+    # HF folds the 1/255 rescale into mean and std: (x - 255 mean) / (255 std), in float32
+    mean, std = (np.asarray(v, np.float64)[:, None, None] * 255 for v in (c.mean, c.std))
+    x = (canvas.transpose(2, 0, 1).astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
     glob = np.einsum("oh,chw,pw->cop", _bicubic(x.shape[1], c.crop), x, _bicubic(x.shape[2], c.crop),
                      optimize=True).astype(np.float32)
     crops = x.reshape(3, rows, c.crop, cols, c.crop).transpose(1, 3, 0, 2, 4).reshape(-1, 3, c.crop, c.crop)
