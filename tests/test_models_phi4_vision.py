@@ -2,8 +2,8 @@
 (``image_embeds`` after the projector) of Phi4MultimodalForCausalLM, small random config, for
 images needing 1, 4 and 12 crops, alone and as one batch of mixed crop counts.
 
-Input: HF's own processor output (pixels, masks, sizes) where torchvision is there, else the
-same layout from preprocess.phi4 (tests/test_preprocess_phi4.py compares the two).
+Input: preprocess.phi4's crops, masks and sizes (tests/test_preprocess_phi4.py holds them equal to
+HF's Phi4MultimodalImageProcessor), in HF's padded batch layout for the reference.
 Bound: 1e-5 relative L2 in f32 (measured 1e-6 to 4e-6 on both backends; printed).
 """
 from __future__ import annotations
@@ -121,3 +121,26 @@ def test_bad_items_raise(tiny):
     im = Phi4Image(np.zeros((2, 3, 32, 32), np.float32), np.ones((2, 8, 8), bool), (2, 2))
     with pytest.raises(ValueError, match="grid"):
         pv.Phi4Vision(c).build_items(g, "image.items", [im])
+
+
+def test_hf_folder_converts_and_embeds(tiny, tmp_path):
+    """HF dir -> graphdsl convert -> graphdsl embed --image: the file's projector type is "phi4" and
+    the rows are HF's image_embeds for the same image (pre-processed by the file's hook)."""
+    import subprocess
+    import sys
+    from graphdsl.gguf_io import load_mmproj
+    model, c, _ = tiny
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder)
+    img = tmp_path / "i.png"
+    _image(*SIZES[4]).save(img)
+    gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
+    for cmd in (["convert", folder, "-o", gguf], ["embed", "--mmproj", gguf, "--image", img, "-o", out,
+                                                  "--backend", "cpu"]):
+        r = subprocess.run([sys.executable, "-m", "graphdsl.cli", *map(str, cmd)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert load_mmproj(gguf)[0].vision.projector_type == "phi4"
+    im = phi4_image(img, Phi4ImageConfig(crop=c.image_size, patch=c.patch_size))
+    ref = hf_image_embeds(model, *_hf_batch([im]))
+    assert rel_err(np.load(out), ref) <= BOUND

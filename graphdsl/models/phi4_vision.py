@@ -281,7 +281,16 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, HF_PREFIXES, _rules(), weight_shapes(cfg), "phi4_vision", fix)
 
 
+def frames(src: Any, mmproj) -> Phi4Image:
+    """``embed_files``' pre-processing: the HD crops of one image with the file's crop size, patch
+    size, mean and std (HF's default dynamic_hd, 36 crops at most)."""
+    from ..preprocess.phi4 import Phi4ImageConfig, phi4_image
+    c, v = mmproj.vision.cfg, mmproj.config.vision
+    return phi4_image(src, Phi4ImageConfig(crop=c.image_size, patch=c.patch_size, mean=tuple(v.image_mean),
+                                           std=tuple(v.image_std)))
+
+
 ARCH = register(Arch(
     "phi4_vision", "image", Phi4Vision, Phi4VisionConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("phi4",), hf_model_types=("phi4_multimodal",), image=ImagePreprocess("siglip"),
+    projectors=("phi4",), hf_model_types=("phi4_multimodal",), image=ImagePreprocess("siglip"), frames=frames,
     examples=(Phi4VisionConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48),)))
