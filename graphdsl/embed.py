@@ -67,12 +67,35 @@ class Span:
     n_tokens: int
 
 
+# Per-row modality codes (Embeddings.modality) and Phi-4-multimodal's InputMode values
+# (Embeddings.input_mode: which LoRA its decoder applies, and which audio projector it uses).
+MODALITIES = ("text", "image", "audio", "embeddings")
+INPUT_MODES = {"language": 0, "vision": 1, "speech": 2, "vision_speech": 3}
+
+
 @dataclass
 class Embeddings:
     """The decoder input (n_tokens_total, n_embd) and one Span per chunk, in batch order."""
 
     embd: np.ndarray
     spans: list[Span]
+
+    @property
+    def modality(self) -> np.ndarray:
+        """(n_tokens_total,) int8: each row's ``MODALITIES`` index (0 text, 1 image, 2 audio, 3
+        embeddings; another media kind gets 1 + its position after those)."""
+        out = np.zeros(sum(s.n_tokens for s in self.spans), np.int8)
+        for s in self.spans:
+            out[s.start:s.start + s.n_tokens] = MODALITIES.index(s.kind) if s.kind in MODALITIES else len(MODALITIES)
+        return out
+
+    @property
+    def input_mode(self) -> int:
+        """Phi-4-multimodal's ``input_mode`` for the batch (its processor's rule): 3 with images
+        and audio, 1 with images, 2 with audio, 0 for text alone."""
+        kinds = {s.kind for s in self.spans}
+        return INPUT_MODES[{(True, True): "vision_speech", (True, False): "vision", (False, True): "speech",
+                            (False, False): "language"}["image" in kinds, "audio" in kinds]]
 
 
 def as_item(item: Any) -> tuple[str, Any]:
