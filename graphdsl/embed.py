@@ -20,7 +20,8 @@ rows of one fixed shape, items of equal row shape are stacked into one batch inp
 ``model(x)`` returns ``(B, n_per_row, d)``. A model whose items do not stack (images of any size
 packed into one sequence with per-image attention, anyres tiles plus newline rows, slices with
 marker rows) defines instead ``build_items(g, prefix, datas) -> (feeds, outs, key)``: it is called
-once per kind with all items of that kind in batch order, adds its inputs (named ``prefix...``)
+once per kind with all items of that kind in batch order (and, if it takes ``batch_kinds``, the
+kinds of the whole batch), adds its inputs (named ``prefix...``)
 and nodes to ``g``, and returns the arrays to feed, one ``(n_i, d)`` Tensor per item, and a
 hashable ``key`` for what shapes alone do not say (e.g. the per-image grids), which becomes part
 of the compiled-graph cache key. It keeps ``example`` and ``__call__``: ``Embedder`` declares
@@ -42,6 +43,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections import OrderedDict
@@ -174,7 +176,10 @@ def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = No
     layout = []
     for kind, members in itemwise.items():
         prefix = f"{kind}.items"
-        kfeeds, outs, key = media[kind].build_items(g, prefix, [d for _, d in members])
+        build_items = media[kind].build_items
+        # a model may ask for the batch's kinds (Phi-4's audio projector follows whether it has an image)
+        extra = {"batch_kinds": tuple(kinds)} if "batch_kinds" in inspect.signature(build_items).parameters else {}
+        kfeeds, outs, key = build_items(g, prefix, [d for _, d in members], **extra)
         if len(outs) != len(members) or any(o.ndim != 2 for o in outs):
             raise RuntimeError(f"[embed] {type(media[kind]).__name__}.build_items returned "
                                f"{[o.shape for o in outs]} for {len(members)} items; want one (n_i, d) tensor each")

@@ -111,8 +111,9 @@ def hf_image_processor(crop: int, patch: int, dynamic_hd: int = 36):
     return Phi4MultimodalImageProcessor(size={"height": crop, "width": crop}, patch_size=patch, dynamic_hd=dynamic_hd)
 
 
-def hf_audio_embeds(model, features):
-    """The speech projector's output for one clip's features (T, n_mel): (ceil(T / 8), d_text)."""
+def hf_audio_embeds(model, features, mode="speech"):
+    """The projector's output ("speech", or "vision": HF's choice when the batch holds an image)
+    for one clip's features (T, n_mel): (ceil(T / 8), d_text)."""
     torch = need_torch()
     emb = model.model.embed_tokens_extend.audio_embed
     cfg = model.config
@@ -120,7 +121,7 @@ def hf_audio_embeds(model, features):
     ids = torch.full((1, n), cfg.audio_config.audio_token_id, dtype=torch.long)
     with torch.no_grad():
         out = emb(ids, torch.zeros(1, n, cfg.hidden_size), torch.from_numpy(np.asarray(features, np.float32))[None],
-                  audio_embed_sizes=torch.tensor([n]), audio_projection_mode="speech")
+                  audio_embed_sizes=torch.tensor([n]), audio_projection_mode=mode)
     return out[0].numpy()
 
 

@@ -15,7 +15,8 @@ Per clip (``preprocess.phi4_audio.phi4_audio_features``: log-mel (T, n_mel)):
                                         silu -> conv_pw2
       x = x + 0.5 * ffn_1(x)
       x = ln2(x)
-    y = mm.a.mlp.2(gelu_erf(mm.a.mlp.0(x)))                                      (HF's speech projector)
+    y = mm.a.mlp.2(gelu_erf(mm.a.mlp.0(x)))          (HF's speech projector; mm.a.mlp_vision.N: the
+                                                      one HF uses when the batch holds an image)
 
 Every op is an existing registry op: the depthwise convolutions are sums of shifted (strided)
 views times per-channel weights, exact f32 on every backend; the GLU is views, add and mul; the
@@ -154,23 +155,40 @@ def _conv_module(x: Tensor, c: Phi4AudioConfig) -> Tensor:
     return blocks.linear(h, "conv_pw2", d, wtype=c.wtype)
 
 
+PROJECTORS = {"speech": "mm.a.mlp", "vision": "mm.a.mlp_vision"}
+
+
 class Phi4Audio(Block):
-    """Log-mel (T, n_mel) f32 of one clip -> (ceil(T / 8), n_mm_embd); several clips: ``build_items``."""
+    """Log-mel (T, n_mel) f32 of one clip -> (ceil(T / 8), n_mm_embd); several clips: ``build_items``.
+
+    mode: which of HF's two projectors runs: "speech", "vision" (HF's choice when the batch holds
+    an image), or "auto": "vision" when the mixed batch has an image item, else "speech", as HF
+    sets ``audio_projection_mode`` (embed.build_mixed passes the batch's kinds). A bare call
+    (``build``) runs "speech" unless mode says "vision". Both projectors are declared either way:
+    one file serves both modes.
+    """
 
     kind = "audio"
     example = property(lambda self: ((64, self.cfg.n_mel), "f32"))
 
+    def __init__(self, cfg, mode: str = "auto"):
+        if mode not in ("auto", *PROJECTORS):
+            raise ValueError(f"[phi4_audio] mode must be 'auto', 'speech' or 'vision', got {mode!r}")
+        super().__init__(cfg)
+        self.mode = mode
+
     def n_tokens(self, n_frames: int) -> int:
         return self.cfg.rows(n_frames)
 
-    def build_items(self, g: Graph, prefix: str, datas):
+    def build_items(self, g: Graph, prefix: str, datas, batch_kinds=()):
+        mode = self.mode if self.mode != "auto" else "vision" if "image" in batch_kinds else "speech"
         feeds, outs = {}, []
         with g.weight_types(getattr(self.cfg, "wtypes", None)):
             for i, d in enumerate(datas):
                 mel = self.features(d)
                 feeds[f"{prefix}.{i}"] = mel
-                outs.append(self._build(g.input(f"{prefix}.{i}", mel.shape)))
-        return feeds, outs, ()
+                outs.append(self._build(g.input(f"{prefix}.{i}", mel.shape), mode))
+        return feeds, outs, mode
 
     def features(self, data) -> np.ndarray:
         a = np.asarray(data)
@@ -185,8 +203,9 @@ class Phi4Audio(Block):
             raise ValueError("[phi4_audio] features hold NaN or inf")
         return np.ascontiguousarray(a, np.float32)
 
-    def _build(self, mel: Tensor) -> Tensor:
+    def _build(self, mel: Tensor, mode: str | None = None) -> Tensor:
         c, g = self.cfg, mel.graph
+        mode = mode or ("vision" if self.mode == "vision" else "speech")
         _check(c)
         n_t, n_mel = mel.shape
         if c.rows(n_t) > MAX_ROWS:
@@ -215,16 +234,22 @@ class Phi4Audio(Block):
                     x = ops.add(x, _conv_module(x, c), name="conv_res")
                     x = ops.add(x, ops.scale(_ffn(x, c, "_1"), 0.5), name="ffn_out_out")
                     x = blocks.norm(x, "ln2", eps=c.eps)
-        with g.scope("mm.a.mlp"):
+        for m, scope in PROJECTORS.items():
+            if m != mode:  # declared, unused: one set of weights serves both modes
+                with g.scope(scope):
+                    for i, n_in in ((0, c.n_embd), (2, c.n_mm_embd)):
+                        g.weight(f"{i}.weight", (c.n_mm_embd, n_in), c.wtype)
+                        g.weight(f"{i}.bias", (c.n_mm_embd,))
+        with g.scope(PROJECTORS[mode]):
             y = blocks.linear(x, "0", c.n_mm_embd, wtype=c.wtype)
             y = ops.gelu_erf(y, name="act")
             return blocks.linear(y, "2", c.n_mm_embd, wtype=c.wtype)
 
 
-def build(cfg: Phi4AudioConfig, n_frames: int = 64) -> Graph:
+def build(cfg: Phi4AudioConfig, n_frames: int = 64, mode: str = "speech") -> Graph:
     """A graph with input ``mel`` (n_frames, n_mel) and output ``embd`` (ceil(n_frames / 8), n_mm_embd)."""
     g = Graph("phi4_audio")
-    g.output("embd", Phi4Audio(cfg)(g.input("mel", (n_frames, cfg.n_mel))))
+    g.output("embd", Phi4Audio(cfg, mode)(g.input("mel", (n_frames, cfg.n_mel))))
     return g
 
 
@@ -298,7 +323,8 @@ def _rules(cfg: Phi4AudioConfig):
                "conv.dw_sep_conv_1d.dw_conv": "conv_dw", "conv.dw_sep_conv_1d.pw_conv": "conv_dw_pw",
                "conv.ext_pw_conv_1d": "conv_pw2"}
         r += [(f"{e}encoders.{{bid}}.{hf}.{s}", f"a.blk.{{bid}}.{gg}.{s}") for hf, gg in per.items()]
-        r += [(f"{hf}.{s}", tn(T.A_MMPROJ, s, i)) for hf, i in (("up_proj_for_speech", 0), ("down_proj_for_speech", 2))]
+        r += [(f"{hf}_for_{mode}.{s}", f"{PROJECTORS[m]}.{i}.{s}") for m, mode in (("speech", "speech"), ("vision", "vision_speech"))
+              for hf, i in (("up_proj", 0), ("down_proj", 2))]
     r += [(f"{e}encoders.{{bid}}.conv.glu.b{i}", f"a.blk.{{bid}}.conv_glu_b{i}") for i in (1, 2)]
     return r
 
