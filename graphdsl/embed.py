@@ -333,7 +333,10 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
         frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
         media["image"] = ([("image", frames(src, m)) for src in images] if frames is not None else
                           [("image", px) for px in preprocess_images(images, m.image_config())])
-    if audios:
+    audio_hook = m.archs["audio"].extra.get("audio") if audios else None  # archs with their own features
+    if audio_hook is not None:
+        media["audio"] = [("audio", audio_hook(a, m, max_seconds)) for a in audios]
+    elif audios:
         if m.audio.cfg.n_frames != N_FRAMES:
             raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
                              f"Whisper's log-mel gives {N_FRAMES}")

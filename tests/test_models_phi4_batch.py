@@ -92,3 +92,34 @@ def test_input_mode_follows_the_batch(setup):
     assert emb([ids, ("image", im)]).input_mode == 1
     assert emb([("audio", mel), ids]).input_mode == 2
     assert emb([("image", im), ("audio", mel)]).input_mode == 3
+
+
+def test_hf_folder_converts_and_embeds_image_and_wav(setup, tmp_path):
+    """HF dir -> graphdsl convert (one mmproj: vision "phi4" + audio "phi4") -> graphdsl embed
+    --image --audio: the image's rows then the clip's, HF's for the same inputs (the audio through
+    the vision-speech projector, the batch holding an image)."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from graphdsl.gguf_io import load_mmproj
+    torch, phi, vc, ac, _ = setup
+    folder = tmp_path / "hf"
+    phi.save_pretrained(folder)
+    img, wav = tmp_path / "i.png", tmp_path / "a.wav"
+    _image(70, 100, 5).save(img)
+    pcm = (np.random.default_rng(6).standard_normal(24000) * 0.1).astype(np.float32)
+    sf.write(wav, pcm, 16000, subtype="FLOAT")
+    gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
+    for cmd in (["convert", folder, "-o", gguf], ["embed", "--mmproj", gguf, "--image", img, "--audio", wav,
+                                                  "-o", out, "--backend", "cpu"]):
+        r = subprocess.run([sys.executable, "-m", "graphdsl.cli", *map(str, cmd)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    m = load_mmproj(gguf)[0]
+    assert (m.vision.projector_type, m.audio.projector_type) == ("phi4", "phi4")
+    im = phi4_image(img, Phi4ImageConfig(crop=vc.image_size, patch=vc.patch_size))
+    ref = np.concatenate([hf_image_embeds(phi, im.pixel_values[None], np.asarray([im.image_size]), im.patch_mask[None]),
+                          hf_audio_embeds(phi, phi4_audio_features(pcm, n_mel=ac.n_mel), "vision")])
+    assert rel_err(np.load(out), ref) <= BOUND

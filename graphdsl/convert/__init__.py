@@ -41,7 +41,7 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
     out_path is never one of the checkpoint's files (ValueError); an existing GGUF there is
     replaced only once the new one is complete (graphdsl.fileio), so a failed conversion keeps it.
     """
-    from .hf import combine, prepare
+    from .hf import combine, prepare_all
 
     if outtype not in OUTTYPES:
         raise ValueError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
@@ -49,8 +49,9 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
     if not dirs:
         raise ValueError("no HF folder to convert")
     check_output(out_path, input_files(dirs), force=True)
-    parts = [prepare(d) for d in dirs]
-    arch, kv, tensors = parts[0] if len(parts) == 1 else combine(parts, dirs)
+    named = [(part, d) for d in dirs for part in prepare_all(d)]  # a folder may hold several encoders
+    parts, names = [p for p, _ in named], [n for _, n in named]
+    arch, kv, tensors = parts[0] if len(parts) == 1 else combine(parts, names)
     typed = {name: (arr, tensor_type(name, arr.shape, outtype)) for name, arr in tensors.items()}
     write_gguf(os.fspath(out_path), arch, kv, typed, file_type=FILE_TYPE[outtype])
     return {name: t for name, (_, t) in typed.items()}

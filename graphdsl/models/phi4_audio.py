@@ -1,4 +1,6 @@
-"""Phi-4-multimodal audio: a Conformer encoder and the speech projector (projector "phi4_audio").
+"""Phi-4-multimodal audio: a Conformer encoder and the speech projector (clip.audio.projector_type
+"phi4": llama.cpp's name for the model, whose mtmd builds only its vision; a new type name would
+be refused by every reader that checks llama.cpp's list, this one reads as "Phi-4's audio").
 
 Per clip (``preprocess.phi4_audio.phi4_audio_features``: log-mel (T, n_mel)):
 
@@ -283,8 +285,8 @@ def config_from_hf(hf: Any) -> Phi4AudioConfig:
 def config_from_gguf(src: Any) -> Phi4AudioConfig:
     m = mmproj_config(src)
     a = m.audio
-    if a is None or a.projector_type != "phi4_audio":
-        raise m.error("no phi4_audio encoder")
+    if a is None or a.projector_type != "phi4":
+        raise m.error("no Phi-4 audio encoder (clip.audio.projector_type 'phi4')")
     need = {"conv2d.0": tn(T.A_ENC_CONV2D, "weight", 0), "dw": tn(T.A_ENC_CONV_DW, "weight", 0),
             "bias": "a.attn_rel_bias.weight", "out": tn(T.A_MMPROJ, "weight", 2)}
     missing = [v for v in need.values() if v not in m.shapes]
@@ -300,7 +302,7 @@ def config_from_gguf(src: Any) -> Phi4AudioConfig:
 
 def config_to_gguf(cfg: Phi4AudioConfig) -> list[tuple[str, object]]:
     A = Keys.ClipAudio
-    return [(Keys.Clip.HAS_AUDIO_ENCODER, True), (Keys.Clip.PROJECTOR_TYPE, "phi4_audio"), (A.NUM_MEL_BINS, cfg.n_mel),
+    return [(Keys.Clip.HAS_AUDIO_ENCODER, True), (Keys.Clip.PROJECTOR_TYPE, "phi4"), (A.NUM_MEL_BINS, cfg.n_mel),
             (A.EMBEDDING_LENGTH, cfg.n_embd), (A.FEED_FORWARD_LENGTH, cfg.n_ff), (A.BLOCK_COUNT, cfg.n_layer),
             (A.Attention.HEAD_COUNT, cfg.n_head), (A.Attention.LAYERNORM_EPS, float(cfg.eps)),
             (A.PROJECTION_DIM, int(cfg.n_mm_embd))]
@@ -346,8 +348,16 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, HF_PREFIXES, _rules(cfg), weight_shapes(cfg), "phi4_audio", fix)
 
 
+def features_of(src: Any, mmproj, max_seconds: float | None = None) -> np.ndarray:
+    """``embed_files``' pre-processing: a path or 16 kHz PCM -> the log-mel this encoder reads."""
+    from ..preprocess.audio import load_audio
+    from ..preprocess.phi4_audio import phi4_audio_features
+    pcm = load_audio(src, **({} if max_seconds is None else {"max_seconds": max_seconds}))
+    return phi4_audio_features(pcm, n_mel=mmproj.audio.cfg.n_mel)
+
+
 ARCH = register(Arch(
     "phi4_audio", "audio", Phi4Audio, Phi4AudioConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("phi4_audio",),
+    projectors=("phi4",), extra={"audio": features_of},
     examples=(Phi4AudioConfig(n_mel=16, n_embd=32, n_ff=48, n_head=4, n_layer=2, n_conv=16, max_distance=50,
                               n_mm_embd=48),)))
