@@ -262,6 +262,9 @@ def weight_shapes(cfg: Phi4AudioConfig) -> dict[str, tuple[int, ...]]:
 def config_from_hf(hf: Any) -> Phi4AudioConfig:
     """From an HF Phi4MultimodalConfig (audio_config, hidden_size)."""
     d = as_dict(hf)  # the same HF config as phi4_vision's (model_type phi4_multimodal), read for its audio part
+    if "audio_config" not in d:
+        raise ValueError(f"[phi4_audio.config_from_hf] needs the whole Phi4MultimodalConfig (audio_config and the "
+                         f"text hidden_size the projector maps to), got model_type {d.get('model_type')!r}")
     a = sub(d, "audio_config")
     n = a.get("hidden_size", 1024)
     for key in ("ext_pw_out_channel", "depthwise_separable_out_channel"):
@@ -358,6 +361,6 @@ def features_of(src: Any, mmproj, max_seconds: float | None = None) -> np.ndarra
 
 ARCH = register(Arch(
     "phi4_audio", "audio", Phi4Audio, Phi4AudioConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("phi4",), extra={"audio": features_of},
+    projectors=("phi4",), hf_model_types=("phi4_multimodal_audio",), extra={"audio": features_of},
     examples=(Phi4AudioConfig(n_mel=16, n_embd=32, n_ff=48, n_head=4, n_layer=2, n_conv=16, max_distance=50,
                               n_mm_embd=48),)))

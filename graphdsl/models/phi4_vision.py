@@ -37,7 +37,7 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..preprocess.phi4 import Phi4Image
-from .common import (Block, T, VitHparams, convert_state, gguf_vision, hf_dict, hf_vit_rules, sub, tn, vit_keys,
+from .common import (Block, T, VitHparams, as_dict, convert_state, gguf_vision, hf_vit_rules, sub, tn, vit_keys,
                      weight_shapes_of)
 from .registry import Arch, ImagePreprocess, register
 
@@ -232,7 +232,10 @@ def weight_shapes(cfg: Phi4VisionConfig) -> dict[str, tuple[int, ...]]:
 
 def config_from_hf(hf: Any) -> Phi4VisionConfig:
     """From an HF Phi4MultimodalConfig (vision_config, hidden_size)."""
-    d = hf_dict(hf, "phi4_vision")
+    d = as_dict(hf)  # its audio_config is phi4_audio's (model_type phi4_multimodal_audio): not a conflict
+    if "vision_config" not in d:
+        raise ValueError(f"[phi4_vision.config_from_hf] needs a Phi4MultimodalConfig (vision_config), got "
+                         f"model_type {d.get('model_type')!r}")
     v = sub(d, "vision_config")
     n_hidden, fl = v.get("num_hidden_layers", 27), v.get("feature_layer", -2)
     n_layer = n_hidden + fl + 1 if fl < 0 else fl
