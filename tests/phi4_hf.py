@@ -105,36 +105,38 @@ def torchvision_transforms():
 
 
 def hf_image_processor(crop: int, patch: int, dynamic_hd: int = 36):
+    """HF's processor for square crops; call it as HF's (images, return_tensors="np")."""
     torchvision_transforms()
     # the submodule itself: the package's lazy table may have filed the class as unavailable already
     from transformers.models.phi4_multimodal.image_processing_phi4_multimodal import Phi4MultimodalImageProcessor
     return Phi4MultimodalImageProcessor(size={"height": crop, "width": crop}, patch_size=patch, dynamic_hd=dynamic_hd)
 
 
-def hf_audio_embeds(model, features, mode="speech"):
-    """The projector's output ("speech", or "vision": HF's choice when the batch holds an image)
-    for one clip's features (T, n_mel): (ceil(T / 8), d_text)."""
-    torch = need_torch()
-    emb = model.model.embed_tokens_extend.audio_embed
-    cfg = model.config
-    n = -(-features.shape[0] // cfg.audio_config.time_reduction)
-    ids = torch.full((1, n), cfg.audio_config.audio_token_id, dtype=torch.long)
-    with torch.no_grad():
-        out = emb(ids, torch.zeros(1, n, cfg.hidden_size), torch.from_numpy(np.asarray(features, np.float32))[None],
-                  audio_embed_sizes=torch.tensor([n]), audio_projection_mode=mode)
-    return out[0].numpy()
-
-
-def randomize_audio_buffers(model, seed=0):
-    """The input normalisation is buffers (mean 0, invstd 1 at init) and the relative position bias
-    starts near 0: give them values that count, so that a mistake in either shows."""
-    torch = need_torch()
-    enc = model.model.embed_tokens_extend.audio_embed.encoder
-    e = enc.encoder_embedding
-    gen = torch.Generator().manual_seed(seed + 2)
-    with torch.no_grad():
-        e.global_mean.copy_(torch.randn(e.global_mean.shape, generator=gen))
-        e.global_invstd.copy_(0.5 + torch.rand(e.global_invstd.shape, generator=gen))
-        b = enc.relative_attention_bias_layer.bias_values.weight
-        b.copy_(torch.randn(b.shape, generator=gen))
-    return model
+def hf_process(cases) -> list[dict[str, np.ndarray]]:
+    """HF's processor output for each (uint8 (H, W, 3) image, crop, patch, dynamic_hd), computed in
+    one fresh Python: transformers files its torchvision-backed modules as unavailable when a
+    process imported them before torchvision was on the path (as a whole test session does), and
+    reloading does not undo that."""
+    import subprocess
+    import tempfile
+    # skip here, not in the child, when torchvision is missing; this process never imports it
+    if importlib.util.find_spec("torchvision") is None and not (TV_SITE / "torchvision").is_dir():
+        pytest.skip("needs torchvision 0.28.0 in build/tv-site (make install)")
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for i, (im, *_) in enumerate(cases):
+            np.save(d / f"in{i}.npy", im)
+        params = [tuple(int(v) for v in c[1:]) for c in cases]
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import numpy as np; "
+                "from PIL import Image; from phi4_hf import hf_image_processor\n"
+                f"for i, (c, p, h) in enumerate({params!r}):\n"
+                f"    o = hf_image_processor(c, p, h)([Image.fromarray(np.load({str(d)!r} + f'/in{{i}}.npy'))], "
+                "return_tensors='np')\n"
+                f"    np.savez({str(d)!r} + f'/out{{i}}.npz', **{{k: np.asarray(v) for k, v in o.items()}})")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = []
+        for i in range(len(cases)):
+            with np.load(d / f"out{i}.npz") as z:
+                out.append({k: z[k] for k in z.files})
+        return out
