@@ -140,3 +140,32 @@ def hf_process(cases) -> list[dict[str, np.ndarray]]:
             with np.load(d / f"out{i}.npz") as z:
                 out.append({k: z[k] for k in z.files})
         return out
+
+
+def hf_audio_embeds(model, features, mode="speech"):
+    """The projector's output ("speech", or "vision": HF's choice when the batch holds an image)
+    for one clip's features (T, n_mel): (ceil(T / 8), d_text)."""
+    torch = need_torch()
+    emb = model.model.embed_tokens_extend.audio_embed
+    cfg = model.config
+    n = -(-features.shape[0] // cfg.audio_config.time_reduction)
+    ids = torch.full((1, n), cfg.audio_config.audio_token_id, dtype=torch.long)
+    with torch.no_grad():
+        out = emb(ids, torch.zeros(1, n, cfg.hidden_size), torch.from_numpy(np.asarray(features, np.float32))[None],
+                  audio_embed_sizes=torch.tensor([n]), audio_projection_mode=mode)
+    return out[0].numpy()
+
+
+def randomize_audio_buffers(model, seed=0):
+    """The input normalisation is buffers (mean 0, invstd 1 at init) and the relative position bias
+    starts near 0: give them values that count, so that a mistake in either shows."""
+    torch = need_torch()
+    enc = model.model.embed_tokens_extend.audio_embed.encoder
+    e = enc.encoder_embedding
+    gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        e.global_mean.copy_(torch.randn(e.global_mean.shape, generator=gen))
+        e.global_invstd.copy_(0.5 + torch.rand(e.global_invstd.shape, generator=gen))
+        b = enc.relative_attention_bias_layer.bias_values.weight
+        b.copy_(torch.randn(b.shape, generator=gen))
+    return model
