@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hf_refs import need_torch, randomize, rel_err  # noqa: F401
+from hf_refs import need_torch, rel_err
 from phi4_hf import hf_image_embeds, tiny_phi4
 from PIL import Image
 
@@ -104,8 +104,6 @@ def test_positions_are_hf_bucketing(tiny):
         m = np.zeros((p, p), bool)
         m[:rows, :cols] = True
         ids = {}
-        def grab(mod, args, out, ids=ids):
-            ids["x"] = out
         h = emb.position_embedding.register_forward_hook(lambda mod, a, o: ids.__setitem__("pos", a[0]))
         with torch.no_grad():
             emb(torch.zeros(1, 3, c.image_size, c.image_size), torch.from_numpy(m)[None])
