@@ -1,19 +1,18 @@
 """Gaps a new user hits (issue 19 part 3): text-only `embed`, the spans file, progress on a
 terminal only, and a `make demo` that installs the runtime alone."""
-import fcntl
 import json
 import os
-import pty
-import struct
 import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gguf import GGUFReader
 from gguf.quants import dequantize
+
+import cli_run
+from cli_run import stderr_on_tty
 
 from graphdsl import cli, demo
 
@@ -100,28 +99,10 @@ def test_spans_write_is_atomic(files, tmp_path, capsys, monkeypatch):
 
 def _run_on(argv, tty: bool, cwd) -> str:
     """stderr of `graphdsl ARGV` in a subprocess, stderr on a pseudo-terminal or a pipe."""
-    cmd = [sys.executable, "-m", "graphdsl.cli", *map(str, argv)]
     env = {**os.environ, "COLUMNS": "100"}
-    if not tty:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, env=env, check=False)
-        assert r.returncode == 0, r.stderr
-        return r.stderr
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # a terminal has a size
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave, cwd=cwd, env=env)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            b = os.read(master, 4096)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not b:
-            break
-        chunks.append(b)
-    os.close(master)
-    assert p.wait(timeout=300) == 0, b"".join(chunks)
-    return b"".join(chunks).decode(errors="replace")
+    if tty:
+        return stderr_on_tty([sys.executable, "-m", "graphdsl.cli", *argv], cwd=cwd, env=env)
+    return cli_run.graphdsl(*argv, cwd=cwd, env=env).stderr
 
 
 def test_progress_on_a_terminal_quiet_when_piped(files, tmp_path):

@@ -11,6 +11,8 @@ from PIL import Image
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
+from cli_run import stderr_on_tty  # noqa: E402
+
 from graphdsl import cli, demo  # noqa: E402
 from graphdsl.dataset import embed_dataset, read_manifest, read_output, shards  # noqa: E402
 from graphdsl.embed import embed_files  # noqa: E402
@@ -147,31 +149,12 @@ def test_command(setup, tmp_path, capsys):
 
 
 def test_progress_bar_with_rate_on_a_terminal_only(setup, tmp_path):
-    import fcntl
-    import pty
-    import struct
     import subprocess
     import sys
-    import termios
     pytest.importorskip("tqdm")
     cmd = [sys.executable, "-m", "graphdsl.cli", "embed-dataset", str(setup["imgs"]), "--mmproj",
            str(setup["mmproj"]), "--shard-size", "2", "--threads", "1"]
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
-    p = subprocess.Popen(cmd + ["-o", str(tmp_path / "a")], stdout=subprocess.DEVNULL, stderr=slave)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            b = os.read(master, 4096)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not b:
-            break
-        chunks.append(b)
-    os.close(master)
-    assert p.wait(timeout=300) == 0
-    bar = b"".join(chunks).decode(errors="replace")
+    bar = stderr_on_tty(cmd + ["-o", str(tmp_path / "a")], columns=120)
     assert "5/5" in bar and "item/s" in bar  # count, rate (and ETA while running)
     r = subprocess.run(cmd + ["-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300, check=True)
     assert r.stderr == "" and "5 item(s) embedded now" in r.stdout  # piped: the summary line only

@@ -6,14 +6,12 @@ Bound: 1e-5 relative L2 in f32 (the other towers measure ~5e-7 here; this one to
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_run import convert_and_embed
 from hf_refs import need_torch, randomize, rel_err
 from PIL import Image
-
 import graphdsl
 from graphdsl.models import idefics3
 from graphdsl.preprocess.idefics3 import Idefics3ImageConfig, idefics3_images
@@ -103,11 +101,7 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
     img = tmp_path / "i.png"
     _image().save(img)
     gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
-    for cmd in (["convert", folder, "-o", gguf], ["embed", "--mmproj", gguf, "--image", img, "-o", out,
-                                                  "--backend", "cpu"]):
-        r = subprocess.run([sys.executable, "-m", "graphdsl.cli", *map(str, cmd)], capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
+    convert_and_embed(folder, gguf, out, "--image", img)
     frames = idefics3_images(img, Idefics3ImageConfig(longest_edge=4 * c.image_size, max_image_size=c.image_size))
     ref = _hf_features(model, frames.pixel_values)
     got = np.load(out)

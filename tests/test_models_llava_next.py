@@ -9,14 +9,12 @@ no unpadding, the other grid orientation, tiles in column order, a zero newline.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_run import convert_and_embed
 from hf_refs import need_torch, randomize, rel_err, tiny_llama
 from PIL import Image
-
 import graphdsl
 from graphdsl.models import llava_next
 from graphdsl.preprocess.anyres import AnyresConfig, anyres_images
@@ -160,12 +158,7 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
         paths.append(tmp_path / f"i{i}.png")
         im.save(paths[-1])
     gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
-    for cmd in (["convert", folder, "-o", gguf],
-                ["embed", "--mmproj", gguf, *[a for p in paths for a in ("--image", p)], "-o", out,
-                 "--backend", "cpu"]):
-        r = subprocess.run([sys.executable, "-m", "graphdsl.cli", *map(str, cmd)], capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
+    convert_and_embed(folder, gguf, out, *[a for p in paths for a in ("--image", p)])
     from graphdsl.gguf_io.reader import _get, read_gguf
     f = read_gguf(gguf)
     assert _get(f, "clip.projector_type", str) == "mlp" and "v.image_newline" in f.tensors

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_run import convert_and_embed
 from hf_refs import need_torch, rel_err
 from phi4_hf import hf_audio_embeds, hf_image_embeds, randomize_audio_buffers, tiny_phi4
 from PIL import Image
-
 from graphdsl.embed import INPUT_MODES, Embedder
 from graphdsl.models import phi4_audio as pa
 from graphdsl.models import phi4_vision as pv
@@ -98,8 +98,6 @@ def test_hf_folder_converts_and_embeds_image_and_wav(setup, tmp_path):
     """HF dir -> graphdsl convert (one mmproj: vision "phi4" + audio "phi4") -> graphdsl embed
     --image --audio: the image's rows then the clip's, HF's for the same inputs (the audio through
     the vision-speech projector, the batch holding an image)."""
-    import subprocess
-    import sys
 
     import soundfile as sf
 
@@ -112,11 +110,7 @@ def test_hf_folder_converts_and_embeds_image_and_wav(setup, tmp_path):
     pcm = (np.random.default_rng(6).standard_normal(24000) * 0.1).astype(np.float32)
     sf.write(wav, pcm, 16000, subtype="FLOAT")
     gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
-    for cmd in (["convert", folder, "-o", gguf], ["embed", "--mmproj", gguf, "--image", img, "--audio", wav,
-                                                  "-o", out, "--backend", "cpu"]):
-        r = subprocess.run([sys.executable, "-m", "graphdsl.cli", *map(str, cmd)], capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
+    convert_and_embed(folder, gguf, out, "--image", img, "--audio", wav)
     m = load_mmproj(gguf)[0]
     assert (m.vision.projector_type, m.audio.projector_type) == ("phi4", "phi4")
     im = phi4_image(img, Phi4ImageConfig(crop=vc.image_size, patch=vc.patch_size))

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cli_run import convert_and_embed
 from hf_refs import need_torch, rel_err
 from phi4_hf import hf_image_embeds, tiny_phi4
 from PIL import Image
-
 import graphdsl
 from graphdsl.models import phi4_vision as pv
 from graphdsl.preprocess.phi4 import Phi4Image, Phi4ImageConfig, phi4_image
@@ -124,8 +124,6 @@ def test_bad_items_raise(tiny):
 def test_hf_folder_converts_and_embeds(tiny, tmp_path):
     """HF dir -> graphdsl convert -> graphdsl embed --image: the file's projector type is "phi4" and
     the rows are HF's image_embeds for the same image (pre-processed by the file's hook)."""
-    import subprocess
-    import sys
     from graphdsl.gguf_io import load_mmproj
     model, c, _ = tiny
     folder = tmp_path / "hf"
@@ -133,11 +131,7 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
     img = tmp_path / "i.png"
     _image(*SIZES[4]).save(img)
     gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
-    for cmd in (["convert", folder, "-o", gguf], ["embed", "--mmproj", gguf, "--image", img, "-o", out,
-                                                  "--backend", "cpu"]):
-        r = subprocess.run([sys.executable, "-m", "graphdsl.cli", *map(str, cmd)], capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
+    convert_and_embed(folder, gguf, out, "--image", img)
     assert load_mmproj(gguf)[0].vision.projector_type == "phi4"
     im = phi4_image(img, Phi4ImageConfig(crop=c.image_size, patch=c.patch_size))
     ref = hf_image_embeds(model, *_hf_batch([im]))
