@@ -215,7 +215,7 @@ class GGMLExecutor:
 
     def _lower(self, graph, live, wanted, n_tensors: int) -> Program:
         ctx = _ggml.Context(n_tensors)
-        L = Lowering(ctx, self.precision, fused_f32_attention=self.device_names[0] == "CPU")
+        L = Lowering(ctx, self.precision, fused_f32_attention=self.device_names[0] in ("CPU", onednn.NAME))
         # Constants get their own context: it is allocated in a buffer of its own, not by the scheduler.
         Lc = Lowering(_ggml.Context(sum(n.op == "const" for n in live) + 1), self.precision)
         vals: dict[int, object] = {}
