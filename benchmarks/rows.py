@@ -72,7 +72,12 @@ CALLS = {
 def _torch(spec, work):
     import torch
     torch.set_num_threads(spec["threads"])
-    model = torch.load(os.path.join(work, f"torch_{spec['dtype']}.pt"), weights_only=False).eval()
+    # rebuilt from its class, config and weights: a pickled HF module loses its output hooks
+    # (hidden_states come back None in transformers 5)
+    saved = torch.load(os.path.join(work, f"torch_{spec['dtype']}.pt"), weights_only=False)
+    model = saved["cls"](saved["config"]).to(getattr(torch, spec["dtype"]))
+    model.load_state_dict(saved["state"])
+    model.eval()
     x = torch.from_numpy(np.load(os.path.join(work, "x.npy")))[None].to(getattr(torch, spec["dtype"]))
     call = CALLS[spec["model"]]
 
@@ -127,7 +132,9 @@ def prepare(work: str, model: str, hf, gcfg, build, weights, inputs, x, wtypes, 
     notes = []
     np.save(os.path.join(work, "x.npy"), x)
     for dtype in ("float32", "bfloat16"):
-        torch.save(copy.deepcopy(hf).to(getattr(torch, dtype)), os.path.join(work, f"torch_{dtype}.pt"))
+        m = copy.deepcopy(hf).to(getattr(torch, dtype))
+        torch.save({"cls": type(hf), "config": hf.config, "state": m.state_dict()}, os.path.join(work, f"torch_{dtype}.pt"))
+        del m
     if onnx:
         try:
             import onnxruntime  # noqa: F401 - only to say early that the row cannot run
@@ -155,7 +162,7 @@ def run_row(work: str, label: str, spec: dict, python: str = sys.executable, env
     p = subprocess.run([python, os.path.join(HERE, "rows.py"), path], capture_output=True, text=True,
                        env={**os.environ, **(env or {})}, timeout=1800)
     if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1][:200]}
+        return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1][:200], "stderr": p.stderr}
     res = json.loads(p.stdout.strip().splitlines()[-1])
     res["y"] = np.load(spec["out"])
     return res

@@ -152,14 +152,16 @@ def bench_encoder(name, wtypes, repeat):
     if not portable:
         notes.append(f"portable-wheel row skipped: no {PORTABLE_VENV} (make portable-venv)")
     ok = {k: v for k, v in res.items() if "error" not in v}
-    ref = ok["torch float32"]["y"]
-    base, base16 = ok["torch float32"]["s"], ok["torch bfloat16"]["s"]
+    ref = ok["torch float32"]["y"] if "torch float32" in ok else None
+    base = ok["torch float32"]["s"] if "torch float32" in ok else float("nan")
+    base16 = ok["torch bfloat16"]["s"] if "torch bfloat16" in ok else float("nan")
     rows = []
     for k, v in res.items():
         if "error" in v:
             rows.append([k, "failed", "-", "-", "-", "-", v["error"]])
             continue
-        err = float(np.linalg.norm(v["y"] - ref) / np.linalg.norm(ref)) if not k.startswith("torch float32") else None
+        err = (float(np.linalg.norm(v["y"] - ref) / np.linalg.norm(ref))
+               if ref is not None and not k.startswith("torch float32") else None)
         rows.append([k, v["s"] * 1e3, v["s"] / base, v["s"] / base16, round(v["rss_mb"]),
                      "-" if err is None else f"{err:.1e}", v["what"]])
     body = table(["contender", "median ms", "/ torch fp32", "/ torch bf16", "peak RSS MiB",
