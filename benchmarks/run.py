@@ -4,8 +4,13 @@
     python benchmarks/run.py --quick    # a ~2-minute subset
     python benchmarks/run.py --only clip,overhead --out benchmarks/RESULTS.md
 
-Contenders run in the same process, alternating, same thread count; the median of N runs is
-reported, with ratios graphdsl / torch (lower is better for graphdsl).
+The encoder tables (clip, whisper, siglip) run every contender in a process of its own
+(benchmarks/rows.py: median of N runs after a warm-up, peak RSS, error vs torch fp32): torch
+fp32/bf16, ONNX Runtime fp32 (the `bench` extra), graphdsl with f32/f16/bf16 weights on the default
+install with and without oneDNN's products, and the portable PyPI wheel from .venv-portable
+(`make portable-venv`; its row is skipped without it). `make bench` prepares both. The other
+tables run their contenders in one process, alternating, same thread count. Ratios are
+graphdsl / torch (lower is better for graphdsl).
 """
 from __future__ import annotations
 
