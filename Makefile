@@ -23,7 +23,8 @@ GGML_BUILD ?= native
 # compiles cpp/onednn_backend.cpp against it. ONEDNN=0 builds and runs without it.
 ONEDNN ?= 1
 ONEDNN_PKGS := onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
-ONEDNN_FLAG := $(if $(filter 1,$(ONEDNN)),,-C cmake.define.GRAPHDSL_ONEDNN=OFF)
+# always given: the build folder (and its CMake cache) is shared by the venvs
+ONEDNN_FLAG := -C cmake.define.GRAPHDSL_ONEDNN=$(if $(filter 1,$(ONEDNN)),AUTO,OFF)
 define ONEDNN_SETUP
 	@if [ "$(ONEDNN)" = 1 ]; then $(BIN)/pip install -q $(ONEDNN_PKGS); fi
 endef
