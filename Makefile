@@ -41,6 +41,11 @@ install: $(BIN)/python
 	$(ONEDNN_SETUP)
 	$(BIN)/pip install -q -e ".[test]" $(ONEDNN_FLAG)
 	$(BIN)/pip install -q --no-deps $(REFDATA)
+	@# HF's Phi-4 image processor needs torchvision; its wheel here is a CUDA build that breaks
+	@# `import transformers` model classes once in the venv, so it goes beside it (tests/phi4_hf.py)
+	@# (optional: without it those tests skip, so a machine that cannot get the wheel still tests the rest)
+	test -d build/tv-site/torchvision || $(BIN)/pip install -q --no-deps --target build/tv-site "torchvision==0.28.0" \
+		|| echo "torchvision 0.28.0 unavailable: the Phi-4 image-processor parity tests will skip"
 	$(LIBGGML)
 
 # What `pip install graphdsl` gives (no torch, no transformers) and the same libggml: all the demo needs.

@@ -20,7 +20,8 @@ rows of one fixed shape, items of equal row shape are stacked into one batch inp
 ``model(x)`` returns ``(B, n_per_row, d)``. A model whose items do not stack (images of any size
 packed into one sequence with per-image attention, anyres tiles plus newline rows, slices with
 marker rows) defines instead ``build_items(g, prefix, datas) -> (feeds, outs, key)``: it is called
-once per kind with all items of that kind in batch order, adds its inputs (named ``prefix...``)
+once per kind with all items of that kind in batch order (and, if it takes ``batch_kinds``, the
+kinds of the whole batch), adds its inputs (named ``prefix...``)
 and nodes to ``g``, and returns the arrays to feed, one ``(n_i, d)`` Tensor per item, and a
 hashable ``key`` for what shapes alone do not say (e.g. the per-image grids), which becomes part
 of the compiled-graph cache key. It keeps ``example`` and ``__call__``: ``Embedder`` declares
@@ -47,6 +48,7 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections import OrderedDict
@@ -73,6 +75,12 @@ class Span:
     n_tokens: int
 
 
+# Per-row modality codes (Embeddings.modality) and Phi-4-multimodal's InputMode values
+# (Embeddings.input_mode: which LoRA its decoder applies, and which audio projector it uses).
+MODALITIES = ("text", "image", "audio", "embeddings")
+INPUT_MODES = {"language": 0, "vision": 1, "speech": 2, "vision_speech": 3}
+
+
 @dataclass
 class Embeddings:
     """The decoder input (n_tokens_total, n_embd) and one Span per chunk, in batch order."""
@@ -85,6 +93,23 @@ class Embeddings:
         """(n_tokens, rows of the memories of ``kind`` (all: None)) 0/1: which memory rows each
         sequence row may attend to (``cross.cross_mask``)."""
         return cross_mask([m for m in self.cross if kind in (None, m.kind)], self.embd.shape[0])
+
+    @property
+    def modality(self) -> np.ndarray:
+        """(n_tokens_total,) int8: each row's ``MODALITIES`` index (0 text, 1 image, 2 audio, 3
+        embeddings; another media kind gets 1 + its position after those)."""
+        out = np.zeros(sum(s.n_tokens for s in self.spans), np.int8)
+        for s in self.spans:
+            out[s.start:s.start + s.n_tokens] = MODALITIES.index(s.kind) if s.kind in MODALITIES else len(MODALITIES)
+        return out
+
+    @property
+    def input_mode(self) -> int:
+        """Phi-4-multimodal's ``input_mode`` for the batch (its processor's rule): 3 with images
+        and audio, 1 with images, 2 with audio, 0 for text alone."""
+        kinds = {s.kind for s in self.spans}
+        return INPUT_MODES[{(True, True): "vision_speech", (True, False): "vision", (False, True): "speech",
+                            (False, False): "language"}["image" in kinds, "audio" in kinds]]
 
 
 def as_item(item: Any) -> tuple[str, Any]:
@@ -175,7 +200,10 @@ def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = No
     layout = []
     for kind, members in itemwise.items():
         prefix = f"{kind}.items"
-        kfeeds, outs, key = media[kind].build_items(g, prefix, [d for _, d in members])
+        build_items = media[kind].build_items
+        # a model may ask for the batch's kinds (Phi-4's audio projector follows whether it has an image)
+        extra = {"batch_kinds": tuple(kinds)} if "batch_kinds" in inspect.signature(build_items).parameters else {}
+        kfeeds, outs, key = build_items(g, prefix, [d for _, d in members], **extra)
         if len(outs) != len(members) or any(o.ndim != 2 for o in outs):
             raise RuntimeError(f"[embed] {type(media[kind]).__name__}.build_items returned "
                                f"{[o.shape for o in outs]} for {len(members)} items; want one (n_i, d) tensor each")
@@ -420,7 +448,12 @@ class FileEmbedder:
             else:  # in parallel; progress comes back on this thread after each image
                 pixels = preprocess_images(images, m.image_config(), progress=lambda d, _t: d and step("image"))
                 media["image"] = [("image", px) for px in pixels]
-        if audios:
+        audio_hook = m.archs["audio"].extra.get("audio") if audios else None  # archs with their own features
+        if audio_hook is not None:
+            for a in audios:
+                media["audio"].append(("audio", audio_hook(a, m, self.max_seconds)))
+                step("audio")
+        elif audios:
             if m.audio.cfg.n_frames != N_FRAMES:
                 raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
                                  f"Whisper's log-mel gives {N_FRAMES}")

@@ -44,7 +44,7 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
     progress: called as ``progress(stage, done, total)``: "read" per folder, "encode" per tensor
     (see writer.write_gguf).
     """
-    from .hf import combine, prepare
+    from .hf import combine, prepare_all
 
     if outtype not in OUTTYPES:
         raise ValueError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
@@ -52,12 +52,14 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
     if not dirs:
         raise ValueError("no HF folder to convert")
     check_output(out_path, input_files(dirs), force=True)
-    parts = []
+    parts, names = [], []
     for i, d in enumerate(dirs):
-        parts.append(prepare(d))
+        for part in prepare_all(d):  # a folder may hold several encoders (Phi-4-multimodal)
+            parts.append(part)
+            names.append(d)
         if progress is not None:
             progress("read", i + 1, len(dirs))
-    arch, kv, tensors = parts[0] if len(parts) == 1 else combine(parts, dirs)
+    arch, kv, tensors = parts[0] if len(parts) == 1 else combine(parts, names)
     typed = {name: (arr, tensor_type(name, arr.shape, outtype)) for name, arr in tensors.items()}
     write_gguf(os.fspath(out_path), arch, kv, typed, file_type=FILE_TYPE[outtype], progress=progress)
     return {name: t for name, (_, t) in typed.items()}

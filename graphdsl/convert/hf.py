@@ -22,12 +22,28 @@ from .checkpoint import load_hf
 
 def prepare(hf_dir: str) -> tuple[str, list[tuple[str, object]], dict[str, np.ndarray]]:
     """(architecture, metadata, gguf name -> f32 tensor) for an HF model folder."""
+    return prepare_all(hf_dir)[0]
+
+
+def prepare_all(hf_dir: str) -> list[tuple[str, list[tuple[str, object]], dict[str, np.ndarray]]]:
+    """``prepare``'s parts of a folder: the arch its model_type names, then the archs it lists as
+    ``extra["companions"]`` (encoders of the same checkpoint, as Phi-4-multimodal's audio beside
+    its vision), to be combined into one mmproj."""
     from ..models import registry
     config, load_weights, pre = load_hf(hf_dir)
     model_type = config.get("model_type", "")
-    arch = registry.for_hf(model_type)
-    cfg = arch.config_from_hf(config)  # a two-tower CLIP/SigLIP config gives its vision tower
-    sd = load_weights()
+    # a wrapper is served by its tower's arch when one registers the pair ("llava/pixtral")
+    pair = f"{model_type}/{(config.get('vision_config') or {}).get('model_type')}"
+    arch = registry.for_hf(pair if any(pair in a.hf_model_types for a in registry.ARCHS.values()) else model_type)
+    if "hf_dir" in arch.extra:  # what the folder's other files say (pixtral: token ids from the tokenizer)
+        config = arch.extra["hf_dir"](config, hf_dir)
+    archs = [arch, *(registry.ARCHS[n] for n in arch.extra.get("companions", ()))]
+    cfgs = [a.config_from_hf(config) for a in archs]  # a two-tower CLIP/SigLIP config gives its vision tower
+    sd = load_weights()  # read once the configs were checked
+    return [_prepare(a, c, config, sd, pre, model_type, hf_dir) for a, c in zip(archs, cfgs)]
+
+
+def _prepare(arch, cfg, config, sd, pre, model_type, hf_dir):
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in arch.hf_to_gguf(sd, cfg).items()}
     kv: list[tuple[str, object]] = [(Keys.General.NAME, config.get("_name_or_path") or model_type)]
     if arch.modality == "text":
