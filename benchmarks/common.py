@@ -17,7 +17,19 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    return f"{cpu} ({cpu_features()}), {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def cpu_features() -> str:
+    """The SIMD/matrix features that decide which kernels run (ggml's, oneDNN's, torch's)."""
+    want = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"]
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "features unknown"
+    have = [w for w in want if w in flags]
+    return " ".join(have) + ("; no AMX" if "amx_tile" not in flags else "")
 
 
 def versions() -> str:

@@ -4,8 +4,13 @@
     python benchmarks/run.py --quick    # a ~2-minute subset
     python benchmarks/run.py --only clip,overhead --out benchmarks/RESULTS.md
 
-Contenders run in the same process, alternating, same thread count; the median of N runs is
-reported, with ratios graphdsl / torch (lower is better for graphdsl).
+The encoder tables (clip, whisper, siglip) run every contender in a process of its own
+(benchmarks/rows.py: median of N runs after a warm-up, peak RSS, error vs torch fp32): torch
+fp32/bf16, ONNX Runtime fp32 (the `bench` extra), graphdsl with f32/f16/bf16 weights on the default
+install with and without oneDNN's products, and the portable PyPI wheel from .venv-portable
+(`make portable-venv`; its row is skipped without it). `make bench` prepares both. The other
+tables run their contenders in one process, alternating, same thread count. Ratios are
+graphdsl / torch (lower is better for graphdsl).
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ def _torch_fn(hf, x: np.ndarray, call):
             with torch.inference_mode():
                 return call(m, inp)
         return run
+    make.hf, make.x = hf, x  # for the per-process rows (rows.py)
     return make
 
 
@@ -106,28 +112,66 @@ def siglip_b16():
 ENCODERS = {"clip": clip_b16, "whisper": whisper_base, "siglip": siglip_b16}
 
 
-def bench_encoder(name, wtypes, repeat):
-    torch = _torch()
-    gcfg, build, weights, inputs, torch_fn = ENCODERS[name]()
-    fns, errs = {}, {}
-    ref = None
-    for dtype in (torch.float32, torch.bfloat16):
-        label = f"torch {str(dtype).split('.')[-1]}"
-        fns[label] = torch_fn(dtype)
-        out = fns[label]().float().numpy()[0]
-        ref = out if ref is None else ref
+PORTABLE_VENV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv-portable")
+
+
+def _contenders(wtypes, portable: bool):
+    """(label, spec, python, env) per row. The venv running this is the default install (`make
+    install`: libggml rebuilt for this CPU + oneDNN's products); "ggml only" is the same build with
+    backend="ggml-cpu"; the portable wheel is PyPI's libggml in .venv-portable, without oneDNN."""
+    out = [("torch float32", {"kind": "torch", "dtype": "float32"}, None, None),
+           ("torch bfloat16", {"kind": "torch", "dtype": "bfloat16"}, None, None),
+           ("ONNX Runtime fp32", {"kind": "onnx"}, None, None)]
+    g = {"kind": "graphdsl", "precision": "f32"}
     for wt in wtypes:
-        for precision in ("f32", "fast"):
-            g = build(dataclasses.replace(gcfg, wtype=wt))
-            run = graphdsl.compile(g, "cpu", n_threads=THREADS, precision=precision, weights=weights)
-            label = f"graphdsl {wt} {precision}"
-            fns[label] = (lambda r=run: r(inputs))
-            out = run(inputs)[next(iter(g.outputs))]
-            errs[label] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-    t = alternate(fns, repeat)
-    base, base16 = t["torch float32"], t["torch bfloat16"]
-    rows = [[k, v * 1e3, v / base, v / base16, f"{errs[k]:.1e}" if k in errs else "-"] for k, v in t.items()]
-    return table(["contender", "median ms", "/ torch fp32", "/ torch bf16", "rel. L2 vs torch fp32"], rows)
+        if wt == "f16":  # oneDNN has no f16 kernel without AVX512_FP16: ggml's either way
+            out.append((f"graphdsl {wt} weights", {**g, "wtype": wt, "backend": "cpu"}, None, None))
+            continue
+        out.append((f"graphdsl {wt} weights, oneDNN + ggml", {**g, "wtype": wt, "backend": "cpu"}, None, None))
+        out.append((f"graphdsl {wt} weights, ggml only", {**g, "wtype": wt, "backend": "ggml-cpu"}, None, None))
+    if "bf16" in wtypes:
+        out.append(("graphdsl bf16 weights, fast policy, oneDNN + ggml",
+                    {**g, "wtype": "bf16", "backend": "cpu", "precision": "fast"}, None, None))
+    if portable:
+        out.append(("graphdsl f32 weights, portable wheel", {**g, "wtype": "f32", "backend": "cpu"},
+                    os.path.join(PORTABLE_VENV, "bin", "python"), {"GRAPHDSL_ONEDNN": "0"}))
+    return out
+
+
+def bench_encoder(name, wtypes, repeat):
+    """Every contender in its own process (rows.py): median ms, peak RSS, error vs torch fp32."""
+    import tempfile
+
+    import rows as R
+    gcfg, build, weights, inputs, torch_fn = ENCODERS[name]()
+    portable = os.path.exists(os.path.join(PORTABLE_VENV, "bin", "python"))
+    with tempfile.TemporaryDirectory() as work:
+        notes = R.prepare(work, name, torch_fn.hf, gcfg, build, weights, inputs, torch_fn.x, wtypes, onnx=True)
+        del weights
+        res = {}
+        for label, spec, python, env in _contenders(wtypes, portable):
+            if spec["kind"] == "onnx" and not os.path.exists(os.path.join(work, "model.onnx")):
+                continue
+            res[label] = R.run_row(work, label, {**spec, "model": name, "threads": THREADS, "repeat": repeat},
+                                   python or sys.executable, env)
+    if not portable:
+        notes.append(f"portable-wheel row skipped: no {PORTABLE_VENV} (make portable-venv)")
+    ok = {k: v for k, v in res.items() if "error" not in v}
+    ref = ok["torch float32"]["y"] if "torch float32" in ok else None
+    base = ok["torch float32"]["s"] if "torch float32" in ok else float("nan")
+    base16 = ok["torch bfloat16"]["s"] if "torch bfloat16" in ok else float("nan")
+    rows = []
+    for k, v in res.items():
+        if "error" in v:
+            rows.append([k, "failed", "-", "-", "-", "-", v["error"]])
+            continue
+        err = (float(np.linalg.norm(v["y"] - ref) / np.linalg.norm(ref))
+               if ref is not None and not k.startswith("torch float32") else None)
+        rows.append([k, v["s"] * 1e3, v["s"] / base, v["s"] / base16, round(v["rss_mb"]),
+                     "-" if err is None else f"{err:.1e}", v["what"]])
+    body = table(["contender", "median ms", "/ torch fp32", "/ torch bf16", "peak RSS MiB",
+                  "rel. L2 vs torch fp32", "runs on"], rows)
+    return body + "".join(f"\n\n{n}" for n in notes)
 
 
 def bench_batch(repeat):
@@ -272,9 +316,10 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma list of: clip,whisper,siglip,batch,overhead,memory,scaling,rpc")
     ap.add_argument("--out", default="", help="append the tables to this Markdown file")
     ap.add_argument("--plot", default="", help="write the scaling curves to this PNG")
+    ap.add_argument("--repeat", type=int, default=0, help="timed runs per contender (default 7, --quick 3)")
     args = ap.parse_args(argv)
-    repeat = 3 if args.quick else 7
-    wtypes = ("f32", "f16") if args.quick else ("f32", "f16", "bf16", "q8_0")
+    repeat = args.repeat or (3 if args.quick else 7)
+    wtypes = ("f32", "bf16") if args.quick else ("f32", "f16", "bf16")
     want = set(args.only.split(",")) if args.only else (
         {"clip", "whisper", "overhead"} if args.quick else {"clip", "whisper", "siglip", "batch", "overhead", "memory", "scaling", "rpc"})
     parts = [f"## Run of {today()}\n\nMachine: {machine()}. Threads: {THREADS}. Versions: {versions()}.\n"]

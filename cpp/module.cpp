@@ -144,6 +144,10 @@ PYBIND11_MODULE(_ggml, m) {
     m.def("devices", &devices, "Devices that ggml's backend registry reports, in registry order.");
     m.def("has_backend", [](const std::string & name) { return ggml_backend_reg_by_name(name.c_str()) != nullptr; },
           py::arg("name"), "Whether this libggml registers a backend (\"CPU\", \"BLAS\", \"RPC\", \"CUDA\", \"Metal\").");
+    m.def("load_backend", [](const std::string & path) {
+        py::gil_scoped_release nogil;
+        return ggml_backend_load(path.c_str()) != nullptr;
+    }, py::arg("path"), "Load a ggml backend library (ggml_backend_load) into the registry; False if it cannot load.");
     m.def("rpc_add_server", &rpc_add_server, py::arg("endpoint"),
           "Register ggml's RPC server at host:port; returns its device names.");
     m.def("rpc_start_server", &rpc_start_server, py::arg("endpoint"), py::arg("n_threads"),

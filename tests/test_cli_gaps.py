@@ -2,6 +2,7 @@
 terminal only, and a `make demo` that installs the runtime alone."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,7 +135,9 @@ def test_make_demo_installs_the_runtime_only(tmp_path):
                            text=True, timeout=60, check=True)
         return r.stdout
     demo_cmds, test_cmds = dry("demo"), dry("test")
-    assert "pip install -q -e .\n" in demo_cmds and "[test]" not in demo_cmds and "torch" not in demo_cmds
+    # `-e .` with no extras (then, on its line, only the oneDNN build switch)
+    assert re.search(r"pip install -q -e \.( -C cmake\.define\.GRAPHDSL_ONEDNN=\w+)?\n", demo_cmds)
+    assert "[test]" not in demo_cmds and "torch" not in demo_cmds
     assert "build_libggml.sh" in demo_cmds and "graphdsl demo" in demo_cmds  # the same fast libggml
     assert 'pip install -q -e ".[test]"' in test_cmds and "build_libggml.sh" in test_cmds  # tests keep theirs
 

@@ -84,9 +84,10 @@ def test_placement_reports_backends_and_buffers():
     run = graphdsl.compile(g, "cpu", weights=_weights(g))
     run(x=np.ones((6, 16), np.float32))
     p = run.placement()
-    assert p["backends"] == ["CPU"] and p["n_splits"] >= 1
-    assert set(p["nodes"].values()) == {"CPU"} and "blk.0.attn" in p["nodes"]
-    assert p["compute_buffer_bytes"]["CPU"] > 0 and sum(p["weight_bytes"].values()) == 3 * 16 * 16 * 4
+    # "cpu" is ["ONEDNN", "CPU"] where oneDNN's backend is built; it takes no product this small
+    assert p["backends"] in (["CPU"], ["ONEDNN", "CPU"]) and p["n_splits"] >= 1
+    assert set(p["nodes"].values()) <= {"CPU", "ONEDNN"} and p["nodes"]["blk.0.attn"] == "CPU"  # weights: either
+    assert sum(p["compute_buffer_bytes"].values()) > 0 and sum(p["weight_bytes"].values()) == 3 * 16 * 16 * 4
 
 
 def test_devices_lists_the_cpu():

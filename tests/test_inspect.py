@@ -175,10 +175,11 @@ def test_lowered_report(compiled):
     g, _, _, run = compiled
     rep = inspect.lowered(run)
     assert rep.n_nodes == run.last_program.cgraph.n_nodes
-    assert rep.backends == ["CPU"] and rep.n_splits >= 1
+    # "cpu" is ["ONEDNN", "CPU"] where oneDNN's backend is built; it takes no product this small (17 rows)
+    assert rep.backends in (["CPU"], ["ONEDNN", "CPU"]) and rep.n_splits >= 1
     assert rep.op_counts["MUL_MAT"] >= 2 * 6
     assert rep.nodes_per_backend["CPU"] == rep.n_nodes
-    assert rep.compute_buffer_bytes["CPU"] > 0
+    assert sum(rep.compute_buffer_bytes.values()) > 0  # both host backends share one compute buffer
     assert sum(rep.weight_bytes.values()) == run.weight_bytes == sum(n.nbytes for n in g.weights.values())
     assert rep.placement["v.blk.1.attn_q"] == "CPU"
     owners = {n.owner for n in rep.nodes}

@@ -8,7 +8,7 @@ import numpy.typing
 import typing
 import typing_extensions
 from . import ops
-__all__: list[str] = ['BackendBuffer', 'Context', 'ContextFull', 'Graph', 'Runtime', 'Tensor', 'devices', 'ggml_version', 'has_backend', 'ops', 'quantize', 'row_size', 'rpc_add_server', 'rpc_start_server', 'set_log_level', 'type_name']
+__all__: list[str] = ['BackendBuffer', 'Context', 'ContextFull', 'Graph', 'Runtime', 'Tensor', 'devices', 'ggml_version', 'has_backend', 'load_backend', 'ops', 'quantize', 'row_size', 'rpc_add_server', 'rpc_start_server', 'set_log_level', 'type_name']
 class ContextFull(MemoryError):
     pass
 class Context:
@@ -213,6 +213,10 @@ def ggml_version() -> str:
 def has_backend(name: str) -> bool:
     """
     Whether this libggml registers a backend ("CPU", "BLAS", "RPC", "CUDA", "Metal").
+    """
+def load_backend(path: str) -> bool:
+    """
+    Load a ggml backend library (ggml_backend_load) into the registry; False if it cannot load.
     """
 def quantize(type: typing.SupportsInt | typing.SupportsIndex, src: typing.Annotated[numpy.typing.ArrayLike, numpy.float32], dst: typing.Annotated[numpy.typing.ArrayLike, numpy.uint8]) -> None:
     """

@@ -7,16 +7,20 @@ import numpy as np
 
 from graphdsl import _ggml
 
+from . import onednn
+
 
 def devices() -> list[dict]:
     """What ggml's backend registry reports: name, description, type, memory, backend."""
+    onednn.load()
     return _ggml.devices()
 
 
 def resolve_devices(backend: str) -> list[str]:
     """Map `backend=` to ggml device names, accelerators first and CPU last.
 
-    "cpu" -> CPU only; "auto" -> every local GPU/accelerator the registry has, then CPU;
+    "cpu" -> the host: oneDNN's matmul backend for large products where it is loaded (see
+    backends/onednn.py), then ggml's CPU backend; "ggml-cpu" -> ggml's CPU backend alone; "auto" -> every local GPU/accelerator the registry has, then CPU;
     "rpc://host:port" -> the devices of ggml's RPC server there, then CPU; otherwise a device
     name ("CUDA0", "BLAS") or a backend family ("cuda", "metal", "blas") + CPU.
     """
@@ -36,6 +40,9 @@ def resolve_devices(backend: str) -> list[str]:
             raise ValueError(f"backend={backend!r}: expected rpc://HOST:PORT with a TCP port (1..65535)")
         return [*_ggml.rpc_add_server(endpoint), cpu]
     if key == "cpu":
+        host = [d["name"] for d in devs if d["name"] == onednn.NAME]
+        return [*host, cpu]
+    if key == "ggml-cpu":
         return [cpu]
     if key == "auto":
         # local devices only: an RPC server registered earlier in this process is used when named

@@ -21,6 +21,7 @@ import numpy as np
 from graphdsl import _ggml
 from graphdsl import dtypes as dt
 
+from . import onednn
 from .devices import MAX_THREADS, check_threads, devices, resolve_devices  # noqa: F401 - re-exported
 from .ggml_lower import LOWERING, STRIDED_OK, Lowering, ne_of, packed
 from .weights import check_inputs, check_weights, const_value
@@ -93,6 +94,10 @@ class GGMLExecutor:
         self.n_threads = check_threads(n_threads)
         self.lock = threading.RLock()
         self.runtime = _ggml.Runtime(self.device_names, self.n_threads, SCHED_MIN_SIZE)
+        if self.device_names[0] == onednn.NAME:
+            # products and other ops alternate between two backends, one split each: keep ggml's
+            # CPU workers alive between splits instead of starting them for every one
+            self.runtime.set_threadpool(True)
         # On a device with its own memory (CUDA, RPC), inputs go straight there, so that ops which
         # read no weight (a whole graph of them, in the op tests) run on it too and not next to a
         # CPU-resident input; the upload costs the same one copy either way.
@@ -111,7 +116,9 @@ class GGMLExecutor:
         if weights is not None:
             self.load_weights(weights)
 
-    backend = property(lambda self: "+".join(self.device_names).lower())
+    # oneDNN's products + ggml's CPU ops are what "cpu" means where oneDNN is loaded (devices.py)
+    backend = property(lambda self: "cpu" if self.device_names == [onednn.NAME, self.device_names[-1]]
+                       and self.device_names[-1] == "CPU" else "+".join(self.device_names).lower())
 
     # -- weights -----------------------------------------------------------------------------------
     def load_weights(self, weights: Mapping[str, object], *, allow_extra: bool = False) -> None:
@@ -130,7 +137,7 @@ class GGMLExecutor:
             self._wctx = _ggml.Context(len(self.graph.weights) + 1)
             for name, node in self.graph.weights.items():
                 self._wtensors[name] = self._wctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), name)
-            if self.device_names[0] == "CPU":
+            if self.device_names[0] in ("CPU", onednn.NAME):  # host memory, the CPU buffer type
                 self._map_in_place(stored)
             if len(self._mapped) < len(self.graph.weights):
                 self._wbuffer = self.runtime.alloc_tensors(self._wctx, 0)
@@ -208,7 +215,7 @@ class GGMLExecutor:
 
     def _lower(self, graph, live, wanted, n_tensors: int) -> Program:
         ctx = _ggml.Context(n_tensors)
-        L = Lowering(ctx, self.precision, fused_f32_attention=self.device_names[0] == "CPU")
+        L = Lowering(ctx, self.precision, fused_f32_attention=self.device_names[0] in ("CPU", onednn.NAME))
         # Constants get their own context: it is allocated in a buffer of its own, not by the scheduler.
         Lc = Lowering(_ggml.Context(sum(n.op == "const" for n in live) + 1), self.precision)
         vals: dict[int, object] = {}
@@ -286,7 +293,11 @@ class GGMLExecutor:
             self.runtime.alloc_graph(prog.cgraph, pinned)
             self._allocated = prog
         if self.strict and not prog.checked:
-            moved = {n: b for n, (b, _) in self._placement(prog).items() if b != self.runtime.backend_names[0]}
+            # oneDNN's products and ggml's CPU ops share host memory: together they are one device
+            home = {self.runtime.backend_names[0]}
+            if self.device_names[0] == onednn.NAME:
+                home.add(self.runtime.backend_names[-1])
+            moved = {n: b for n, (b, _) in self._placement(prog).items() if b not in home}
             if moved:
                 raise ValueError(f"strict placement: {len(moved)} nodes would leave {self.runtime.backend_names[0]}: "
                                  + ", ".join(f"{n} -> {b}" for n, b in list(moved.items())[:10]))
@@ -349,7 +360,8 @@ class GGMLExecutor:
             if i < 0:
                 continue
             why = ""
-            if i > 0 and t.op not in ("NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"):
+            host_pair = names[0] == onednn.NAME and i == len(names) - 1  # the CPU is oneDNN's partner, not a fallback
+            if i > 0 and not host_pair and t.op not in ("NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"):
                 why = (f"{t.op} unsupported by {names[0]}" if not self.runtime.supports_op(0, t)
                        else "scheduler placed it next to its inputs")
             out[name] = (names[i], why)
