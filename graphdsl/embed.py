@@ -15,6 +15,17 @@ Items of a batch may be given as:
 - a pair ``(kind, array)``: kind "text", "embeddings" (f32 [n, n_embd], passed through) or a
   key of ``media`` ("image", "audio", ...).
 
+A media model is called in one of two ways. The plain way: ``model.rows(data)`` gives the item's
+rows of one fixed shape, items of equal row shape are stacked into one batch input and
+``model(x)`` returns ``(B, n_per_row, d)``. A model whose items do not stack (images of any size
+packed into one sequence with per-image attention, anyres tiles plus newline rows, slices with
+marker rows) defines instead ``build_items(g, prefix, datas) -> (feeds, outs, key)``: it is called
+once per kind with all items of that kind in batch order, adds its inputs (named ``prefix...``)
+and nodes to ``g``, and returns the arrays to feed, one ``(n_i, d)`` Tensor per item, and a
+hashable ``key`` for what shapes alone do not say (e.g. the per-image grids), which becomes part
+of the compiled-graph cache key. It keeps ``example`` and ``__call__``: ``Embedder`` declares
+every model's weights by calling it on its example input.
+
 Each text chunk is embedded on its own (a BERT-style table restarts its positions per chunk).
 A second group of one model reuses its weights; its node names get a ``_1`` suffix.
 
@@ -93,11 +104,17 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
     Returns:
         (graph with output ``embd``, the inputs to feed it, spans).
     """
+    return _build(items, text, media)[:3]
+
+
+def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None):
+    """build_mixed, plus the layout keys of the media built by ``build_items`` (see the module doc)."""
     media = dict(media or {})
     g = Graph("mixed_batch")
     feeds: dict[str, np.ndarray] = {}
     pieces: list[Tensor | None] = [None] * len(items)
     groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+    itemwise: dict[str, list[tuple[int, Any]]] = {}
     kinds = []
     for i, item in enumerate(items):
         kind, data = as_item(item)
@@ -112,6 +129,8 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
             x = np.asarray(data, np.float32)
             feeds[f"embd.{i}"] = x
             pieces[i] = build_inp_embd("embeddings", g.input(f"embd.{i}", x.shape))
+        elif kind in media and hasattr(media[kind], "build_items"):
+            itemwise.setdefault(kind, []).append((i, data))
         elif kind in media:
             rows = media[kind].rows(data)
             groups.setdefault((kind, rows.shape[1:]), []).append((i, rows))
@@ -129,6 +148,21 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
             piece = out if m == out.shape[0] else ops.view(out, 0, r0, r0 + m, name=f"chunk.{i}.rows")
             pieces[i] = ops.reshape(piece, (m * out.shape[1], out.shape[2]), name=f"chunk.{i}")
             r0 += m
+    layout = []
+    for kind, members in itemwise.items():
+        prefix = f"{kind}.items"
+        kfeeds, outs, key = media[kind].build_items(g, prefix, [d for _, d in members])
+        if len(outs) != len(members) or any(o.ndim != 2 for o in outs):
+            raise RuntimeError(f"[embed] {type(media[kind]).__name__}.build_items returned "
+                               f"{[o.shape for o in outs]} for {len(members)} items; want one (n_i, d) tensor each")
+        stray = [k for k in kfeeds if not k.startswith(prefix) or k in feeds]
+        if stray:
+            raise RuntimeError(f"[embed] {type(media[kind]).__name__}.build_items feeds {stray}: names must "
+                               f"start with {prefix!r} and be new")
+        feeds.update(kfeeds)
+        for (i, _), out in zip(members, outs):
+            pieces[i] = out
+        layout.append((kind, key))
     for i, item in enumerate(items):  # positions reserved by preprocess.text.chunk_prompt must match
         reserved = getattr(item, "n_tokens", None)
         if reserved is not None and reserved != pieces[i].shape[0]:
@@ -143,7 +177,7 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
     for i, (k, p) in enumerate(zip(kinds, pieces)):
         spans.append(Span(i, k, start, p.shape[0]))
         start += p.shape[0]
-    return g, feeds, spans
+    return g, feeds, spans, tuple(layout)
 
 
 class Embedder:
@@ -191,8 +225,8 @@ class Embedder:
     def __call__(self, items: Sequence[Any], *, capture: Sequence[str] = ()) -> Embeddings:
         if self._weights is None:
             raise ValueError("[embed] no weights bound: call load_weights() first")
-        g, feeds, spans = build_mixed(items, self.text, self.media)
-        key = tuple((k, v.shape, str(v.dtype)) for k, v in feeds.items())
+        g, feeds, spans, layout = _build(items, self.text, self.media)
+        key = (tuple((k, v.shape, str(v.dtype)) for k, v in feeds.items()), layout)
         exe = self._exes.get(key)
         if exe is None:
             from . import compile as _compile

@@ -118,3 +118,49 @@ def test_layout_cache(models):
         emb([np.arange(n, dtype=np.int32), ("image", np.zeros((3, 32, 32), np.float32))])
     assert len(emb._exes) == 2
     assert Span(0, "text", 0, 3) == emb.plan([np.arange(3)])[0]
+
+
+class _PackedRows:
+    """A toy media model using ``build_items``: items are (n_i, 4) arrays of any n_i, packed into ONE
+    input and one matrix product, then split back per item (as Qwen2-VL packs images of any size)."""
+
+    example = ((3, 4), "f32")
+
+    def __call__(self, x):
+        from graphdsl import blocks
+        return blocks.linear(x, "toy.proj", 6, bias=False)
+
+    def build_items(self, g, prefix, datas):
+        from graphdsl import ops
+        packed = np.concatenate([np.asarray(d, np.float32) for d in datas])
+        y = self(g.input(prefix, packed.shape))
+        outs, r0 = [], 0
+        for j, d in enumerate(datas):
+            outs.append(ops.view(y, 0, r0, r0 + len(d), name=f"toy.{j}"))
+            r0 += len(d)
+        return {prefix: packed}, outs, tuple(len(d) for d in datas)
+
+
+def test_build_items_packs_any_sizes_into_one_input_and_keys_the_cache_by_layout():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    emb = Embedder(None, {"rows": _PackedRows()}, backend=BACKEND, weights={"toy.proj.weight": w})
+    a, b = rng.standard_normal((2, 4)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)
+    e = rng.standard_normal((1, 6)).astype(np.float32)
+    g, feeds, spans = build_mixed([("rows", a), ("embeddings", e), ("rows", b)], None, emb.media)
+    assert list(feeds) == ["embd.1", "rows.items"] and feeds["rows.items"].shape == (5, 4)  # one packed input
+    for order in ([a, b], [b, a]):  # same packed shape (5, 4), different split: must not reuse the graph
+        out = emb([("rows", order[0]), ("embeddings", e), ("rows", order[1])])
+        assert [(s.start, s.n_tokens) for s in out.spans] == [(0, len(order[0])), (len(order[0]), 1),
+                                                               (len(order[0]) + 1, len(order[1]))]
+        assert_close(out.embd, np.concatenate([order[0] @ w.T, e, order[1] @ w.T]), rtol=1e-5, atol=1e-5)
+    assert len(emb._exes) == 2
+
+
+def test_build_items_contract_is_checked():
+    class Bad(_PackedRows):
+        def build_items(self, g, prefix, datas):
+            feeds, outs, key = super().build_items(g, prefix, datas)
+            return {"elsewhere": feeds[prefix]}, outs, key
+    with pytest.raises(RuntimeError, match="names must start with 'rows.items'"):
+        build_mixed([("rows", np.zeros((2, 4), np.float32))], None, {"rows": Bad()})
