@@ -46,7 +46,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,7 @@ class Embeddings:
 
     embd: np.ndarray
     spans: list[Span]
+    notes: list[str] = field(default_factory=list)  # per image, how its arch laid it out (slice grids)
 
 
 def as_item(item: Any) -> tuple[str, Any]:
@@ -301,10 +302,20 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
     if (prompt is not None or tokens is not None) and tm is None:
         raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
     media: dict[str, list] = {"image": [], "audio": []}
+    notes: list[str] = []
     if images:
         frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
-        media["image"] = ([("image", frames(src, m)) for src in images] if frames is not None else
-                          [("image", px) for px in preprocess_images(images, m.image_config())])
+        expand = m.archs["image"].extra.get("items")  # slices + marker tokens (MiniCPM-V): several items
+        if expand is not None:
+            if tm is None:
+                raise ValueError(f"{m.path}: a {m.archs['image'].name} image carries marker tokens between its "
+                                 "slices; give the text model (its vocabulary has them)")
+            expanded = [expand(src, m, tm.info) for src in images]
+            media["image"] = [its for its, _ in expanded]
+            notes += [note for _, note in expanded]
+        else:
+            media["image"] = ([("image", frames(src, m)) for src in images] if frames is not None else
+                              [("image", px) for px in preprocess_images(images, m.image_config())])
     if audios:
         if m.audio.cfg.n_frames != N_FRAMES:
             raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
@@ -312,7 +323,7 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
         seconds = {} if max_seconds is None else {"max_seconds": max_seconds}
         media["audio"] = [("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]) for a in audios]
     if prompt is None and tokens is None:
-        items = media["image"] + media["audio"]
+        items = _flat(media["image"] + media["audio"])
         if not items:
             raise ValueError("[embed_files] nothing to embed: give a prompt, tokens, images or audio")
     else:
@@ -325,13 +336,20 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
                                  f"{order.count(kind)} {marker} marker(s) but {len(media[kind])} {kind} input(s) "
                                  "were given")
         queues = {k: iter(v) for k, v in media.items()}
-        items = [next(queues[p]) if isinstance(p, str) else p for p in pieces]
+        items = _flat([next(queues[p]) if isinstance(p, str) else p for p in pieces])
     weights = dict(m.weights)
     if tm is not None:
         weights.update(tm.weights)
     emb = Embedder(tm.block if tm is not None else None, m.media, backend=backend, precision=precision,
                    n_threads=n_threads, weights=weights)
-    return emb(items)
+    out = emb(items)
+    out.notes = notes
+    return out
+
+
+def _flat(items: list) -> list:
+    """Items with an image expanded into a list of items (slices and markers) spliced in place."""
+    return [x for it in items for x in (it if isinstance(it, list) else [it])]
 
 
 def _split_prompt(prompt: str, tm, tokenizer, kinds: Mapping[str, str]) -> list:
