@@ -86,3 +86,17 @@ def test_odd_grid_and_unknown_projector_are_refused():
     with pytest.raises(ValueError, match="unknown projector"):
         mobilevlm.build(mobilevlm.MobileVLMConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4,
                                                   n_layer=1, feature_layer=1, n_mm_embd=48, projector="ldpv3"))
+
+
+def test_a_batch_of_images_equals_one_by_one():
+    from graphdsl.embed import Embedder
+    cfg = mobilevlm.MobileVLMConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=1,
+                                    feature_layer=1, projector="ldp", n_mm_embd=48, n_se=16)
+    e = Embedder(None, {"image": mobilevlm.MobileVLMVision(cfg)}, backend=BACKEND,
+                 weights=random_weights(mobilevlm.weight_shapes(cfg), seed=4))
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((3, 32, 32)).astype(np.float32) for _ in range(2))
+    both = e([("image", a), ("image", b)])
+    assert [s.n_tokens for s in both.spans] == [16, 16]
+    np.testing.assert_allclose(both.embd, np.concatenate([e([("image", a)]).embd, e([("image", b)]).embd]),
+                               rtol=1e-5, atol=1e-6)

@@ -14,7 +14,10 @@ When to slice: MiniCPM-V's own processor (``policy="minicpmv"``, the default) sl
 area exceeds S^2 (multiple > 1), and otherwise resizes keeping the aspect ratio; llama.cpp's mtmd
 (``policy="mtmd"``, tools/mtmd/mtmd-image.cpp) slices when a side exceeds S, and otherwise
 squashes the image to S x S. They agree on every image that is both larger than S^2 in area and
-wider or taller than S (the usual photo), which the mtmd comparison uses. Resizing is Pillow's
+wider or taller than S (the usual photo), which the mtmd comparison uses. One more difference:
+when the refined size's aspect ratio differs from the image's (by a pixel or so after rounding to
+the patch), mtmd letterboxes the image into it (PAD_CEIL, black) where MiniCPM-V stretches it;
+graphdsl stretches, as the model was trained. Resizing is Pillow's
 bicubic on 8-bit RGB, which mtmd re-implements (``resize_pillow``); the pixels are then
 (x / 255 - mean) / std in float32, as mtmd's ``normalize``.
 
