@@ -56,7 +56,9 @@ def run(mmproj: str, text: str, image: str, threads: int, repeat: int, flash: in
     bmp, _keep = _bitmap(M, image)
     chunks = M.mtmd_input_chunks_init()
     txt = M.mtmd_input_text()
-    txt.text = M.mtmd_default_marker()
+    marker = M.mtmd_default_marker()
+    txt.text = marker
+    txt.text_len = len(marker)
     txt.add_special = False
     txt.parse_special = True
     bitmaps = (M.mtmd_bitmap_p_ctypes * 1)(bmp)

@@ -41,7 +41,9 @@ def random_weights(shapes: dict, seed: int) -> dict[str, np.ndarray]:
 
 
 def write_mobilevlm(path, cfg, weights):
-    write_gguf(str(path), "clip", mobilevlm.config_to_gguf(cfg), {k: (v, "f32") for k, v in weights.items()})
+    # the depthwise kernels f16, as llama.cpp's converter writes them: ggml's CPU conv_2d_dw needs that
+    write_gguf(str(path), "clip", mobilevlm.config_to_gguf(cfg),
+               {k: (v, "f16" if v.ndim == 4 and k.startswith("mm.") else "f32") for k, v in weights.items()})
 
 
 def photo(size: int, path):

@@ -9,7 +9,8 @@
     ldpv2: y = mlp.2(GELU(mlp.0(f))); y = avgpool2x2(y); y = y + dw3x3(y) + peg.0.bias  -> (G/2)^2 tokens
 
 The depthwise 3x3 convolutions are nine shifted, per-channel-scaled views of the zero-padded
-map (exact f32; ggml's conv_2d_dw would round both operands to f16 in im2col). Activations in
+map (exact f32; ggml's conv_2d_dw rounds the map to f16 in im2col, and on the CPU runs only
+with f16 kernels, which is how llama.cpp's converter stores them). Activations in
 the projector follow llama.cpp's reading of these files: GELU is the tanh form (ggml_gelu)
 unless graphdsl.vision.projector_act says otherwise (MobileVLM itself uses nn.GELU, erf).
 
@@ -69,6 +70,8 @@ def _dw3x3(y: Tensor, w: Tensor, stride: int, name: str) -> Tensor:
     """Depthwise 3x3 convolution, padding 1, of y (H, W, D) with w (D, 1, 3, 3): nine shifted views."""
     h, wd, d = y.shape
     oh, ow = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    if w.dtype.name != "f32":  # llama.cpp's files store these kernels f16 (its conv_2d_dw needs that)
+        w = ops.cast(w, "f32", name=f"{name}.w32")
     p = ops.pad(y, ((1, 1), (1, 1), (0, 0)), name=f"{name}.pad")
     acc = None
     for ky in range(3):
