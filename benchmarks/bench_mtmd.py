@@ -69,7 +69,8 @@ def weights_for(module, cfg, seed=0):
 
 
 def write_case(d: Path, key, module, cfg):
-    t = {k: (v, "f32") for k, v in weights_for(module, cfg).items()}
+    # depthwise kernels f16, as llama.cpp's converter writes them (its CPU conv_2d_dw needs that)
+    t = {k: (v, "f16" if v.ndim == 4 and k.startswith("mm.") else "f32") for k, v in weights_for(module, cfg).items()}
     if key == "resampler":
         t["resampler.pos_embed_k"] = (np.zeros((1, cfg.n_mm_embd), np.float32), "f32")
     path = d / f"{key}.gguf"
@@ -139,8 +140,8 @@ def main(argv=None) -> int:
             ref = run_mtmd(path, text, media, d, threads=a.threads, repeat=a.repeat)
             t_mtmd = sum(float(ref[k]) for k in ref if k.startswith("time."))
             t_ours, n_chunks = graphdsl_time(path, text, media, kind, a.repeat, a.threads, a.precision)
-            rows.append([key, label, n_chunks, round(t_ours * 1e3, 1), round(t_mtmd * 1e3, 1),
-                         round(t_ours / t_mtmd, 2)])
+            rows.append([key, label, n_chunks, f"{t_ours * 1e3:.0f}", f"{t_mtmd * 1e3:.0f}",
+                         f"{t_ours / t_mtmd:.2f}"])
             print(rows[-1], flush=True)
             path.unlink()
     print(f"\n{today()}, {machine()}, {a.threads} threads, graphdsl precision {a.precision}, best of {a.repeat}\n")

@@ -26,7 +26,7 @@ if [ -e "$stamp" ] && "$VENV/bin/python" -c 'import llama_cpp.mtmd_cpp' 2>/dev/n
   exit 0
 fi
 test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q numpy gguf pytest pillow
+"$VENV/bin/pip" install -q numpy pillow
 if ! ls "$CACHE"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q "scikit-build-core>=0.9.2" cmake ninja
   mkdir -p "$CACHE.tmp"
