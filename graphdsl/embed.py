@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,11 +243,12 @@ class Embedder:
 
 
 # -- from files ---------------------------------------------------------------------------------------
-def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None = None, images: Sequence[Any] = (),
+def embed_files(mmproj: str | os.PathLike | None, text_model: str | os.PathLike | None = None, images: Sequence[Any] = (),
                 audios: Sequence[Any] = (), prompt: str | None = None, tokens: Sequence[int | str] | str | None = None,
                 *, backend: str = "auto", markers: Sequence[str] = ("<image>", "<audio>"), tokenizer: Any = None,
                 precision: str = "f32", n_threads: int | None = None, check_finite: bool = True,
-                max_seconds: float | None = None) -> Embeddings:
+                max_seconds: float | None = None, progress: Callable[[str, int, int], None] | None = None
+                ) -> Embeddings:
     """Embed images, audio and a prompt read from files: the function behind ``graphdsl embed``.
 
     The mmproj GGUF gives the encoders (``models.from_gguf``) and the pre-processing: images are
@@ -262,7 +263,7 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
     Without prompt and tokens the result is the media alone: images, then audio, concatenated.
 
     Args:
-        mmproj: the mmproj GGUF (vision and/or audio).
+        mmproj: the mmproj GGUF (vision and/or audio), or None for text alone.
         text_model: a text GGUF (token_embd + tokenizer.ggml.*); needed for a prompt or tokens.
         images, audios: paths (or arrays / PIL images; PCM arrays at 16 kHz).
         prompt, tokens: at most one of the two.
@@ -272,6 +273,8 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
             GGUF's own vocabulary, ``models.text.tokenizer_of``).
         check_finite: refuse GGUF weights holding NaN or inf (``models.from_gguf``).
         max_seconds: refuse longer audio (default: ``preprocess.audio.DEFAULT_MAX_SECONDS``).
+        progress: called as ``progress(stage, done, total)`` after each stage: loading, each
+            image and audio file pre-processed, and the run (one graph: a single step).
 
     Returns:
         Embeddings: ``embd`` (n_tokens_total, n_embd), the decoder's input sequence, and the spans.
@@ -280,55 +283,117 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
         ValueError: a marker count that differs from the media given, media of a kind the mmproj
             has no encoder for, text without a text model, widths that disagree, bad files.
     """
-    from .models import from_gguf
-    from .models import text as text_models
-    from .preprocess import preprocess_images, whisper_chunks
-    from .preprocess.audio import N_FRAMES
-    if prompt is not None and tokens is not None:
+    if prompt is not None and tokens is not None:  # before loading anything
         raise ValueError("[embed_files] give a prompt or tokens, not both")
-    if len(markers) != 2 or markers[0] == markers[1] or not all(isinstance(m, str) and m for m in markers):
-        raise ValueError(f"[embed_files] markers must be two different strings (image, audio), got {markers!r}")
-    images, audios = list(images), list(audios)
-    m = from_gguf(mmproj, check_finite=check_finite)
-    for kind, given in (("image", images), ("audio", audios)):
-        if given and kind not in m.media:
-            raise ValueError(f"{m.path}: no {kind} encoder, but {len(given)} {kind} input(s) were given")
-    tm = text_models.from_gguf(text_model, check_finite=check_finite) if text_model is not None else None
-    if tm is not None:
-        for kind, block in m.media.items():
-            if block.n_out != tm.block.n_out:
-                raise ValueError(f"{m.path}: the {kind} projector gives width {block.n_out}, but the text model "
-                                 f"{os.fspath(text_model)} has n_embd {tm.block.n_out}")
-    if (prompt is not None or tokens is not None) and tm is None:
-        raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
-    media: dict[str, list] = {"image": [], "audio": []}
-    notes: list[str] = []
-    if images:
-        frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
-        expand = m.archs["image"].extra.get("items")  # slices + marker tokens (MiniCPM-V): several items
+    total = 2 + len(images) + len(audios)
+    fe = FileEmbedder(mmproj, text_model, backend=backend, markers=markers, tokenizer=tokenizer, precision=precision,
+                      n_threads=n_threads, check_finite=check_finite, max_seconds=max_seconds)
+    fe.check(images, audios, prompt, tokens)
+    if progress is not None:
+        progress("loaded", 1, total)
+    return fe(images, audios, prompt, tokens,
+              progress=None if progress is None else lambda stage, done, _t: progress(stage, done + 1, total))
+
+
+class FileEmbedder:
+    """The models of ``embed_files`` loaded once (memory-mapped weights, one ``Embedder`` with its
+    compiled layouts), to embed many (images, audios, prompt | tokens) items: ``graphdsl embed-dataset``.
+    Arguments as ``embed_files``."""
+
+    def __init__(self, mmproj: str | os.PathLike | None, text_model: str | os.PathLike | None = None, *,
+                 backend: str = "auto", markers: Sequence[str] = ("<image>", "<audio>"), tokenizer: Any = None,
+                 precision: str = "f32", n_threads: int | None = None, check_finite: bool = True,
+                 max_seconds: float | None = None):
+        from .models import from_gguf
+        from .models import text as text_models
+        if len(markers) != 2 or markers[0] == markers[1] or not all(isinstance(m, str) and m for m in markers):
+            raise ValueError(f"[embed_files] markers must be two different strings (image, audio), got {markers!r}")
+        if mmproj is None and text_model is None:
+            raise ValueError("[embed_files] give an mmproj, a text model or both")
+        self.markers, self.max_seconds = tuple(markers), max_seconds
+        self.notes: list[str] = []  # per image of the last call: its arch's layout (slice grids)
+        self.m = m = from_gguf(mmproj, check_finite=check_finite) if mmproj is not None else None
+        self.tm = tm = text_models.from_gguf(text_model, check_finite=check_finite) if text_model is not None else None
+        if tm is not None and m is not None:
+            for kind, block in m.media.items():
+                if block.n_out != tm.block.n_out:
+                    raise ValueError(f"{m.path}: the {kind} projector gives width {block.n_out}, but the text model "
+                                     f"{os.fspath(text_model)} has n_embd {tm.block.n_out}")
+        self._tokenizer = tokenizer
+        weights = dict(m.weights) if m is not None else {}
+        if tm is not None:
+            weights.update(tm.weights)
+        self.embedder = Embedder(tm.block if tm is not None else None, m.media if m is not None else {},
+                                 backend=backend, precision=precision, n_threads=n_threads, weights=weights)
+
+    @property
+    def n_embd(self) -> int:
+        return self.tm.block.n_out if self.tm is not None else next(iter(self.m.media.values())).n_out
+
+    def check(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt=None, tokens=None) -> None:
+        """The errors an item can be refused with before any pre-processing."""
+        m = self.m
+        if prompt is not None and tokens is not None:
+            raise ValueError("[embed_files] give a prompt or tokens, not both")
+        for kind, given in (("image", images), ("audio", audios)):
+            if given and (m is None or kind not in m.media):
+                where = f"{m.path}: no {kind} encoder" if m is not None else f"no mmproj (the {kind} encoder)"
+                raise ValueError(f"{where}, but {len(given)} {kind} input(s) were given")
+        if (prompt is not None or tokens is not None) and self.tm is None:
+            raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
+
+    def items(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt: str | None = None,
+              tokens: Sequence[int | str] | str | None = None, *, progress=None) -> list:
+        """The batch items of one sequence (pre-processed, tokenized); progress(stage, done, total)."""
+        from .preprocess import preprocess_images, whisper_chunks
+        from .preprocess.audio import N_FRAMES
+        images, audios = list(images), list(audios)
+        self.check(images, audios, prompt, tokens)
+        m, tm, markers = self.m, self.tm, self.markers
+        total, done = 1 + len(images) + len(audios), [0]
+
+        def step(stage: str) -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(stage, done[0], total)
+
+        media: dict[str, list] = {"image": [], "audio": []}
+        self.notes = []
+        expand = m.archs["image"].extra.get("items") if images else None  # slices + marker tokens: several items
         if expand is not None:
             if tm is None:
                 raise ValueError(f"{m.path}: a {m.archs['image'].name} image carries marker tokens between its "
                                  "slices; give the text model (its vocabulary has them)")
-            expanded = [expand(src, m, tm.info) for src in images]
-            media["image"] = [its for its, _ in expanded]
-            notes += [note for _, note in expanded]
-        else:
-            media["image"] = ([("image", frames(src, m)) for src in images] if frames is not None else
-                              [("image", px) for px in preprocess_images(images, m.image_config())])
-    if audios:
-        if m.audio.cfg.n_frames != N_FRAMES:
-            raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
-                             f"Whisper's log-mel gives {N_FRAMES}")
-        seconds = {} if max_seconds is None else {"max_seconds": max_seconds}
-        media["audio"] = [("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]) for a in audios]
-    if prompt is None and tokens is None:
-        items = _flat(media["image"] + media["audio"])
-        if not items:
-            raise ValueError("[embed_files] nothing to embed: give a prompt, tokens, images or audio")
-    else:
+            for src in images:
+                its, note = expand(src, m, tm.info)
+                media["image"].append(its)
+                self.notes.append(note)
+                step("image")
+        elif images:
+            frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
+            if frames is not None:
+                for src in images:
+                    media["image"].append(("image", frames(src, m)))
+                    step("image")
+            else:  # in parallel; progress comes back on this thread after each image
+                pixels = preprocess_images(images, m.image_config(), progress=lambda d, _t: d and step("image"))
+                media["image"] = [("image", px) for px in pixels]
+        if audios:
+            if m.audio.cfg.n_frames != N_FRAMES:
+                raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
+                                 f"Whisper's log-mel gives {N_FRAMES}")
+            seconds = {} if self.max_seconds is None else {"max_seconds": self.max_seconds}
+            for a in audios:
+                media["audio"].append(("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]))
+                step("audio")
+        if prompt is None and tokens is None:
+            items = _flat(media["image"] + media["audio"])
+            if not items:
+                raise ValueError("[embed_files] nothing to embed: give a prompt, tokens, images or audio")
+            return items
         kinds = {markers[0]: "image", markers[1]: "audio"}
-        pieces = _split_prompt(prompt, tm, tokenizer, kinds) if prompt is not None else _split_tokens(tokens, kinds)
+        pieces = (_split_prompt(prompt, tm, self._tokenizer, kinds) if prompt is not None
+                  else _split_tokens(tokens, kinds))
         order = [p for p in pieces if isinstance(p, str)]
         for kind, marker in (("image", markers[0]), ("audio", markers[1])):
             if order.count(kind) != len(media[kind]):
@@ -336,15 +401,17 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
                                  f"{order.count(kind)} {marker} marker(s) but {len(media[kind])} {kind} input(s) "
                                  "were given")
         queues = {k: iter(v) for k, v in media.items()}
-        items = _flat([next(queues[p]) if isinstance(p, str) else p for p in pieces])
-    weights = dict(m.weights)
-    if tm is not None:
-        weights.update(tm.weights)
-    emb = Embedder(tm.block if tm is not None else None, m.media, backend=backend, precision=precision,
-                   n_threads=n_threads, weights=weights)
-    out = emb(items)
-    out.notes = notes
-    return out
+        return _flat([next(queues[p]) if isinstance(p, str) else p for p in pieces])
+
+    def __call__(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt: str | None = None,
+                 tokens: Sequence[int | str] | str | None = None, *, progress=None) -> Embeddings:
+        items = self.items(images, audios, prompt, tokens, progress=progress)
+        out = self.embedder(items)
+        out.notes = list(self.notes)
+        if progress is not None:
+            n = 1 + len(images) + len(audios)  # the pre-processing steps and the run
+            progress("run", n, n)
+        return out
 
 
 def _flat(items: list) -> list:

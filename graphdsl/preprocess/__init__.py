@@ -10,6 +10,7 @@ Pure NumPy / Pillow (+ soxr, soundfile, tokenizers imported on first use); nothi
 the compiled extension.
 """
 
+from .anyres import AnyresConfig, AnyresImage, anyres_images
 from .audio import load_audio, log_mel_spectrogram, mel_filters, whisper_chunks, whisper_features
 from .batch import parallel_map, preprocess_audio, preprocess_images, stack_images
 from .idefics3 import (Idefics3ImageConfig, Idefics3Images, Idefics3Prompt, idefics3_images, idefics3_prompt,
@@ -18,6 +19,9 @@ from .image import ImageConfig, load_image, preprocess_image
 from .text import AudioChunk, Chunk, ImageChunk, TextChunk, TextTokenizer, chunk_prompt
 
 __all__ = [
+    "AnyresConfig",
+    "AnyresImage",
+    "anyres_images",
     "Idefics3ImageConfig",
     "Idefics3Images",
     "Idefics3Prompt",
