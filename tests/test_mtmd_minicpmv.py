@@ -10,7 +10,7 @@ chunk by chunk: the same kinds, the same marker ids, the same token counts, embe
 BOUND: graphdsl runs exact f32; mtmd rounds through f16 in its tanh-GELU lookup table and flash
 attention's K/V (tower and resampler; f16 is 2^-11 ~ 4.9e-4 relative per value). Measured here
 (2026-12-01): 5.1e-4 to 7.6e-4 relative L2 per image chunk, 2.5 and 2.6 layouts and the
-mtmd-policy slices (printed); the bound is 5e-3. The negative control (the sin-cos embedding's
+mtmd-policy slices, 1.0e-4 to 1.8e-4 on the 1344x896 photo at slice 448 (printed); the bound is 5e-3. The negative control (the sin-cos embedding's
 column and row halves swapped: the slice transposed in position) lands at 7.5e-2 to 8.8e-2.
 """
 from __future__ import annotations
@@ -120,3 +120,22 @@ def test_when_to_slice_differs_and_the_mtmd_policy_follows_mtmd(files):
     ref, items, note, errs = compare(d, text, path, image, policy="mtmd")
     print(note, [f"{e:.1e}" for e in errs])
     assert list(ref["kinds"]).count("image") == 3 and max(errs) < BOUND
+
+
+def test_big_photo_at_the_real_slice_size(files):
+    """The issue's case: a 1344x896 JPEG at MiniCPM-V's own slice size (448, patch 14): an overview
+    of 546x364 and 3 x 2 slices of 448x448 (1024 patches each), 64 queries, as mtmd cuts it."""
+    from skimage import data
+    d, _ = files
+    cfg = minicpmv.MiniCPMVConfig(image_size=448, patch_size=14, n_embd=32, n_ff=64, n_head=4, n_layer=1,
+                                  n_mm_embd=128, n_query=64, n_pos_side=70, version=3)
+    path = d / "minicpmv_448.gguf"
+    write_minicpmv(path, cfg, random_weights(minicpmv.weight_shapes(cfg), seed=7))
+    text = d / "text128.gguf"
+    write_text_gguf(text, 128)
+    image = d / "big.jpg"
+    Image.fromarray(data.astronaut()).resize((1344, 896), Image.Resampling.BICUBIC).save(image)
+    ref, items, note, errs = compare(d, text, path, image)
+    print(note, [f"{e:.1e}" for e in errs])
+    assert note == "minicpmv: overview 546x364, 3 x 2 slices of 448x448, 64 tokens each"
+    assert len(errs) == 7 and max(errs) < BOUND
