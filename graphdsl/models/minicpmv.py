@@ -75,8 +75,8 @@ def sincos_2d(gh: int, gw: int, d: int) -> np.ndarray:
 
 
 class MiniCPMVVision(Block):
-    """Slices f32 (3, h, w) -> (n_query, n_mm_embd); the graph's inputs besides the pixels are the
-    bucketed position ids and the sin-cos table of the slice's grid (``slice_inputs``)."""
+    """Slices f32 ([B,] 3, h, w) -> ([B,] n_query, n_mm_embd); the bucketed position ids and the
+    sin-cos table of the slice's grid are constants computed from its shape (``slice_inputs``)."""
 
     kind = "image"
     example = property(lambda self: ((3, self.cfg.image_size, self.cfg.image_size), "f32"))
@@ -90,19 +90,25 @@ class MiniCPMVVision(Block):
         return bucket_ids(gh, gw, c.n_pos_side), sincos_2d(gh, gw, c.n_mm_embd)
 
     def _build(self, pixels: Tensor) -> Tensor:
-        """On a graph input alone (``Embedder`` declaring weights, ``build``): the extra inputs are
-        graph inputs named after the pixels'."""
-        g = pixels.graph
-        h, w = pixels.shape[-2:]
-        gh, gw = h // self.cfg.patch_size, w // self.cfg.patch_size
-        ids = g.input(f"{pixels.name}.pos", (gh * gw,), "i32")
-        pos = g.input(f"{pixels.name}.sincos", (gh * gw, self.cfg.n_mm_embd))
-        x = self.tower(pixels, ids)
+        """([B,] 3, h, w) slices of one size -> ([B,] n_query, D)."""
+        x = self.tower(pixels, self._const_ids(pixels, "v.pos_ids"))
+        pos = self._const_sincos(pixels, "resampler.sincos")
         if x.ndim == 3:
-            return ops.concat([ops.reshape(self.resampler(ops.reshape(ops.view(x, 0, b, b + 1), x.shape[1:]), pos),
-                                           (1, self.cfg.n_query, self.cfg.n_mm_embd)) for b in range(x.shape[0])],
+            c = self.cfg
+            return ops.concat([ops.reshape(self.resampler(ops.reshape(ops.view(x, 0, b, b + 1, name=f"item{b}"),
+                                                                       x.shape[1:], name=f"feat{b}"), pos),
+                                           (1, c.n_query, c.n_mm_embd), name=f"out{b}") for b in range(x.shape[0])],
                               axis=0, name="resampler.batch")
         return self.resampler(x, pos)
+
+    # the bucketed position ids and the sin-cos table follow the slice's shape: constants, not inputs
+    def _const_ids(self, pixels: Tensor, name: str) -> Tensor:
+        p, side = self.cfg.patch_size, self.cfg.n_pos_side
+        return pixels.graph.const(name, lambda s: bucket_ids(s[-2] // p, s[-1] // p, side), shape_of=[pixels])
+
+    def _const_sincos(self, pixels: Tensor, name: str) -> Tensor:
+        p, d = self.cfg.patch_size, self.cfg.n_mm_embd
+        return pixels.graph.const(name, lambda s: sincos_2d(s[-2] // p, s[-1] // p, d), shape_of=[pixels])
 
     def tower(self, pixels: Tensor, ids: Tensor) -> Tensor:
         """([B,] 3, h, w) -> ([B,] gh*gw, n_embd)."""
@@ -153,12 +159,11 @@ class MiniCPMVVision(Block):
             sizes.setdefault(a.shape[1:], []).append(j)
         feeds, outs = {}, [None] * len(arrs)
         for k, (hw, members) in enumerate(sizes.items()):
-            ids, sc = self.slice_inputs(*hw)
             name = f"{prefix}.{k}"
             feeds[name] = np.stack([arrs[j] for j in members])
-            feeds[f"{name}.pos"], feeds[f"{name}.sincos"] = ids, sc
-            x = self.tower(g.input(name, feeds[name].shape), g.input(f"{name}.pos", ids.shape, "i32"))
-            pos = g.input(f"{name}.sincos", sc.shape)
+            px = g.input(name, feeds[name].shape)
+            x = self.tower(px, self._const_ids(px, f"{name}.pos"))
+            pos = self._const_sincos(px, f"{name}.sincos")
             for b, j in enumerate(members):
                 f = ops.reshape(ops.view(x, 0, b, b + 1, name=f"{name}.item{b}"), x.shape[1:], name=f"{name}.feat{b}")
                 outs[j] = self.resampler(f, pos)
@@ -166,7 +171,7 @@ class MiniCPMVVision(Block):
 
 
 def build(cfg: MiniCPMVConfig, slice_hw: tuple[int, int] | None = None) -> Graph:
-    """A graph over one slice: inputs ``pixels`` (3, h, w), ``pixels.pos``, ``pixels.sincos``; output ``embd``."""
+    """A graph over one slice: input ``pixels`` (3, h, w), output ``embd``."""
     h, w = slice_hw or (cfg.image_size, cfg.image_size)
     return graph_of(MiniCPMVVision(cfg), (3, h, w), "minicpmv")
 
