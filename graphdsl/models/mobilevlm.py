@@ -138,13 +138,13 @@ class MobileVLMVision(Block):
             x = blocks.vit(x, c.vit, n_layer=c.layer)[c.layer]
         if c.class_token:
             x = ops.view(x, -2, 1, x.shape[-2], name="v.features_no_cls")
-        if pixels.ndim == 4:
-            b = pixels.shape[0]
-            outs = [self._project(ops.view(x, 0, i, i + 1, name=f"mm.item{i}"), gh, gw, f"{i}") for i in range(b)]
-            return ops.concat([ops.reshape(o, (1, *o.shape), name=f"mm.out{i}") for i, o in enumerate(outs)],
-                              axis=0, name="mm.batch") if b > 1 else ops.reshape(outs[0], (1, *outs[0].shape),
-                                                                                 name="mm.batch")
-        return self._project(x, gh, gw, "")
+        if pixels.ndim == 3:
+            return self._project(x, gh, gw, "")
+        # a batch: each image through the projector on its own (views of the tower's batched output)
+        outs = [self._project(ops.view(x, 0, i, i + 1, name=f"mm.item{i}"), gh, gw, f"{i}")
+                for i in range(pixels.shape[0])]
+        outs = [ops.reshape(o, (1, *o.shape), name=f"mm.out{i}") for i, o in enumerate(outs)]
+        return outs[0] if len(outs) == 1 else ops.concat(outs, axis=0, name="mm.batch")
 
     def _project(self, f: Tensor, gh: int, gw: int, tag: str) -> Tensor:
         c, g, d = self.cfg, f.graph, self.cfg.n_mm_embd
