@@ -9,9 +9,10 @@ chunk by chunk: the same kinds, the same marker ids, the same token counts, embe
 
 BOUND: graphdsl runs exact f32; mtmd rounds through f16 in its tanh-GELU lookup table and flash
 attention's K/V (tower and resampler; f16 is 2^-11 ~ 4.9e-4 relative per value). Measured here
-(2026-12-01): 5.1e-4 to 7.6e-4 relative L2 per image chunk, 2.5 and 2.6 layouts and the
-mtmd-policy slices, 1.0e-4 to 1.8e-4 on the 1344x896 photo at slice 448 (printed); the bound is 5e-3. The negative control (the sin-cos embedding's
-column and row halves swapped: the slice transposed in position) lands at 7.5e-2 to 8.8e-2.
+(2026-12-01): 5.1e-4 to 7.6e-4 relative L2 per image chunk (2.5 and 2.6 layouts, the mtmd-policy
+slices), 1.0e-4 to 1.8e-4 on the 1344x896 photo at slice 448 (printed); the bound is 5e-3. The
+negative control (the sin-cos embedding's column and row halves swapped: the slice transposed in
+position) lands at 7.5e-2 to 8.8e-2.
 """
 from __future__ import annotations
 

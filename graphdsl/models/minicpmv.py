@@ -220,7 +220,8 @@ def _minicpmv_keys(path) -> dict[str, int]:
 
 def config_to_gguf(cfg: MiniCPMVConfig, image_mean=(0.5,) * 3, image_std=(0.5,) * 3) -> list[tuple[str, object]]:
     return [(Keys.Clip.PROJECTOR_TYPE, "resampler"), *vit_keys(cfg, image_mean, image_std),
-            (KEY_VERSION, np.int32(cfg.version)), (KEY_QUERY_NUM, cfg.n_query), (Keys.ClipVision.PROJECTION_DIM, cfg.n_mm_embd)]
+            (KEY_VERSION, np.int32(cfg.version)), (KEY_QUERY_NUM, cfg.n_query),
+            (Keys.ClipVision.PROJECTION_DIM, cfg.n_mm_embd)]
 
 
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
