@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKERS = ("<image>", "</image>", "<slice>", "</slice>")
+# what mtmd wraps other projectors' media in (Gemma 3, Voxtral): tokenized as text, so in the vocabulary
+WRAPPERS = ("<start_of_image>", "<end_of_image>", "[BEGIN_AUDIO]")
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,8 +43,8 @@ def write_text_gguf(path, n_embd: int, seed: int = 0) -> dict[str, int]:
     (user-defined tokens) and the byte token for "\\n"; returns token text -> id."""
     import gguf
     rng = np.random.default_rng(seed)
-    toks = ["<unk>", "<s>", "</s>", *MARKERS, "<0x0A>"] + [f"\u2581w{i}" for i in range(24)]
-    types = [2, 3, 3] + [4] * len(MARKERS) + [6] + [1] * 24
+    toks = ["<unk>", "<s>", "</s>", *MARKERS, "<0x0A>", *WRAPPERS] + [f"\u2581w{i}" for i in range(24)]
+    types = [2, 3, 3] + [4] * len(MARKERS) + [6] + [4] * len(WRAPPERS) + [1] * 24
     w = gguf.GGUFWriter(str(path), "llama")
     n_ff, n_head = 2 * n_embd, max(1, n_embd // 32)
     w.add_context_length(64)
