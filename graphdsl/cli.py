@@ -175,6 +175,8 @@ def _image_config(args, pre):
         return dataclasses.replace(cfg, **cap)
     from .models import registry
     how = registry.image_modes()[args.mode or "clip"]  # a resize mode, or an arch's pre-processing
+    if how.mode not in pre.image.MODES:  # an arch's own resizing (qwen2vl's smart resize)
+        return how.config(args.size, **cap)
     size = 224 if args.size is None else args.size  # 0 never means "default": argparse refuses it
     crop = size if args.crop is None else args.crop
     norm = {"mean": how.mean, "std": how.std} if args.mode in registry.ARCHS else {}  # else the mode's own
@@ -344,6 +346,8 @@ def cmd_embed(args) -> int:
     print(f"  {'chunk':>5}  {'kind':<10} {'start':>6} {'n_tokens':>8}")
     for s in out.spans:
         print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")
+    if out.cross and not args.cross_output:
+        raise ValueError(f"the batch gives {len(out.cross)} cross-attention memories: pass --cross-output FILE.npz")
     _save(args.output, embd)
     print(f"wrote {args.output}: {embd.dtype}{list(embd.shape)}")
     spans = cli_parser.spans_path(args)
@@ -352,6 +356,14 @@ def cmd_embed(args) -> int:
                    "spans": [dataclasses.asdict(s) for s in out.spans]}, fh, indent=1)
         fh.write("\n")
     print(f"wrote {spans}: {len(out.spans)} spans")
+    if out.cross:
+        for m in out.cross:
+            print(f"  cross {m.index}: {m.kind} f32{list(m.embd.shape)}, {m.n_valid} valid rows, "
+                  f"attended by rows {m.start}..{m.end}")
+        fields = {f: np.array([getattr(m, f) for m in out.cross]) for f in ("index", "n_valid", "start", "end")}
+        with atomic_open(args.cross_output) as fh:
+            np.savez(fh, **{f"memory.{j}": m.embd for j, m in enumerate(out.cross)}, **fields)
+        print(f"wrote {args.cross_output}: {len(out.cross)} memories")
     return 0
 
 

@@ -62,7 +62,8 @@ def outputs(args) -> list[tuple[str, str, list]]:
         return [("-o", args.output, input_files(args.hf_dir))]
     if cmd == "embed":
         ins = [args.mmproj, args.text_model, args.tokenizer, *(args.image or []), *(args.audio or [])]
-        return [("-o", args.output, ins), ("--spans", spans_path(args), ins)]
+        return [(opt, path, ins) for opt, path in (("-o", args.output), ("--spans", spans_path(args)),
+                                                   ("--cross-output", args.cross_output)) if path]
     if cmd == "preprocess" and args.output:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
@@ -233,6 +234,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="where to save the embeddings (float32, .npy format)")
     p.add_argument("--spans", metavar="JSON", help="where to save the spans, the rows each chunk occupies "
                                                    "(default: the output's name with .spans.json as its suffix)")
+    p.add_argument("--cross-output", help="where to save cross-attention memories (mllama images: .npz with "
+                                          "memory.N, index, n_valid, start, end); needed when there are any")
     _force(p)
     _run_opts(p, "auto")
     _limit_opts(p)

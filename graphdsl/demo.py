@@ -200,9 +200,14 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
                          f"(it has: {', '.join(mm.media) or 'none'})")
     block = mm.media[kind]
     if kind == "image":
-        data = preprocess_image(image or DATA / "demo_image.png", mm.image_config())
+        src, frames = image or DATA / "demo_image.png", mm.archs[kind].frames
+        itemwise = frames is not None and hasattr(block, "build_items")  # tiles (mllama, anyres) as one item
+        data = frames(src, mm) if itemwise else preprocess_image(src, mm.image_config())
     else:
         data = whisper_features(audio or DATA / "speech_16k.wav", block.cfg.n_mel)
+    if hasattr(block, "build_items"):  # items that do not stack (packed any-size images, tiles): the batch's path
+        g, feeds, _ = build_mixed([(kind, data)], None, {kind: block}, cross=())
+        return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
     x = data if kind == "image" else block.rows(data)  # one image (3, H, W); audio as its windows
     g, feeds = graph_of(block, x.shape, mm.archs[kind].name), {INPUT_NAMES[kind]: x}
     return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"

@@ -26,6 +26,11 @@ hashable ``key`` for what shapes alone do not say (e.g. the per-image grids), wh
 of the compiled-graph cache key. It keeps ``example`` and ``__call__``: ``Embedder`` declares
 every model's weights by calling it on its example input.
 
+A kind may instead give cross-attention memories (``Embedder(..., cross={"audio"})``, or a model
+whose ``output`` is "cross", as mllama's vision): its items add no rows to the sequence (their
+span has n_tokens 0) and each becomes a ``cross.CrossMemory`` in ``Embeddings.cross``, with the
+sequence rows that may attend to it (see ``graphdsl.cross``).
+
 Each text chunk is embedded on its own (a BERT-style table restarts its positions per chunk).
 A second group of one model reuses its weights; its node names get a ``_1`` suffix.
 
@@ -53,6 +58,7 @@ import numpy as np
 
 from . import dtypes as dt
 from . import ops
+from .cross import CrossMemory, cross_mask, cross_spans
 from .graph import Graph, Tensor
 from .inp_embd import build_inp_embd
 
@@ -73,7 +79,13 @@ class Embeddings:
 
     embd: np.ndarray
     spans: list[Span]
+    cross: list[CrossMemory] = field(default_factory=list)  # cross-attention memories, in batch order
     notes: list[str] = field(default_factory=list)  # per image, how its arch laid it out (slice grids)
+
+    def cross_mask(self, kind: str | None = None) -> np.ndarray:
+        """(n_tokens, rows of the memories of ``kind`` (all: None)) 0/1: which memory rows each
+        sequence row may attend to (``cross.cross_mask``)."""
+        return cross_mask([m for m in self.cross if kind in (None, m.kind)], self.embd.shape[0])
 
 
 def as_item(item: Any) -> tuple[str, Any]:
@@ -93,7 +105,7 @@ def as_item(item: Any) -> tuple[str, Any]:
                      "pass a chunk from graphdsl.preprocess.text, an id array or a (kind, array) pair")
 
 
-def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None
+def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None, cross=None
                 ) -> tuple[Graph, dict[str, np.ndarray], list[Span]]:
     """Build the one graph of a mixed batch.
 
@@ -101,14 +113,26 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
         items: the batch (see the module docstring).
         text: the text model (``models.text.TextEmbedding``), needed when there are text chunks.
         media: kind -> media model (``ClipVision``, ``SiglipVision``, ``WhisperEncoder`` ...).
+        cross: kinds whose outputs are cross-attention memories (``cross_kinds``): their items
+            give outputs ``cross.{i}`` instead of rows of ``embd``.
 
     Returns:
-        (graph with output ``embd``, the inputs to feed it, spans).
+        (graph with output ``embd`` (absent when every item is cross), the inputs to feed it, spans).
     """
-    return _build(items, text, media)[:3]
+    return _build(items, text, media, cross)[:3]
 
 
-def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None):
+def cross_kinds(media: Mapping[str, Any], cross=None) -> frozenset:
+    """The kinds whose outputs are cross-attention memories: ``cross``, or (None) the media
+    models that say ``output = "cross"``."""
+    if cross is None:
+        return frozenset(k for k, m in media.items() if getattr(m, "output", "inline") == "cross")
+    if isinstance(cross, str) or set(cross) - set(media):
+        raise ValueError(f"[embed] cross must be a collection of media kinds ({sorted(media)}), got {cross!r}")
+    return frozenset(cross)
+
+
+def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None, cross=None):
     """build_mixed, plus the layout keys of the media built by ``build_items`` (see the module doc)."""
     media = dict(media or {})
     g = Graph("mixed_batch")
@@ -169,15 +193,20 @@ def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = No
         if reserved is not None and reserved != pieces[i].shape[0]:
             raise ValueError(f"[embed] item {i} ({kinds[i]}) reserved {reserved} positions but its encoder "
                              f"gives {pieces[i].shape[0]}")
-    widths = {p.shape[-1] for p in pieces}
-    if len(widths) != 1:
+    xk = cross_kinds(media, cross)
+    inline = [(i, k, p) for i, (k, p) in enumerate(zip(kinds, pieces)) if k not in xk]
+    if len({p.shape[-1] for _, _, p in inline}) > 1:
         raise ValueError("[embed] chunks disagree on the embedding width: " +
-                         ", ".join(f"{i}:{k}={p.shape[-1]}" for i, (k, p) in enumerate(zip(kinds, pieces))))
-    g.output("embd", ops.concat(pieces, axis=0, name="embd") if len(pieces) > 1 else pieces[0])
+                         ", ".join(f"{i}:{k}={p.shape[-1]}" for i, k, p in inline))
+    if inline:
+        ps = [p for _, _, p in inline]
+        g.output("embd", ops.concat(ps, axis=0, name="embd") if len(ps) > 1 else ps[0])
     spans, start = [], 0
     for i, (k, p) in enumerate(zip(kinds, pieces)):
-        spans.append(Span(i, k, start, p.shape[0]))
-        start += p.shape[0]
+        if k in xk:
+            g.output(f"cross.{i}", p)
+        spans.append(Span(i, k, start, 0 if k in xk else p.shape[0]))
+        start += spans[-1].n_tokens
     return g, feeds, spans, tuple(layout)
 
 
@@ -190,11 +219,15 @@ class Embedder:
         backend, precision, n_threads: as ``graphdsl.compile``.
         weights: gguf-named weights of all the models (strictly checked), or call load_weights.
         cache_size: compiled layouts kept.
+        cross: media kinds whose outputs are cross-attention memories (``Embeddings.cross``)
+            rather than rows of the sequence; None: the models whose ``output`` is "cross".
     """
 
     def __init__(self, text=None, media: Mapping[str, Any] | None = None, *, backend: str = "cpu",
-                 precision: str = "f32", n_threads: int | None = None, weights=None, cache_size: int = 8):
+                 precision: str = "f32", n_threads: int | None = None, weights=None, cache_size: int = 8,
+                 cross=None):
         self.text, self.media = text, dict(media or {})
+        self.cross = cross_kinds(self.media, cross)
         self.backend, self.precision, self.n_threads = backend, precision, n_threads
         self.cache_size = cache_size
         self._exes: OrderedDict[tuple, Any] = OrderedDict()
@@ -221,12 +254,12 @@ class Embedder:
 
     def plan(self, items: Sequence[Any]) -> list[Span]:
         """The spans a batch will occupy, without running it."""
-        return build_mixed(items, self.text, self.media)[2]
+        return build_mixed(items, self.text, self.media, self.cross)[2]
 
     def __call__(self, items: Sequence[Any], *, capture: Sequence[str] = ()) -> Embeddings:
         if self._weights is None:
             raise ValueError("[embed] no weights bound: call load_weights() first")
-        g, feeds, spans, layout = _build(items, self.text, self.media)
+        g, feeds, spans, layout = _build(items, self.text, self.media, self.cross)
         key = (tuple((k, v.shape, str(v.dtype)) for k, v in feeds.items()), layout)
         exe = self._exes.get(key)
         if exe is None:
@@ -239,7 +272,22 @@ class Embedder:
         else:
             self._exes.move_to_end(key)
         out = exe(feeds, capture=capture)
-        return Embeddings(out["embd"], spans)
+        return self._embeddings(out, items, spans)
+
+    def _embeddings(self, out: Mapping[str, np.ndarray], items: Sequence[Any], spans: list[Span]) -> Embeddings:
+        mems = [s for s in spans if s.kind in self.cross]
+        n = sum(s.n_tokens for s in spans)
+        width = out[f"cross.{mems[0].index}"].shape[-1] if mems else 0
+        embd = out["embd"] if "embd" in out else np.zeros((0, width), np.float32)
+        cross = []
+        for kind in sorted({s.kind for s in mems}):
+            ss = [s for s in mems if s.kind == kind]
+            valid = getattr(self.media[kind], "valid_rows", None)
+            for s, (a, b) in zip(ss, cross_spans([s.start for s in ss], n)):
+                e = out[f"cross.{s.index}"]
+                k = valid(as_item(items[s.index])[1]) if valid is not None else e.shape[0]
+                cross.append(CrossMemory(s.index, kind, e, k, a, b))
+        return Embeddings(embd, spans, sorted(cross, key=lambda m: m.index))
 
 
 # -- from files ---------------------------------------------------------------------------------------
@@ -341,6 +389,13 @@ class FileEmbedder:
                 raise ValueError(f"{where}, but {len(given)} {kind} input(s) were given")
         if (prompt is not None or tokens is not None) and self.tm is None:
             raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
+        xk = (cross_kinds(m.media) if m is not None else frozenset()) & {
+            k for k, given in (("image", images), ("audio", audios)) if given}
+        if xk and (prompt is not None or tokens is not None):
+            # a marker here becomes the item; mllama's <|image|> is a token of the text that must stay
+            raise ValueError(f"{m.path}: its {'/'.join(sorted(xk))} encoder gives cross-attention "
+                             "memories, whose place in a prompt is a token of the text: embed the media alone, or "
+                             "build the batch with preprocess.mllama.mllama_items and Embedder")
 
     def items(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt: str | None = None,
               tokens: Sequence[int | str] | str | None = None, *, progress=None) -> list:

@@ -25,7 +25,11 @@ def prepare(hf_dir: str) -> tuple[str, list[tuple[str, object]], dict[str, np.nd
     from ..models import registry
     config, load_weights, pre = load_hf(hf_dir)
     model_type = config.get("model_type", "")
-    arch = registry.for_hf(model_type)
+    # a wrapper is served by its tower's arch when one registers the pair ("llava/pixtral")
+    pair = f"{model_type}/{(config.get('vision_config') or {}).get('model_type')}"
+    arch = registry.for_hf(pair if any(pair in a.hf_model_types for a in registry.ARCHS.values()) else model_type)
+    if "hf_dir" in arch.extra:  # what the folder's other files say (pixtral: token ids from the tokenizer)
+        config = arch.extra["hf_dir"](config, hf_dir)
     cfg = arch.config_from_hf(config)  # a two-tower CLIP/SigLIP config gives its vision tower
     sd = load_weights()
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in arch.hf_to_gguf(sd, cfg).items()}

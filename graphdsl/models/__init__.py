@@ -67,6 +67,7 @@ class Mmproj:
         if arch.image is None:
             raise ValueError(f"{self.path}: the {arch.name} architecture declares no image pre-processing")
         v = self.config.vision
+        kw = {**getattr(self.vision, "image_kw", {}), **kw}  # what the block fixes (pixtral: patch * merge)
         return arch.image.config(self.vision.cfg.image_size, v.image_mean, v.image_std, **kw)
 
 

@@ -15,6 +15,7 @@ from .audio import load_audio, log_mel_spectrogram, mel_filters, whisper_chunks,
 from .batch import parallel_map, preprocess_audio, preprocess_images, stack_images
 from .idefics3 import (Idefics3ImageConfig, Idefics3Images, Idefics3Prompt, idefics3_images, idefics3_prompt,
                        stack_idefics3)
+from .pixtral import PixtralImageConfig, pixtral_image, pixtral_size
 from .image import ImageConfig, load_image, preprocess_image
 from .text import AudioChunk, Chunk, ImageChunk, TextChunk, TextTokenizer, chunk_prompt
 
@@ -28,6 +29,9 @@ __all__ = [
     "idefics3_images",
     "idefics3_prompt",
     "stack_idefics3",
+    "PixtralImageConfig",
+    "pixtral_image",
+    "pixtral_size",
     "AudioChunk",
     "Chunk",
     "ImageChunk",
