@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-ray test-backends test-cuda install runtime bench portable-venv stub clean
+.PHONY: demo test test-ray test-backends test-cuda test-mtmd install runtime bench portable-venv stub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -93,6 +93,16 @@ test-cuda:
 	$(CUDA_VENV)/bin/pip install -q --no-deps $(REFDATA)
 	GRAPHDSL_TEST_BACKEND=cuda $(CUDA_VENV)/bin/pytest -q -rs -p no:cacheprovider $(BACKEND_SUITES)
 
+# llama.cpp's own mtmd as the reference for the projectors HF has no in-library model of (MiniCPM-V
+# "resampler", MobileVLM "ldp"/"ldpv2"): llama-cpp-python built from its sdist in a venv of its own
+# (scripts/build_mtmd.sh: ~10 min on 2 cores the first time, then a cached wheel), called by the
+# tests in a subprocess. GRAPHDSL_MTMD_REQUIRED turns the tests' skip-when-absent into a failure.
+MTMD_VENV ?= .venv-mtmd
+test-mtmd: install
+	scripts/build_mtmd.sh --venv $(MTMD_VENV)
+	GRAPHDSL_MTMD_PYTHON=$(MTMD_VENV)/bin/python GRAPHDSL_MTMD_REQUIRED=1 \
+		$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_mtmd_*.py
+
 # The extension's type stub (graphdsl/_ggml/*.pyi), regenerated after a binding changes;
 # tests/test_stub.py fails until it is.
 stub: install
@@ -111,4 +121,4 @@ bench: install portable-venv
 	$(BIN)/python benchmarks/run.py --quick
 
 clean:
-	rm -rf build $(VENV) $(BLAS_VENV) $(CUDA_VENV) .venv-portable
+	rm -rf build $(VENV) $(BLAS_VENV) $(CUDA_VENV) $(MTMD_VENV) .venv-portable

@@ -341,6 +341,8 @@ def cmd_embed(args) -> int:
     embd = np.ascontiguousarray(out.embd, dtype=np.float32)
     print(f"embd f32{list(embd.shape)} on {'+'.join(resolve_devices(args.backend))} in {dt * 1e3:.1f} ms "
           "(load, pre-process, compile and run)")
+    for note in out.notes:
+        print(f"  {note}")
     print(f"  {'chunk':>5}  {'kind':<10} {'start':>6} {'n_tokens':>8}")
     for s in out.spans:
         print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")

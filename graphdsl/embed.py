@@ -88,6 +88,7 @@ class Embeddings:
     embd: np.ndarray
     spans: list[Span]
     cross: list[CrossMemory] = field(default_factory=list)  # cross-attention memories, in batch order
+    notes: list[str] = field(default_factory=list)  # per image, how its arch laid it out (slice grids)
 
     def cross_mask(self, kind: str | None = None) -> np.ndarray:
         """(n_tokens, rows of the memories of ``kind`` (all: None)) 0/1: which memory rows each
@@ -386,6 +387,7 @@ class FileEmbedder:
         if mmproj is None and text_model is None:
             raise ValueError("[embed_files] give an mmproj, a text model or both")
         self.markers, self.max_seconds = tuple(markers), max_seconds
+        self.notes: list[str] = []  # per image of the last call: its arch's layout (slice grids)
         self.m = m = from_gguf(mmproj, check_finite=check_finite) if mmproj is not None else None
         self.tm = tm = text_models.from_gguf(text_model, check_finite=check_finite) if text_model is not None else None
         if tm is not None and m is not None:
@@ -439,7 +441,18 @@ class FileEmbedder:
                 progress(stage, done[0], total)
 
         media: dict[str, list] = {"image": [], "audio": []}
-        if images:
+        self.notes = []
+        expand = m.archs["image"].extra.get("items") if images else None  # slices + marker tokens: several items
+        if expand is not None:
+            if tm is None:
+                raise ValueError(f"{m.path}: a {m.archs['image'].name} image carries marker tokens between its "
+                                 "slices; give the text model (its vocabulary has them)")
+            for src in images:
+                its, note = expand(src, m, tm.info)
+                media["image"].append(its)
+                self.notes.append(note)
+                step("image")
+        elif images:
             frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
             if frames is not None:
                 for src in images:
@@ -462,7 +475,7 @@ class FileEmbedder:
                 media["audio"].append(("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]))
                 step("audio")
         if prompt is None and tokens is None:
-            items = media["image"] + media["audio"]
+            items = _flat(media["image"] + media["audio"])
             if not items:
                 raise ValueError("[embed_files] nothing to embed: give a prompt, tokens, images or audio")
             return items
@@ -476,16 +489,22 @@ class FileEmbedder:
                                  f"{order.count(kind)} {marker} marker(s) but {len(media[kind])} {kind} input(s) "
                                  "were given")
         queues = {k: iter(v) for k, v in media.items()}
-        return [next(queues[p]) if isinstance(p, str) else p for p in pieces]
+        return _flat([next(queues[p]) if isinstance(p, str) else p for p in pieces])
 
     def __call__(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt: str | None = None,
                  tokens: Sequence[int | str] | str | None = None, *, progress=None) -> Embeddings:
         items = self.items(images, audios, prompt, tokens, progress=progress)
         out = self.embedder(items)
+        out.notes = list(self.notes)
         if progress is not None:
             n = 1 + len(images) + len(audios)  # the pre-processing steps and the run
             progress("run", n, n)
         return out
+
+
+def _flat(items: list) -> list:
+    """Items with an image expanded into a list of items (slices and markers) spliced in place."""
+    return [x for it in items for x in (it if isinstance(it, list) else [it])]
 
 
 def _split_prompt(prompt: str, tm, tokenizer, kinds: Mapping[str, str]) -> list:

@@ -167,13 +167,14 @@ def _retyped(src, dst, **changes):
 
 def test_projector_errors(folders, tmp_path):
     d, _, _ = folders
-    for folder, new, msg in ((d / "llava", "ldp", "vision projector type 'ldp' is not supported by graphdsl"),
+    for folder, new, msg in ((d / "llava", "adapter", "vision projector type 'adapter' is not supported by graphdsl"),
+                             (d / "llava", "ldp", "projector 'ldp' without mm.model.mlp.1.weight"),
                              (d / "vox", "ultravox", "audio projector type 'ultravox' is not supported by graphdsl"),
                              (d / "llava", "foo", "unknown vision projector type 'foo'")):
         path = _retyped(folder, tmp_path / f"{new}.gguf", **{"clip.projector_type": new})
         with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: .*{msg}"):
             from_gguf(path)
-    assert "graphdsl.models: vision projector type 'ldp' is not supported" in describe(str(tmp_path / "ldp.gguf"))
+    assert "graphdsl.models: vision projector type 'adapter' is not supported" in describe(str(tmp_path / "adapter.gguf"))
     convert(d / "llava", tmp_path / "v.gguf")
     convert(d / "vox", tmp_path / "a.gguf")
     assert "graphdsl.models: whisper_enc.WhisperEncoder" in describe(str(tmp_path / "a.gguf"))

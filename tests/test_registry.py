@@ -43,7 +43,8 @@ def test_every_record_is_complete():
             assert callable(fn), (a.name, fn)
         assert a.modality != "image" or a.image is not None, f"{a.name}: a vision arch needs its pre-processing"
         assert a.modality == "text" or a.projectors, f"{a.name} serves no projector type"
-        assert registry.for_hf(a.hf_model_types[0]) is a
+        # MiniCPM-V and MobileVLM ship as HF remote code: no model type to convert, files only
+        assert not a.hf_model_types or registry.for_hf(a.hf_model_types[0]) is a
 
 
 @pytest.mark.parametrize("arch", MMPROJ_ARCHS, ids=lambda a: a.name)
@@ -69,12 +70,12 @@ def test_a_config_field_the_file_loses_is_caught(tmp_path):
 def test_unknown_projector_lists_the_registered_ones(tmp_path):
     arch, cfg = ARCHS["clip"], CANONICAL["clip"][0]
     path = tmp_path / "x.gguf"
-    kv = [(k, "ldp" if k == "clip.projector_type" else v) for k, v in arch.config_to_gguf(cfg)]
+    kv = [(k, "adapter" if k == "clip.projector_type" else v) for k, v in arch.config_to_gguf(cfg)]
     shapes = {k: n.shape for k, n in _weights(arch, cfg).items()}
     write_gguf(str(path), MMPROJ_ARCH, kv, {k: (np.zeros(s, np.float32), "f32") for k, s in shapes.items()})
     m, _ = load_mmproj(path)
     known = ", ".join(sorted({p for a in ARCHS.values() if a.modality == "image" for p in a.projectors}))
-    with pytest.raises(ValueError, match=rf"projector type 'ldp' is not supported by graphdsl.models "
+    with pytest.raises(ValueError, match=rf"projector type 'adapter' is not supported by graphdsl.models "
                                          rf"\(supported: {re.escape(known)}\)"):
         arch_for(m, "vision")
 

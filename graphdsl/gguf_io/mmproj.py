@@ -369,7 +369,9 @@ def _check_vision(f: GGUFFile, tensors: dict, cfg: VisionConfig) -> None:
     check(_tn(MODEL_TENSOR.V_ENC_EMBD_PATCH), (n, 3, p, p))
     check(_tn(MODEL_TENSOR.V_ENC_EMBD_PATCH, "bias"), (n,), required=False)
     cls = check(_tn(MODEL_TENSOR.V_ENC_EMBD_CLS, None), (n,), required=False)
-    check(_tn(MODEL_TENSOR.V_ENC_EMBD_POS), (cfg.n_patches + (cls is not None), n))
+    # "resampler" (MiniCPM-V) buckets any slice into a square table of its own size (models.minicpmv)
+    rows = None if cfg.projector_type == "resampler" else cfg.n_patches + (cls is not None)
+    check(_tn(MODEL_TENSOR.V_ENC_EMBD_POS), (rows, n) if rows else None)
     _check_blocks(check, "v", n, cfg.n_ff, cfg.n_layer, MODEL_TENSOR.V_PRE_NORM, MODEL_TENSOR.V_POST_NORM)
     check.raise_if_any(f"vision encoder ({cfg.projector_type})")
 
