@@ -166,6 +166,8 @@ def _image_config(args, pre):
         return dataclasses.replace(cfg, **cap)
     from .models import registry
     how = registry.image_modes()[args.mode or "clip"]  # a resize mode, or an arch's pre-processing
+    if how.mode not in pre.image.MODES:  # an arch's own resizing (qwen2vl's smart resize)
+        return how.config(args.size, **cap)
     size = 224 if args.size is None else args.size  # 0 never means "default": argparse refuses it
     crop = size if args.crop is None else args.crop
     norm = {"mean": how.mean, "std": how.std} if args.mode in registry.ARCHS else {}  # else the mode's own

@@ -15,6 +15,7 @@ from .batch import parallel_map, preprocess_audio, preprocess_images, stack_imag
 from .idefics3 import (Idefics3ImageConfig, Idefics3Images, Idefics3Prompt, idefics3_images, idefics3_prompt,
                        stack_idefics3)
 from .image import ImageConfig, load_image, preprocess_image
+from .qwen2vl import Qwen2VLImageConfig, qwen2vl_image, smart_resize
 from .text import AudioChunk, Chunk, ImageChunk, TextChunk, TextTokenizer, chunk_prompt
 
 __all__ = [
@@ -36,6 +37,9 @@ __all__ = [
     "log_mel_spectrogram",
     "mel_filters",
     "parallel_map",
+    "Qwen2VLImageConfig",
+    "qwen2vl_image",
+    "smart_resize",
     "preprocess_audio",
     "preprocess_image",
     "preprocess_images",

@@ -365,5 +365,7 @@ def preprocess_image(source: ImageSource, cfg: ImageConfig) -> np.ndarray:
     Raises:
         ValueError: unreadable, truncated or oversized image.
     """
+    if not isinstance(cfg, ImageConfig) and hasattr(cfg, "preprocess"):  # sizes that follow the image (qwen2vl.py)
+        return cfg.preprocess(source)
     img = load_image(source, background=cfg.pad_color, max_pixels=cfg.max_pixels)
     return normalize(resize_uint8(img, cfg), cfg)
