@@ -7,7 +7,8 @@ get_rope_index for the decoder's M-RoPE ids. The Qwen2.5-VL config has 4 layers,
 windowed, and windows (56 px) smaller than the images, so several windows per image are exercised.
 
 Bound: 1e-5 relative L2 in f32 (measured ~6e-7 to 8e-7 on the ggml CPU backend and the
-reference); 1e-3 for f16 weights (f16 rounding of the matrices, ~5e-4 measured).
+reference); 1e-3 for f16 weights (f16 rounding of the matrices, ~5e-4 measured); q8_0 files
+are checked to load and run within 3e-2 (~1.2e-2 measured).
 Negative controls: h/w swapped in the RoPE positions, the per-image mask dropped, the window
 regrouping dropped, must each fail the same comparison.
 """
@@ -232,7 +233,8 @@ def _png(path, size, seed):
     Image.fromarray(a).save(path)
 
 
-@pytest.mark.parametrize("outtype,bound", [("f32", BOUND), ("f16", 1e-3)])
+# q8_0: 8-bit weights and, in ggml's CPU products, 8-bit activations (~1.2e-2 measured)
+@pytest.mark.parametrize("outtype,bound", [("f32", BOUND), ("f16", 1e-3), ("q8_0", 3e-2)])
 def test_hf_folder_converts_and_embeds(tiny, tmp_path, outtype, bound):
     """HF dir -> graphdsl convert -> graphdsl embed --image a.png --image b.png equals HF's
     get_image_features on HF's processor output for the same files."""
