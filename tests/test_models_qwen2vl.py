@@ -272,3 +272,29 @@ def test_config_round_trips_and_names(tiny, tmp_path):
     assert not any("qkv" in k for k in w)
     assert ("v.blk.0.ffn_gate.weight" in w) == (mod is qwen2_5vl)
     assert ("v.post_ln.bias" in w) == (mod is qwen2vl)
+
+
+def test_embed_cli_with_tokens_and_two_images(tiny, tmp_path):
+    """graphdsl embed --image a.png --image b.png --tokens "5,6,<image>,7,8,<image>,10" with a text
+    GGUF: token rows from its table, each image's rows HF's features, in prompt order."""
+    from gguf import GGMLQuantizationType
+    from test_from_gguf import write_text_gguf
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    mod, _, model, c, w = tiny
+    from graphdsl.convert.writer import write_gguf
+    kv = mod.config_to_gguf(c)
+    gguf, txt, out = tmp_path / "m.gguf", tmp_path / "t.gguf", tmp_path / "e.npy"
+    write_gguf(str(gguf), "clip", kv, {k: (v, "f32") for k, v in w.items()})
+    table = write_text_gguf(txt, n_embd=48, qtype=GGMLQuantizationType.F32)
+    imgs = [tmp_path / "a.png", tmp_path / "b.png"]
+    _png(imgs[0], (60, 60), 3)
+    _png(imgs[1], (30, 100), 4)
+    r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "embed", "--mmproj", str(gguf), "--text-model", str(txt),
+                        "--image", str(imgs[0]), "--image", str(imgs[1]), "--tokens", "5,6,<image>,7,8,<image>,10",
+                        "-o", str(out), "--backend", "cpu"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    hp = Qwen2VLImageProcessorPil()(images=[Image.open(p) for p in imgs], return_tensors="np")
+    feats = _hf_features(model, hp["pixel_values"], hp["image_grid_thw"].tolist())
+    n_a = qwen2vl.n_tokens(tuple(hp["image_grid_thw"][0]), 2)
+    ref = np.concatenate([table[[5, 6]], feats[:n_a], table[[7, 8]], feats[n_a:], table[[10]]])
+    assert rel_err(np.load(out), ref) <= BOUND
