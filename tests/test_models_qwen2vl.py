@@ -298,3 +298,20 @@ def test_embed_cli_with_tokens_and_two_images(tiny, tmp_path):
     n_a = qwen2vl.n_tokens(tuple(hp["image_grid_thw"][0]), 2)
     ref = np.concatenate([table[[5, 6]], feats[:n_a], table[[7, 8]], feats[n_a:], table[[10]]])
     assert rel_err(np.load(out), ref) <= BOUND
+
+
+def test_qwen25_window_keys_as_llama_cpp_writes_them(tmp_path):
+    """llama.cpp's converter writes only clip.vision.n_wa_pattern (no window size: clip.cpp uses
+    112); a file with neither key has no window attention in llama.cpp, nor here."""
+    from graphdsl.convert.writer import write_gguf
+    from graphdsl.models import from_gguf
+    c = qwen2_5vl.ARCH.examples[0]
+    w = {k: (np.zeros(s, np.float32), "f32") for k, s in qwen2vl.weight_shapes(c).items()}
+    drop = {"llama.cpp": ("clip.vision.wa_layer_indexes", "clip.vision.window_size"),
+            "none": ("clip.vision.wa_layer_indexes", "clip.vision.window_size", "clip.vision.n_wa_pattern")}
+    want = {"llama.cpp": (112, (1, 3)), "none": (0, ())}
+    for case, keys in drop.items():
+        path = tmp_path / f"{case}.gguf"
+        write_gguf(str(path), "clip", [kv for kv in qwen2_5vl.config_to_gguf(c) if kv[0] not in keys], w)
+        got = from_gguf(path, check_finite=False).vision.cfg
+        assert (got.window_size, got.fullatt) == want[case], case

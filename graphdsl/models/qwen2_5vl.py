@@ -75,9 +75,9 @@ def config_from_gguf(src: Any) -> Qwen25VLConfig:
         layers = [il for il in range(n) if (il + 1) % pattern == 0]
     if any(not 0 <= i < n for i in layers):
         raise m.error(f"full-attention layers {layers} must lie in 0..{n - 1}")
-    window = _get(f, V.WINDOW_SIZE, int, 112)
-    if not layers and not window:
-        window = 0
+    # neither key: llama.cpp runs no window attention at all; an explicit empty list: windows everywhere
+    windowed = bool(layers) or KEY_WA_LAYERS in f.metadata
+    window = _get(f, V.WINDOW_SIZE, int, 112) if windowed else 0
     return Qwen25VLConfig(**kw, window_size=window, fullatt=tuple(layers))
 
 
