@@ -315,3 +315,28 @@ def test_qwen25_window_keys_as_llama_cpp_writes_them(tmp_path):
         write_gguf(str(path), "clip", [kv for kv in qwen2_5vl.config_to_gguf(c) if kv[0] not in keys], w)
         got = from_gguf(path, check_finite=False).vision.cfg
         assert (got.window_size, got.fullatt) == want[case], case
+
+
+# HF Qwen2-VL vision module names -> graphdsl node names
+MAPPING = {"visual.blocks.{i}.attn": "v.blk.{i}.attn_out", "visual.blocks.{i}.mlp.fc1": "v.blk.{i}.ffn_up",
+           "visual.blocks.{i}": "v.blk.{i}.layer_out", "visual.merger.ln_q": "v.post_ln",
+           "visual.merger.mlp.0": "mm.0", "visual.merger": "mm.2"}
+
+
+def test_node_by_node_against_hf():
+    """inspect.diff_hf on Qwen2-VL, two images packed: every mapped node within the bound; a weight
+    scaled by 1.05 (negative control) is named as the first bad node."""
+    from graphdsl.inspect import diff_hf
+    torch = need_torch()
+    cfg, model = qwen_tiny(False)
+    c = qwen2vl.config_from_hf(cfg)
+    w = qwen2vl.hf_to_gguf(model.state_dict(), c)
+    imgs = _pixels(SIZES[:2], seed=7)
+    x, grids = qwen2vl.Qwen2VLVision(c).items(imgs)
+    forward = lambda m, px: m.model.get_image_features(px, torch.tensor(grids))  # noqa: E731
+    reps = []
+    for weights in (w, dict(w, **{"v.blk.1.ffn_up.weight": w["v.blk.1.ffn_up.weight"] * np.float32(1.05)})):
+        run = graphdsl.compile(qwen2vl.build(c, grids), BACKEND, weights=weights)
+        reps.append(diff_hf(run, {"pixels": x}, model, torch.from_numpy(x), MAPPING, forward=forward, rel_l2=BOUND))
+    assert reps[0].ok, reps[0]
+    assert not reps[1].ok and reps[1].first_bad.name == "v.blk.1.ffn_up"
