@@ -279,8 +279,13 @@ def cmd_embed(args) -> int:
     print(f"  {'chunk':>5}  {'kind':<10} {'start':>6} {'n_tokens':>8}")
     for s in out.spans:
         print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")
+    if args.positions and out.positions is None:
+        raise ValueError(f"--positions: {args.mmproj} has no encoder for an M-RoPE decoder (Qwen-VL)")
     _save(args.output, embd)
     print(f"wrote {args.output}: {embd.dtype}{list(embd.shape)}")
+    if args.positions:
+        _save(args.positions, out.positions)
+        print(f"wrote {args.positions}: {out.positions.dtype}{list(out.positions.shape)}")
     return 0
 
 

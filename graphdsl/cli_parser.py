@@ -61,8 +61,8 @@ def outputs(args) -> list[tuple[str, str, list]]:
         from .convert import input_files
         return [("-o", args.output, input_files(args.hf_dir))]
     if cmd == "embed":
-        return [("-o", args.output, [args.mmproj, args.text_model, args.tokenizer, *(args.image or []),
-                                     *(args.audio or [])])]
+        ins = [args.mmproj, args.text_model, args.tokenizer, *(args.image or []), *(args.audio or [])]
+        return [("-o", args.output, ins)] + ([("--positions", args.positions, ins)] if args.positions else [])
     if cmd == "preprocess" and args.output:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
@@ -188,6 +188,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer.json (default: the --text-model's own vocabulary)")
     p.add_argument("--image", action="append", help="image file, in marker order (repeatable)")
     p.add_argument("--audio", action="append", help="audio file, in marker order (repeatable)")
+    p.add_argument("--positions", help="also save every row's M-RoPE (t, h, w) ids, int32 [3, n_tokens] "
+                                       "(.npy; Qwen-VL mmproj files)")
     seq = p.add_mutually_exclusive_group()
     seq.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
     seq.add_argument("--tokens", help='token ids with markers, e.g. "1,2,<image>,3"')

@@ -291,13 +291,20 @@ def test_embed_cli_with_tokens_and_two_images(tiny, tmp_path):
     _png(imgs[1], (30, 100), 4)
     r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "embed", "--mmproj", str(gguf), "--text-model", str(txt),
                         "--image", str(imgs[0]), "--image", str(imgs[1]), "--tokens", "5,6,<image>,7,8,<image>,10",
-                        "-o", str(out), "--backend", "cpu"], capture_output=True, text=True, timeout=300)
+                        "-o", str(out), "--backend", "cpu", "--positions", str(tmp_path / "p.npy")],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     hp = Qwen2VLImageProcessorPil()(images=[Image.open(p) for p in imgs], return_tensors="np")
     feats = _hf_features(model, hp["pixel_values"], hp["image_grid_thw"].tolist())
     n_a = qwen2vl.n_tokens(tuple(hp["image_grid_thw"][0]), 2)
     ref = np.concatenate([table[[5, 6]], feats[:n_a], table[[7, 8]], feats[n_a:], table[[10]]])
     assert rel_err(np.load(out), ref) <= BOUND
+    torch = need_torch()  # the saved ids: HF's get_rope_index on the same sequence
+    types_ = np.zeros(len(ref), np.int64)
+    types_[2:2 + n_a] = types_[4 + n_a:len(ref) - 1] = 1
+    want, _ = model.model.get_rope_index(torch.zeros((1, len(ref)), dtype=torch.long), torch.from_numpy(types_)[None],
+                                         image_grid_thw=torch.from_numpy(hp["image_grid_thw"]))
+    np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), want[:, 0].numpy())
 
 
 def test_qwen25_window_keys_as_llama_cpp_writes_them(tmp_path):
