@@ -84,6 +84,7 @@ def main(argv=None):
             fns[label] = (lambda r=run: r(pixels=patches))
             errs[label] = run(pixels=patches)["embd"]
     errs = {k: float(np.linalg.norm(v - ref) / np.linalg.norm(ref)) for k, v in errs.items()}
+    print(f"errors vs torch fp32: {errs}; timing {len(fns)} contenders ...", file=sys.stderr, flush=True)
     t = alternate(fns, args.repeat)
     base, base16 = t["torch float32"], t["torch bfloat16"]
     rows = [[k, v * 1e3, v / base, v / base16, f"{errs[k]:.1e}" if k in errs else "-"] for k, v in t.items()]

@@ -248,7 +248,9 @@ class Qwen2VLVision(Block):
     def positions(self, data: Any, start: int) -> tuple[np.ndarray, int]:
         """M-RoPE ids (3, n_tokens) of one item placed at ``start`` and the next text position,
         as HF's get_rope_index (t, h, w of each merged token, offset by start; the text goes on
-        at start + max(h, w) / merge)."""
+        at start + max(h, w) / merge). A video's temporal ids step by 1 per temporal patch
+        (Qwen2-VL's; Qwen2.5-VL scales them by tokens_per_second * seconds per patch, which the
+        frames alone do not say: the same for a 2-frame clip, whose one patch is at t = start)."""
         t, h, w = patchify(getattr(data, "pixel_values", data), self.cfg)[1]
         m = self.cfg.merge
         tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h // m), np.arange(w // m), indexing="ij")
