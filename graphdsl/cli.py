@@ -3,8 +3,10 @@
     graphdsl devices                         ggml devices and what backend="auto" picks
     graphdsl info FILE.gguf                  metadata, tensors and the detected model
     graphdsl inspect [MODEL] [--draw g.svg] [--profile] [--lowered] [--diff] ...
-    graphdsl embed --mmproj M.gguf [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
-                   [--image a.png]... [--audio b.wav]... -o out.npy [-f]
+    graphdsl view [MODEL | TEXT.gguf] [--profile] [--diff] [-o page.html | --port 8000]
+    graphdsl embed [--mmproj M.gguf] [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
+                   [--image a.png]... [--audio b.wav]... -o out.npy [--spans out.spans.json] [-f]
+    graphdsl embed-dataset FOLDER|MANIFEST [--mmproj M.gguf] [--text-model T.gguf] -o OUT/ [--workers N | --ray [ADDR]]
     graphdsl preprocess image|audio|text INPUT ... [-o out.npy [-f]]
     graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [-f] [--outtype f16]
     graphdsl bench [MODEL] [--repeat 20]
@@ -21,7 +23,10 @@ leaves the previous file whole (graphdsl.fileio).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,7 +94,11 @@ def cmd_convert(args) -> int:
     conv = _need("graphdsl.convert")
     print(f"converting {' + '.join(args.hf_dir)} -> {args.output} ({args.outtype}) ...", file=sys.stderr)
     t0 = time.perf_counter()
-    types = conv.convert(args.hf_dir, args.output, args.outtype)
+    cb, close = _stages("convert")
+    try:  # a bar per stage on a terminal: reading the checkpoint, encoding tensors (then gguf's write bar)
+        types = conv.convert(args.hf_dir, args.output, args.outtype, progress=cb if sys.stderr.isatty() else None)
+    finally:
+        close()
     counts: dict[str, int] = {}
     for t in types.values():
         counts[t] = counts.get(t, 0) + 1
@@ -239,6 +248,40 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _view_graph(args):
+    """(graph, inputs, weights, label): an mmproj's encoder or the demo (as inspect), or a text GGUF's table."""
+    if args.model != "demo":
+        from .gguf_io import read_gguf
+        if read_gguf(args.model).architecture != "clip":  # a text model: its token table on a few ids
+            from .models.common import graph_of
+            tm = _need("graphdsl.models.text").from_gguf(args.model, check_finite=args.check_finite)
+            ids = np.arange(min(8, tm.block.cfg.n_vocab), dtype=np.int32)
+            g = graph_of(tm.block, ids.shape, Path(args.model).stem)
+            return g, {"ids": ids}, {k: tm.weights[k] for k in g.weights}, f"{Path(args.model).name} (text)"
+    return _load_graph(args)
+
+
+def cmd_view(args) -> int:
+    import graphdsl
+
+    from .inspect.view import view
+    g, feeds, weights, label = _view_graph(args)
+    run = _compile(g, weights, args)
+    run(feeds)  # a run first, so each node shows its backend
+    rep = None
+    if args.diff:
+        from . import inspect
+        rep = inspect.diff(run, graphdsl.compile(g, "reference", weights=weights), feeds, rel_l2=args.rel_l2)
+    v = view(run, feeds, profile=args.profile or None, diff=rep, path=args.output, serve_page=not args.output,
+             port=args.port, title=label, repeat=args.repeat)
+    if args.output:
+        print(f"wrote {args.output}: {label}, {sum(n.op != 'weight' for n in g.live_nodes())} nodes (open it in a browser)")
+        return 0
+    print(f"{label}: serving {v.url} (the page is also at {v.path}); Ctrl-C stops", flush=True)
+    v.serve_forever()
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .inspect.table import si
     g, feeds, weights, label = _load_graph(args)
@@ -264,14 +307,36 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _stages(desc: str):
+    """(progress(stage, done, total), close) drawing a tqdm bar on a terminal; no-ops when piped."""
+    bar = [None]
+
+    def cb(stage, done, total):
+        if bar[0] is None:
+            bar[0] = _bar(total, desc) or False
+        b = bar[0]
+        if b:
+            if b.total != total:  # a new stage with its own count (convert: folders, then tensors)
+                b.reset(total=total)
+            b.set_description(f"{desc}: {stage}", refresh=False)
+            b.n = done
+            b.refresh()
+
+    return cb, lambda: bar[0] and bar[0].close()
+
+
 def cmd_embed(args) -> int:
     embed = _need("graphdsl.embed")
     from graphdsl.backends.ggml import resolve_devices
     t0 = time.perf_counter()
-    out = embed.embed_files(args.mmproj, args.text_model, images=args.image or [], audios=args.audio or [],
-                            prompt=args.prompt, tokens=args.tokens, backend=args.backend, tokenizer=args.tokenizer,
-                            precision=args.precision, n_threads=args.threads, check_finite=args.check_finite,
-                            **_seconds(args))
+    cb, close = _stages("embed")
+    try:
+        out = embed.embed_files(args.mmproj, args.text_model, images=args.image or [], audios=args.audio or [],
+                                prompt=args.prompt, tokens=args.tokens, backend=args.backend,
+                                tokenizer=args.tokenizer, precision=args.precision, n_threads=args.threads,
+                                check_finite=args.check_finite, progress=cb, **_seconds(args))
+    finally:
+        close()
     dt = time.perf_counter() - t0
     embd = np.ascontiguousarray(out.embd, dtype=np.float32)
     print(f"embd f32{list(embd.shape)} on {'+'.join(resolve_devices(args.backend))} in {dt * 1e3:.1f} ms "
@@ -279,13 +344,56 @@ def cmd_embed(args) -> int:
     print(f"  {'chunk':>5}  {'kind':<10} {'start':>6} {'n_tokens':>8}")
     for s in out.spans:
         print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")
+    if out.cross and not args.cross_output:
+        raise ValueError(f"the batch gives {len(out.cross)} cross-attention memories: pass --cross-output FILE.npz")
     if args.positions and out.positions is None:
         raise ValueError(f"--positions: {args.mmproj} has no encoder for an M-RoPE decoder (Qwen-VL)")
     _save(args.output, embd)
     print(f"wrote {args.output}: {embd.dtype}{list(embd.shape)}")
+    spans = cli_parser.spans_path(args)
+    with atomic_open(spans, "w", encoding="utf-8") as fh:  # where a decoder places each chunk's rows
+        json.dump({"embeddings": os.path.basename(args.output), "shape": list(embd.shape), "dtype": "float32",
+                   "spans": [dataclasses.asdict(s) for s in out.spans]}, fh, indent=1)
+        fh.write("\n")
+    print(f"wrote {spans}: {len(out.spans)} spans")
     if args.positions:
         _save(args.positions, out.positions)
         print(f"wrote {args.positions}: {out.positions.dtype}{list(out.positions.shape)}")
+    if out.cross:
+        for m in out.cross:
+            print(f"  cross {m.index}: {m.kind} f32{list(m.embd.shape)}, {m.n_valid} valid rows, "
+                  f"attended by rows {m.start}..{m.end}")
+        fields = {f: np.array([getattr(m, f) for m in out.cross]) for f in ("index", "n_valid", "start", "end")}
+        with atomic_open(args.cross_output) as fh:
+            np.savez(fh, **{f"memory.{j}": m.embd for j, m in enumerate(out.cross)}, **fields)
+        print(f"wrote {args.cross_output}: {len(out.cross)} memories")
+    return 0
+
+
+def cmd_embed_dataset(args) -> int:
+    ds = _need("graphdsl.dataset")
+    from .dataset.run import main_progress
+    progress, on_start, close = main_progress()
+    started = {}
+
+    def start(done, total):
+        started.update(done=done, total=total)
+        on_start(done, total)
+    t0 = time.perf_counter()
+    try:
+        res = ds.embed_dataset(args.source, args.output, mmproj=args.mmproj, text_model=args.text_model,
+                               tokenizer=args.tokenizer, shard_size=args.shard_size, workers=args.workers,
+                               ray=(args.ray if args.ray != "local" else True) if args.ray else False,
+                               ray_actors=args.ray_actors, restart=args.force, progress=progress, on_start=start,
+                               backend=args.backend, precision=args.precision, n_threads=args.threads,
+                               check_finite=args.check_finite, **_seconds(args))
+    finally:
+        close()
+    dt = time.perf_counter() - t0
+    new = res["n_items"] - started.get("done", 0)
+    rate = f", {new / dt:.2f} items/s" if new and dt > 0 else ""
+    print(f"{args.output}: {res['n_items']} items in {res['n_shards']} shard(s) of width {res['n_embd']}; "
+          f"{res['skipped_shards']} shard(s) were already done, {new} item(s) embedded now in {dt:.1f} s{rate}")
     return 0
 
 
@@ -304,8 +412,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"devices": cmd_devices, "info": cmd_info, "inspect": cmd_inspect, "embed": cmd_embed,
-            "preprocess": cmd_preprocess, "convert": cmd_convert, "bench": cmd_bench, "demo": cmd_demo,
+COMMANDS = {"devices": cmd_devices, "info": cmd_info, "inspect": cmd_inspect, "view": cmd_view, "embed": cmd_embed,
+            "embed-dataset": cmd_embed_dataset, "preprocess": cmd_preprocess, "convert": cmd_convert, "bench": cmd_bench, "demo": cmd_demo,
             "rpc-server": cmd_rpc_server}
 
 

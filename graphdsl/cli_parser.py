@@ -62,10 +62,15 @@ def outputs(args) -> list[tuple[str, str, list]]:
         return [("-o", args.output, input_files(args.hf_dir))]
     if cmd == "embed":
         ins = [args.mmproj, args.text_model, args.tokenizer, *(args.image or []), *(args.audio or [])]
-        return [("-o", args.output, ins)] + ([("--positions", args.positions, ins)] if args.positions else [])
+        return [(opt, path, ins) for opt, path in (("-o", args.output), ("--spans", spans_path(args)),
+                                                   ("--cross-output", args.cross_output),
+                                                   ("--positions", args.positions)) if path]
     if cmd == "preprocess" and args.output:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
+    if cmd == "view" and args.output:
+        ins = [args.image, args.audio, None if args.model == "demo" else args.model]
+        return [("-o", args.output, ins)]
     if cmd == "inspect":
         from .demo import DATA, VERSION, cache_dir
         ins = [args.image or DATA / "demo_image.png", args.audio or DATA / "speech_16k.wav"]
@@ -78,8 +83,28 @@ def outputs(args) -> list[tuple[str, str, list]]:
     return []
 
 
+def spans_path(args) -> str:
+    """Where `embed` writes its spans: --spans, else the output's name with .spans.json for its suffix."""
+    if args.spans:
+        return args.spans
+    root, ext = os.path.splitext(args.output)
+    return (root if ext else args.output) + ".spans.json"
+
+
 def check_args(args) -> None:
     """Option combinations and outputs, before any work; raises ValueError (a usage error)."""
+    if args.command == "embed-dataset":
+        if not (args.mmproj or args.text_model):
+            raise ValueError("embed-dataset needs --mmproj, --text-model or both")
+        if args.ray and args.workers:
+            raise ValueError("give --workers or --ray, not both")
+        src, out = os.path.realpath(args.source), os.path.realpath(args.output)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"-o {args.output} is a file; the output is a folder")
+        if out == src or (os.path.isdir(src) and os.path.commonpath([out, src]) == src):
+            raise ValueError(f"-o {args.output} is inside the input {args.source}; choose a folder outside it")
+    if args.command == "embed" and not (args.mmproj or args.text_model):
+        raise ValueError("embed needs --mmproj (images, audio), --text-model (--prompt, --tokens) or both")
     if args.command == "inspect":
         if args.capture_out and not args.capture:
             raise ValueError("--capture-out needs --capture GLOB")
@@ -180,10 +205,26 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help="with --diff: bound on the relative L2 error (default: 1e-4)")
     _force(p)
 
+    p = command("view", help="an interactive page of a model's graph, with time and error overlays",
+                description="Write a self-contained HTML page of a model's graph (an mmproj's encoder, a text "
+                            "GGUF's token table, or the demo) and serve it on 127.0.0.1: a tree from the node names "
+                            "(repeated blocks collapsible), op, shape, dtype, FLOPs, bytes, weights and backend per "
+                            "node; --profile adds times, --diff errors against the NumPy reference. " + OUTPUT_NOTE)
+    _model_opts(p)
+    _run_opts(p)
+    p.add_argument("--profile", action="store_true", help="time every node (overlay: time)")
+    p.add_argument("--repeat", type=positive_int, default=3, help="profiled runs to average (default: 3)")
+    p.add_argument("--diff", action="store_true", help="compare every node with the NumPy reference (overlay: error)")
+    p.add_argument("--rel-l2", type=positive_float, default=1e-4, help="with --diff: the bound (default: 1e-4)")
+    p.add_argument("-o", "--output", metavar="HTML", help="write the page here and exit (default: serve it)")
+    p.add_argument("--port", type=int_range(0, 65535, name="TCP port (0: any free one)"), default=0,
+                   help="port on 127.0.0.1 to serve on (default: a free one)")
+    _force(p)
+
     p = command("embed", help="embed a mixed batch (text, images, audio) into the decoder's input sequence",
                 description="Run a prompt with <image>/<audio> markers (or bare media) through an mmproj "
                             "(+ text model) as one graph; print the spans and save the embeddings. " + OUTPUT_NOTE)
-    p.add_argument("--mmproj", required=True, help="mmproj GGUF (vision and/or audio encoder)")
+    p.add_argument("--mmproj", help="mmproj GGUF (vision and/or audio encoder); not needed for text alone")
     p.add_argument("--text-model", help="text GGUF with the token table; needed for --prompt / --tokens")
     p.add_argument("--tokenizer", help="tokenizer.json (default: the --text-model's own vocabulary)")
     p.add_argument("--image", action="append", help="image file, in marker order (repeatable)")
@@ -194,8 +235,34 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     seq.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
     seq.add_argument("--tokens", help='token ids with markers, e.g. "1,2,<image>,3"')
     p.add_argument("-o", "--output", required=True, help="where to save the embeddings (float32, .npy format)")
+    p.add_argument("--spans", metavar="JSON", help="where to save the spans, the rows each chunk occupies "
+                                                   "(default: the output's name with .spans.json as its suffix)")
+    p.add_argument("--cross-output", help="where to save cross-attention memories (mllama images: .npz with "
+                                          "memory.N, index, n_valid, start, end); needed when there are any")
     _force(p)
     _run_opts(p, "auto")
+    _limit_opts(p)
+    _finite_opt(p)
+
+    p = command("embed-dataset", help="embed a folder or manifest into sharded Parquet (resumable; workers or Ray)",
+                description="Embed every item of a folder (one item per image / audio file) or a CSV / JSONL / "
+                            "Parquet manifest of (id, prompt | tokens, images, audios) into OUT/part-NNNNN.parquet "
+                            "(id, n_tokens, spans, embeddings) and OUT/_manifest.json. Shards are written "
+                            "atomically; a rerun skips the finished ones. Needs pyarrow (graphdsl[dataset]); "
+                            "--ray needs graphdsl[ray].")
+    p.add_argument("source", help="a folder of images / audio, or a .csv / .jsonl / .parquet manifest")
+    p.add_argument("--mmproj", help="mmproj GGUF (vision and/or audio encoder)")
+    p.add_argument("--text-model", help="text GGUF with the token table (for prompts / tokens)")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the --text-model's own vocabulary)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created)")
+    p.add_argument("--shard-size", type=positive_int, default=256, help="items per Parquet file (default: 256)")
+    p.add_argument("--workers", type=count, default=0,
+                   help="worker processes, each with its own compiled model (default: 0, in this process)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help='run on Ray Data: a local Ray, or a cluster ("auto", "HOST:6379")')
+    p.add_argument("--ray-actors", type=positive_int, default=2, help="with --ray: embedder actors (default: 2)")
+    p.add_argument("-f", "--force", action="store_true", help="start over when OUT holds another run's shards")
+    _run_opts(p)
     _limit_opts(p)
     _finite_opt(p)
 

@@ -199,6 +199,11 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
         raise ValueError(f"{model} has no {kind or 'image or audio'} encoder "
                          f"(it has: {', '.join(mm.media) or 'none'})")
     block = mm.media[kind]
+    if kind == "image" and hasattr(block, "build_items"):  # items that do not stack (mllama): one batch item
+        src, frames = image or DATA / "demo_image.png", mm.archs[kind].frames
+        data = frames(src, mm) if frames is not None else preprocess_image(src, mm.image_config())
+        g, feeds, _ = build_mixed([(kind, data)], None, {kind: block}, cross=())
+        return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
     if kind == "image":
         data = preprocess_image(image or DATA / "demo_image.png", mm.image_config())
     else:

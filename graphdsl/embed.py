@@ -26,6 +26,11 @@ hashable ``key`` for what shapes alone do not say (e.g. the per-image grids), wh
 of the compiled-graph cache key. It keeps ``example`` and ``__call__``: ``Embedder`` declares
 every model's weights by calling it on its example input.
 
+A kind may instead give cross-attention memories (``Embedder(..., cross={"audio"})``, or a model
+whose ``output`` is "cross", as mllama's vision): its items add no rows to the sequence (their
+span has n_tokens 0) and each becomes a ``cross.CrossMemory`` in ``Embeddings.cross``, with the
+sequence rows that may attend to it (see ``graphdsl.cross``).
+
 Each text chunk is embedded on its own (a BERT-style table restarts its positions per chunk).
 A second group of one model reuses its weights; its node names get a ``_1`` suffix.
 
@@ -45,14 +50,15 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import dtypes as dt
 from . import ops
+from .cross import CrossMemory, cross_mask, cross_spans
 from .graph import Graph, Tensor
 from .inp_embd import build_inp_embd
 
@@ -77,7 +83,13 @@ class Embeddings:
 
     embd: np.ndarray
     spans: list[Span]
+    cross: list[CrossMemory] = field(default_factory=list)  # cross-attention memories, in batch order
     positions: np.ndarray | None = None
+
+    def cross_mask(self, kind: str | None = None) -> np.ndarray:
+        """(n_tokens, rows of the memories of ``kind`` (all: None)) 0/1: which memory rows each
+        sequence row may attend to (``cross.cross_mask``)."""
+        return cross_mask([m for m in self.cross if kind in (None, m.kind)], self.embd.shape[0])
 
 
 def mrope_positions(items: Sequence[Any], spans: Sequence[Span], media: Mapping[str, Any]) -> np.ndarray | None:
@@ -125,7 +137,7 @@ def as_item(item: Any) -> tuple[str, Any]:
                      "pass a chunk from graphdsl.preprocess.text, an id array or a (kind, array) pair")
 
 
-def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None
+def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None, cross=None
                 ) -> tuple[Graph, dict[str, np.ndarray], list[Span]]:
     """Build the one graph of a mixed batch.
 
@@ -133,14 +145,26 @@ def build_mixed(items: Sequence[Any], text=None, media: Mapping[str, Any] | None
         items: the batch (see the module docstring).
         text: the text model (``models.text.TextEmbedding``), needed when there are text chunks.
         media: kind -> media model (``ClipVision``, ``SiglipVision``, ``WhisperEncoder`` ...).
+        cross: kinds whose outputs are cross-attention memories (``cross_kinds``): their items
+            give outputs ``cross.{i}`` instead of rows of ``embd``.
 
     Returns:
-        (graph with output ``embd``, the inputs to feed it, spans).
+        (graph with output ``embd`` (absent when every item is cross), the inputs to feed it, spans).
     """
-    return _build(items, text, media)[:3]
+    return _build(items, text, media, cross)[:3]
 
 
-def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None):
+def cross_kinds(media: Mapping[str, Any], cross=None) -> frozenset:
+    """The kinds whose outputs are cross-attention memories: ``cross``, or (None) the media
+    models that say ``output = "cross"``."""
+    if cross is None:
+        return frozenset(k for k, m in media.items() if getattr(m, "output", "inline") == "cross")
+    if isinstance(cross, str) or set(cross) - set(media):
+        raise ValueError(f"[embed] cross must be a collection of media kinds ({sorted(media)}), got {cross!r}")
+    return frozenset(cross)
+
+
+def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = None, cross=None):
     """build_mixed, plus the layout keys of the media built by ``build_items`` (see the module doc)."""
     media = dict(media or {})
     g = Graph("mixed_batch")
@@ -201,15 +225,20 @@ def _build(items: Sequence[Any], text=None, media: Mapping[str, Any] | None = No
         if reserved is not None and reserved != pieces[i].shape[0]:
             raise ValueError(f"[embed] item {i} ({kinds[i]}) reserved {reserved} positions but its encoder "
                              f"gives {pieces[i].shape[0]}")
-    widths = {p.shape[-1] for p in pieces}
-    if len(widths) != 1:
+    xk = cross_kinds(media, cross)
+    inline = [(i, k, p) for i, (k, p) in enumerate(zip(kinds, pieces)) if k not in xk]
+    if len({p.shape[-1] for _, _, p in inline}) > 1:
         raise ValueError("[embed] chunks disagree on the embedding width: " +
-                         ", ".join(f"{i}:{k}={p.shape[-1]}" for i, (k, p) in enumerate(zip(kinds, pieces))))
-    g.output("embd", ops.concat(pieces, axis=0, name="embd") if len(pieces) > 1 else pieces[0])
+                         ", ".join(f"{i}:{k}={p.shape[-1]}" for i, k, p in inline))
+    if inline:
+        ps = [p for _, _, p in inline]
+        g.output("embd", ops.concat(ps, axis=0, name="embd") if len(ps) > 1 else ps[0])
     spans, start = [], 0
     for i, (k, p) in enumerate(zip(kinds, pieces)):
-        spans.append(Span(i, k, start, p.shape[0]))
-        start += p.shape[0]
+        if k in xk:
+            g.output(f"cross.{i}", p)
+        spans.append(Span(i, k, start, 0 if k in xk else p.shape[0]))
+        start += spans[-1].n_tokens
     return g, feeds, spans, tuple(layout)
 
 
@@ -222,11 +251,15 @@ class Embedder:
         backend, precision, n_threads: as ``graphdsl.compile``.
         weights: gguf-named weights of all the models (strictly checked), or call load_weights.
         cache_size: compiled layouts kept.
+        cross: media kinds whose outputs are cross-attention memories (``Embeddings.cross``)
+            rather than rows of the sequence; None: the models whose ``output`` is "cross".
     """
 
     def __init__(self, text=None, media: Mapping[str, Any] | None = None, *, backend: str = "cpu",
-                 precision: str = "f32", n_threads: int | None = None, weights=None, cache_size: int = 8):
+                 precision: str = "f32", n_threads: int | None = None, weights=None, cache_size: int = 8,
+                 cross=None):
         self.text, self.media = text, dict(media or {})
+        self.cross = cross_kinds(self.media, cross)
         self.backend, self.precision, self.n_threads = backend, precision, n_threads
         self.cache_size = cache_size
         self._exes: OrderedDict[tuple, Any] = OrderedDict()
@@ -253,12 +286,12 @@ class Embedder:
 
     def plan(self, items: Sequence[Any]) -> list[Span]:
         """The spans a batch will occupy, without running it."""
-        return build_mixed(items, self.text, self.media)[2]
+        return build_mixed(items, self.text, self.media, self.cross)[2]
 
     def __call__(self, items: Sequence[Any], *, capture: Sequence[str] = ()) -> Embeddings:
         if self._weights is None:
             raise ValueError("[embed] no weights bound: call load_weights() first")
-        g, feeds, spans, layout = _build(items, self.text, self.media)
+        g, feeds, spans, layout = _build(items, self.text, self.media, self.cross)
         key = (tuple((k, v.shape, str(v.dtype)) for k, v in feeds.items()), layout)
         exe = self._exes.get(key)
         if exe is None:
@@ -271,15 +304,32 @@ class Embedder:
         else:
             self._exes.move_to_end(key)
         out = exe(feeds, capture=capture)
-        return Embeddings(out["embd"], spans, mrope_positions(items, spans, self.media))
+        return self._embeddings(out, items, spans)
+
+    def _embeddings(self, out: Mapping[str, np.ndarray], items: Sequence[Any], spans: list[Span]) -> Embeddings:
+        mems = [s for s in spans if s.kind in self.cross]
+        n = sum(s.n_tokens for s in spans)
+        width = out[f"cross.{mems[0].index}"].shape[-1] if mems else 0
+        embd = out["embd"] if "embd" in out else np.zeros((0, width), np.float32)
+        cross = []
+        for kind in sorted({s.kind for s in mems}):
+            ss = [s for s in mems if s.kind == kind]
+            valid = getattr(self.media[kind], "valid_rows", None)
+            for s, (a, b) in zip(ss, cross_spans([s.start for s in ss], n)):
+                e = out[f"cross.{s.index}"]
+                k = valid(as_item(items[s.index])[1]) if valid is not None else e.shape[0]
+                cross.append(CrossMemory(s.index, kind, e, k, a, b))
+        return Embeddings(embd, spans, sorted(cross, key=lambda m: m.index),
+                          mrope_positions(items, spans, self.media))
 
 
 # -- from files ---------------------------------------------------------------------------------------
-def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None = None, images: Sequence[Any] = (),
+def embed_files(mmproj: str | os.PathLike | None, text_model: str | os.PathLike | None = None, images: Sequence[Any] = (),
                 audios: Sequence[Any] = (), prompt: str | None = None, tokens: Sequence[int | str] | str | None = None,
                 *, backend: str = "auto", markers: Sequence[str] = ("<image>", "<audio>"), tokenizer: Any = None,
                 precision: str = "f32", n_threads: int | None = None, check_finite: bool = True,
-                max_seconds: float | None = None) -> Embeddings:
+                max_seconds: float | None = None, progress: Callable[[str, int, int], None] | None = None
+                ) -> Embeddings:
     """Embed images, audio and a prompt read from files: the function behind ``graphdsl embed``.
 
     The mmproj GGUF gives the encoders (``models.from_gguf``) and the pre-processing: images are
@@ -294,7 +344,7 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
     Without prompt and tokens the result is the media alone: images, then audio, concatenated.
 
     Args:
-        mmproj: the mmproj GGUF (vision and/or audio).
+        mmproj: the mmproj GGUF (vision and/or audio), or None for text alone.
         text_model: a text GGUF (token_embd + tokenizer.ggml.*); needed for a prompt or tokens.
         images, audios: paths (or arrays / PIL images; PCM arrays at 16 kHz).
         prompt, tokens: at most one of the two.
@@ -304,6 +354,8 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
             GGUF's own vocabulary, ``models.text.tokenizer_of``).
         check_finite: refuse GGUF weights holding NaN or inf (``models.from_gguf``).
         max_seconds: refuse longer audio (default: ``preprocess.audio.DEFAULT_MAX_SECONDS``).
+        progress: called as ``progress(stage, done, total)`` after each stage: loading, each
+            image and audio file pre-processed, and the run (one graph: a single step).
 
     Returns:
         Embeddings: ``embd`` (n_tokens_total, n_embd), the decoder's input sequence, and the spans.
@@ -312,45 +364,112 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
         ValueError: a marker count that differs from the media given, media of a kind the mmproj
             has no encoder for, text without a text model, widths that disagree, bad files.
     """
-    from .models import from_gguf
-    from .models import text as text_models
-    from .preprocess import preprocess_images, whisper_chunks
-    from .preprocess.audio import N_FRAMES
-    if prompt is not None and tokens is not None:
+    if prompt is not None and tokens is not None:  # before loading anything
         raise ValueError("[embed_files] give a prompt or tokens, not both")
-    if len(markers) != 2 or markers[0] == markers[1] or not all(isinstance(m, str) and m for m in markers):
-        raise ValueError(f"[embed_files] markers must be two different strings (image, audio), got {markers!r}")
-    images, audios = list(images), list(audios)
-    m = from_gguf(mmproj, check_finite=check_finite)
-    for kind, given in (("image", images), ("audio", audios)):
-        if given and kind not in m.media:
-            raise ValueError(f"{m.path}: no {kind} encoder, but {len(given)} {kind} input(s) were given")
-    tm = text_models.from_gguf(text_model, check_finite=check_finite) if text_model is not None else None
-    if tm is not None:
-        for kind, block in m.media.items():
-            if block.n_out != tm.block.n_out:
-                raise ValueError(f"{m.path}: the {kind} projector gives width {block.n_out}, but the text model "
-                                 f"{os.fspath(text_model)} has n_embd {tm.block.n_out}")
-    if (prompt is not None or tokens is not None) and tm is None:
-        raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
-    media: dict[str, list] = {"image": [], "audio": []}
-    if images:
-        frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
-        media["image"] = ([("image", frames(src, m)) for src in images] if frames is not None else
-                          [("image", px) for px in preprocess_images(images, m.image_config())])
-    if audios:
-        if m.audio.cfg.n_frames != N_FRAMES:
-            raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
-                             f"Whisper's log-mel gives {N_FRAMES}")
-        seconds = {} if max_seconds is None else {"max_seconds": max_seconds}
-        media["audio"] = [("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]) for a in audios]
-    if prompt is None and tokens is None:
-        items = media["image"] + media["audio"]
-        if not items:
-            raise ValueError("[embed_files] nothing to embed: give a prompt, tokens, images or audio")
-    else:
+    total = 2 + len(images) + len(audios)
+    fe = FileEmbedder(mmproj, text_model, backend=backend, markers=markers, tokenizer=tokenizer, precision=precision,
+                      n_threads=n_threads, check_finite=check_finite, max_seconds=max_seconds)
+    fe.check(images, audios, prompt, tokens)
+    if progress is not None:
+        progress("loaded", 1, total)
+    return fe(images, audios, prompt, tokens,
+              progress=None if progress is None else lambda stage, done, _t: progress(stage, done + 1, total))
+
+
+class FileEmbedder:
+    """The models of ``embed_files`` loaded once (memory-mapped weights, one ``Embedder`` with its
+    compiled layouts), to embed many (images, audios, prompt | tokens) items: ``graphdsl embed-dataset``.
+    Arguments as ``embed_files``."""
+
+    def __init__(self, mmproj: str | os.PathLike | None, text_model: str | os.PathLike | None = None, *,
+                 backend: str = "auto", markers: Sequence[str] = ("<image>", "<audio>"), tokenizer: Any = None,
+                 precision: str = "f32", n_threads: int | None = None, check_finite: bool = True,
+                 max_seconds: float | None = None):
+        from .models import from_gguf
+        from .models import text as text_models
+        if len(markers) != 2 or markers[0] == markers[1] or not all(isinstance(m, str) and m for m in markers):
+            raise ValueError(f"[embed_files] markers must be two different strings (image, audio), got {markers!r}")
+        if mmproj is None and text_model is None:
+            raise ValueError("[embed_files] give an mmproj, a text model or both")
+        self.markers, self.max_seconds = tuple(markers), max_seconds
+        self.m = m = from_gguf(mmproj, check_finite=check_finite) if mmproj is not None else None
+        self.tm = tm = text_models.from_gguf(text_model, check_finite=check_finite) if text_model is not None else None
+        if tm is not None and m is not None:
+            for kind, block in m.media.items():
+                if block.n_out != tm.block.n_out:
+                    raise ValueError(f"{m.path}: the {kind} projector gives width {block.n_out}, but the text model "
+                                     f"{os.fspath(text_model)} has n_embd {tm.block.n_out}")
+        self._tokenizer = tokenizer
+        weights = dict(m.weights) if m is not None else {}
+        if tm is not None:
+            weights.update(tm.weights)
+        self.embedder = Embedder(tm.block if tm is not None else None, m.media if m is not None else {},
+                                 backend=backend, precision=precision, n_threads=n_threads, weights=weights)
+
+    @property
+    def n_embd(self) -> int:
+        return self.tm.block.n_out if self.tm is not None else next(iter(self.m.media.values())).n_out
+
+    def check(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt=None, tokens=None) -> None:
+        """The errors an item can be refused with before any pre-processing."""
+        m = self.m
+        if prompt is not None and tokens is not None:
+            raise ValueError("[embed_files] give a prompt or tokens, not both")
+        for kind, given in (("image", images), ("audio", audios)):
+            if given and (m is None or kind not in m.media):
+                where = f"{m.path}: no {kind} encoder" if m is not None else f"no mmproj (the {kind} encoder)"
+                raise ValueError(f"{where}, but {len(given)} {kind} input(s) were given")
+        if (prompt is not None or tokens is not None) and self.tm is None:
+            raise ValueError("[embed_files] a prompt or tokens need text_model (the token table)")
+        xk = (cross_kinds(m.media) if m is not None else frozenset()) & {
+            k for k, given in (("image", images), ("audio", audios)) if given}
+        if xk and (prompt is not None or tokens is not None):
+            # a marker here becomes the item; mllama's <|image|> is a token of the text that must stay
+            raise ValueError(f"{m.path}: its {'/'.join(sorted(xk))} encoder gives cross-attention "
+                             "memories, whose place in a prompt is a token of the text: embed the media alone, or "
+                             "build the batch with preprocess.mllama.mllama_items and Embedder")
+
+    def items(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt: str | None = None,
+              tokens: Sequence[int | str] | str | None = None, *, progress=None) -> list:
+        """The batch items of one sequence (pre-processed, tokenized); progress(stage, done, total)."""
+        from .preprocess import preprocess_images, whisper_chunks
+        from .preprocess.audio import N_FRAMES
+        images, audios = list(images), list(audios)
+        self.check(images, audios, prompt, tokens)
+        m, tm, markers = self.m, self.tm, self.markers
+        total, done = 1 + len(images) + len(audios), [0]
+
+        def step(stage: str) -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(stage, done[0], total)
+
+        media: dict[str, list] = {"image": [], "audio": []}
+        if images:
+            frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
+            if frames is not None:
+                for src in images:
+                    media["image"].append(("image", frames(src, m)))
+                    step("image")
+            else:  # in parallel; progress comes back on this thread after each image
+                pixels = preprocess_images(images, m.image_config(), progress=lambda d, _t: d and step("image"))
+                media["image"] = [("image", px) for px in pixels]
+        if audios:
+            if m.audio.cfg.n_frames != N_FRAMES:
+                raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
+                                 f"Whisper's log-mel gives {N_FRAMES}")
+            seconds = {} if self.max_seconds is None else {"max_seconds": self.max_seconds}
+            for a in audios:
+                media["audio"].append(("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]))
+                step("audio")
+        if prompt is None and tokens is None:
+            items = media["image"] + media["audio"]
+            if not items:
+                raise ValueError("[embed_files] nothing to embed: give a prompt, tokens, images or audio")
+            return items
         kinds = {markers[0]: "image", markers[1]: "audio"}
-        pieces = _split_prompt(prompt, tm, tokenizer, kinds) if prompt is not None else _split_tokens(tokens, kinds)
+        pieces = (_split_prompt(prompt, tm, self._tokenizer, kinds) if prompt is not None
+                  else _split_tokens(tokens, kinds))
         order = [p for p in pieces if isinstance(p, str)]
         for kind, marker in (("image", markers[0]), ("audio", markers[1])):
             if order.count(kind) != len(media[kind]):
@@ -358,13 +477,16 @@ def embed_files(mmproj: str | os.PathLike, text_model: str | os.PathLike | None 
                                  f"{order.count(kind)} {marker} marker(s) but {len(media[kind])} {kind} input(s) "
                                  "were given")
         queues = {k: iter(v) for k, v in media.items()}
-        items = [next(queues[p]) if isinstance(p, str) else p for p in pieces]
-    weights = dict(m.weights)
-    if tm is not None:
-        weights.update(tm.weights)
-    emb = Embedder(tm.block if tm is not None else None, m.media, backend=backend, precision=precision,
-                   n_threads=n_threads, weights=weights)
-    return emb(items)
+        return [next(queues[p]) if isinstance(p, str) else p for p in pieces]
+
+    def __call__(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt: str | None = None,
+                 tokens: Sequence[int | str] | str | None = None, *, progress=None) -> Embeddings:
+        items = self.items(images, audios, prompt, tokens, progress=progress)
+        out = self.embedder(items)
+        if progress is not None:
+            n = 1 + len(images) + len(audios)  # the pre-processing steps and the run
+            progress("run", n, n)
+        return out
 
 
 def _split_prompt(prompt: str, tm, tokenizer, kinds: Mapping[str, str]) -> list:

@@ -29,7 +29,8 @@ def input_files(hf_dirs) -> list[str]:
     return out
 
 
-def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outtype: str = "f32") -> dict[str, str]:
+def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outtype: str = "f32", *,
+            progress=None) -> dict[str, str]:
     """Convert an HF model folder to one GGUF file; returns tensor name -> stored dtype.
 
     hf_dir may also be a list of folders: a vision and an audio model combined into one mmproj
@@ -40,6 +41,8 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
 
     out_path is never one of the checkpoint's files (ValueError); an existing GGUF there is
     replaced only once the new one is complete (graphdsl.fileio), so a failed conversion keeps it.
+    progress: called as ``progress(stage, done, total)``: "read" per folder, "encode" per tensor
+    (see writer.write_gguf).
     """
     from .hf import combine, prepare
 
@@ -49,10 +52,14 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
     if not dirs:
         raise ValueError("no HF folder to convert")
     check_output(out_path, input_files(dirs), force=True)
-    parts = [prepare(d) for d in dirs]
+    parts = []
+    for i, d in enumerate(dirs):
+        parts.append(prepare(d))
+        if progress is not None:
+            progress("read", i + 1, len(dirs))
     arch, kv, tensors = parts[0] if len(parts) == 1 else combine(parts, dirs)
     typed = {name: (arr, tensor_type(name, arr.shape, outtype)) for name, arr in tensors.items()}
-    write_gguf(os.fspath(out_path), arch, kv, typed, file_type=FILE_TYPE[outtype])
+    write_gguf(os.fspath(out_path), arch, kv, typed, file_type=FILE_TYPE[outtype], progress=progress)
     return {name: t for name, (_, t) in typed.items()}
 
 

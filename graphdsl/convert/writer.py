@@ -50,10 +50,12 @@ def encode(arr: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def write_gguf(path: str, arch: str, kv: list[tuple[str, object]], tensors: dict[str, tuple[np.ndarray, str]],
-               *, file_type: int | None = None) -> None:
+               *, file_type: int | None = None, progress=None) -> None:
     """Write a GGUF file. kv: (key, value) pairs, typed the way GGUFWriter types Python values
     (int -> u32 unless given as np.int32/np.uint64 etc., float -> f32, list -> array);
-    tensors: name -> (f32 values, graphdsl dtype name).
+    tensors: name -> (f32 values, graphdsl dtype name). progress: called as
+    ``progress("encode", done, total)`` after each tensor; with it, GGUFWriter's own byte bar
+    (tqdm, on stderr) shows the final write.
 
     The file appears at `path` only once it is complete (graphdsl.fileio.atomic_path)."""
     with atomic_path(path) as tmp:  # a failed write keeps the old file; readers that mmap it keep theirs
@@ -63,14 +65,16 @@ def write_gguf(path: str, arch: str, kv: list[tuple[str, object]], tensors: dict
                 w.add_file_type(int(file_type))
             for key, value in kv:
                 _add(w, key, value)
-            for name, (values, dtype) in tensors.items():
+            for i, (name, (values, dtype)) in enumerate(tensors.items()):
                 data = encode(values, dtype)
+                if progress is not None:
+                    progress("encode", i + 1, len(tensors))
                 qtype = GGMLQuantizationType(dt.dtype(dtype).ggml_type)
                 w.add_tensor(name, data, raw_dtype=qtype if qtype not in (GGMLQuantizationType.F32,
                                                                           GGMLQuantizationType.F16) else None)
             w.write_header_to_file()
             w.write_kv_data_to_file()
-            w.write_tensors_to_file()
+            w.write_tensors_to_file(progress=progress is not None)
         finally:
             w.close()
 

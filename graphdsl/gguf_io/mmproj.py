@@ -51,7 +51,8 @@ MMPROJ_ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.MMPROJ]  # "clip"
 # VisionProjectorType plus the older ones it does not list. "none" is graphdsl's own: an encoder
 # file without a projector (a plain CLIP/SigLIP/Whisper encoder), which llama.cpp cannot run.
 PROJECTOR_TYPES = frozenset({v for k, v in vars(VisionProjectorType).items() if not k.startswith("_")}
-                            | {"mlp", "ldp", "ldpv2", "resampler", "adapter", "yasa2", "parakeet", "none"})
+                            | {"mlp", "ldp", "ldpv2", "resampler", "adapter", "yasa2", "parakeet", "none",
+                               "mllama"})  # mllama: graphdsl's (llama.cpp has none; ollama's names)
 LLAVA_PROJECTORS = ("mlp", "ldp", "ldpv2")  # hparams.has_llava_projector
 # Projectors whose legacy files may carry ffn_up/ffn_down swapped (clip.cpp is_ffn_swapped).
 FFN_SWAP_PROJECTORS = ("mlp", "ldp", "ldpv2", "qwen2vl_merger", "qwen2.5vl_merger", "adapter", "gemma3",

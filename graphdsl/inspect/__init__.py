@@ -11,6 +11,8 @@ What ggml ran (a GGMLExecutor after a call):
     profile(run, inputs)             per-node times via the scheduler's eval callback; .chart(png)
     capture(run, inputs, "v.blk.3.*") named intermediates as NumPy arrays (any backend)
     diff(run, ref, inputs)           first node whose error exceeds a bound, and a table of all
+    view(run, inputs, profile=True, diff=ref)  an interactive HTML page (served on 127.0.0.1) with
+                                     time and error overlays; view(g, path="g.html", serve_page=False)
     diff_hf(run, inputs, hf_model, hf_inputs)  the same against an HF torch model, via forward hooks
                                      and a mapping HF module -> node (inspect.hf; needs torch)
 
@@ -25,7 +27,8 @@ from .profiling import Profile, profile
 from .repeats import find_repeats
 from .summarize import Summary, summary
 from .table import Table, show
+from .view import view
 
 __all__ = ["DiffReport", "DiffRow", "GraphvizNotFound", "LoweredReport", "Profile", "Summary", "Table", "capture",
            "diff", "diff_hf", "draw", "find_repeats", "format_graph", "graphviz_available", "lowered", "profile", "show",
-           "summary", "to_dot", "to_networkx"]
+           "summary", "to_dot", "to_networkx", "view"]

@@ -36,6 +36,9 @@ from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules,
 from .registry import Arch, ImagePreprocess, register
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+# LLaVA-1.6's row-end embedding (clip-impl.h TN_IMAGE_NEWLINE; older files: model.image_newline): a file
+# holding it is models.llava_next's, whose views read as one LLaVA-1.5 image would be silently wrong
+IMAGE_NEWLINE = "v.image_newline"
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 ARCH = register(Arch(
     "clip", "image", ClipVision, ClipConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("mlp", "none"), hf_model_types=("clip", "clip_vision_model", "llava"),
-    claims=lambda m: tn(T.V_ENC_EMBD_CLS, None) in m.shapes,  # "none": a tower with a class token
+    claims=lambda m: tn(T.V_ENC_EMBD_CLS, None) in m.shapes and not {IMAGE_NEWLINE, "model.image_newline"} & set(m.shapes),
     image=ImagePreprocess("clip", CLIP_MEAN, CLIP_STD),
     examples=(ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2, feature_layer=(2,),
                          select="default", n_mm_embd=48, mm_act="gelu_erf"),

@@ -10,6 +10,7 @@ Pure NumPy / Pillow (+ soxr, soundfile, tokenizers imported on first use); nothi
 the compiled extension.
 """
 
+from .anyres import AnyresConfig, AnyresImage, anyres_images
 from .audio import load_audio, log_mel_spectrogram, mel_filters, whisper_chunks, whisper_features
 from .batch import parallel_map, preprocess_audio, preprocess_images, stack_images
 from .idefics3 import (Idefics3ImageConfig, Idefics3Images, Idefics3Prompt, idefics3_images, idefics3_prompt,
@@ -19,6 +20,9 @@ from .qwen2vl import Qwen2VLImageConfig, qwen2vl_image, smart_resize
 from .text import AudioChunk, Chunk, ImageChunk, TextChunk, TextTokenizer, chunk_prompt
 
 __all__ = [
+    "AnyresConfig",
+    "AnyresImage",
+    "anyres_images",
     "Idefics3ImageConfig",
     "Idefics3Images",
     "Idefics3Prompt",

@@ -1,0 +1,156 @@
+"""Running the shards: in this process, on a local pool of worker processes, or on Ray.
+
+Each worker process (or Ray actor) loads the models once (`embed.FileEmbedder`): the GGUF
+weights are memory-mapped, so the workers share the page cache's one copy of the file, and on
+the CPU backend ggml reads them in place. Workers split the cores: each gets
+cpu_count // workers ggml threads unless n_threads says otherwise.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from .manifest import read_manifest
+from .shards import embed_shard, fingerprint, load_done, plan, save_manifest
+
+_FE = None  # a worker process's FileEmbedder
+_TICKS = None  # a worker's queue of per-item ticks back to the parent's progress bar
+
+
+def model_config(mmproj=None, text_model=None, *, tokenizer=None, backend: str = "cpu", precision: str = "f32",
+                 n_threads: int | None = None, check_finite: bool = True, max_seconds: float | None = None,
+                 markers=("<image>", "<audio>")) -> dict:
+    """Keyword arguments of FileEmbedder, as plain values (sent to worker processes and actors)."""
+    f = lambda p: None if p is None else os.path.abspath(p)  # noqa: E731 - workers may start elsewhere
+    return {"mmproj": f(mmproj), "text_model": f(text_model), "tokenizer": f(tokenizer), "backend": backend,
+            "precision": precision, "n_threads": n_threads, "check_finite": check_finite,
+            "max_seconds": max_seconds, "markers": list(markers)}
+
+
+def load_embedder(cfg: dict):
+    from ..embed import FileEmbedder
+    return FileEmbedder(**cfg)
+
+
+def _init_worker(cfg: dict, ticks) -> None:
+    global _FE, _TICKS
+    _FE, _TICKS = load_embedder(cfg), ticks
+
+
+def _run_shard(task) -> dict:
+    index, items, out = task
+    return embed_shard(_FE, index, items, out, tick=_TICKS.put)
+
+
+def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=None, shard_size: int = 256,
+                  workers: int = 0, ray: bool | str = False, ray_actors: int = 2, restart: bool = False,
+                  progress: Callable[[int], None] | None = None, on_start: Callable[[int, int], None] | None = None,
+                  **model_kw) -> dict:
+    """Embed every item of a folder or manifest into sharded Parquet under `out` (resumable).
+
+    Args:
+        source: a folder, a .csv / .jsonl / .parquet manifest (``dataset.read_manifest``), or a list of Items.
+        out: the output folder (created); see ``dataset.shards`` for its layout.
+        mmproj, text_model, **model_kw: the models and settings (``embed.FileEmbedder``).
+        shard_size: items per Parquet file (and per unit of work).
+        workers: 0 embeds in this process; N >= 1 in N worker processes.
+        ray: True (a local Ray, or RAY_ADDRESS) or a cluster address: Ray Data with `ray_actors`
+            actors (needs ``graphdsl[ray]``); `out` must then be a folder every node can write.
+        restart: start over when `out` holds another run's shards (else ValueError).
+        progress: called with the number of items finished, after each item.
+        on_start: called once with (items already done, items in all) before any work.
+
+    Returns:
+        The final manifest's summary: {"n_items", "n_shards", "skipped_shards", "n_embd"}.
+    """
+    items = read_manifest(source) if isinstance(source, (str, os.PathLike)) else list(source)
+    cfg = model_config(mmproj, text_model, **model_kw)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: the output must be a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    shards = plan(items, shard_size)
+    fp = fingerprint(items, cfg, shard_size)
+    done = load_done(out, fp, restart)
+    skipped = len(done)
+    n_embd = next(iter(done.values()))["n_embd"] if done else None
+    pending = [(i, s, str(out)) for i, s in enumerate(shards) if i not in done]
+    if on_start is not None:
+        on_start(sum(len(shards[i]) for i in done), len(items))
+    lock = threading.Lock()
+
+    def finished(meta: dict) -> None:
+        nonlocal n_embd
+        with lock:
+            done[meta["index"]] = meta
+            n_embd = meta["n_embd"]
+            save_manifest(out, fp, done, len(shards), n_embd)
+
+    save_manifest(out, fp, done, len(shards), n_embd)
+    tick = progress or (lambda n: None)
+    if ray:
+        from .ray_runner import run_ray
+        run_ray(pending, cfg, ray_actors, None if ray is True else ray, finished, tick)
+    elif workers == 0 and pending:
+        fe = load_embedder(cfg)
+        for task in pending:
+            finished(embed_shard(fe, *task, tick=tick))
+    elif pending:
+        _run_pool(pending, cfg, workers, finished, tick)
+    return {"n_items": len(items), "n_shards": len(shards), "skipped_shards": skipped, "n_embd": n_embd}
+
+
+def _run_pool(pending, cfg, workers: int, finished, tick) -> None:
+    ctx = mp.get_context("spawn")  # no fork of a process holding ggml threads and mmaps
+    if cfg["n_threads"] is None:
+        cfg = {**cfg, "n_threads": max(1, (os.cpu_count() or 1) // workers)}
+    ticks = ctx.Queue()
+
+    def relay():
+        while (n := ticks.get()) is not None:
+            tick(n)
+    t = threading.Thread(target=relay, daemon=True)
+    t.start()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg, ticks)) as pool:
+            futs = [pool.submit(_run_shard, task) for task in pending]
+            try:
+                for f in as_completed(futs):  # listed in the manifest as soon as each is written
+                    finished(f.result())
+            except BaseException:
+                for f in futs:
+                    f.cancel()
+                raise
+    finally:
+        ticks.put(None)
+        t.join(timeout=10)
+
+
+def main_progress(desc: str = "embed-dataset"):
+    """(progress, on_start, close): a tqdm bar with items/s and ETA on a terminal; no-ops when piped."""
+    state: dict = {}
+
+    def on_start(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            state["bar"] = tqdm(total=total, initial=done, desc=desc, unit="item", file=sys.stderr,
+                                smoothing=0.1, dynamic_ncols=True)
+
+    def progress(n: int) -> None:
+        bar = state.get("bar")
+        if bar is not None:
+            bar.update(n)
+
+    def close() -> None:
+        bar = state.pop("bar", None)
+        if bar is not None:
+            bar.close()
+    return progress, on_start, close

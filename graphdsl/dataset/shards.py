@@ -1,0 +1,127 @@
+"""Shards: the unit of work, of output and of resumption.
+
+Items are cut in manifest order into shards of `shard_size`; shard k is written by whoever embeds
+it (the serial loop, a pool worker or a Ray actor) to OUT/part-0000k.parquet through
+`fileio.atomic_path`, so a shard file is whole or absent. OUT/_manifest.json lists the finished
+shards and the run's fingerprint (the models' paths, sizes and mtimes, the settings, a hash of
+the items); it is rewritten atomically after each shard. A rerun skips the listed shards and
+redoes the rest (a file written just before a crash but not yet listed is simply rewritten); a
+rerun with another fingerprint is refused unless asked to start over.
+
+Parquet columns: id (string), n_tokens (int32), spans (list of struct index/kind/start/n_tokens),
+embeddings (list of fixed_size_list<float32, n_embd>: one row of n_embd per token).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..fileio import atomic_open, atomic_path
+
+MANIFEST = "_manifest.json"
+VERSION = 1
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def plan(items: list, shard_size: int) -> list[list]:
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    return [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
+
+
+def fingerprint(items: list, model_cfg: dict, shard_size: int) -> dict:
+    """What must match for a rerun to continue a run: models (path, size, mtime), settings, items."""
+    files = {}
+    for key in ("mmproj", "text_model", "tokenizer"):
+        f = model_cfg.get(key)
+        if f is not None:
+            st = os.stat(f)
+            files[key] = [os.path.realpath(f), st.st_size, st.st_mtime_ns]
+    h = hashlib.sha256()
+    for it in items:
+        h.update(json.dumps(it.as_dict(), sort_keys=True).encode())
+    settings = {k: model_cfg.get(k) for k in ("precision", "max_seconds", "markers")}
+    return {"files": files, "settings": settings, "shard_size": shard_size, "n_items": len(items),
+            "items_sha256": h.hexdigest()}
+
+
+def load_done(out: Path, fp: dict, restart: bool) -> dict[int, dict]:
+    """Finished shards (index -> entry) of a previous run with the same fingerprint."""
+    m = out / MANIFEST
+    if restart or not m.exists():
+        return {}
+    try:
+        doc = json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{m}: unreadable ({e}); pass --force to start over") from None
+    if doc.get("version") != VERSION or doc.get("fingerprint") != fp:
+        raise ValueError(f"{out} holds shards of another run (other models, settings or items); "
+                         "use a new folder, or --force to start over")
+    return {int(s["index"]): s for s in doc.get("shards", []) if (out / s["file"]).is_file()}
+
+
+def save_manifest(out: Path, fp: dict, done: dict[int, dict], n_shards: int, n_embd: int | None) -> None:
+    doc = {"version": VERSION, "fingerprint": fp, "n_shards": n_shards, "complete": len(done) == n_shards,
+           "n_embd": n_embd, "shards": [done[k] for k in sorted(done)]}
+    with atomic_open(out / MANIFEST, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.write("\n")
+
+
+def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) -> dict:
+    """Embed one shard's items with a FileEmbedder and write its Parquet file atomically.
+
+    Pre-processing of item i+1 (a thread: decoding, resizing, log-mel) overlaps the graph run of
+    item i (ggml releases the GIL while it computes). tick(1) after each item."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def prep(it):
+        return fe.items(it.images, it.audios, it.prompt, it.tokens)
+
+    ids, n_tok, spans, embs = [], [], [], []
+    with ThreadPoolExecutor(1, thread_name_prefix="graphdsl-prep") as pool:
+        nxt = pool.submit(prep, items[0]) if items else None
+        for k, it in enumerate(items):
+            try:
+                batch = nxt.result()
+                nxt = pool.submit(prep, items[k + 1]) if k + 1 < len(items) else None
+                res = fe.embedder(batch)
+            except Exception as e:  # which item, for a dataset of thousands
+                raise ValueError(f"item {it.id!r}: {e}") from e
+            e = np.ascontiguousarray(res.embd, dtype=np.float32)
+            ids.append(it.id)
+            n_tok.append(e.shape[0])
+            spans.append([{"index": s.index, "kind": s.kind, "start": s.start, "n_tokens": s.n_tokens}
+                          for s in res.spans])
+            embs.append(e)
+            if tick is not None:
+                tick(1)
+    n_embd = embs[0].shape[1]
+    flat = pa.array(np.concatenate(embs).reshape(-1), pa.float32())
+    rows = pa.FixedSizeListArray.from_arrays(flat, n_embd)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(n_tok)]).astype(np.int32), pa.int32())
+    span_t = pa.list_(pa.struct([("index", pa.int32()), ("kind", pa.string()), ("start", pa.int32()),
+                                 ("n_tokens", pa.int32())]))
+    table = pa.table({"id": pa.array(ids, pa.string()), "n_tokens": pa.array(n_tok, pa.int32()),
+                      "spans": pa.array(spans, span_t), "embeddings": pa.ListArray.from_arrays(offsets, rows)})
+    name = shard_name(index)
+    with atomic_path(Path(out) / name) as tmp:
+        pq.write_table(table, tmp)
+    return {"index": index, "file": name, "n_items": len(ids), "first_id": ids[0], "last_id": ids[-1],
+            "n_tokens": int(sum(n_tok)), "n_embd": int(n_embd)}
+
+
+def read_output(out: str | os.PathLike):
+    """The finished shards of OUT as one pyarrow Table, in item order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    doc = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
+    return pa.concat_tables([pq.read_table(Path(out) / s["file"]) for s in doc["shards"]])

@@ -1,0 +1,177 @@
+"""`graphdsl embed-dataset` (issue 19 part 2): manifests, the Parquet shards against embed_files
+item by item, a worker pool identical to the serial path, resumption and atomic shards."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from graphdsl import cli, demo  # noqa: E402
+from graphdsl.dataset import embed_dataset, read_manifest, read_output, shards  # noqa: E402
+from graphdsl.embed import embed_files  # noqa: E402
+
+WAV = demo.DATA / "speech_16k.wav"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    mmproj, text, _ = demo.build_files("tiny", root / "cache")
+    imgs = root / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):  # different sizes: each is resized by the tower's pre-processing
+        Image.fromarray(rng.integers(0, 255, (30 + 7 * i, 40, 3), dtype=np.uint8)).save(
+            imgs / ("sub" if i == 4 else "") / f"im{i}.png")
+    (imgs / "notes.txt").write_text("not media")
+    return dict(root=root, mmproj=mmproj, text=text, imgs=imgs)
+
+
+def rows(out):
+    t = read_output(out)
+    return {r["id"]: r for r in t.to_pylist()}
+
+
+def test_manifests_agree(setup, tmp_path):
+    imgs = setup["imgs"]
+    folder = read_manifest(imgs)
+    assert [it.id for it in folder] == ["im0.png", "im1.png", "im2.png", "im3.png", "sub/im4.png"]
+    recs = [{"id": "a", "prompt": "what <image> is this", "images": ["imgs/im0.png"]},
+            {"id": "b", "tokens": "1,<audio>,2", "audios": [str(WAV)]}]
+    base = setup["root"]
+    (base / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with open(base / "m.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["id", "prompt", "tokens", "images", "audios"])
+        w.writeheader()
+        w.writerow({"id": "a", "prompt": recs[0]["prompt"], "images": "imgs/im0.png"})
+        w.writerow({"id": "b", "tokens": "1,<audio>,2", "audios": json.dumps([str(WAV)])})
+    full = [{"id": r["id"], "prompt": r.get("prompt"), "tokens": r.get("tokens"), "images": r.get("images", []),
+             "audios": r.get("audios", [])} for r in recs]
+    pq.write_table(pa.Table.from_pylist(full), base / "m.parquet")
+    a, b, c = (read_manifest(base / f"m.{e}") for e in ("jsonl", "csv", "parquet"))
+    assert a == b == c and a[0].images == (str(base / "imgs/im0.png"),) and a[1].tokens == "1,<audio>,2"
+    bad = base / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "images": ["nope.png"]}) + "\n")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        read_manifest(bad)
+    bad.write_text(json.dumps({"id": "x", "prompt": "a"}) + "\n" + json.dumps({"id": "x", "prompt": "b"}) + "\n")
+    with pytest.raises(ValueError, match="duplicate ids: x"):
+        read_manifest(bad)
+
+
+def test_shards_hold_what_embed_files_gives(setup, tmp_path):
+    """Every row equals embed_files on the same item (the same graph: bit for bit), spans included."""
+    base = setup["root"]
+    recs = [{"id": "p", "prompt": "what <image> is this", "images": ["imgs/im1.png"]},
+            {"id": "q", "tokens": "1,<audio>,2", "audios": [str(WAV)]},
+            {"id": "r", "images": ["imgs/im2.png", "imgs/im3.png"]}]
+    man = base / "mixed.jsonl"
+    man.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "out"
+    res = embed_dataset(man, out, mmproj=setup["mmproj"], text_model=setup["text"], shard_size=2, n_threads=2)
+    assert res == {"n_items": 3, "n_shards": 2, "skipped_shards": 0, "n_embd": 48}
+    assert sorted(os.listdir(out)) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet"]
+    got = rows(out)
+    for it in read_manifest(man):
+        ref = embed_files(setup["mmproj"], setup["text"], images=it.images, audios=it.audios, prompt=it.prompt,
+                          tokens=it.tokens, backend="cpu", n_threads=2)
+        e = np.asarray(got[it.id]["embeddings"], np.float32)
+        np.testing.assert_array_equal(e, ref.embd)
+        assert got[it.id]["n_tokens"] == len(ref.embd)
+        assert got[it.id]["spans"] == [{"index": s.index, "kind": s.kind, "start": s.start, "n_tokens": s.n_tokens}
+                                       for s in ref.spans]
+    # negative control: another item's embeddings differ
+    assert not np.array_equal(np.asarray(got["r"]["embeddings"])[:16], np.asarray(got["p"]["embeddings"])[1:17])
+    doc = json.loads((out / "_manifest.json").read_text())
+    assert doc["complete"] and [s["first_id"] for s in doc["shards"]] == ["p", "r"]
+
+
+def test_worker_pool_equals_the_serial_path(setup, tmp_path):
+    serial, pool = tmp_path / "serial", tmp_path / "pool"
+    embed_dataset(setup["imgs"], serial, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    embed_dataset(setup["imgs"], pool, mmproj=setup["mmproj"], shard_size=2, workers=2, n_threads=1)
+    assert read_output(serial).equals(read_output(pool))
+    assert [pq.read_metadata(pool / f).num_rows for f in sorted(os.listdir(pool)) if f.endswith(".parquet")] == [2, 2, 1]
+
+
+def test_resume_skips_finished_shards_and_never_leaves_a_partial_one(setup, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real = shards.embed_shard
+    calls = []
+
+    def crash_on_third(fe, index, items, out_dir, tick=None):
+        calls.append(index)
+        if index == 2:
+            def half_written(table, where, *a, **kw):  # the process dies while writing this shard
+                open(where, "wb").write(b"PAR1 partial")
+                raise KeyboardInterrupt
+            monkeypatch.setattr(pq, "write_table", half_written)
+        return real(fe, index, items, out_dir, tick)
+    monkeypatch.setattr("graphdsl.dataset.run.embed_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    monkeypatch.undo()
+    assert sorted(os.listdir(out)) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet"]  # no partial
+    first = (out / "part-00000.parquet").stat()
+    res = embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    assert res["skipped_shards"] == 2 and (out / "part-00000.parquet").stat().st_mtime_ns == first.st_mtime_ns
+    clean = tmp_path / "clean"
+    embed_dataset(setup["imgs"], clean, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    assert read_output(out).equals(read_output(clean))
+    # another run's settings in the same folder: refused, or started over when asked
+    with pytest.raises(ValueError, match="another run"):
+        embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=3, n_threads=1)
+    res = embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=3, n_threads=1, restart=True)
+    assert res["skipped_shards"] == 0 and res["n_shards"] == 2
+
+
+def test_command(setup, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["embed-dataset", str(setup["imgs"]), "--mmproj", str(setup["mmproj"]), "-o", str(out),
+            "--shard-size", "3", "--threads", "2"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "5 items in 2 shard(s) of width 48; 0 shard(s) were already done, 5 item(s) embedded now" in text
+    assert cli.main(argv) == 0 and "2 shard(s) were already done, 0 item(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # the output inside the input folder: refused before any work
+        cli.main(["embed-dataset", str(setup["imgs"]), "--mmproj", str(setup["mmproj"]),
+                  "-o", str(setup["imgs"] / "out")])
+    assert e.value.code == 2 and "inside the input" in capsys.readouterr().err
+    rc = cli.main(["embed-dataset", str(setup["imgs"]), "--text-model", str(setup["text"]), "-o", str(tmp_path / "t")])
+    assert rc == 1 and "no mmproj" in capsys.readouterr().err  # images without an image encoder: one line
+
+
+def test_progress_bar_with_rate_on_a_terminal_only(setup, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    pytest.importorskip("tqdm")
+    cmd = [sys.executable, "-m", "graphdsl.cli", "embed-dataset", str(setup["imgs"]), "--mmproj",
+           str(setup["mmproj"]), "--shard-size", "2", "--threads", "1"]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    p = subprocess.Popen(cmd + ["-o", str(tmp_path / "a")], stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not b:
+            break
+        chunks.append(b)
+    os.close(master)
+    assert p.wait(timeout=300) == 0
+    bar = b"".join(chunks).decode(errors="replace")
+    assert "5/5" in bar and "item/s" in bar  # count, rate (and ETA while running)
+    r = subprocess.run(cmd + ["-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300, check=True)
+    assert r.stderr == "" and "5 item(s) embedded now" in r.stdout  # piped: the summary line only
