@@ -348,6 +348,8 @@ def cmd_embed(args) -> int:
         print(f"  {s.index:>5}  {s.kind:<10} {s.start:>6} {s.n_tokens:>8}")
     if out.cross and not args.cross_output:
         raise ValueError(f"the batch gives {len(out.cross)} cross-attention memories: pass --cross-output FILE.npz")
+    if args.positions and out.positions is None:
+        raise ValueError(f"--positions: {args.mmproj} has no encoder for an M-RoPE decoder (Qwen-VL)")
     _save(args.output, embd)
     print(f"wrote {args.output}: {embd.dtype}{list(embd.shape)}")
     spans = cli_parser.spans_path(args)
@@ -356,6 +358,9 @@ def cmd_embed(args) -> int:
                    "spans": [dataclasses.asdict(s) for s in out.spans]}, fh, indent=1)
         fh.write("\n")
     print(f"wrote {spans}: {len(out.spans)} spans")
+    if args.positions:
+        _save(args.positions, out.positions)
+        print(f"wrote {args.positions}: {out.positions.dtype}{list(out.positions.shape)}")
     if out.cross:
         for m in out.cross:
             print(f"  cross {m.index}: {m.kind} f32{list(m.embd.shape)}, {m.n_valid} valid rows, "

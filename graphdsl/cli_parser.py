@@ -63,7 +63,8 @@ def outputs(args) -> list[tuple[str, str, list]]:
     if cmd == "embed":
         ins = [args.mmproj, args.text_model, args.tokenizer, *(args.image or []), *(args.audio or [])]
         return [(opt, path, ins) for opt, path in (("-o", args.output), ("--spans", spans_path(args)),
-                                                   ("--cross-output", args.cross_output)) if path]
+                                                   ("--cross-output", args.cross_output),
+                                                   ("--positions", args.positions)) if path]
     if cmd == "preprocess" and args.output:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
@@ -228,6 +229,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer.json (default: the --text-model's own vocabulary)")
     p.add_argument("--image", action="append", help="image file, in marker order (repeatable)")
     p.add_argument("--audio", action="append", help="audio file, in marker order (repeatable)")
+    p.add_argument("--positions", help="also save every row's M-RoPE (t, h, w) ids, int32 [3, n_tokens] "
+                                       "(.npy; Qwen-VL mmproj files)")
     seq = p.add_mutually_exclusive_group()
     seq.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
     seq.add_argument("--tokens", help='token ids with markers, e.g. "1,2,<image>,3"')

@@ -83,12 +83,17 @@ INPUT_MODES = {"language": 0, "vision": 1, "speech": 2, "vision_speech": 3}
 
 @dataclass
 class Embeddings:
-    """The decoder input (n_tokens_total, n_embd) and one Span per chunk, in batch order."""
+    """The decoder input (n_tokens_total, n_embd) and one Span per chunk, in batch order.
+
+    ``positions``: for media models with M-RoPE decoders (Qwen2-VL), the (3, n_tokens_total) int32
+    (t, h, w) position ids of every row (``mrope_positions``); None otherwise.
+    """
 
     embd: np.ndarray
     spans: list[Span]
     cross: list[CrossMemory] = field(default_factory=list)  # cross-attention memories, in batch order
     notes: list[str] = field(default_factory=list)  # per image, how its arch laid it out (slice grids)
+    positions: np.ndarray | None = None
 
     def cross_mask(self, kind: str | None = None) -> np.ndarray:
         """(n_tokens, rows of the memories of ``kind`` (all: None)) 0/1: which memory rows each
@@ -111,6 +116,34 @@ class Embeddings:
         kinds = {s.kind for s in self.spans}
         return INPUT_MODES[{(True, True): "vision_speech", (True, False): "vision", (False, True): "speech",
                             (False, False): "language"}["image" in kinds, "audio" in kinds]]
+
+
+def mrope_positions(items: Sequence[Any], spans: Sequence[Span], media: Mapping[str, Any]) -> np.ndarray | None:
+    """M-RoPE ids (3, n_tokens_total) int32 as HF's ``get_rope_index`` numbers a sequence: text rows
+    count on from the last position (the same id in t, h and w), a media item whose model defines
+    ``positions(data, start) -> (ids (3, n_i), next)`` takes its own. None when no media model does.
+
+    Each media item is its own run, even next to another (HF's get_rope_index groups adjacent
+    image tokens into one run and fails there; Qwen's prompts bracket every image with
+    <|vision_start|> / <|vision_end|> text tokens, so the two agree on every prompt HF accepts).
+    """
+    if not any(hasattr(m, "positions") for m in media.values()):
+        return None
+    out = np.zeros((3, sum(s.n_tokens for s in spans)), np.int32)
+    pos = 0
+    for item, span in zip(items, spans):
+        kind, data = as_item(item)
+        model = media.get(kind)
+        if model is not None and hasattr(model, "positions"):
+            ids, nxt = model.positions(data, pos)
+        else:
+            ids, nxt = np.arange(pos, pos + span.n_tokens)[None].repeat(3, 0), pos + span.n_tokens
+        if ids.shape != (3, span.n_tokens):
+            raise RuntimeError(f"[embed] {type(model).__name__}.positions gave {ids.shape} for item {span.index} "
+                               f"of {span.n_tokens} rows")
+        out[:, span.start:span.start + span.n_tokens] = ids
+        pos = nxt
+    return out
 
 
 def as_item(item: Any) -> tuple[str, Any]:
@@ -315,7 +348,8 @@ class Embedder:
                 e = out[f"cross.{s.index}"]
                 k = valid(as_item(items[s.index])[1]) if valid is not None else e.shape[0]
                 cross.append(CrossMemory(s.index, kind, e, k, a, b))
-        return Embeddings(embd, spans, sorted(cross, key=lambda m: m.index))
+        return Embeddings(embd, spans, sorted(cross, key=lambda m: m.index),
+                          mrope_positions(items, spans, self.media))
 
 
 # -- from files ---------------------------------------------------------------------------------------

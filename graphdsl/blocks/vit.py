@@ -47,11 +47,12 @@ def vit_layer(x: Tensor, p: VitParams, mask: Tensor | None = None, *, qk_hook: Q
 
     mask, qk_hook and il go to ``attention``.
     """
-    h = norm(x, "ln1", eps=p.eps, kind=p.norm)
+    nb = p.norm == "layer"  # RMSNorm layers (Qwen2.5-VL, Pixtral) have no bias, in HF and in llama.cpp's files
+    h = norm(x, "ln1", eps=p.eps, kind=p.norm, bias=nb)
     h = attention(h, p.n_head, qkv=p.qkv, qkv_bias=p.qkv_bias, impl=p.attn, mask=mask, wtype=p.wtype,
                   qk_hook=qk_hook, il=il)
     x = ops.add(x, h, name="ffn_inp")
-    h = norm(x, "ln2", eps=p.eps, kind=p.norm)
+    h = norm(x, "ln2", eps=p.eps, kind=p.norm, bias=nb)
     h = ffn(h, p.n_ff, p.act, wtype=p.wtype, bias=p.ffn_bias, gated=p.ffn == "gated")
     return ops.add(x, h, name="layer_out")
 

@@ -120,6 +120,8 @@ class MmprojConfig:
     # so that a model config can be derived from the config alone (graphdsl.models.*.config_from_gguf)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
     dtypes: dict[str, str] = field(default_factory=dict, repr=False)
+    # the file itself, for keys only one architecture reads (Qwen2.5-VL's window layers)
+    file: GGUFFile | None = field(default=None, repr=False, compare=False)
 
     @property
     def projector_type(self) -> str:
@@ -153,7 +155,7 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
     vision = _vision_config(f, tensors, quirks) if has_v else None
     audio = _audio_config(f, tensors, quirks) if has_a else None
     cfg = MmprojConfig(vision, audio, _get(f, Keys.General.NAME, str, ""), quirks, path,
-                       {n: t.shape for n, t in tensors.items()}, {n: t.dtype for n, t in tensors.items()})
+                       {n: t.shape for n, t in tensors.items()}, {n: t.dtype for n, t in tensors.items()}, f)
     return cfg, tensors
 
 

@@ -17,6 +17,7 @@ from .idefics3 import (Idefics3ImageConfig, Idefics3Images, Idefics3Prompt, idef
                        stack_idefics3)
 from .pixtral import PixtralImageConfig, pixtral_image, pixtral_size
 from .image import ImageConfig, load_image, preprocess_image
+from .qwen2vl import Qwen2VLImageConfig, qwen2vl_image, smart_resize
 from .text import AudioChunk, Chunk, ImageChunk, TextChunk, TextTokenizer, chunk_prompt
 
 __all__ = [
@@ -44,6 +45,9 @@ __all__ = [
     "log_mel_spectrogram",
     "mel_filters",
     "parallel_map",
+    "Qwen2VLImageConfig",
+    "qwen2vl_image",
+    "smart_resize",
     "preprocess_audio",
     "preprocess_image",
     "preprocess_images",

@@ -1,0 +1,143 @@
+"""Qwen2-VL / Qwen2.5-VL image pre-processing: HF's ``Qwen2VLImageProcessor`` smart resize.
+
+Any image keeps (about) its size and aspect ratio: both sides are rounded to multiples of
+``patch_size * merge_size`` (28), then the whole is scaled into [min_pixels, max_pixels]
+(``smart_resize``, HF's formula). The resize is Pillow's on the uint8 image and the rescale /
+normalize are HF's dtypes (``image.normalize``), as HF's PIL backend (``Qwen2VLImageProcessorPil``)
+does, so the pixels are bit-identical to its. The result is float32 [3, H, W], the same kind of
+array every other image pre-processing gives; ``models.qwen2vl.patchify`` cuts it into HF's
+``pixel_values`` rows and (t, h, w) grid.
+
+Example:
+    >>> cfg = Qwen2VLImageConfig()                       # HF's defaults: 56^2 .. 28^2 * 1280 pixels
+    >>> qwen2vl_image("cat.jpg", cfg).shape              # a 640 x 480 photo   # doctest: +SKIP
+    (3, 476, 644)
+    >>> smart_resize(480, 640)
+    (476, 644)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .image import (DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, MIN_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                    ImageConfig, ImageSource, load_image, normalize, resize_uint8)
+
+MAX_ASPECT = 200  # HF refuses more extreme images
+
+
+def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
+                 max_pixels: int = 28 * 28 * 1280) -> tuple[int, int]:
+    """HF's smart_resize: (H, W) multiples of factor, H * W within [min_pixels, max_pixels],
+    aspect ratio kept as closely as that allows."""
+    if min(height, width) < 1 or max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ValueError(f"[qwen2vl] image {width}x{height}: the aspect ratio must be at most {MAX_ASPECT}")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2VLImageConfig:
+    """How Qwen2-VL / Qwen2.5-VL want their pixels (HF's preprocessor_config.json fields).
+
+    Args:
+        min_pixels, max_pixels: the target area's bounds (HF ``size["shortest_edge"]`` /
+            ``size["longest_edge"]``, or the older ``min_pixels`` / ``max_pixels``).
+        patch_size, merge_size: the sides become multiples of their product.
+        mean, std, resample, rescale_factor: as ``ImageConfig``.
+        max_input_pixels: larger inputs are refused before decoding (``ImageConfig.max_pixels``).
+        max_out_pixels: max_pixels may not exceed it (a typo guard, as ``ImageConfig``'s).
+    """
+
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+    patch_size: int = 14
+    merge_size: int = 2
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    resample: int = int(Image.Resampling.BICUBIC)
+    rescale_factor: float = 1.0 / 255.0
+    max_input_pixels: int = DEFAULT_MAX_PIXELS
+    max_out_pixels: int = DEFAULT_MAX_OUT_PIXELS
+
+    def __post_init__(self) -> None:
+        ints = (self.min_pixels, self.max_pixels, self.patch_size, self.merge_size)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in ints):
+            raise ValueError(f"[Qwen2VLImageConfig] min_pixels, max_pixels, patch_size, merge_size must be ints >= 1, "
+                             f"got {ints}")
+        if self.min_pixels > self.max_pixels or self.max_pixels > self.max_out_pixels:
+            raise ValueError(f"[Qwen2VLImageConfig] need min_pixels {self.min_pixels} <= max_pixels {self.max_pixels} "
+                             f"<= max_out_pixels {self.max_out_pixels}")
+        mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
+        if (len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean)
+                or not all(math.isfinite(s) and s >= MIN_STD for s in std)):
+            raise ValueError(f"[Qwen2VLImageConfig] need 3 finite means and 3 finite stds >= {MIN_STD:g}, "
+                             f"got {self.mean} / {self.std}")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    def out_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) an image of (height, width) is resized to."""
+        return smart_resize(height, width, self.factor, self.min_pixels, self.max_pixels)
+
+    def preprocess(self, source: ImageSource) -> np.ndarray:
+        """``qwen2vl_image(source, self)``: ``preprocess.preprocess_image`` calls this."""
+        return qwen2vl_image(source, self)
+
+    @classmethod
+    def from_hf(cls, cfg: Mapping[str, Any], **overrides: Any) -> Qwen2VLImageConfig:
+        """From an HF preprocessor_config.json dict (``size`` or the older min/max_pixels keys)."""
+        size = cfg.get("size") or {}
+        kw: dict[str, Any] = {}
+        for key, old in (("shortest_edge", "min_pixels"), ("longest_edge", "max_pixels")):
+            v = cfg.get(old, size.get(key) if isinstance(size, Mapping) else None)
+            if v is not None:
+                kw[old] = int(v)
+        for key in ("patch_size", "merge_size", "resample"):
+            if key in cfg:
+                kw[key] = int(cfg[key])
+        if "image_mean" in cfg:
+            kw["mean"] = tuple(np.broadcast_to(np.asarray(cfg["image_mean"], np.float64), (3,)))
+        if "image_std" in cfg:
+            kw["std"] = tuple(np.broadcast_to(np.asarray(cfg["image_std"], np.float64), (3,)))
+        if not cfg.get("do_normalize", True):
+            kw["mean"], kw["std"] = (0.0,) * 3, (1.0,) * 3
+        if not cfg.get("do_rescale", True):
+            kw["rescale_factor"] = 1.0
+        else:
+            kw["rescale_factor"] = float(cfg.get("rescale_factor", 1.0 / 255.0))
+        kw.update(overrides)
+        return cls(**kw)
+
+
+def qwen2vl_image(source: ImageSource, cfg: Qwen2VLImageConfig | None = None) -> np.ndarray:
+    """Load and smart-resize one image: float32 [3, H, W], H and W multiples of patch * merge.
+
+    Raises:
+        ValueError: unreadable or oversized image, an aspect ratio above 200.
+    """
+    cfg = cfg or Qwen2VLImageConfig()
+    img = load_image(source, max_pixels=cfg.max_input_pixels)
+    w, h = img.size
+    th, tw = cfg.out_size(h, w)
+    fixed = ImageConfig(mode="siglip", size=(th, tw), mean=cfg.mean, std=cfg.std, resample=cfg.resample,
+                        rescale_factor=cfg.rescale_factor, max_pixels=cfg.max_input_pixels,
+                        max_out_pixels=max(cfg.max_out_pixels, th * tw))
+    return normalize(resize_uint8(img, fixed), fixed)
