@@ -348,8 +348,8 @@ class Embedder:
                 e = out[f"cross.{s.index}"]
                 k = valid(as_item(items[s.index])[1]) if valid is not None else e.shape[0]
                 cross.append(CrossMemory(s.index, kind, e, k, a, b))
-        return Embeddings(embd, spans, sorted(cross, key=lambda m: m.index),
-                          mrope_positions(items, spans, self.media))
+        return Embeddings(embd, spans, cross=sorted(cross, key=lambda m: m.index),
+                          positions=mrope_positions(items, spans, self.media))
 
 
 # -- from files ---------------------------------------------------------------------------------------
