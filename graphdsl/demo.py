@@ -203,8 +203,9 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
         src, frames = image or DATA / "demo_image.png", mm.archs[kind].frames
         itemwise = frames is not None and hasattr(block, "build_items")  # tiles (mllama, anyres) as one item
         data = frames(src, mm) if itemwise else preprocess_image(src, mm.image_config())
-    else:
-        data = whisper_features(audio or DATA / "speech_16k.wav", block.cfg.n_mel)
+    else:  # the arch's own features where it has them (Phi-4's Conformer), else Whisper's log-mel
+        src, features = audio or DATA / "speech_16k.wav", mm.archs[kind].extra.get("audio")
+        data = features(src, mm) if features is not None else whisper_features(src, block.cfg.n_mel)
     if hasattr(block, "build_items"):  # items that do not stack (packed any-size images, tiles): the batch's path
         g, feeds, _ = build_mixed([(kind, data)], None, {kind: block}, cross=())
         return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"

@@ -78,3 +78,26 @@ def test_bad_input_raises(tiny):
         m.features(np.zeros((10, c.n_mel + 1), np.float32))
     with pytest.raises(ValueError, match="chunks"):
         m.features(np.zeros((8 * 501, c.n_mel), np.float32))
+
+
+def test_bench_and_inspect_take_the_files_own_features(tmp_path):
+    """demo.model_graph (behind graphdsl bench / inspect / view) feeds a Phi-4 audio file its own
+    features (the arch's "audio" hook), as embed does, not Whisper's log-mel (found in review: a
+    (16, 3000) log-mel went in and the encoder refused it)."""
+    from graphdsl import compile as compile_, demo
+    from graphdsl.convert.hf import MMPROJ_ARCH
+    from graphdsl.convert.writer import write_gguf
+    from graphdsl.embed import Embedder
+    from graphdsl.models.registry import ARCHS
+    arch = ARCHS["phi4_audio"]
+    cfg = arch.examples[0]
+    rng = np.random.default_rng(0)
+    w = {k: ((rng.standard_normal(n.shape) * 0.05).astype(np.float32), "f32")
+         for k, n in Embedder(None, {"audio": arch.block(cfg)}).weight_graph().weights.items()}
+    path = tmp_path / "a.gguf"
+    write_gguf(path, MMPROJ_ARCH, [("general.name", "t"), *arch.config_to_gguf(cfg)], w)
+    g, feeds, weights, _ = demo.model_graph(str(path), modality="audio")
+    (x,) = feeds.values()
+    assert x.shape[-1] == cfg.n_mel  # (T, n_mel) Phi-4 features, not Whisper's (n_mel, 3000)
+    out = compile_(g, "cpu", weights=weights)(feeds)
+    assert all(np.isfinite(v).all() for v in out.values())
