@@ -158,3 +158,43 @@ def test_progress_bar_with_rate_on_a_terminal_only(setup, tmp_path):
     assert "5/5" in bar and "item/s" in bar  # count, rate (and ETA while running)
     r = subprocess.run(cmd + ["-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300, check=True)
     assert r.stderr == "" and "5 item(s) embedded now" in r.stdout  # piped: the summary line only
+
+
+class _FakeFileEmbedder:
+    """embed_shard's view of a FileEmbedder (items + embedder), returning fixed results."""
+
+    def __init__(self, result):
+        self.result = result
+        self.embedder = lambda batch: result
+
+    def items(self, *a):
+        return []
+
+
+def _item(i):
+    from types import SimpleNamespace
+    return SimpleNamespace(id=f"x{i}", images=[], audios=[], prompt=None, tokens=[1])
+
+
+def test_shards_keep_decoder_positions_and_notes_and_refuse_cross_memories(tmp_path):
+    """What a result carries besides the rows is stored (Qwen's M-RoPE ids, MiniCPM-V's slice notes)
+    or refused (mllama's cross-attention memories), never dropped (found in review: an mllama
+    dataset came out as rows of 0 tokens, reported as a success)."""
+    from graphdsl.cross import CrossMemory
+    from graphdsl.embed import Embeddings, Span
+    rng = np.random.default_rng(0)
+    pos = np.array([[0, 1, 1, 1], [0, 1, 1, 2], [0, 1, 2, 1]], np.int32)
+    res = Embeddings(rng.standard_normal((4, 8)).astype(np.float32), [Span(0, "image", 0, 4)],
+                     positions=pos, notes=["grid 1 x 2"])
+    shards.embed_shard(_FakeFileEmbedder(res), 0, [_item(0), _item(1)], tmp_path)
+    t = pq.read_table(tmp_path / shards.shard_name(0))
+    assert np.array(t["positions"][1].as_py()).T.tolist() == pos.tolist()  # (n, 3) rows per item
+    assert t["notes"].to_pylist() == [["grid 1 x 2"]] * 2
+    plain = Embeddings(res.embd, res.spans)  # negative control: nothing extra, no extra columns
+    shards.embed_shard(_FakeFileEmbedder(plain), 1, [_item(2)], tmp_path)
+    assert {"positions", "notes"}.isdisjoint(pq.read_table(tmp_path / shards.shard_name(1)).column_names)
+    cross = Embeddings(np.zeros((0, 8), np.float32), [Span(0, "image", 0, 0)],
+                       cross=[CrossMemory(0, "image", np.zeros((5, 8), np.float32), 5, 0, 1)])
+    with pytest.raises(ValueError, match="item 'x3'.*cross-attention memories"):
+        shards.embed_shard(_FakeFileEmbedder(cross), 2, [_item(3)], tmp_path)
+    assert not (tmp_path / shards.shard_name(2)).exists()

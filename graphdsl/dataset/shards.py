@@ -86,7 +86,7 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) 
     def prep(it):
         return fe.items(it.images, it.audios, it.prompt, it.tokens)
 
-    ids, n_tok, spans, embs = [], [], [], []
+    ids, n_tok, spans, embs, pos, notes = [], [], [], [], [], []
     with ThreadPoolExecutor(1, thread_name_prefix="graphdsl-prep") as pool:
         nxt = pool.submit(prep, items[0]) if items else None
         for k, it in enumerate(items):
@@ -96,7 +96,13 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) 
                 res = fe.embedder(batch)
             except Exception as e:  # which item, for a dataset of thousands
                 raise ValueError(f"item {it.id!r}: {e}") from e
+            if res.cross:  # never dropped silently: the Parquet rows hold inline embeddings only
+                raise ValueError(f"item {it.id!r}: its {', '.join(sorted({m.kind for m in res.cross}))} encoder "
+                                 "gives cross-attention memories, which embed-dataset does not store; use "
+                                 "graphdsl embed --cross-output or Embedder from Python")
             e = np.ascontiguousarray(res.embd, dtype=np.float32)
+            pos.append(None if res.positions is None else np.ascontiguousarray(res.positions.T, dtype=np.int32))
+            notes.append(list(res.notes))
             ids.append(it.id)
             n_tok.append(e.shape[0])
             spans.append([{"index": s.index, "kind": s.kind, "start": s.start, "n_tokens": s.n_tokens}
@@ -110,8 +116,16 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) 
     offsets = pa.array(np.concatenate([[0], np.cumsum(n_tok)]).astype(np.int32), pa.int32())
     span_t = pa.list_(pa.struct([("index", pa.int32()), ("kind", pa.string()), ("start", pa.int32()),
                                  ("n_tokens", pa.int32())]))
-    table = pa.table({"id": pa.array(ids, pa.string()), "n_tokens": pa.array(n_tok, pa.int32()),
-                      "spans": pa.array(spans, span_t), "embeddings": pa.ListArray.from_arrays(offsets, rows)})
+    columns = {"id": pa.array(ids, pa.string()), "n_tokens": pa.array(n_tok, pa.int32()),
+               "spans": pa.array(spans, span_t), "embeddings": pa.ListArray.from_arrays(offsets, rows)}
+    if any(p is not None for p in pos):  # M-RoPE decoders (Qwen-VL): (t, h, w) ids of every row
+        if any(p is None for p in pos):
+            raise ValueError("[embed-dataset] some items of a shard have decoder positions and some do not")
+        ids3 = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(pos).reshape(-1), pa.int32()), 3)
+        columns["positions"] = pa.ListArray.from_arrays(offsets, ids3)
+    if any(notes):  # how an arch laid an image out (MiniCPM-V's slice grid)
+        columns["notes"] = pa.array(notes, pa.list_(pa.string()))
+    table = pa.table(columns)
     name = shard_name(index)
     with atomic_path(Path(out) / name) as tmp:
         pq.write_table(table, tmp)
@@ -124,4 +138,5 @@ def read_output(out: str | os.PathLike):
     import pyarrow as pa
     import pyarrow.parquet as pq
     doc = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
-    return pa.concat_tables([pq.read_table(Path(out) / s["file"]) for s in doc["shards"]])
+    # a shard without notes (text-only items) gets nulls there: columns follow what the items gave
+    return pa.concat_tables([pq.read_table(Path(out) / s["file"]) for s in doc["shards"]], promote_options="default")
