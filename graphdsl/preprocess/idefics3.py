@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image import DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, HALF, MIN_STD, ImageSource, load_image, normalize
+from .image import DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, HALF, ImageSource, check_norm, load_image, normalize
 from .text import ImageChunk
 
 # HF's MAX_IMAGE_SIZE: the longest edge after step 1 never exceeds it, whatever ``longest_edge`` says.
@@ -109,10 +109,7 @@ class Idefics3ImageConfig:
             raise ValueError(f"[Idefics3ImageConfig] resample must be a PIL.Image.Resampling code, got {self.resample!r}")
         set_("resample", int(self.resample))
         mean, std = _triple(self.mean), _triple(self.std)
-        if (mean is None or std is None or not all(math.isfinite(v) for v in mean)
-                or not all(s >= MIN_STD and math.isfinite(s) for s in std)):
-            raise ValueError(f"[Idefics3ImageConfig] need 3 finite means and 3 finite stds >= {MIN_STD:g}, "
-                             f"got {self.mean} / {self.std}")
+        check_norm("Idefics3ImageConfig", mean, std, (self.mean, self.std))
         set_("mean", mean)
         set_("std", std)
         m = self.max_image_size

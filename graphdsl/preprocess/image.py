@@ -52,6 +52,16 @@ MIN_STD = 1e-3
 ImageSource = str | os.PathLike | bytes | io.IOBase | Image.Image | np.ndarray
 
 
+def check_norm(who: str, mean, std, shown=None) -> None:
+    """Refuse a per-channel normalisation that is not 3 finite means and 3 finite stds >= MIN_STD
+    (ValueError naming ``who``; ``shown``: the (mean, std) as the caller was given them). Each
+    config converts first (HF allows one value for all three channels in some processors, not all)."""
+    if (mean is None or std is None or len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean)
+            or not all(math.isfinite(s) and s >= MIN_STD for s in std)):
+        given = shown if shown is not None else (mean, std)
+        raise ValueError(f"[{who}] need 3 finite means and 3 finite stds >= {MIN_STD:g}, got {given[0]} / {given[1]}")
+
+
 def _pair(v: Any) -> tuple[int, int]:
     if isinstance(v, Mapping):
         return int(v["height"]), int(v["width"])
@@ -109,10 +119,7 @@ class ImageConfig:
         default_ms = HALF if self.mode == "siglip" else None
         set_("mean", tuple(float(m) for m in (self.mean or default_ms or OPENAI_CLIP_MEAN)))
         set_("std", tuple(float(s) for s in (self.std or default_ms or OPENAI_CLIP_STD)))
-        if (len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in self.mean)
-                or not all(s >= MIN_STD and math.isfinite(s) for s in self.std)):
-            raise ValueError(f"[ImageConfig] need 3 finite means and 3 finite stds >= {MIN_STD:g}, "
-                             f"got {self.mean} / {self.std}")
+        check_norm("ImageConfig", self.mean, self.std)
         if self.pad_color is None:
             pad = (255, 255, 255) if self.mode != "pad" else tuple(int(m * 255) for m in self.mean)
             set_("pad_color", pad)

@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from ..cross import cross_spans
-from .image import DEFAULT_MAX_PIXELS, MIN_STD, ImageSource, load_image, normalize
+from .image import DEFAULT_MAX_PIXELS, ImageSource, check_norm, load_image, normalize
 
 IMAGE_TOKEN = "<|image|>"
 # Up to 8 x 8 tiles: 2x Llama 3.2's 4 tiles per side at most; more would build thousands of
@@ -84,9 +84,7 @@ class MllamaImageConfig:
             raise ValueError(f"[MllamaImageConfig] resample must be a PIL.Image.Resampling code, got {self.resample!r}")
         mean, std = (tuple(float(x) for x in np.broadcast_to(np.asarray(v, np.float64), (3,)))
                      for v in (self.mean, self.std))
-        if not all(math.isfinite(v) for v in mean) or not all(s >= MIN_STD and math.isfinite(s) for s in std):
-            raise ValueError(f"[MllamaImageConfig] need 3 finite means and 3 finite stds >= {MIN_STD:g}, "
-                             f"got {self.mean} / {self.std}")
+        check_norm("MllamaImageConfig", mean, std, (self.mean, self.std))
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 

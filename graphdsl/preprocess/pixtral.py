@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image import (DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, MIN_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                    ImageConfig, ImageSource, load_image, normalize, resize_uint8)
+from .image import (DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                    ImageConfig, ImageSource, check_norm, load_image, normalize, resize_uint8)
 
 
 def pixtral_size(height: int, width: int, longest_edge: int = 1024, patch_size: int = 16) -> tuple[int, int]:
@@ -90,9 +90,7 @@ class PixtralImageConfig:
             raise ValueError(f"[PixtralImageConfig] longest_edge {self.longest_edge} allows {edge}^2 output pixels, "
                              f"more than max_out_pixels={self.max_out_pixels} (pass a larger max_out_pixels)")
         mean, std = _triple(self.mean, "mean"), _triple(self.std, "std")
-        if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(s) and s >= MIN_STD for s in std):
-            raise ValueError(f"[PixtralImageConfig] need 3 finite means and 3 finite stds >= {MIN_STD:g}, "
-                             f"got {self.mean} / {self.std}")
+        check_norm("PixtralImageConfig", mean, std, (self.mean, self.std))
         set_("mean", mean)
         set_("std", std)
         if isinstance(self.resample, bool) or self.resample not in {int(r) for r in Image.Resampling}:

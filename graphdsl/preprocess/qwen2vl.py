@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image import (DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, MIN_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                    ImageConfig, ImageSource, load_image, normalize, resize_uint8)
+from .image import (DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                    ImageConfig, ImageSource, check_norm, load_image, normalize, resize_uint8)
 
 MAX_ASPECT = 200  # HF refuses more extreme images
 
@@ -82,10 +82,7 @@ class Qwen2VLImageConfig:
             raise ValueError(f"[Qwen2VLImageConfig] need min_pixels {self.min_pixels} <= max_pixels {self.max_pixels} "
                              f"<= max_out_pixels {self.max_out_pixels}")
         mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
-        if (len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean)
-                or not all(math.isfinite(s) and s >= MIN_STD for s in std)):
-            raise ValueError(f"[Qwen2VLImageConfig] need 3 finite means and 3 finite stds >= {MIN_STD:g}, "
-                             f"got {self.mean} / {self.std}")
+        check_norm("Qwen2VLImageConfig", mean, std, (self.mean, self.std))
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 
