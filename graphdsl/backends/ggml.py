@@ -117,8 +117,11 @@ class GGMLExecutor:
             self.load_weights(weights)
 
     # oneDNN's products + ggml's CPU ops are what "cpu" means where oneDNN is loaded (devices.py)
-    backend = property(lambda self: "cpu" if self.device_names == [onednn.NAME, self.device_names[-1]]
-                       and self.device_names[-1] == "CPU" else "+".join(self.device_names).lower())
+    backend = property(lambda self: "cpu" if self.device_names == [onednn.NAME, "CPU"]
+                       else "+".join(self.device_names).lower())
+    # the first device works on host memory (the CPU buffer type): GGUF weights map in place, and
+    # f32 attention is ggml's fused CPU kernel
+    on_host = property(lambda self: self.device_names[0] in ("CPU", onednn.NAME))
 
     # -- weights -----------------------------------------------------------------------------------
     def load_weights(self, weights: Mapping[str, object], *, allow_extra: bool = False) -> None:
@@ -137,7 +140,7 @@ class GGMLExecutor:
             self._wctx = _ggml.Context(len(self.graph.weights) + 1)
             for name, node in self.graph.weights.items():
                 self._wtensors[name] = self._wctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), name)
-            if self.device_names[0] in ("CPU", onednn.NAME):  # host memory, the CPU buffer type
+            if self.on_host:
                 self._map_in_place(stored)
             if len(self._mapped) < len(self.graph.weights):
                 self._wbuffer = self.runtime.alloc_tensors(self._wctx, 0)
@@ -215,7 +218,7 @@ class GGMLExecutor:
 
     def _lower(self, graph, live, wanted, n_tensors: int) -> Program:
         ctx = _ggml.Context(n_tensors)
-        L = Lowering(ctx, self.precision, fused_f32_attention=self.device_names[0] in ("CPU", onednn.NAME))
+        L = Lowering(ctx, self.precision, fused_f32_attention=self.on_host)
         # Constants get their own context: it is allocated in a buffer of its own, not by the scheduler.
         Lc = Lowering(_ggml.Context(sum(n.op == "const" for n in live) + 1), self.precision)
         vals: dict[int, object] = {}
