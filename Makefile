@@ -29,11 +29,14 @@ define ONEDNN_SETUP
 	@if [ "$(ONEDNN)" = 1 ]; then $(BIN)/pip install -q $(ONEDNN_PKGS); fi
 endef
 
+# The stamp names the build's recipe: a venv built by an older scripts/build_libggml.sh native
+# (before -mno-avx512fp16) is rebuilt once.
+NATIVE_STAMP := $(VENV)/.libggml-native-2
 define LIBGGML
 	@if [ "$(GGML_BUILD)" = native ]; then \
-	  test -e $(VENV)/.libggml-native || { scripts/build_libggml.sh --venv $(VENV) native && touch $(VENV)/.libggml-native; }; \
+	  test -e $(NATIVE_STAMP) || { scripts/build_libggml.sh --venv $(VENV) native && rm -f $(VENV)/.libggml-native* && touch $(NATIVE_STAMP); }; \
 	else \
-	  test ! -e $(VENV)/.libggml-native || { $(BIN)/pip install -q --force-reinstall --no-deps "libggml-python==0.20.2.post1" && rm $(VENV)/.libggml-native; }; \
+	  ! ls $(VENV)/.libggml-native* >/dev/null 2>&1 || { $(BIN)/pip install -q --force-reinstall --no-deps "libggml-python==0.20.2.post1" && rm -f $(VENV)/.libggml-native*; }; \
 	fi
 endef
 
