@@ -383,12 +383,17 @@ def cmd_embed_dataset(args) -> int:
         on_start(done, total)
     t0 = time.perf_counter()
     try:
-        res = ds.embed_dataset(args.source, args.output, mmproj=args.mmproj, text_model=args.text_model,
-                               tokenizer=args.tokenizer, shard_size=args.shard_size, workers=args.workers,
-                               ray=(args.ray if args.ray != "local" else True) if args.ray else False,
-                               ray_actors=args.ray_actors, restart=args.force, progress=progress, on_start=start,
-                               backend=args.backend, precision=args.precision, n_threads=args.threads,
-                               check_finite=args.check_finite, **_seconds(args))
+        with ds.warnings_as_lines():
+            res = ds.embed_dataset(args.source, args.output, mmproj=args.mmproj, text_model=args.text_model,
+                                   tokenizer=args.tokenizer, shard_size=args.shard_size, workers=args.workers,
+                                   ray=(args.ray if args.ray != "local" else True) if args.ray else False,
+                                   ray_actors=args.ray_actors, restart=args.force, progress=progress, on_start=start,
+                                   backend=args.backend, precision=args.precision, n_threads=args.threads,
+                                   check_finite=args.check_finite, **_seconds(args))
+    except KeyboardInterrupt:
+        close()
+        print(f"graphdsl embed-dataset: interrupted; {ds.progress_note(args.output)}", file=sys.stderr)
+        return 130
     finally:
         close()
     dt = time.perf_counter() - t0

@@ -7,19 +7,18 @@ cpu_count // workers ggml threads unless n_threads says otherwise.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
+import json
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from . import integrity
 from .manifest import read_manifest
-from .shards import embed_shard, fingerprint, load_done, plan, save_manifest
-
-_FE = None  # a worker process's FileEmbedder
-_TICKS = None  # a worker's queue of per-item ticks back to the parent's progress bar
+from .shards import MANIFEST, embed_shard, fingerprint, load_done, plan, previous, save_manifest
 
 
 def model_config(mmproj=None, text_model=None, *, tokenizer=None, backend: str = "cpu", precision: str = "f32",
@@ -35,16 +34,6 @@ def model_config(mmproj=None, text_model=None, *, tokenizer=None, backend: str =
 def load_embedder(cfg: dict):
     from ..embed import FileEmbedder
     return FileEmbedder(**cfg)
-
-
-def _init_worker(cfg: dict, ticks) -> None:
-    global _FE, _TICKS
-    _FE, _TICKS = load_embedder(cfg), ticks
-
-
-def _run_shard(task) -> dict:
-    index, items, out = task
-    return embed_shard(_FE, index, items, out, tick=_TICKS.put)
 
 
 def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=None, shard_size: int = 256,
@@ -75,8 +64,9 @@ def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=Non
         raise ValueError(f"{out}: the output must be a folder")
     out.mkdir(parents=True, exist_ok=True)
     shards = plan(items, shard_size)
-    fp = fingerprint(items, cfg, shard_size)
-    done = load_done(out, fp, restart)
+    prev = previous(out, restart)
+    fp = fingerprint(items, cfg, shard_size, known=((prev or {}).get("fingerprint") or {}).get("files"))
+    done = load_done(out, prev, fp)
     skipped = len(done)
     n_embd = next(iter(done.values()))["n_embd"] if done else None
     pending = [(i, s, str(out)) for i, s in enumerate(shards) if i not in done]
@@ -101,34 +91,21 @@ def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=Non
         for task in pending:
             finished(embed_shard(fe, *task, tick=tick))
     elif pending:
-        _run_pool(pending, cfg, workers, finished, tick)
+        from .pool import run_pool
+        try:
+            run_pool(pending, cfg, workers, finished, tick)
+        except BaseException:  # the workers are dead: nothing the manifest does not list may stay
+            _tidy(out)
+            raise
     return {"n_items": len(items), "n_shards": len(shards), "skipped_shards": skipped, "n_embd": n_embd}
 
 
-def _run_pool(pending, cfg, workers: int, finished, tick) -> None:
-    ctx = mp.get_context("spawn")  # no fork of a process holding ggml threads and mmaps
-    if cfg["n_threads"] is None:
-        cfg = {**cfg, "n_threads": max(1, (os.cpu_count() or 1) // workers)}
-    ticks = ctx.Queue()
-
-    def relay():
-        while (n := ticks.get()) is not None:
-            tick(n)
-    t = threading.Thread(target=relay, daemon=True)
-    t.start()
+def _tidy(out: Path) -> None:
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(cfg, ticks)) as pool:
-            futs = [pool.submit(_run_shard, task) for task in pending]
-            try:
-                for f in as_completed(futs):  # listed in the manifest as soon as each is written
-                    finished(f.result())
-            except BaseException:
-                for f in futs:
-                    f.cancel()
-                raise
-    finally:
-        ticks.put(None)
-        t.join(timeout=10)
+        listed = {e["file"] for e in json.loads((out / MANIFEST).read_text(encoding="utf-8"))["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no manifest we can read: leave the folder to the next run's checks
+    integrity.remove_strays(out, listed)
 
 
 def main_progress(desc: str = "embed-dataset"):
@@ -154,3 +131,25 @@ def main_progress(desc: str = "embed-dataset"):
         if bar is not None:
             bar.close()
     return progress, on_start, close
+
+
+def progress_note(out) -> str:
+    """Where a stopped run stands, for the command line's last line."""
+    try:
+        doc = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
+        n = sum(s["n_items"] for s in doc["shards"])
+        return (f"{len(doc['shards'])} of {doc['n_shards']} shard(s) ({n} item(s)) are finished and listed in "
+                f"{Path(out) / MANIFEST}; rerun the same command to resume")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no shard was finished"
+
+
+@contextlib.contextmanager
+def warnings_as_lines(prog: str = "graphdsl embed-dataset"):
+    """Show the run's warnings (a damaged shard redone) as one line each, without source lines."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=file or sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", integrity.DamagedShardWarning)
+        warnings.showwarning = show
+        yield

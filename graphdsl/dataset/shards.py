@@ -3,10 +3,11 @@
 Items are cut in manifest order into shards of `shard_size`; shard k is written by whoever embeds
 it (the serial loop, a pool worker or a Ray actor) to OUT/part-0000k.parquet through
 `fileio.atomic_path`, so a shard file is whole or absent. OUT/_manifest.json lists the finished
-shards and the run's fingerprint (the models' paths, sizes and mtimes, the settings, a hash of
-the items); it is rewritten atomically after each shard. A rerun skips the listed shards and
-redoes the rest (a file written just before a crash but not yet listed is simply rewritten); a
-rerun with another fingerprint is refused unless asked to start over.
+shards (with each file's size, row count and first / last id) and the run's fingerprint (the
+models' sha256, the settings, a hash of the items); it is rewritten atomically after each shard.
+A rerun skips the listed shards that pass their check (`integrity`) and redoes the rest; a file
+not listed (written just before a crash, or a killed run's temporary file) is removed first. A
+rerun with another fingerprint is refused, naming what differs, unless asked to start over.
 
 Parquet columns: id (string), n_tokens (int32), spans (list of struct index/kind/start/n_tokens),
 embeddings (list of fixed_size_list<float32, n_embd>: one row of n_embd per token).
@@ -20,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..fileio import atomic_open, atomic_path
+from . import integrity
 
 MANIFEST = "_manifest.json"
-VERSION = 1
+VERSION = 2  # 2: models by sha256, shard entries with their size in bytes
 
 
 def shard_name(index: int) -> str:
@@ -35,35 +37,48 @@ def plan(items: list, shard_size: int) -> list[list]:
     return [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
 
 
-def fingerprint(items: list, model_cfg: dict, shard_size: int) -> dict:
-    """What must match for a rerun to continue a run: models (path, size, mtime), settings, items."""
-    files = {}
-    for key in ("mmproj", "text_model", "tokenizer"):
-        f = model_cfg.get(key)
-        if f is not None:
-            st = os.stat(f)
-            files[key] = [os.path.realpath(f), st.st_size, st.st_mtime_ns]
+def fingerprint(items: list, model_cfg: dict, shard_size: int, known: dict | None = None) -> dict:
+    """What must match for a rerun to continue a run: the models' content, settings, items.
+
+    known: the previous manifest's "files" (their hashes are reused for unchanged files)."""
     h = hashlib.sha256()
     for it in items:
         h.update(json.dumps(it.as_dict(), sort_keys=True).encode())
     settings = {k: model_cfg.get(k) for k in ("precision", "max_seconds", "markers")}
-    return {"files": files, "settings": settings, "shard_size": shard_size, "n_items": len(items),
-            "items_sha256": h.hexdigest()}
+    return {"files": integrity.model_files(model_cfg, known), "settings": settings, "shard_size": shard_size,
+            "n_items": len(items), "items_sha256": h.hexdigest()}
 
 
-def load_done(out: Path, fp: dict, restart: bool) -> dict[int, dict]:
-    """Finished shards (index -> entry) of a previous run with the same fingerprint."""
+def previous(out: Path, restart: bool) -> dict | None:
+    """The manifest a previous run left in `out` (None when there is none or we start over)."""
     m = out / MANIFEST
     if restart or not m.exists():
-        return {}
+        return None
     try:
         doc = json.loads(m.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
         raise ValueError(f"{m}: unreadable ({e}); pass --force to start over") from None
-    if doc.get("version") != VERSION or doc.get("fingerprint") != fp:
-        raise ValueError(f"{out} holds shards of another run (other models, settings or items); "
-                         "use a new folder, or --force to start over")
-    return {int(s["index"]): s for s in doc.get("shards", []) if (out / s["file"]).is_file()}
+    if doc.get("version") != VERSION:
+        raise ValueError(f"{m}: written by another version of embed-dataset (manifest version "
+                         f"{doc.get('version')!r}, this one writes {VERSION}); use a new folder, or --force to start over")
+    return doc
+
+
+def load_done(out: Path, prev: dict | None, fp: dict) -> dict[int, dict]:
+    """Finished shards (index -> entry) of the previous run, if it had fingerprint `fp`; each file is
+    checked, and a damaged one left out (with a warning) to be redone. Then every file the
+    result does not list is removed, so that `out` holds nothing its manifest does not list."""
+    done = {}
+    if prev is not None:
+        why = integrity.differences(out, prev.get("fingerprint") or {}, fp)
+        if why:
+            raise ValueError(f"{out} holds shards of another run ({'; '.join(why)}); "
+                             "use a new folder, or --force to start over")
+        done = integrity.verified(out, prev.get("shards", []))
+    integrity.remove_strays(out, {e["file"] for e in done.values()})
+    return done
 
 
 def save_manifest(out: Path, fp: dict, done: dict[int, dict], n_shards: int, n_embd: int | None) -> None:
@@ -129,8 +144,9 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) 
     name = shard_name(index)
     with atomic_path(Path(out) / name) as tmp:
         pq.write_table(table, tmp)
+        size = os.path.getsize(tmp)
     return {"index": index, "file": name, "n_items": len(ids), "first_id": ids[0], "last_id": ids[-1],
-            "n_tokens": int(sum(n_tok)), "n_embd": int(n_embd)}
+            "n_tokens": int(sum(n_tok)), "n_embd": int(n_embd), "bytes": size}
 
 
 def read_output(out: str | os.PathLike):
