@@ -39,7 +39,7 @@ def file_sha256(path: str, known: dict | None = None) -> dict:
     try:
         st = os.stat(real)
     except OSError as e:
-        raise OSError(e.errno, f"{path}: cannot read the model file ({e.strerror})") from None
+        raise type(e)(f"{path}: cannot read the model file ({e.strerror})") from None
     key = _stat_key(st)
     if known and known.get("stat") == key and known.get("path") == real and known.get("sha256"):
         return {"path": real, "sha256": known["sha256"], "stat": key}

@@ -135,7 +135,10 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) 
                "spans": pa.array(spans, span_t), "embeddings": pa.ListArray.from_arrays(offsets, rows)}
     if any(p is not None for p in pos):  # M-RoPE decoders (Qwen-VL): (t, h, w) ids of every row
         if any(p is None for p in pos):
-            raise ValueError("[embed-dataset] some items of a shard have decoder positions and some do not")
+            have = [i for i, p in zip(ids, pos) if p is not None][:3]
+            lack = [i for i, p in zip(ids, pos) if p is None][:3]
+            raise ValueError(f"[embed-dataset] {Path(out) / shard_name(index)}: items {have} have decoder positions "
+                             f"(M-RoPE) and items {lack} do not; one shard stores one layout")
         ids3 = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(pos).reshape(-1), pa.int32()), 3)
         columns["positions"] = pa.ListArray.from_arrays(offsets, ids3)
     if any(notes):  # how an arch laid an image out (MiniCPM-V's slice grid)
@@ -154,5 +157,13 @@ def read_output(out: str | os.PathLike):
     import pyarrow as pa
     import pyarrow.parquet as pq
     doc = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
+    tables = []
+    for s in doc["shards"]:
+        f = Path(out) / s["file"]
+        try:
+            tables.append(pq.read_table(f))
+        except (OSError, pa.ArrowException) as e:  # pyarrow's own message may not name the file
+            raise ValueError(f"{f}: unreadable ({' '.join(str(e).split())}); delete it and rerun embed-dataset "
+                             f"on {out}: a missing shard is redone") from e
     # a shard without notes (text-only items) gets nulls there: columns follow what the items gave
-    return pa.concat_tables([pq.read_table(Path(out) / s["file"]) for s in doc["shards"]], promote_options="default")
+    return pa.concat_tables(tables, promote_options="default")
