@@ -138,3 +138,19 @@ def test_workers_die_with_a_killed_parent(data, tmp_path):
     before = sorted(os.listdir(out))
     resume_and_check(data, out)  # the killed run's temporary files are cleaned up, and it completes
     assert not any(".tmp." in f for f in os.listdir(out)), before
+
+
+def test_a_second_run_in_the_same_folder_is_refused_while_the_first_runs(data, tmp_path):
+    """A second run would remove the first one's unlisted (running) shards as strays: it is refused."""
+    out = tmp_path / "out"
+    p = start(data, out, delay=1.0)
+    try:
+        wait_for_first_shard(p, out)
+        q = start(data, out, delay=0.0, workers=0)
+        _, err = q.communicate(timeout=120)
+        assert q.returncode == 1 and f"{out} is being written by another embed-dataset run" in err, err[-2000:]
+    finally:
+        os.killpg(p.pid, signal.SIGINT)
+        p.communicate(timeout=60)
+    assert p.returncode == 130
+    resume_and_check(data, out)  # the lock went with the process

@@ -63,6 +63,11 @@ def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=Non
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: the output must be a folder")
     out.mkdir(parents=True, exist_ok=True)
+    with _only_run(out):
+        return _embed(items, cfg, out, shard_size, workers, ray, ray_actors, restart, progress, on_start)
+
+
+def _embed(items, cfg, out: Path, shard_size, workers, ray, ray_actors, restart, progress, on_start) -> dict:
     shards = plan(items, shard_size)
     prev = previous(out, restart)
     fp = fingerprint(items, cfg, shard_size, known=((prev or {}).get("fingerprint") or {}).get("files"))
@@ -98,6 +103,27 @@ def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=Non
             _tidy(out)
             raise
     return {"n_items": len(items), "n_shards": len(shards), "skipped_shards": skipped, "n_embd": n_embd}
+
+
+@contextlib.contextmanager
+def _only_run(out: Path):
+    """One run at a time in `out`: a second one would delete the first one's files as strays.
+    The lock is on the folder itself (no lock file to leave behind), released when this process exits."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"{out} is being written by another embed-dataset run; wait for it to end, "
+                             "or use another folder") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _tidy(out: Path) -> None:
