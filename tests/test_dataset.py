@@ -77,7 +77,7 @@ def test_shards_hold_what_embed_files_gives(setup, tmp_path):
     man.write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out"
     res = embed_dataset(man, out, mmproj=setup["mmproj"], text_model=setup["text"], shard_size=2, n_threads=2)
-    assert res == {"n_items": 3, "n_shards": 2, "skipped_shards": 0, "n_embd": 48}
+    assert res == {"n_items": 3, "n_shards": 2, "skipped_shards": 0, "n_embd": 48, "n_failed": 0}
     assert sorted(os.listdir(out)) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet"]
     got = rows(out)
     for it in read_manifest(man):
@@ -107,14 +107,14 @@ def test_resume_skips_finished_shards_and_never_leaves_a_partial_one(setup, tmp_
     real = shards.embed_shard
     calls = []
 
-    def crash_on_third(fe, index, items, out_dir, tick=None):
+    def crash_on_third(fe, index, items, out_dir, tick=None, on_error="stop"):
         calls.append(index)
         if index == 2:
             def half_written(table, where, *a, **kw):  # the process dies while writing this shard
                 open(where, "wb").write(b"PAR1 partial")
                 raise KeyboardInterrupt
             monkeypatch.setattr(pq, "write_table", half_written)
-        return real(fe, index, items, out_dir, tick)
+        return real(fe, index, items, out_dir, tick, on_error)
     monkeypatch.setattr("graphdsl.dataset.run.embed_shard", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
@@ -276,3 +276,36 @@ def test_model_hash_is_reused_only_for_an_untouched_file(tmp_path):
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     again = shards.integrity.file_sha256(f, fake)
     assert again["sha256"] not in ("f" * 64, rec["sha256"])
+
+
+def test_on_error_stop_names_the_item_and_skip_lists_it(setup, tmp_path):
+    """stop (the default) ends the run at the first failing item, naming it; skip leaves it out,
+    lists it with its error, and gives the other items the rows a run without it gives."""
+    import shutil
+    imgs = tmp_path / "imgs"
+    shutil.copytree(setup["imgs"], imgs)
+    (imgs / "im2.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=rf"item 'im2.png': .*{imgs / 'im2.png'}"):
+        embed_dataset(imgs, tmp_path / "stop", mmproj=setup["mmproj"], shard_size=1, n_threads=1)
+    out = tmp_path / "skip"
+    res = embed_dataset(imgs, out, mmproj=setup["mmproj"], shard_size=1, n_threads=1, on_error="skip")
+    assert res["n_failed"] == 1 and res["n_shards"] == 5
+    assert not (out / "part-00002.parquet").exists()  # its only item failed: no file, the entry says why
+    failed = [json.loads(line) for line in (out / "_failed.jsonl").read_text().splitlines()]
+    assert [(f["id"], f["shard"]) for f in failed] == [("im2.png", 2)] and "not a readable image" in failed[0]["error"]
+    got, ref = rows(out), rows(_clean_run(setup, tmp_path))
+    assert sorted(got) == sorted(set(ref) - {"im2.png"})
+    for k in got:
+        assert got[k]["embeddings"] == ref[k]["embeddings"]
+    again = embed_dataset(imgs, out, mmproj=setup["mmproj"], shard_size=1, n_threads=1, on_error="skip")
+    assert again["skipped_shards"] == 5 and again["n_failed"] == 1  # a failed item is not retried
+    embed_dataset(imgs, out, mmproj=setup["mmproj"], shard_size=1, n_threads=1, on_error="skip", restart=True)
+    (imgs / "im2.png").unlink()  # another item list: --force starts over, and no failure is left listed
+    embed_dataset(imgs, out, mmproj=setup["mmproj"], shard_size=1, n_threads=1, restart=True)
+    assert not (out / "_failed.jsonl").exists()
+
+
+def _clean_run(setup, tmp_path):
+    out = tmp_path / "clean"
+    embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=1, n_threads=1)
+    return out

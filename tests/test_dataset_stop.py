@@ -36,11 +36,12 @@ def data(tmp_path_factory):
     return mmproj, imgs
 
 
-def start(data, out, delay: float, workers: int = 2) -> subprocess.Popen:
+def start(data, out, delay: float, workers: int = 2, *extra, log=None) -> subprocess.Popen:
     mmproj, imgs = data
-    env = {**os.environ, "GRAPHDSL_TEST_ITEM_DELAY": str(delay)}
+    env = {**os.environ, "GRAPHDSL_TEST_ITEM_DELAY": str(delay), "GRAPHDSL_TEST_ITEM_LOG": str(log or "")}
     return subprocess.Popen([sys.executable, str(DRIVER), "embed-dataset", str(imgs), "--mmproj", str(mmproj),
-                             "-o", str(out), "--shard-size", str(SHARD), "--workers", str(workers), "--threads", "1"],
+                             "-o", str(out), "--shard-size", str(SHARD), "--workers", str(workers), "--threads", "1",
+                             *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # its own process group, as a terminal's job
 
@@ -154,3 +155,43 @@ def test_a_second_run_in_the_same_folder_is_refused_while_the_first_runs(data, t
         p.communicate(timeout=60)
     assert p.returncode == 130
     resume_and_check(data, out)  # the lock went with the process
+
+
+def test_skip_then_kill_at_half_then_resume_loses_and_repeats_nothing(data, tmp_path):
+    """--on-error skip (issue 27 item 3): failed items are listed with their error and the run goes
+    on; killed (-9) at half and resumed, every item is either a row or a listed failure exactly
+    once, and the resume reads no item of a finished shard."""
+    mmproj, good = data
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    bad = {"003.png", "010.png", "011.png"}  # 010 and 011 are one shard: a shard with no rows
+    for f in sorted(os.listdir(good)):
+        (imgs / f).write_bytes(b"not an image" if f in bad else (good / f).read_bytes())
+    out, log1, log2 = tmp_path / "out", tmp_path / "read1", tmp_path / "read2"
+    p = start((mmproj, imgs), out, 0.5, 2, "--on-error", "skip", log=log1)
+    try:
+        t0 = time.monotonic()
+        while len(listed(out)) < N_ITEMS // SHARD // 2:
+            assert p.poll() is None and time.monotonic() - t0 < 180, p.communicate()[1][-2000:]
+            time.sleep(0.05)
+        p.kill()
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    before = json.loads((out / "_manifest.json").read_text())["shards"]
+    assert N_ITEMS // SHARD // 2 <= len(before) < N_ITEMS // SHARD  # killed at about half
+    finished_ids = {f"{i:03d}.png" for s in before for i in range(s["index"] * SHARD, (s["index"] + 1) * SHARD)}
+    time.sleep(1)  # a worker that survived its parent would still be writing
+    r = start((mmproj, imgs), out, 0.0, 2, "--on-error", "skip", log=log2)
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 0, err[-2000:]
+    assert f"{len(bad)} item(s) failed and were skipped: {out / '_failed.jsonl'}" in err, err[-2000:]
+    reread = set(log2.read_text().split())
+    assert reread and not reread & finished_ids, sorted(reread & finished_ids)  # no finished item read again
+    rows = read_output(out)["id"].to_pylist()
+    failed = [json.loads(line) for line in (out / "_failed.jsonl").read_text().splitlines()]
+    assert len(rows) == len(set(rows)) and len(failed) == len({f["id"] for f in failed})  # 0 duplicated
+    assert set(rows) | {f["id"] for f in failed} == {f"{i:03d}.png" for i in range(N_ITEMS)}  # 0 lost
+    assert {f["id"] for f in failed} == bad and not set(rows) & bad
+    assert all(str(imgs / f["id"]) in f["error"] for f in failed), failed  # each error names its file

@@ -80,6 +80,8 @@ def differences(out: Path, old: dict, new: dict) -> list[str]:
 def check_shard(out: Path, entry: dict) -> str | None:
     """None if the shard file matches its manifest entry, else what is wrong with it."""
     import pyarrow.parquet as pq
+    if entry.get("file") is None:
+        return None if entry.get("failed") else "listed without a file"
     p = out / entry["file"]
     try:
         size = p.stat().st_size
@@ -106,7 +108,8 @@ def verified(out: Path, entries: list[dict]) -> dict[int, dict]:
         if why is None:
             good[int(e["index"])] = e
         else:
-            warnings.warn(f"{out / e['file']}: listed as finished but {why}; embedding shard {e['index']} again",
+            where = out / e["file"] if e.get("file") else f"{out}: shard {e['index']}"
+            warnings.warn(f"{where}: listed as finished but {why}; embedding shard {e['index']} again",
                           DamagedShardWarning, stacklevel=3)
     return good
 

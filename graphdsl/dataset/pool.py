@@ -54,8 +54,8 @@ def _init_worker(cfg: dict, ticks, parent_pid: int) -> None:
 
 
 def _run_shard(task) -> dict:
-    index, items, out = task
-    return embed_shard(_FE, index, items, out, tick=_TICKS.put)
+    index, items, out, on_error = task
+    return embed_shard(_FE, index, items, out, tick=_TICKS.put, on_error=on_error)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import integrity
 from .manifest import read_manifest
-from .shards import MANIFEST, embed_shard, fingerprint, load_done, plan, previous, save_manifest
+from .shards import MANIFEST, ON_ERROR, embed_shard, fingerprint, load_done, plan, previous, save_manifest
 
 
 def model_config(mmproj=None, text_model=None, *, tokenizer=None, backend: str = "cpu", precision: str = "f32",
@@ -38,6 +38,7 @@ def load_embedder(cfg: dict):
 
 def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=None, shard_size: int = 256,
                   workers: int = 0, ray: bool | str = False, ray_actors: int = 2, restart: bool = False,
+                  on_error: str = "stop",
                   progress: Callable[[int], None] | None = None, on_start: Callable[[int, int], None] | None = None,
                   **model_kw) -> dict:
     """Embed every item of a folder or manifest into sharded Parquet under `out` (resumable).
@@ -51,12 +52,17 @@ def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=Non
         ray: True (a local Ray, or RAY_ADDRESS) or a cluster address: Ray Data with `ray_actors`
             actors (needs ``graphdsl[ray]``); `out` must then be a folder every node can write.
         restart: start over when `out` holds another run's shards (else ValueError).
+        on_error: "stop" (ValueError naming the first item that fails) or "skip": a failed item is
+            left out, listed with its error in OUT/_failed.jsonl, and the run goes on. Failed items
+            of finished shards count as done: a resume does not retry them (--force does).
         progress: called with the number of items finished, after each item.
         on_start: called once with (items already done, items in all) before any work.
 
     Returns:
-        The final manifest's summary: {"n_items", "n_shards", "skipped_shards", "n_embd"}.
+        The final manifest's summary: {"n_items", "n_shards", "skipped_shards", "n_embd", "n_failed"}.
     """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"[embed-dataset] on_error must be one of {ON_ERROR}, got {on_error!r}")
     items = read_manifest(source) if isinstance(source, (str, os.PathLike)) else list(source)
     cfg = model_config(mmproj, text_model, **model_kw)
     out = Path(out)
@@ -64,17 +70,18 @@ def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=Non
         raise ValueError(f"{out}: the output must be a folder")
     out.mkdir(parents=True, exist_ok=True)
     with _only_run(out):
-        return _embed(items, cfg, out, shard_size, workers, ray, ray_actors, restart, progress, on_start)
+        return _embed(items, cfg, out, shard_size, workers, ray, ray_actors, restart, progress, on_start, on_error)
 
 
-def _embed(items, cfg, out: Path, shard_size, workers, ray, ray_actors, restart, progress, on_start) -> dict:
+def _embed(items, cfg, out: Path, shard_size, workers, ray, ray_actors, restart, progress, on_start,
+           on_error) -> dict:
     shards = plan(items, shard_size)
     prev = previous(out, restart)
     fp = fingerprint(items, cfg, shard_size, known=((prev or {}).get("fingerprint") or {}).get("files"))
     done = load_done(out, prev, fp)
     skipped = len(done)
-    n_embd = next(iter(done.values()))["n_embd"] if done else None
-    pending = [(i, s, str(out)) for i, s in enumerate(shards) if i not in done]
+    n_embd = next((e["n_embd"] for e in done.values() if e["n_embd"] is not None), None)
+    pending = [(i, s, str(out), on_error) for i, s in enumerate(shards) if i not in done]
     if on_start is not None:
         on_start(sum(len(shards[i]) for i in done), len(items))
     lock = threading.Lock()
@@ -83,7 +90,7 @@ def _embed(items, cfg, out: Path, shard_size, workers, ray, ray_actors, restart,
         nonlocal n_embd
         with lock:
             done[meta["index"]] = meta
-            n_embd = meta["n_embd"]
+            n_embd = meta["n_embd"] if meta["n_embd"] is not None else n_embd
             save_manifest(out, fp, done, len(shards), n_embd)
 
     save_manifest(out, fp, done, len(shards), n_embd)
@@ -93,8 +100,8 @@ def _embed(items, cfg, out: Path, shard_size, workers, ray, ray_actors, restart,
         run_ray(pending, cfg, ray_actors, None if ray is True else ray, finished, tick)
     elif workers == 0 and pending:
         fe = load_embedder(cfg)
-        for task in pending:
-            finished(embed_shard(fe, *task, tick=tick))
+        for index, its, dest, how in pending:
+            finished(embed_shard(fe, index, its, dest, tick=tick, on_error=how))
     elif pending:
         from .pool import run_pool
         try:
@@ -102,7 +109,8 @@ def _embed(items, cfg, out: Path, shard_size, workers, ray, ray_actors, restart,
         except BaseException:  # the workers are dead: nothing the manifest does not list may stay
             _tidy(out)
             raise
-    return {"n_items": len(items), "n_shards": len(shards), "skipped_shards": skipped, "n_embd": n_embd}
+    return {"n_items": len(items), "n_shards": len(shards), "skipped_shards": skipped, "n_embd": n_embd,
+            "n_failed": sum(len(e.get("failed", ())) for e in done.values())}
 
 
 @contextlib.contextmanager

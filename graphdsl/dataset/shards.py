@@ -8,6 +8,8 @@ models' sha256, the settings, a hash of the items); it is rewritten atomically a
 A rerun skips the listed shards that pass their check (`integrity`) and redoes the rest; a file
 not listed (written just before a crash, or a killed run's temporary file) is removed first. A
 rerun with another fingerprint is refused, naming what differs, unless asked to start over.
+With on_error="skip", an item that fails is left out of its shard and listed (id, shard, error)
+in the shard's entry and in OUT/_failed.jsonl; a shard whose items all failed has no file.
 
 Parquet columns: id (string), n_tokens (int32), spans (list of struct index/kind/start/n_tokens),
 embeddings (list of fixed_size_list<float32, n_embd>: one row of n_embd per token).
@@ -24,6 +26,8 @@ from ..fileio import atomic_open, atomic_path
 from . import integrity
 
 MANIFEST = "_manifest.json"
+FAILED = "_failed.jsonl"  # with on_error="skip": the items that failed, one JSON object a line
+ON_ERROR = ("stop", "skip")
 VERSION = 2  # 2: models by sha256, shard entries with their size in bytes
 
 
@@ -77,23 +81,33 @@ def load_done(out: Path, prev: dict | None, fp: dict) -> dict[int, dict]:
             raise ValueError(f"{out} holds shards of another run ({'; '.join(why)}); "
                              "use a new folder, or --force to start over")
         done = integrity.verified(out, prev.get("shards", []))
-    integrity.remove_strays(out, {e["file"] for e in done.values()})
+    integrity.remove_strays(out, {e["file"] for e in done.values() if e["file"]})
     return done
 
 
 def save_manifest(out: Path, fp: dict, done: dict[int, dict], n_shards: int, n_embd: int | None) -> None:
+    """OUT/_manifest.json, and OUT/_failed.jsonl (id, shard, error per line) while items failed."""
+    shards = [done[k] for k in sorted(done)]
+    failed = [{"id": f["id"], "shard": s["index"], "error": f["error"]} for s in shards for f in s.get("failed", ())]
     doc = {"version": VERSION, "fingerprint": fp, "n_shards": n_shards, "complete": len(done) == n_shards,
-           "n_embd": n_embd, "shards": [done[k] for k in sorted(done)]}
+           "n_embd": n_embd, "n_failed": len(failed), "shards": shards}
+    if failed:  # first: a manifest that counts failures always has their list beside it
+        with atomic_open(out / FAILED, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(f) + "\n" for f in failed)
     with atomic_open(out / MANIFEST, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)
         fh.write("\n")
+    if not failed and (out / FAILED).exists():  # a run started over
+        os.unlink(out / FAILED)
 
 
-def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) -> dict:
+def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None, on_error: str = "stop") -> dict:
     """Embed one shard's items with a FileEmbedder and write its Parquet file atomically.
 
     Pre-processing of item i+1 (a thread: decoding, resizing, log-mel) overlaps the graph run of
-    item i (ggml releases the GIL while it computes). tick(1) after each item."""
+    item i (ggml releases the GIL while it computes). tick(1) after each item. on_error: "stop"
+    raises ValueError naming the first item that fails; "skip" leaves it out of the file and lists
+    it, with its error, in the entry's "failed" (no file when all fail)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -101,20 +115,26 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) 
     def prep(it):
         return fe.items(it.images, it.audios, it.prompt, it.tokens)
 
-    ids, n_tok, spans, embs, pos, notes = [], [], [], [], [], []
+    if on_error not in ON_ERROR:
+        raise ValueError(f"[embed-dataset] on_error must be one of {ON_ERROR}, got {on_error!r}")
+    ids, n_tok, spans, embs, pos, notes, failed = [], [], [], [], [], [], []
     with ThreadPoolExecutor(1, thread_name_prefix="graphdsl-prep") as pool:
         nxt = pool.submit(prep, items[0]) if items else None
         for k, it in enumerate(items):
+            cur, nxt = nxt, (pool.submit(prep, items[k + 1]) if k + 1 < len(items) else None)
             try:
-                batch = nxt.result()
-                nxt = pool.submit(prep, items[k + 1]) if k + 1 < len(items) else None
-                res = fe.embedder(batch)
+                res = fe.embedder(cur.result())
+                if res.cross:  # never dropped silently: the Parquet rows hold inline embeddings only
+                    raise ValueError(f"its {', '.join(sorted({m.kind for m in res.cross}))} encoder gives "
+                                     "cross-attention memories, which embed-dataset does not store; use "
+                                     "graphdsl embed --cross-output or Embedder from Python")
             except Exception as e:  # which item, for a dataset of thousands
-                raise ValueError(f"item {it.id!r}: {e}") from e
-            if res.cross:  # never dropped silently: the Parquet rows hold inline embeddings only
-                raise ValueError(f"item {it.id!r}: its {', '.join(sorted({m.kind for m in res.cross}))} encoder "
-                                 "gives cross-attention memories, which embed-dataset does not store; use "
-                                 "graphdsl embed --cross-output or Embedder from Python")
+                if on_error == "stop":
+                    raise ValueError(f"item {it.id!r}: {e}") from e
+                failed.append({"id": it.id, "error": " ".join(str(e).split()) or type(e).__name__})
+                if tick is not None:
+                    tick(1)
+                continue
             e = np.ascontiguousarray(res.embd, dtype=np.float32)
             pos.append(None if res.positions is None else np.ascontiguousarray(res.positions.T, dtype=np.int32))
             notes.append(list(res.notes))
@@ -125,6 +145,10 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) 
             embs.append(e)
             if tick is not None:
                 tick(1)
+    entry = {"index": index, "file": None, "n_items": 0, "first_id": None, "last_id": None, "n_tokens": 0,
+             "n_embd": None, "bytes": 0, "failed": failed}
+    if not ids:  # every item failed (on_error="skip"): no file, the entry lists them
+        return entry
     n_embd = embs[0].shape[1]
     flat = pa.array(np.concatenate(embs).reshape(-1), pa.float32())
     rows = pa.FixedSizeListArray.from_arrays(flat, n_embd)
@@ -148,7 +172,7 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None) 
     with atomic_path(Path(out) / name) as tmp:
         pq.write_table(table, tmp)
         size = os.path.getsize(tmp)
-    return {"index": index, "file": name, "n_items": len(ids), "first_id": ids[0], "last_id": ids[-1],
+    return {**entry, "file": name, "n_items": len(ids), "first_id": ids[0], "last_id": ids[-1],
             "n_tokens": int(sum(n_tok)), "n_embd": int(n_embd), "bytes": size}
 
 
@@ -159,6 +183,8 @@ def read_output(out: str | os.PathLike):
     doc = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
     tables = []
     for s in doc["shards"]:
+        if s["file"] is None:  # all its items failed
+            continue
         f = Path(out) / s["file"]
         try:
             tables.append(pq.read_table(f))
