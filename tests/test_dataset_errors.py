@@ -1,7 +1,8 @@
 """embed-dataset's errors name the file they are about (issue 28 item 8c): a failed write (disk
 full, file too large) says which file, why, and that nothing partial was left, instead of numpy's
 "2048 requested and 912 written"; a manifest that is not UTF-8, a bad JSON list of paths, a damaged
-shard read back. Writes that fail are provoked with RLIMIT_FSIZE (EFBIG) in a subprocess."""
+shard read back (page checksums: a flipped bit too). Writes that fail are provoked with
+RLIMIT_FSIZE (EFBIG) in a subprocess."""
 import errno
 import json
 import os
@@ -114,3 +115,28 @@ def test_a_shard_mixing_position_layouts_is_named(tmp_path):
                                          r"positions \(M-RoPE\) and items \['x1'\] do not"):
         shards.embed_shard(fe, 7, items, tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_read_output_refuses_a_flipped_bit(tmp_path):
+    """Shards carry page checksums, verified by read_output: a bit flipped in the embeddings (same
+    size, intact footer) is an error naming the shard, not other numbers."""
+    mmproj, _, _ = demo.build_files("tiny", tmp_path / "cache")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(imgs / "0.png")
+    out = tmp_path / "out"
+    embed_dataset(imgs, out, mmproj=mmproj, shard_size=1, n_threads=1)
+    before = read_output(out)  # control: reads
+    p = out / "part-00000.parquet"
+    with open(p, "r+b") as fh:
+        import pyarrow.parquet as pq
+        rg = pq.read_metadata(p).row_group(0)
+        col = next(c for c in map(rg.column, range(rg.num_columns)) if c.path_in_schema.startswith("embeddings"))
+        first = col.data_page_offset if col.dictionary_page_offset is None else col.dictionary_page_offset
+        fh.seek(first + col.total_compressed_size // 2)  # inside the chunk's pages (its floats' dictionary)
+        b = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([b[0] ^ 1]))
+    with pytest.raises(ValueError, match=rf"^{p}: unreadable \(.*(checksum|CRC)"):
+        read_output(out)
+    assert len(before) == 1

@@ -91,7 +91,7 @@ def check_shard(out: Path, entry: dict) -> str | None:
         return f"{size} bytes, its manifest entry says {entry['bytes']} (truncated or replaced)"
     try:
         n = pq.read_metadata(p).num_rows
-        ids = pq.read_table(p, columns=["id"])["id"].to_pylist()
+        ids = pq.read_table(p, columns=["id"], page_checksum_verification=True)["id"].to_pylist()
     except Exception as e:  # noqa: BLE001 - any reader error means the file cannot be trusted
         return f"unreadable ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})"
     if n != entry["n_items"] or not ids or (ids[0], ids[-1]) != (entry["first_id"], entry["last_id"]):

@@ -170,7 +170,7 @@ def embed_shard(fe, index: int, items: list, out: str | os.PathLike, tick=None, 
     table = pa.table(columns)
     name = shard_name(index)
     with atomic_path(Path(out) / name) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)  # read_output verifies: a flipped bit is an error
         size = os.path.getsize(tmp)
     return {**entry, "file": name, "n_items": len(ids), "first_id": ids[0], "last_id": ids[-1],
             "n_tokens": int(sum(n_tok)), "n_embd": int(n_embd), "bytes": size}
@@ -187,7 +187,7 @@ def read_output(out: str | os.PathLike):
             continue
         f = Path(out) / s["file"]
         try:
-            tables.append(pq.read_table(f))
+            tables.append(pq.read_table(f, page_checksum_verification=True))
         except (OSError, pa.ArrowException) as e:  # pyarrow's own message may not name the file
             raise ValueError(f"{f}: unreadable ({' '.join(str(e).split())}); delete it and rerun embed-dataset "
                              f"on {out}: a missing shard is redone") from e
