@@ -67,8 +67,9 @@ def differences(out: Path, old: dict, new: dict) -> list[str]:
             why.append(f"--{k.replace('_', '-')}: {out} was made {'without one' if a is None else 'with ' + a['path']}"
                        f", this run has {'none' if b is None else b['path']}")
         elif a.get("sha256") != b["sha256"]:
-            why.append(f"--{k.replace('_', '-')}: {out} was made with {a.get('path')} (sha256 {str(a.get('sha256'))[:12]}), "
-                       f"this run has {b['path']} (sha256 {b['sha256'][:12]}): another model")
+            why.append(f"--{k.replace('_', '-')}: {out} was made with {a.get('path')} "
+                       f"(sha256 {str(a.get('sha256'))[:12]}), this run has {b['path']} (sha256 {b['sha256'][:12]}): "
+                       "another model")
     for k, what in (("settings", "settings"), ("shard_size", "--shard-size"), ("n_items", "number of items"),
                     ("items_sha256", "items")):
         if old.get(k) != new.get(k):

@@ -66,7 +66,8 @@ def previous(out: Path, restart: bool) -> dict | None:
         raise ValueError(f"{m}: unreadable ({e}); pass --force to start over") from None
     if doc.get("version") != VERSION:
         raise ValueError(f"{m}: written by another version of embed-dataset (manifest version "
-                         f"{doc.get('version')!r}, this one writes {VERSION}); use a new folder, or --force to start over")
+                         f"{doc.get('version')!r}, this one writes {VERSION}); use a new folder, "
+                         "or --force to start over")
     return doc
 
 
