@@ -309,3 +309,14 @@ def _clean_run(setup, tmp_path):
     out = tmp_path / "clean"
     embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=1, n_threads=1)
     return out
+
+
+def test_a_version_1_output_is_refused_with_force_named(setup, tmp_path):
+    """Version-1 manifests named models by path, size and mtime: nothing to check a resume against."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_manifest.json").write_text(json.dumps({"version": 1, "fingerprint": {}, "shards": []}))
+    with pytest.raises(ValueError, match=r"_manifest.json: written by another version of embed-dataset .*--force"):
+        embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    assert embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1,
+                         restart=True)["n_shards"] == 3
