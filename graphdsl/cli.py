@@ -383,12 +383,18 @@ def cmd_embed_dataset(args) -> int:
         on_start(done, total)
     t0 = time.perf_counter()
     try:
-        res = ds.embed_dataset(args.source, args.output, mmproj=args.mmproj, text_model=args.text_model,
-                               tokenizer=args.tokenizer, shard_size=args.shard_size, workers=args.workers,
-                               ray=(args.ray if args.ray != "local" else True) if args.ray else False,
-                               ray_actors=args.ray_actors, restart=args.force, progress=progress, on_start=start,
-                               backend=args.backend, precision=args.precision, n_threads=args.threads,
-                               check_finite=args.check_finite, **_seconds(args))
+        with ds.warnings_as_lines():
+            res = ds.embed_dataset(args.source, args.output, mmproj=args.mmproj, text_model=args.text_model,
+                                   tokenizer=args.tokenizer, shard_size=args.shard_size, workers=args.workers,
+                                   ray=(args.ray if args.ray != "local" else True) if args.ray else False,
+                                   ray_actors=args.ray_actors, restart=args.force, on_error=args.on_error,
+                                   progress=progress, on_start=start,
+                                   backend=args.backend, precision=args.precision, n_threads=args.threads,
+                                   check_finite=args.check_finite, **_seconds(args))
+    except KeyboardInterrupt:
+        close()
+        print(f"graphdsl embed-dataset: interrupted; {ds.progress_note(args.output)}", file=sys.stderr)
+        return 130
     finally:
         close()
     dt = time.perf_counter() - t0
@@ -396,6 +402,9 @@ def cmd_embed_dataset(args) -> int:
     rate = f", {new / dt:.2f} items/s" if new and dt > 0 else ""
     print(f"{args.output}: {res['n_items']} items in {res['n_shards']} shard(s) of width {res['n_embd']}; "
           f"{res['skipped_shards']} shard(s) were already done, {new} item(s) embedded now in {dt:.1f} s{rate}")
+    if res["n_failed"]:
+        print(f"graphdsl embed-dataset: {res['n_failed']} item(s) failed and were skipped: "
+              f"{Path(args.output) / ds.shards.FAILED}", file=sys.stderr)
     return 0
 
 

@@ -262,6 +262,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                    help='run on Ray Data: a local Ray, or a cluster ("auto", "HOST:6379")')
     p.add_argument("--ray-actors", type=positive_int, default=2, help="with --ray: embedder actors (default: 2)")
     p.add_argument("-f", "--force", action="store_true", help="start over when OUT holds another run's shards")
+    p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                   help="an item that fails: stop the run (default), or skip it, list it with its error in "
+                        "OUT/_failed.jsonl and go on (a resume does not retry it; --force does)")
     _run_opts(p)
     _limit_opts(p)
     _finite_opt(p)

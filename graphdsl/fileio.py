@@ -19,12 +19,13 @@ input folders), and an existing output is replaced only when asked (`--force`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["OutputExists", "OutputIsInput", "atomic_open", "atomic_path", "check_output"]
+__all__ = ["OutputExists", "OutputIsInput", "WriteFailed", "atomic_open", "atomic_path", "check_output"]
 
 
 class OutputExists(FileExistsError):
@@ -33,6 +34,41 @@ class OutputExists(FileExistsError):
 
 class OutputIsInput(ValueError):
     """The output would overwrite one of the inputs."""
+
+
+class WriteFailed(OSError):
+    """Writing an output failed (disk full, file too large, ...); nothing partial was left. `errno`
+    is the cause's where known; str() is one sentence naming the file."""
+
+    def __init__(self, message: str, code: int | None, filename: str):
+        super().__init__(message)
+        self.message, self.errno, self.filename = message, code, filename
+
+    def __str__(self) -> str:  # OSError's would be "[Errno 28] None: 'path'"
+        return self.message
+
+
+# the causes a write has of its own (a reader's error inside the block keeps its own type and message)
+_WRITE_ERRORS = {getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT", "EIO", "EROFS") if hasattr(errno, n)}
+
+
+def _cause(e: OSError, tmp: str) -> tuple[int | None, str]:
+    """(errno, words) for a failed write. numpy's tofile (np.save to a file) says only "2048
+    requested and 912 written", without errno: one more byte written to the same file tells."""
+    code = e.errno
+    if code is None:
+        try:
+            with open(tmp, "ab") as fh:
+                fh.write(b"\0")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as probe:
+            code = probe.errno
+    detail = e.strerror if e.errno is not None and e.strerror else str(e)
+    if code is None:
+        return None, f"{detail} (the cause is unknown: a further write succeeded)"
+    why = f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+    return code, why if detail.strip() in ("", os.strerror(code)) else f"{why}: {detail}"
 
 
 def _create_temp(folder: str, name: str) -> str:
@@ -82,6 +118,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:  # the writer may have closed its handle: fsync through a new one
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+    except OSError as e:  # the writers' own messages rarely say which file, or why ("2048 requested and 912 written")
+        code, why = (None, "") if isinstance(e, WriteFailed) else _cause(e, tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, WriteFailed) or (e.errno is not None and code not in _WRITE_ERRORS):
+            raise
+        left = "the previous file is unchanged" if os.path.exists(final) else "no file was created"
+        raise WriteFailed(f"{path}: writing failed: {why}; nothing partial was left ({left})", code,
+                          os.fspath(path)) from e
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -3,6 +3,7 @@ item by item, a worker pool identical to the serial path, resumption and atomic 
 import csv
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -76,7 +77,7 @@ def test_shards_hold_what_embed_files_gives(setup, tmp_path):
     man.write_text("".join(json.dumps(r) + "\n" for r in recs))
     out = tmp_path / "out"
     res = embed_dataset(man, out, mmproj=setup["mmproj"], text_model=setup["text"], shard_size=2, n_threads=2)
-    assert res == {"n_items": 3, "n_shards": 2, "skipped_shards": 0, "n_embd": 48}
+    assert res == {"n_items": 3, "n_shards": 2, "skipped_shards": 0, "n_embd": 48, "n_failed": 0}
     assert sorted(os.listdir(out)) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet"]
     got = rows(out)
     for it in read_manifest(man):
@@ -106,14 +107,14 @@ def test_resume_skips_finished_shards_and_never_leaves_a_partial_one(setup, tmp_
     real = shards.embed_shard
     calls = []
 
-    def crash_on_third(fe, index, items, out_dir, tick=None):
+    def crash_on_third(fe, index, items, out_dir, tick=None, on_error="stop"):
         calls.append(index)
         if index == 2:
             def half_written(table, where, *a, **kw):  # the process dies while writing this shard
                 open(where, "wb").write(b"PAR1 partial")
                 raise KeyboardInterrupt
             monkeypatch.setattr(pq, "write_table", half_written)
-        return real(fe, index, items, out_dir, tick)
+        return real(fe, index, items, out_dir, tick, on_error)
     monkeypatch.setattr("graphdsl.dataset.run.embed_shard", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
@@ -198,3 +199,124 @@ def test_shards_keep_decoder_positions_and_notes_and_refuse_cross_memories(tmp_p
     with pytest.raises(ValueError, match="item 'x3'.*cross-attention memories"):
         shards.embed_shard(_FakeFileEmbedder(cross), 2, [_item(3)], tmp_path)
     assert not (tmp_path / shards.shard_name(2)).exists()
+
+
+def test_resume_redoes_a_damaged_shard_with_a_warning(setup, tmp_path):
+    """A listed shard that was truncated, or damaged at its footer, is redone with a warning that
+    names it (found by the red team: the rerun exited 0 and read_output failed with ArrowInvalid)."""
+    out, clean = tmp_path / "out", tmp_path / "clean"
+    embed_dataset(setup["imgs"], clean, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    p1, p2 = out / "part-00001.parquet", out / "part-00002.parquet"
+    os.truncate(p1, p1.stat().st_size // 2)
+    with open(p2, "r+b") as fh:  # same size, footer gone
+        fh.seek(-8, os.SEEK_END)
+        fh.write(b"\0" * 8)
+    first = (out / "part-00000.parquet").stat().st_mtime_ns
+    with pytest.warns(shards.integrity.DamagedShardWarning) as got:
+        res = embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    msgs = sorted(str(w.message) for w in got)
+    assert len(msgs) == 2 and str(p1) in msgs[0] and "bytes" in msgs[0], msgs
+    assert str(p2) in msgs[1] and "unreadable" in msgs[1], msgs
+    assert res["skipped_shards"] == 1 and (out / "part-00000.parquet").stat().st_mtime_ns == first  # control
+    assert read_output(out).equals(read_output(clean))
+
+
+def _same_size_and_mtime_other_model(src, dst):
+    """A copy of the GGUF `src` at `dst` with one weight changed, then given src's mtime."""
+    import shutil
+    shutil.copyfile(src, dst)
+    st = os.stat(src)
+    with open(dst, "r+b") as fh:  # the last tensor's data (f32): low mantissa bytes, so the weights stay finite
+        fh.seek(-64, os.SEEK_END)
+        b = bytearray(fh.read(16))
+        b[::4] = bytes(x ^ 0xFF for x in b[::4])
+        fh.seek(-64, os.SEEK_END)
+        fh.write(b)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.path.getsize(dst) == st.st_size and os.stat(dst).st_mtime_ns == st.st_mtime_ns
+
+
+def test_resume_knows_the_model_by_content(setup, tmp_path):
+    """Another model with the same path, size and mtime is refused, naming both (found by the red
+    team: it resumed into a "complete" output mixing two models' rows); the same bytes elsewhere resume."""
+    import shutil
+    a, b, same = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "same.gguf"
+    shutil.copy2(setup["mmproj"], a)
+    out = tmp_path / "out"
+    items = read_manifest(setup["imgs"])
+    embed_dataset(items, out, mmproj=a, shard_size=2, n_threads=1)
+    (out / "part-00002.parquet").unlink()  # so that a resume has work left
+    doc = json.loads((out / "_manifest.json").read_text())
+    doc["shards"] = doc["shards"][:2]
+    (out / "_manifest.json").write_text(json.dumps(doc))
+    _same_size_and_mtime_other_model(a, b)
+    os.replace(b, a)  # the same path, size and mtime; other bytes
+    with pytest.raises(ValueError, match=rf"another run.*made with {a} \(sha256 \w+\), this run has {a} \(sha256 "):
+        embed_dataset(items, out, mmproj=a, shard_size=2, n_threads=1)
+    _same_size_and_mtime_other_model(setup["mmproj"], b)
+    with pytest.raises(ValueError, match=rf"another run.*{a}.*sha256.*{b}.*sha256.*another model"):
+        embed_dataset(items, out, mmproj=b, shard_size=2, n_threads=1)
+    shutil.copy2(setup["mmproj"], same)  # negative control: the first model's bytes under another name continue
+    assert embed_dataset(items, out, mmproj=same, shard_size=2, n_threads=1)["skipped_shards"] == 2
+
+
+def test_model_hash_is_reused_only_for_an_untouched_file(tmp_path):
+    """The recorded hash is reused while (device, inode, size, mtime, ctime) match; a file rewritten in
+    place and touched back to its mtime changes ctime, and is read again."""
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x" * 100)
+    rec = shards.integrity.file_sha256(f)
+    fake = {**rec, "sha256": "f" * 64}
+    assert shards.integrity.file_sha256(f, fake)["sha256"] == "f" * 64  # not read again
+    st = os.stat(f)
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick, as any real rewrite after a run is
+    with open(f, "r+b") as fh:
+        fh.write(b"y")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = shards.integrity.file_sha256(f, fake)
+    assert again["sha256"] not in ("f" * 64, rec["sha256"])
+
+
+def test_on_error_stop_names_the_item_and_skip_lists_it(setup, tmp_path):
+    """stop (the default) ends the run at the first failing item, naming it; skip leaves it out,
+    lists it with its error, and gives the other items the rows a run without it gives."""
+    import shutil
+    imgs = tmp_path / "imgs"
+    shutil.copytree(setup["imgs"], imgs)
+    (imgs / "im2.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=rf"item 'im2.png': .*{imgs / 'im2.png'}"):
+        embed_dataset(imgs, tmp_path / "stop", mmproj=setup["mmproj"], shard_size=1, n_threads=1)
+    out = tmp_path / "skip"
+    res = embed_dataset(imgs, out, mmproj=setup["mmproj"], shard_size=1, n_threads=1, on_error="skip")
+    assert res["n_failed"] == 1 and res["n_shards"] == 5
+    assert not (out / "part-00002.parquet").exists()  # its only item failed: no file, the entry says why
+    failed = [json.loads(line) for line in (out / "_failed.jsonl").read_text().splitlines()]
+    assert [(f["id"], f["shard"]) for f in failed] == [("im2.png", 2)] and "not a readable image" in failed[0]["error"]
+    got, ref = rows(out), rows(_clean_run(setup, tmp_path))
+    assert sorted(got) == sorted(set(ref) - {"im2.png"})
+    for k in got:
+        assert got[k]["embeddings"] == ref[k]["embeddings"]
+    again = embed_dataset(imgs, out, mmproj=setup["mmproj"], shard_size=1, n_threads=1, on_error="skip")
+    assert again["skipped_shards"] == 5 and again["n_failed"] == 1  # a failed item is not retried
+    embed_dataset(imgs, out, mmproj=setup["mmproj"], shard_size=1, n_threads=1, on_error="skip", restart=True)
+    (imgs / "im2.png").unlink()  # another item list: --force starts over, and no failure is left listed
+    embed_dataset(imgs, out, mmproj=setup["mmproj"], shard_size=1, n_threads=1, restart=True)
+    assert not (out / "_failed.jsonl").exists()
+
+
+def _clean_run(setup, tmp_path):
+    out = tmp_path / "clean"
+    embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=1, n_threads=1)
+    return out
+
+
+def test_a_version_1_output_is_refused_with_force_named(setup, tmp_path):
+    """Version-1 manifests named models by path, size and mtime: nothing to check a resume against."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_manifest.json").write_text(json.dumps({"version": 1, "fingerprint": {}, "shards": []}))
+    with pytest.raises(ValueError, match=r"_manifest.json: written by another version of embed-dataset .*--force"):
+        embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
+    assert embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1,
+                         restart=True)["n_shards"] == 3

@@ -12,7 +12,9 @@ processes, or Ray Data actors (`ray_runner`), each holding one compiled Embedder
 memory-mapped weights; all three give the same files. Needs pyarrow (`graphdsl[dataset]`).
 """
 from .manifest import Item, read_manifest
-from .run import embed_dataset
+from .integrity import DamagedShardWarning
+from .run import embed_dataset, progress_note, warnings_as_lines
 from .shards import read_output
 
-__all__ = ["Item", "embed_dataset", "read_manifest", "read_output"]
+__all__ = ["DamagedShardWarning", "Item", "embed_dataset", "progress_note", "read_manifest", "read_output",
+           "warnings_as_lines"]

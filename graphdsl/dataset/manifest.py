@@ -50,11 +50,24 @@ def read_manifest(src: str | os.PathLike) -> list[Item]:
         readers = {".csv": _csv, ".jsonl": _jsonl, ".json": _jsonl, ".parquet": _parquet}
         if suffix not in readers:
             raise ValueError(f"{src}: a manifest is .csv, .jsonl or .parquet (or give a folder)")
-        items = [_item(row, i, p.parent, src) for i, row in enumerate(readers[suffix](p))]
+        try:
+            items = [_item(row, i, p.parent, src) for i, row in enumerate(readers[suffix](p))]
+        except UnicodeDecodeError:  # its own message names neither the file nor the line
+            raise ValueError(f"{src}: {_not_utf8(p)}; save the manifest as UTF-8") from None
     if not items:
         raise ValueError(f"{src}: nothing to embed (no items)")
     _check(items, src)
     return items
+
+
+def _not_utf8(p: Path) -> str:
+    data = p.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return f"line {line} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}: {e.reason})"
+    return "not UTF-8 text"
 
 
 def _folder(root: Path) -> list[Item]:
@@ -103,7 +116,11 @@ def _paths(value, base: Path, where: str) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         s = value.strip()
-        value = json.loads(s) if s.startswith("[") else [v for v in (x.strip() for x in s.split(";")) if v]
+        try:
+            value = json.loads(s) if s.startswith("[") else [v for v in (x.strip() for x in s.split(";")) if v]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: paths starting with '[' must be a JSON list ({e.msg} at character "
+                             f"{e.pos}): {value!r}") from None
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{where}: paths must be a list of strings, got {value!r}")
     return tuple(str(base / v) for v in value)  # an absolute v stays absolute

@@ -25,10 +25,10 @@ class ShardActor:
     def __call__(self, batch: dict) -> dict:
         from .shards import embed_shard
         metas = []
-        for index, items, out in zip(batch["index"], batch["items"], batch["out"]):
+        for index, items, out, on_error in zip(batch["index"], batch["items"], batch["out"], batch["on_error"]):
             its = [Item(d["id"], d["prompt"], d["tokens"], tuple(d["images"]), tuple(d["audios"]))
                    for d in json.loads(items)]
-            metas.append(json.dumps(embed_shard(self.fe, int(index), its, out)))
+            metas.append(json.dumps(embed_shard(self.fe, int(index), its, out, on_error=str(on_error))))
         return {"meta": metas}
 
 
@@ -47,8 +47,8 @@ def run_ray(pending, cfg: dict, n_actors: int, address, finished, tick) -> None:
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours counts items; Ray's would count blocks
-        rows = [{"index": i, "items": json.dumps([it.as_dict() for it in items]), "out": out}
-                for i, items, out in pending]
+        rows = [{"index": i, "items": json.dumps([it.as_dict() for it in items]), "out": out, "on_error": how}
+                for i, items, out, how in pending]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         threads = cfg["n_threads"] or 1
         res = ds.map_batches(ShardActor, fn_constructor_kwargs={"cfg": {**cfg, "n_threads": threads}},
@@ -56,7 +56,7 @@ def run_ray(pending, cfg: dict, n_actors: int, address, finished, tick) -> None:
         for row in res.iter_rows():
             meta = json.loads(row["meta"])
             finished(meta)
-            tick(meta["n_items"])
+            tick(meta["n_items"] + len(meta.get("failed", ())))
     finally:
         if started:
             ray.shutdown()
