@@ -57,6 +57,7 @@ def test_onednn_max_cpu_isa_caps_the_dispatch_and_the_claims():
 def test_this_run_is_capped_to_avx2():
     cpu = features("CPU")
     assert cpu.get("AVX2") == "1" and not [f for f in AVX512_UP if cpu.get(f) == "1"], (
-        f"ggml's CPU backend is not the portable AVX2 build: {cpu} (LD_LIBRARY_PATH={os.environ.get('LD_LIBRARY_PATH')})")
+        f"ggml's CPU backend is not the portable AVX2 build: {cpu} "
+        f"(LD_LIBRARY_PATH={os.environ.get('LD_LIBRARY_PATH')})")
     if onednn.load():
         assert features("ONEDNN").get("ISA") == "avx2", features("ONEDNN")

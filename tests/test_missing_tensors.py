@@ -182,18 +182,19 @@ def test_the_command_names_file_and_tensor(tmp_path, arch):
     paths = dict(drops)
     load = text.from_gguf if kind == "text" else from_gguf
     needed = [n for n, p in drops if not _loads(load, p)]  # not an optional part of the layout
+    said = {}
     for name in dict.fromkeys(n for n in (ISSUE.get(arch.name), needed[-1]) if n):
         r = _cli(*_embed_argv(arch, paths[name], str(tmp_path / "o.npy")))
         assert r.returncode != 0, f"{paths[name]} without {name} embedded"
         _check_embed(name, paths[name], r.returncode, r.stderr, None)
+        said[name] = r.stderr.strip()
         r = _cli("info", paths[name])
         # (info checks a text file's token table only, not the layout tensors around it)
         assert not _check_info(name, paths[name], r.returncode, r.stderr, r.stdout) or kind == "text"
     if arch.name in ISSUE:
         f = read_gguf(full)
-        name, proj, left = ISSUE[arch.name], f.metadata["clip.projector_type"], [n for n in f.tensors if n != ISSUE[arch.name]]
-        r = _cli(*_embed_argv(arch, paths[name], str(tmp_path / "o.npy")))
-        msg = r.stderr.strip()
+        name, proj = ISSUE[arch.name], f.metadata["clip.projector_type"]
+        left, msg = [n for n in f.tensors if n != name], said[name]
         assert msg.startswith(f"graphdsl embed: error: {paths[name]}: tensor {name!r} is missing (projector "
                               f"{proj!r} needs it; the file has {len(left)} tensors: "), msg
         assert all(f" {head}.* (" in msg for head in {n.split(".")[0] for n in left}), msg

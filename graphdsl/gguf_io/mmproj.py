@@ -139,8 +139,8 @@ class MmprojConfig:
 
 
 def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTensor]]:
-    """Read an mmproj file: its config, and tensors by (quirk-corrected) name (a TensorTable:
-    a name the file lacks raises a ValueError naming both, as ``cfg.shapes`` / ``cfg.dtypes`` do).
+    """Read an mmproj file: its config, and tensors by (quirk-corrected) name (a TensorTable, as
+    cfg.shapes / cfg.dtypes: a name the file lacks raises a ValueError naming the file and it).
 
     Checks, before anything reaches ggml: architecture "clip", at least one encoder, a known
     projector type, the hyperparameters each encoder needs, every tensor graphdsl's encoders use
