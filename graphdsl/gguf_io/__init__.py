@@ -41,5 +41,5 @@ from .reader import (  # noqa: F401
 from .text import TextInfo, load_text  # noqa: F401
 
 __all__ = ["AudioConfig", "GGUFError", "GGUFFile", "GGUFTensor", "MissingTensor", "MmprojConfig", "TensorTable",
-           "TextInfo", "VisionConfig",
-           "check_finite", "load_mmproj", "load_text", "nonfinite", "read_gguf", "weights_of"]
+           "TextInfo", "VisionConfig", "check_finite", "load_mmproj", "load_text", "nonfinite", "read_gguf",
+           "weights_of"]
