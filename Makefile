@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-ray test-backends test-cuda test-mtmd install runtime bench portable-venv stub clean
+.PHONY: demo test test-isa test-ray test-backends test-cuda test-mtmd install runtime bench portable-venv stub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,21 @@ demo: runtime
 # pytest exits 5 when it collects nothing; that is a failure here too.
 test: install
 	$(BIN)/python -m pytest -q -rs tests
+
+# The ISA-dependent suites as a 2-core AVX2 machine (AMD EPYC Zen 3: no AVX-512, BF16 or AMX) runs
+# them, on any x86 machine: ggml from PyPI's portable AVX2 wheel (no llamafile), unpacked into
+# build/ and found through LD_LIBRARY_PATH before the venv's tuned libggml (the extension's RUNPATH
+# comes after it), and oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 (no bf16 kernel). No second venv;
+# tests/test_isa.py fails if either cap did not take.
+ISA_GGML := build/ggml-portable
+ISA_SUITES := tests/test_isa.py tests/test_ops.py tests/test_onednn_backend.py tests/test_precision_weights.py \
+	tests/test_executor.py tests/test_gguf_quant.py tests/test_layouts.py tests/test_models_clip.py
+test-isa: install
+	test -e $(ISA_GGML)/libggml/lib64/libggml.so.0 || { rm -rf $(ISA_GGML) && \
+	  $(BIN)/python -m pip download -q --no-deps --only-binary :all: -d $(ISA_GGML) "libggml-python==0.20.2.post1" && \
+	  $(BIN)/python -m zipfile -e $(ISA_GGML)/libggml_python-*.whl $(ISA_GGML); }
+	LD_LIBRARY_PATH=$(CURDIR)/$(ISA_GGML)/libggml/lib64$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
+	ONEDNN_MAX_CPU_ISA=AVX2 GRAPHDSL_EXPECT_ISA=avx2 $(BIN)/python -m pytest -q -rs -p no:cacheprovider $(ISA_SUITES)
 
 # embed-dataset on Ray Data (tests/test_dataset_ray.py, a local 2-CPU Ray on 127.0.0.1): its own
 # target, since Ray is a large optional extra and its start-up takes ~20 s.

@@ -277,8 +277,7 @@ def cmd_view(args) -> int:
     if args.output:
         print(f"wrote {args.output}: {label}, {sum(n.op != 'weight' for n in g.live_nodes())} nodes (open it in a browser)")
         return 0
-    print(f"{label}: serving {v.url} (the page is also at {v.path}); Ctrl-C stops", flush=True)
-    v.serve_forever()
+    v.serve_forever(f"{label}: serving {v.url} (the page is also at {v.path}); Ctrl-C stops")
     return 0
 
 

@@ -23,6 +23,7 @@ from graphdsl import Graph, ops
 from graphdsl import dtypes as dt
 from graphdsl.backends import onednn
 from graphdsl.backends.devices import resolve_devices
+from isa import onednn_kernel
 from target import BACKEND
 
 pytestmark = [
@@ -59,6 +60,7 @@ def _emulate(xv, ws, wtype):
     return xr.astype(np.float64) @ ws.astype(np.float64).T
 
 
+@onednn_kernel("f32")
 def test_cpu_means_onednn_then_ggml_and_ggml_cpu_opts_out():
     assert resolve_devices("cpu") == [onednn.NAME, "CPU"]
     assert resolve_devices("ggml-cpu") == ["CPU"]
@@ -66,7 +68,8 @@ def test_cpu_means_onednn_then_ggml_and_ggml_cpu_opts_out():
     assert dev["features"]["F32"] == "1"
 
 
-@pytest.mark.parametrize("wtype", ["f32", "bf16"])
+@pytest.mark.parametrize("wtype", [pytest.param("f32", marks=onednn_kernel("f32")),
+                                   pytest.param("bf16", marks=onednn_kernel("bf16"))])
 @pytest.mark.parametrize("x_shape", [(64, 256), (3, 40, 96)], ids=["2d", "batched"])
 def test_products_match_the_promised_rounding(wtype, x_shape):
     y, xv, ws, where = _product(wtype, x_shape, 384)
@@ -106,6 +109,7 @@ def test_thread_counts_agree():
     assert _rel(a, b) <= BOUND
 
 
+@onednn_kernel("f32")
 def test_mmapped_gguf_weights_are_used_in_place(tmp_path):
     from graphdsl.convert.writer import write_gguf
     from graphdsl.gguf_io import read_gguf, weights_of
@@ -124,6 +128,7 @@ def test_mmapped_gguf_weights_are_used_in_place(tmp_path):
     assert _rel(y, xv.astype(np.float64) @ w.astype(np.float64).T) <= BOUND
 
 
+@onednn_kernel("f32")
 def test_a_model_runs_on_both_and_strict_holds():
     """A ViT block stack large enough for oneDNN: products there, the rest on ggml (both backends
     allocate from the CPU buffer type, so ggml's allocator gives them one compute buffer)."""

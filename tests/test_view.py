@@ -130,3 +130,103 @@ def test_nan_errors_survive_json(model):
     d = view_data(model["run"], diff=inspect.diff(model["run"], vals, model["feeds"]))
     json.dumps(d, allow_nan=False)  # strict JSON: a browser's JSON.parse takes no NaN
     assert {n["name"]: n for n in d["nodes"]}[BAD]["err"]["ok"] is False
+
+
+# -- issue 28: the Host header (DNS rebinding) and the temporary page folder -----------------------------
+def _get(url: str, host: str | None) -> int:
+    """The status of GET / with the given Host header (None: none at all)."""
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    try:
+        conn.putrequest("GET", "/", skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_only_loopback_host_headers_are_answered(model, tmp_path):
+    """A page on evil.example re-resolved to 127.0.0.1 sends `Host: evil.example`: 403, as do another
+    port and no Host at all; the loopback names with the right port are answered (the control)."""
+    with view(model["g"], path=tmp_path / "p.html") as v:
+        port = int(v.url.rsplit(":", 1)[1].strip("/"))
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", f"[::1]:{port}"):
+            assert _get(v.url, host) == 200, host
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}", "127.0.0.1",
+                     f"localhost.evil.example:{port}", "", None):
+            assert _get(v.url, host) == 403, host
+
+
+def _view_dirs(root):
+    return sorted(p.name for p in root.iterdir() if p.name.startswith("graphdsl-view-"))
+
+
+def test_the_temporary_page_folder_goes_with_the_viewer(model, tmp_path, monkeypatch):
+    """close(), a with block left by an exception and a failed start leave no graphdsl-view-* folder."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    v = view(model["g"])
+    assert v.path.parent.parent == tmp_path and v.path.is_file() and _view_dirs(tmp_path)
+    v.close()
+    v.close()  # twice is fine
+    assert not _view_dirs(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        with view(model["g"], serve_page=False) as v:
+            assert v.path.is_file()
+            raise RuntimeError("boom")
+    assert not _view_dirs(tmp_path)
+    import socket
+    with socket.socket() as busy:  # the port is taken: the bind fails after the page was written
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(OSError):
+            view(model["g"], port=busy.getsockname()[1])
+    assert not _view_dirs(tmp_path)
+    kept = tmp_path / "kept.html"
+    view(model["g"], path=kept, serve_page=False).close()  # the control: a page the caller named stays
+    assert kept.is_file()
+
+
+CHILD_EXIT = """
+import sys
+from graphdsl.demo import model_graph
+from graphdsl.inspect.view import view
+g = model_graph(sys.argv[1], modality="image")[0]
+v = view(g)
+print(v.path, flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "SIGINT", "SIGTERM"])
+def test_the_folder_is_gone_after_the_process_ends(model, tmp_path, how):
+    """A script that ends without close(), and `graphdsl view` stopped by Ctrl-C or SIGTERM, in a child."""
+    import os
+    import signal
+    import sys
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    if how == "exit":
+        r = subprocess.run([sys.executable, "-c", CHILD_EXIT, str(model["mmproj"])], capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.strip().startswith(str(tmp_path / "graphdsl-view-"))
+    else:
+        p = subprocess.Popen([sys.executable, "-m", "graphdsl.cli", "view", str(model["mmproj"]), "--threads", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            line = p.stdout.readline()  # "...: serving URL (the page is also at PATH); Ctrl-C stops"
+            assert "serving http://127.0.0.1:" in line, line + p.stderr.read()[-2000:]
+            page_dir = tmp_path / _view_dirs(tmp_path)[0]
+            assert (page_dir / re.search(r"also at (\S+)\)", line).group(1).rsplit("/", 1)[1]).is_file()
+            p.send_signal(getattr(signal, how))
+            rc = p.wait(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.stdout.close()
+            p.stderr.close()
+        assert rc == (130 if how == "SIGINT" else 128 + signal.SIGTERM), rc
+    assert not _view_dirs(tmp_path)

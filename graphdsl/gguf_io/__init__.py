@@ -27,8 +27,19 @@ from .mmproj import (  # noqa: F401
     tensor_name,
 )
 from .finite import check_finite, nonfinite  # noqa: F401
-from .reader import MAX_DIMS, MAX_NAME, GGUFError, GGUFFile, GGUFTensor, read_gguf, weights_of  # noqa: F401
+from .reader import (  # noqa: F401
+    MAX_DIMS,
+    MAX_NAME,
+    GGUFError,
+    GGUFFile,
+    GGUFTensor,
+    MissingTensor,
+    TensorTable,
+    read_gguf,
+    weights_of,
+)
 from .text import TextInfo, load_text  # noqa: F401
 
-__all__ = ["AudioConfig", "GGUFError", "GGUFFile", "GGUFTensor", "MmprojConfig", "TextInfo", "VisionConfig",
-           "check_finite", "load_mmproj", "load_text", "nonfinite", "read_gguf", "weights_of"]
+__all__ = ["AudioConfig", "GGUFError", "GGUFFile", "GGUFTensor", "MissingTensor", "MmprojConfig", "TensorTable",
+           "TextInfo", "VisionConfig", "check_finite", "load_mmproj", "load_text", "nonfinite", "read_gguf",
+           "weights_of"]

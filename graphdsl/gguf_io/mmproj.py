@@ -34,7 +34,7 @@ from gguf import (
 
 from .. import dtypes as dt
 
-from .reader import _REQUIRED, GGUFError, GGUFFile, GGUFTensor, _get, read_gguf
+from .reader import _REQUIRED, GGUFError, GGUFFile, GGUFTensor, TensorTable, _get, read_gguf
 
 
 # -- mmproj files (llama.cpp tools/mtmd/clip.cpp: clip_model_loader) -----------------------------------
@@ -123,6 +123,13 @@ class MmprojConfig:
     # the file itself, for keys only one architecture reads (Qwen2.5-VL's window layers)
     file: GGUFFile | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self):
+        # a model reading a tensor the file lacks (m.shapes[name]) gets the file and the tensor named
+        where = self.path or self.name
+        self.shapes, self.dtypes = (TensorTable(d, where, self.owners) for d in (self.shapes, self.dtypes))
+
+    owners = property(lambda self: TensorTable.owners_of(self.vision, self.audio))
+
     @property
     def projector_type(self) -> str:
         return (self.vision or self.audio).projector_type
@@ -132,7 +139,8 @@ class MmprojConfig:
 
 
 def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTensor]]:
-    """Read an mmproj file: its config, and tensors by (quirk-corrected) name.
+    """Read an mmproj file: its config, and tensors by (quirk-corrected) name (a TensorTable, as
+    cfg.shapes / cfg.dtypes: a name the file lacks raises a ValueError naming the file and it).
 
     Checks, before anything reaches ggml: architecture "clip", at least one encoder, a known
     projector type, the hyperparameters each encoder needs, every tensor graphdsl's encoders use
@@ -143,7 +151,7 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
     if f.architecture != MMPROJ_ARCH:
         raise f.error(f"general.architecture is {f.architecture!r}, an mmproj file has {MMPROJ_ARCH!r}")
     quirks: list[str] = []
-    tensors = dict(f.tensors)
+    tensors = TensorTable(f.tensors, path)
     has_v = _get(f, Keys.Clip.HAS_VISION_ENCODER, bool, False)
     has_a = _get(f, Keys.Clip.HAS_AUDIO_ENCODER, bool, False)
     if not has_v and not has_a:
@@ -156,6 +164,7 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
     audio = _audio_config(f, tensors, quirks) if has_a else None
     cfg = MmprojConfig(vision, audio, _get(f, Keys.General.NAME, str, ""), quirks, path,
                        {n: t.shape for n, t in tensors.items()}, {n: t.dtype for n, t in tensors.items()}, f)
+    tensors.owners = cfg.owners
     return cfg, tensors
 
 

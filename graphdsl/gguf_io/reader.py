@@ -85,6 +85,52 @@ class GGUFTensor(NamedTuple):
         return self.array.ctypes.data % n == 0
 
 
+class MissingTensor(GGUFError, KeyError):
+    """A tensor a model needs that its file lacks. A ValueError naming the file (what the CLI
+    prints as one line), and still a KeyError for code that probes a table with try/except."""
+
+    __str__ = ValueError.__str__  # KeyError's would print the message as a quoted repr
+
+
+class TensorTable(dict):
+    """name -> value over a file's tensors (GGUFTensor, shape or type). Looking up a name it
+    lacks raises MissingTensor naming the file, the tensor, the projector that needs it and what
+    the file holds, where a plain dict's bare ``KeyError: 'mm.model.fc.weight'`` names nothing;
+    ``get`` and ``in`` behave as a dict's. Plain-data attributes, so it pickles (workers, Ray).
+
+    ``owners``: (name prefixes, who needs them) pairs, first match wins, e.g.
+    ``((("a.", "mm.a."), "audio projector 'voxtral'"), ((), "vision projector 'gemma3'"))``.
+    """
+
+    def __init__(self, items=(), path: str = "", owners: tuple = ()):
+        super().__init__(items)
+        self.path, self.owners = path, tuple(owners)
+
+    def __missing__(self, name):
+        raise MissingTensor(f"{self.path or 'GGUF file'}: tensor {name!r} is missing ({self.needed_by(name)}"
+                            f"the file has {self.summary()})")
+
+    @staticmethod
+    def owners_of(vision, audio) -> tuple:
+        """The owners of an mmproj file's tensors: its audio projector's a.* / mm.a.*, its vision one's the rest."""
+        a, v = (f"projector {s.projector_type!r}" if s else "" for s in (audio, vision))
+        return (((), a or v),) if not (a and v) else ((("a.", "mm.a."), f"audio {a}"), ((), f"vision {v}"))
+
+    def needed_by(self, name: str) -> str:
+        who = next((w for prefixes, w in self.owners if not prefixes or str(name).startswith(tuple(prefixes))), "")
+        return f"{who} needs it; " if who else ""
+
+    def summary(self) -> str:
+        """'38 tensors: a.* (35), mm.* (3)': how many, by the part of the name before the first dot."""
+        groups: dict[str, int] = {}
+        for n in self:
+            head = n.split(".", 1)[0] + (".*" if "." in n else "")
+            groups[head] = groups.get(head, 0) + 1
+        parts = [f"{h} ({c})" for h, c in sorted(groups.items())]
+        return f"{len(self)} tensors" + (f": {', '.join(parts[:12])}" + (", ..." if len(parts) > 12 else "")
+                                         if parts else "")
+
+
 @dataclass
 class GGUFFile:
     path: str
@@ -97,6 +143,9 @@ class GGUFFile:
     offsets: dict[str, int] = field(default_factory=dict)  # tensor name -> absolute file offset
     file_size: int = 0
 
+    def __post_init__(self):
+        self.tensors = TensorTable(self.tensors, self.path)  # f.tensors[name] names the file when it lacks one
+
     @property
     def architecture(self) -> str | None:
         return self.metadata.get(Keys.General.ARCHITECTURE)
@@ -105,10 +154,7 @@ class GGUFFile:
         return GGUFError(f"{self.path}: {problem}")
 
     def __getitem__(self, name: str) -> GGUFTensor:
-        try:
-            return self.tensors[name]
-        except KeyError:
-            raise self.error(f"missing tensor {name!r}") from None
+        return self.tensors[name]
 
 
 def weights_of(tensors: dict[str, GGUFTensor]) -> dict[str, np.ndarray]:

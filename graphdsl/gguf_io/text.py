@@ -13,7 +13,7 @@ from gguf import (
 
 
 from .mmproj import MMPROJ_ARCH, _tn
-from .reader import GGUFFile, GGUFTensor, _get, read_gguf
+from .reader import GGUFFile, GGUFTensor, TensorTable, _get, read_gguf
 
 
 # -- text models: token embeddings and the tokenizer.ggml.* vocabulary ---------------------------------
@@ -50,7 +50,7 @@ def load_text(path: str | os.PathLike | GGUFFile) -> tuple[TextInfo, GGUFTensor]
     tokens = _get(f, T.LIST, "strs")
     if not tokens:
         raise f.error(f"{T.LIST} is empty")
-    emb = f[_tn(MODEL_TENSOR.TOKEN_EMBD)]
+    emb = TensorTable(f.tensors, f.path, (((), f"text model {arch!r}"),))[_tn(MODEL_TENSOR.TOKEN_EMBD)]
     n_embd = _get(f, Keys.LLM.EMBEDDING_LENGTH.format(arch=arch), int, emb.shape[-1])
     if len(emb.shape) != 2 or emb.shape != (len(tokens), n_embd):
         raise f.error(f"token_embd.weight {emb.shape} disagrees with the metadata: "

@@ -26,7 +26,10 @@ import http.server
 import json
 import os
 import re
+import shutil
+import signal
 import threading
+import weakref
 from pathlib import Path
 
 from .repeats import find_repeats
@@ -136,22 +139,39 @@ def page(obj, *, profile=None, diff=None, title: str | None = None) -> str:
 
 
 class Viewer:
-    """A page written to `path`, served on `url` (127.0.0.1 by default) until `close()`."""
+    """A page written to `path`, served on `url` (127.0.0.1 by default) until `close()`.
 
-    def __init__(self, path: Path, url: str | None, server=None):
+    A page `view` wrote to a temporary folder of its own (no `path` given) lives as long as the
+    Viewer: `close()`, leaving a `with` block (an exception too), garbage collection and the
+    interpreter's exit remove the folder. Pass `path` to keep the page.
+    """
+
+    def __init__(self, path: Path, url: str | None, server=None, tmpdir: Path | None = None):
         self.path, self.url, self._server = path, url, server
+        # a finalizer, not __del__: it also runs at interpreter exit, once, whichever comes first
+        self._remove = weakref.finalize(self, shutil.rmtree, str(tmpdir), True) if tmpdir else None
 
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._remove is not None:
+            self._remove()
 
-    def serve_forever(self) -> None:
-        """Block until Ctrl-C (the command line's `graphdsl view`)."""
+    def serve_forever(self, ready: str = "") -> None:
+        """Block until Ctrl-C or SIGTERM (the command line's `graphdsl view`), then close. `ready`
+        is printed once both stop it cleanly (a script waiting for it may then signal)."""
+        prev = None
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            prev = signal.signal(signal.SIGTERM, _terminate)  # default SIGTERM skips every cleanup
         try:
+            if ready:
+                print(ready, flush=True)
             threading.Event().wait()
         finally:
+            if prev is not None:
+                signal.signal(signal.SIGTERM, prev)
             self.close()
 
     def __enter__(self):
@@ -164,11 +184,30 @@ class Viewer:
         return f'<a href="{html.escape(self.url or self.path.as_uri())}" target="_blank">{html.escape(str(self.path))}</a>'
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """Host header values the server answers: the bound address and the loopback names, with its port.
+
+    Why: a page on evil.example can re-resolve its own name to 127.0.0.1 (DNS rebinding) and read
+    this server as same-origin; its requests then carry `Host: evil.example`, which is refused.
+    """
+    names = {host.lower(), "localhost", "127.0.0.1", "::1"}
+    fmt = [f"[{n}]" if ":" in n else n for n in names]
+    return frozenset(f"{n}:{port}" for n in fmt) | (frozenset(fmt) if port == 80 else frozenset())
+
+
 def serve(body: bytes, host: str = "127.0.0.1", port: int = 0):
-    """Serve `body` at / on host:port in a daemon thread; returns (server, url)."""
+    """Serve `body` at / on host:port in a daemon thread; returns (server, url). Requests whose
+    Host header is not the bound address or a loopback name with the server's port get 403."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
+            if (self.headers.get("Host") or "").strip().lower() not in allowed:
+                self.send_error(403, "Host not allowed")
+                return
             if self.path.split("?")[0].split("#")[0] not in ("/", "/index.html"):
                 self.send_error(404)
                 return
@@ -182,6 +221,7 @@ def serve(body: bytes, host: str = "127.0.0.1", port: int = 0):
             pass
 
     srv = http.server.ThreadingHTTPServer((host, port), Handler)
+    allowed = allowed_hosts(srv.server_address[0], srv.server_address[1])
     threading.Thread(target=srv.serve_forever, daemon=True, name="graphdsl-view").start()
     h = srv.server_address[0]
     return srv, f"http://{'[' + h + ']' if ':' in h else h}:{srv.server_address[1]}/"
@@ -214,17 +254,22 @@ def view(obj, inputs=None, *, profile=None, diff=None, path: str | os.PathLike |
     if diff is not None and not isinstance(diff, DiffReport):
         diff = _diff(obj, diff, inputs)
     body = page(obj, profile=profile or None, diff=diff, title=title).encode("utf-8")
+    tmpdir = None
     if path is None:
         import tempfile
         graph_name = re.sub(r"[^A-Za-z0-9_.-]", "_", _split(obj)[0].name)[:60] or "graph"
-        path = Path(tempfile.mkdtemp(prefix="graphdsl-view-")) / f"{graph_name}.html"
+        tmpdir = Path(tempfile.mkdtemp(prefix="graphdsl-view-"))
+        path = tmpdir / f"{graph_name}.html"
     path = Path(path)
-    with atomic_open(path) as fh:
-        fh.write(body)
-    if not serve_page:
-        return Viewer(path, None)
-    srv, url = serve(body, host, port)
-    return Viewer(path, url, srv)
+    try:
+        with atomic_open(path) as fh:
+            fh.write(body)
+        srv, url = serve(body, host, port) if serve_page else (None, None)
+    except BaseException:  # a port in use, a full disk: no folder left behind
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    return Viewer(path, url, srv, tmpdir)
 
 
 __all__ = ["Viewer", "page", "serve", "view", "view_data"]
