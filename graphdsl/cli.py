@@ -7,7 +7,8 @@
     graphdsl embed [--mmproj M.gguf] [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
                    [--image a.png]... [--audio b.wav]... -o out.npy [--spans out.spans.json] [-f]
     graphdsl embed-dataset FOLDER|MANIFEST [--mmproj M.gguf] [--text-model T.gguf] -o OUT/ [--workers N | --ray [ADDR]]
-    graphdsl preprocess image|audio|text INPUT ... [-o out.npy [-f]]
+    graphdsl preprocess image|audio|text INPUT ... [-o out.npy|out.npz [-f]]
+                   [--mode clip|siglip|pad|ARCH] [--mmproj M.gguf]   (images: graphdsl.cli_preprocess)
     graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [-f] [--outtype f16]
     graphdsl bench [MODEL] [--repeat 20]
     graphdsl demo
@@ -132,16 +133,18 @@ def cmd_preprocess(args) -> int:
         ids = tok.encode(" ".join(args.inputs))
         print(f"{len(ids)} tokens: {ids.tolist()}")
         arr = ids
-    elif args.kind == "image":
-        cfg = _image_config(args, pre)
+    elif args.kind == "image":  # the frames embed feeds, or a plain resize (graphdsl.cli_preprocess)
+        from . import cli_preprocess
         cb, close = _progress("images", len(args.inputs))
         try:
-            pixels = pre.preprocess_images(args.inputs, cfg, progress=cb)
+            items = cli_preprocess.image_items(args, progress=cb)
         finally:
             close()
-        for src, p in zip(args.inputs, pixels):
-            print(f"{src}: f32{list(p.shape)} min {p.min():.3f} max {p.max():.3f} mean {p.mean():.3f}")
-        arr = pre.stack_images(pixels) if len(pixels) > 1 else pixels[0]
+        for src, item in zip(args.inputs, items):
+            print(cli_preprocess.describe(src, item))
+        if args.output:
+            print(f"wrote {args.output}: {cli_preprocess.save_items(args.output, items)}")
+        return 0
     else:
         cb, close = _progress("audio", len(args.inputs))
         try:
@@ -161,27 +164,6 @@ def cmd_preprocess(args) -> int:
 
 def _seconds(args) -> dict:
     return {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
-
-
-def _image_config(args, pre):
-    import dataclasses
-    cap = {} if args.max_out_pixels is None else {"max_out_pixels": args.max_out_pixels}
-    if args.mmproj:
-        if args.mode is None:  # what the tower wants (CLIP: shortest edge + crop; SigLIP: square)
-            cfg = _need("graphdsl.models").from_gguf(args.mmproj).image_config()
-        else:
-            from .gguf_io import read_gguf
-            cfg = pre.ImageConfig.from_mmproj(read_gguf(args.mmproj).metadata, mode=args.mode)
-        return dataclasses.replace(cfg, **cap)
-    from .models import registry
-    how = registry.image_modes()[args.mode or "clip"]  # a resize mode, or an arch's pre-processing
-    if how.mode not in pre.image.MODES:  # an arch's own resizing (qwen2vl's smart resize)
-        return how.config(args.size, **cap)
-    size = 224 if args.size is None else args.size  # 0 never means "default": argparse refuses it
-    crop = size if args.crop is None else args.crop
-    norm = {"mean": how.mean, "std": how.std} if args.mode in registry.ARCHS else {}  # else the mode's own
-    return pre.ImageConfig(mode=how.mode, size=(size, size) if how.mode == "siglip" else size, crop_size=crop,
-                           **norm, **cap)
 
 
 def _tokenizer(args):

@@ -462,7 +462,7 @@ class FileEmbedder:
     def items(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt: str | None = None,
               tokens: Sequence[int | str] | str | None = None, *, progress=None) -> list:
         """The batch items of one sequence (pre-processed, tokenized); progress(stage, done, total)."""
-        from .preprocess import preprocess_images, whisper_chunks
+        from .preprocess import whisper_chunks
         from .preprocess.audio import N_FRAMES
         images, audios = list(images), list(audios)
         self.check(images, audios, prompt, tokens)
@@ -487,14 +487,7 @@ class FileEmbedder:
                 self.notes.append(note)
                 step("image")
         elif images:
-            frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
-            if frames is not None:
-                for src in images:
-                    media["image"].append(("image", frames(src, m)))
-                    step("image")
-            else:  # in parallel; progress comes back on this thread after each image
-                pixels = preprocess_images(images, m.image_config(), progress=lambda d, _t: d and step("image"))
-                media["image"] = [("image", px) for px in pixels]
+            media["image"] = [("image", d) for d in prepare_images(m, images, lambda d, _t: d and step("image"))]
         audio_hook = m.archs["audio"].extra.get("audio") if audios else None  # archs with their own features
         if audio_hook is not None:
             for a in audios:
@@ -534,6 +527,23 @@ class FileEmbedder:
             n = 1 + len(images) + len(audios)  # the pre-processing steps and the run
             progress("run", n, n)
         return out
+
+
+def prepare_images(m, sources: Sequence[Any], progress: Callable[[int, int], Any] | None = None) -> list:
+    """Each image as ``embed_files`` hands it to ``m``'s vision arch (``m``: a ``models.Mmproj``):
+    its ``frames`` hook's item (tiles, thumbnails, masks) where the arch slices images, else
+    pixels f32 [3, H, W] by ``m.image_config()``, made in parallel. ``graphdsl preprocess image
+    --mmproj / --mode ARCH`` writes exactly these. ``progress(done, total)`` after each image."""
+    from .preprocess import preprocess_images
+    frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
+    if frames is None:  # in parallel; progress comes back on this thread after each image
+        return preprocess_images(sources, m.image_config(), progress=progress)
+    out = []
+    for src in sources:
+        out.append(frames(src, m))
+        if progress is not None:
+            progress(len(out), len(sources))
+    return out
 
 
 def _flat(items: list) -> list:
