@@ -133,29 +133,26 @@ def cmd_preprocess(args) -> int:
         ids = tok.encode(" ".join(args.inputs))
         print(f"{len(ids)} tokens: {ids.tolist()}")
         arr = ids
-    elif args.kind == "image":  # the frames embed feeds, or a plain resize (graphdsl.cli_preprocess)
-        from . import cli_preprocess
-        cb, close = _progress("images", len(args.inputs))
+    else:  # the frames / features embed feeds, or a plain resize / Whisper log-mel (graphdsl.cli_preprocess)
+        from . import cli_preprocess as cp
+        image = args.kind == "image"
+        cb, close = _progress("images" if image else "audio", len(args.inputs))
         try:
-            items = cli_preprocess.image_items(args, progress=cb)
+            per = ([cp.item_arrays(it) for it in cp.image_items(args, progress=cb)] if image
+                   else cp.audio_items(args, progress=cb))
         finally:
             close()
-        for src, item in zip(args.inputs, items):
-            print(cli_preprocess.describe(src, item))
-        if args.output:
-            print(f"wrote {args.output}: {cli_preprocess.save_items(args.output, items)}")
+        main = "pixel_values" if image else "input_features"
+        for src, arrays in zip(args.inputs, per):
+            if "n_valid" in arrays:  # Whisper's windows
+                x = arrays[main]
+                print(f"{src}: {len(x)} window(s) of f32{list(x.shape[1:])}, valid frames {arrays['n_valid'].tolist()}")
+            else:
+                print(cp.describe(src, arrays, main))
+        if args.output:  # Whisper windows of several clips are joined (n_valid says where each one is)
+            windows = not image and all(a[main].ndim == 3 for a in per)
+            print(f"wrote {args.output}: " + cp.save_items(args.output, per, main, concat=windows, dropped=("n_valid",)))
         return 0
-    else:
-        cb, close = _progress("audio", len(args.inputs))
-        try:
-            res = pre.preprocess_audio(args.inputs, args.n_mels, progress=cb, **_seconds(args))
-        finally:
-            close()
-        windows = []
-        for src, (chunks, valid) in zip(args.inputs, res):
-            print(f"{src}: {len(chunks)} window(s) of f32[{args.n_mels},{chunks[0].shape[1]}], valid frames {valid}")
-            windows += chunks
-        arr = np.stack(windows)
     if args.output:
         _save(args.output, arr)
         print(f"wrote {args.output}: {arr.dtype}{list(arr.shape)}")

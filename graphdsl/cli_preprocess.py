@@ -38,6 +38,9 @@ def check_image_args(args) -> None:
     """Refuse options the chosen way does not use (a usage error: ValueError), before any work."""
     from .models import registry
     mode = _mode(args)
+    _refuse_other_kind(args, ("--n-mels", args.n_mels), ("--max-seconds", args.max_seconds))
+    if mode is not None and mode not in registry.image_modes():
+        raise ValueError(f"--mode {mode} is an audio mode; images take {', '.join(sorted(registry.image_modes()))}")
     given = [flag for flag, v in (("--size", args.size), ("--crop", args.crop), ("--mean", args.mean),
                                   ("--std", args.std), ("--max-out-pixels", args.max_out_pixels)) if v is not None]
     resize = mode in registry.resize_modes()
@@ -117,31 +120,81 @@ def item_arrays(item) -> dict[str, np.ndarray]:
     raise TypeError(f"cannot write a {type(item).__name__} item")  # a new arch's item type: say so
 
 
-def describe(src, item) -> str:
-    arrays = item_arrays(item)
-    px = arrays["pixel_values"]
+def describe(src, arrays: dict[str, np.ndarray], main: str = "pixel_values") -> str:
+    px = arrays[main]
     rest = "".join(f", {k} {v.tolist() if v.size <= 4 else f'{v.dtype}{list(v.shape)}'}"
-                   for k, v in arrays.items() if k != "pixel_values")
-    return f"{src}: f32{list(px.shape)} min {px.min():.3f} max {px.max():.3f} mean {px.mean():.3f}{rest}"
+                   for k, v in arrays.items() if k != main)
+    return f"{src}: {main} f32{list(px.shape)} min {px.min():.3f} max {px.max():.3f} mean {px.mean():.3f}{rest}"
 
 
-def save_items(path: str, items: list) -> str:
-    """Write ``items`` to ``path`` (the format in the module doc); returns what was written."""
-    per = [item_arrays(it) for it in items]
+def save_items(path: str, per: list[dict[str, np.ndarray]], main: str = "pixel_values", *,
+               concat: bool = False, dropped: tuple[str, ...] = ()) -> str:
+    """Write one {field: array} per input to ``path`` (the format in the module doc); returns what
+    was written. ``concat``: a .npy joins the inputs' ``main`` arrays on axis 0 (Whisper windows)
+    instead of stacking them; ``dropped``: fields a .npy leaves out on purpose (counts it prints)."""
     if path.lower().endswith(".npz"):
         arrays = {f"{k}.{i}": v for i, a in enumerate(per) for k, v in a.items()}
         with atomic_open(path) as fh:
             np.savez(fh, **arrays)
         return f"{len(arrays)} arrays ({', '.join(f'{k} {v.dtype}{list(v.shape)}' for k, v in arrays.items())})"
-    extra = sorted({k for a in per for k in a} - {"pixel_values"})
+    extra = sorted({k for a in per for k in a} - {main, *dropped})
     if extra:
-        raise ValueError(f"-o {path}: each image also has {', '.join(extra)}, which one .npy array cannot hold; "
+        raise ValueError(f"-o {path}: each input also gives {', '.join(extra)}, which one .npy array cannot hold; "
                          "name an .npz output")
-    shapes = {a["pixel_values"].shape for a in per}
+    shapes = {a[main].shape[1:] if concat else a[main].shape for a in per}
     if len(shapes) > 1:
-        raise ValueError(f"-o {path}: the images give different shapes {sorted(shapes)}, which one .npy array "
+        raise ValueError(f"-o {path}: the inputs give different shapes {sorted(shapes)}, which one .npy array "
                          "cannot stack; name an .npz output")
-    arr = per[0]["pixel_values"] if len(per) == 1 else np.stack([a["pixel_values"] for a in per])
+    arrs = [a[main] for a in per]
+    arr = arrs[0] if len(arrs) == 1 else np.concatenate(arrs) if concat else np.stack(arrs)
     with atomic_open(path) as fh:  # a file object: np.save given a name would append ".npy"
         np.save(fh, arr)
     return f"{arr.dtype}{list(arr.shape)}"
+
+
+# -- audio ----------------------------------------------------------------------------------------------
+def audio_modes() -> list[str]:
+    """``preprocess audio --mode`` choices: each audio arch by name (without: Whisper's log-mel)."""
+    from .models import registry
+    return [a.name for a in registry.ARCHS.values() if a.modality == "audio"]
+
+
+def _refuse_other_kind(args, *given) -> None:
+    bad = [flag for flag, v in given if v is not None]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: not used for {args.kind}")
+
+
+def check_audio_args(args) -> None:
+    _refuse_other_kind(args, ("--size", args.size), ("--crop", args.crop), ("--mean", args.mean),
+                       ("--std", args.std), ("--max-out-pixels", args.max_out_pixels))
+    if args.mode is not None and args.mode not in audio_modes():
+        raise ValueError(f"--mode {args.mode} is an image mode; audio takes {', '.join(audio_modes())}")
+    if args.mmproj and args.n_mels is not None:
+        raise ValueError("--n-mels: not used with --mmproj (the file gives it)")
+
+
+def audio_items(args, progress=None) -> list[dict[str, np.ndarray]]:
+    """Per clip {"input_features": ...}: Whisper log-mel windows [k, n_mel, 3000] (with "n_valid",
+    the frames of audio in each, without --mode / --mmproj), or what embed feeds the arch."""
+    from . import embed
+    from .models import registry
+    seconds = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
+    if not (args.mode or args.mmproj):
+        from .preprocess import preprocess_audio
+        res = preprocess_audio(args.inputs, args.n_mels or 80, progress=progress, **seconds)
+        return [{"input_features": np.stack(chunks), "n_valid": np.asarray(valid)} for chunks, valid in res]
+    if args.mmproj:
+        from .models import from_gguf
+        m = from_gguf(args.mmproj, check_finite=False)  # no weight is used: the pre-processing only
+        if m.audio is None:
+            raise ValueError(f"{args.mmproj}: no audio encoder")
+        if args.mode not in (None, m.archs["audio"].name):
+            raise ValueError(f"--mode {args.mode}: {args.mmproj} holds a {m.archs['audio'].name} audio encoder")
+    else:  # the arch at its HF feature extractor's defaults (80 mel bins for both), --n-mels changes them
+        from .models import Mmproj
+        arch = registry.ARCHS[args.mode]
+        cfg = arch.config(**({} if args.n_mels is None else {"n_mel": args.n_mels}))
+        m = Mmproj(f"--mode {arch.name}", SimpleNamespace(), None, arch.block(cfg), {}, {"audio": arch})
+    feats = embed.prepare_audios(m, args.inputs, args.max_seconds, progress)
+    return [{"input_features": np.stack(f) if isinstance(f, list) else np.asarray(f)} for f in feats]
