@@ -1,6 +1,6 @@
-"""``graphdsl preprocess image``: the pixels an encoder is fed, made by the library's own path.
+"""``graphdsl preprocess image|audio``: what an encoder is fed, made by the library's own path.
 
-Three ways, chosen by the options:
+Images, three ways, chosen by the options:
 
 - ``--mode clip|siglip|pad`` (default clip): a plain resize, as HF's ``CLIPImageProcessor``
   (shortest edge + centre crop), ``SiglipImageProcessor`` (square) or ``LlavaImageProcessor``
@@ -18,6 +18,13 @@ Output (``-o``): a name ending in ``.npz`` gets, for each image I (in input orde
 ``pixel_values.I`` and every other field of the arch's item (``grid.I``, ``patch_mask.I``,
 ``aspect_ratio_id.I`` ...). Any other name gets one ``.npy`` array: the pixels of one image, or
 of all of them stacked [N, ...]; refused where that would drop a field or the shapes differ.
+
+Audio: without options Whisper's log-mel windows (``--n-mels``, default 80); ``--mode ARCH``
+what embed feeds that audio arch at its HF feature extractor's defaults (80 mel bins;
+``--n-mels`` changes them); ``--mmproj FILE`` what ``embed --mmproj FILE`` feeds
+(``embed.prepare_audios``). A ``.npz`` gets ``input_features.I`` per clip (Whisper: windows
+[k, n_mel, 3000], and ``n_valid.I``, the audio frames in each, without --mode / --mmproj); a
+``.npy`` the Whisper windows of all clips one after another, or one clip's features.
 """
 from __future__ import annotations
 
