@@ -44,6 +44,16 @@ def positive_float(s: str) -> float:
     return v
 
 
+def finite_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{s} is not a finite number")
+    return v
+
+
 def group_by(s: str):
     if s == "blocks":
         return s
@@ -294,7 +304,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--size", type=positive_int, help="image: shortest edge (clip/pad) or side (siglip) (default: "
                                                      "224); with --mode ARCH the tower's image_size")
     p.add_argument("--crop", type=positive_int, help="image, clip/pad: centre crop (default: --size)")
-    p.add_argument("--mean", type=float, nargs=3, metavar="M", help="image: per-channel mean (default: the mode's)")
+    p.add_argument("--mean", type=finite_float, nargs=3, metavar="M", help="image: per-channel mean (default: the mode's)")
     p.add_argument("--std", type=positive_float, nargs=3, metavar="S", help="image: per-channel std (default: the mode's)")
     p.add_argument("--n-mels", type=positive_int, help="audio: mel bins (default: 80; with --mmproj the file's)")
     p.add_argument("--tokenizer", help="text: tokenizer.json")
