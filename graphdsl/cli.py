@@ -127,7 +127,7 @@ def _progress(desc: str, total: int):
 
 
 def cmd_preprocess(args) -> int:
-    pre = _need("graphdsl.preprocess")
+    _need("graphdsl.preprocess")
     if args.kind == "text":
         tok = _tokenizer(args)
         ids = tok.encode(" ".join(args.inputs))
