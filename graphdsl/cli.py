@@ -7,7 +7,8 @@
     graphdsl embed [--mmproj M.gguf] [--text-model T.gguf] [--prompt "... <image> ..." | --tokens 1,<image>,2]
                    [--image a.png]... [--audio b.wav]... -o out.npy [--spans out.spans.json] [-f]
     graphdsl embed-dataset FOLDER|MANIFEST [--mmproj M.gguf] [--text-model T.gguf] -o OUT/ [--workers N | --ray [ADDR]]
-    graphdsl preprocess image|audio|text INPUT ... [-o out.npy [-f]]
+    graphdsl preprocess image|audio|text INPUT ... [-o out.npy|out.npz [-f]]
+                   [--mode clip|siglip|pad|ARCH] [--mmproj M.gguf]   (images: graphdsl.cli_preprocess)
     graphdsl convert HF_DIR [HF_DIR2] -o OUT.gguf [-f] [--outtype f16]
     graphdsl bench [MODEL] [--repeat 20]
     graphdsl demo
@@ -126,33 +127,32 @@ def _progress(desc: str, total: int):
 
 
 def cmd_preprocess(args) -> int:
-    pre = _need("graphdsl.preprocess")
+    _need("graphdsl.preprocess")
     if args.kind == "text":
         tok = _tokenizer(args)
         ids = tok.encode(" ".join(args.inputs))
         print(f"{len(ids)} tokens: {ids.tolist()}")
         arr = ids
-    elif args.kind == "image":
-        cfg = _image_config(args, pre)
-        cb, close = _progress("images", len(args.inputs))
+    else:  # the frames / features embed feeds, or a plain resize / Whisper log-mel (graphdsl.cli_preprocess)
+        from . import cli_preprocess as cp
+        image = args.kind == "image"
+        cb, close = _progress("images" if image else "audio", len(args.inputs))
         try:
-            pixels = pre.preprocess_images(args.inputs, cfg, progress=cb)
+            per = ([cp.item_arrays(it) for it in cp.image_items(args, progress=cb)] if image
+                   else cp.audio_items(args, progress=cb))
         finally:
             close()
-        for src, p in zip(args.inputs, pixels):
-            print(f"{src}: f32{list(p.shape)} min {p.min():.3f} max {p.max():.3f} mean {p.mean():.3f}")
-        arr = pre.stack_images(pixels) if len(pixels) > 1 else pixels[0]
-    else:
-        cb, close = _progress("audio", len(args.inputs))
-        try:
-            res = pre.preprocess_audio(args.inputs, args.n_mels, progress=cb, **_seconds(args))
-        finally:
-            close()
-        windows = []
-        for src, (chunks, valid) in zip(args.inputs, res):
-            print(f"{src}: {len(chunks)} window(s) of f32[{args.n_mels},{chunks[0].shape[1]}], valid frames {valid}")
-            windows += chunks
-        arr = np.stack(windows)
+        main = "pixel_values" if image else "input_features"
+        for src, arrays in zip(args.inputs, per):
+            if "n_valid" in arrays:  # Whisper's windows
+                x = arrays[main]
+                print(f"{src}: {len(x)} window(s) of f32{list(x.shape[1:])}, valid frames {arrays['n_valid'].tolist()}")
+            else:
+                print(cp.describe(src, arrays, main))
+        if args.output:  # Whisper windows of several clips are joined (n_valid says where each one is)
+            windows = not image and all(a[main].ndim == 3 for a in per)
+            print(f"wrote {args.output}: " + cp.save_items(args.output, per, main, concat=windows, dropped=("n_valid",)))
+        return 0
     if args.output:
         _save(args.output, arr)
         print(f"wrote {args.output}: {arr.dtype}{list(arr.shape)}")
@@ -161,27 +161,6 @@ def cmd_preprocess(args) -> int:
 
 def _seconds(args) -> dict:
     return {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
-
-
-def _image_config(args, pre):
-    import dataclasses
-    cap = {} if args.max_out_pixels is None else {"max_out_pixels": args.max_out_pixels}
-    if args.mmproj:
-        if args.mode is None:  # what the tower wants (CLIP: shortest edge + crop; SigLIP: square)
-            cfg = _need("graphdsl.models").from_gguf(args.mmproj).image_config()
-        else:
-            from .gguf_io import read_gguf
-            cfg = pre.ImageConfig.from_mmproj(read_gguf(args.mmproj).metadata, mode=args.mode)
-        return dataclasses.replace(cfg, **cap)
-    from .models import registry
-    how = registry.image_modes()[args.mode or "clip"]  # a resize mode, or an arch's pre-processing
-    if how.mode not in pre.image.MODES:  # an arch's own resizing (qwen2vl's smart resize)
-        return how.config(args.size, **cap)
-    size = 224 if args.size is None else args.size  # 0 never means "default": argparse refuses it
-    crop = size if args.crop is None else args.crop
-    norm = {"mean": how.mean, "std": how.std} if args.mode in registry.ARCHS else {}  # else the mode's own
-    return pre.ImageConfig(mode=how.mode, size=(size, size) if how.mode == "siglip" else size, crop_size=crop,
-                           **norm, **cap)
 
 
 def _tokenizer(args):

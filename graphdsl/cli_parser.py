@@ -44,6 +44,16 @@ def positive_float(s: str) -> float:
     return v
 
 
+def finite_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{s} is not a finite number")
+    return v
+
+
 def group_by(s: str):
     if s == "blocks":
         return s
@@ -110,6 +120,9 @@ def check_args(args) -> None:
             raise ValueError("--capture-out needs --capture GLOB")
         if args.chart and not args.profile:
             raise ValueError("--chart needs --profile")
+    if args.command == "preprocess" and args.kind != "text":
+        from .cli_preprocess import check_audio_args, check_image_args
+        (check_image_args if args.kind == "image" else check_audio_args)(args)
     if args.command == "rpc-server":
         from graphdsl.backends.rpc import check_host
         check_host(args.host, args.allow_remote)
@@ -270,20 +283,33 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     _finite_opt(p)
 
     p = command("preprocess", help="pre-process images, audio or text as the encoders want them",
-                description="CPU pre-processing: image -> f32 [3, H, W], audio -> Whisper log-mel windows "
-                            "f32 [n_mel, 3000], text -> token ids. " + OUTPUT_NOTE)
+                description="CPU pre-processing: image -> f32 [3, H, W] (or an arch's tiles, masks ...), audio -> "
+                            "Whisper log-mel windows f32 [n_mel, 3000], text -> token ids. Images: --mode clip, siglip "
+                            "or pad is a plain resize as HF's CLIPImageProcessor, SiglipImageProcessor or "
+                            "LlavaImageProcessor (do_pad) with its default mean/std; --mode ARCH is exactly what "
+                            "`graphdsl embed` feeds that arch, at its HF image processor's defaults (llava_next: "
+                            "llava-hf's 336, which its default pinpoints divide; --size: the tower's image_size; "
+                            "minicpmv is refused: its slices need the text model's marker ids); --mmproj FILE is exactly what `embed --mmproj FILE` feeds. "
+                            "-o NAME.npz writes pixel_values.I and the arch's other fields (FIELD.I: grid, patch_mask, "
+                            "aspect_ratio_id ...) for each image I; any other name one .npy array (one image's pixels, "
+                            "or all stacked), refused where it cannot hold them. " + OUTPUT_NOTE)
     p.add_argument("kind", choices=["image", "audio", "text"])
     p.add_argument("inputs", nargs="+", help="files (image/audio) or the text")
-    p.add_argument("-o", "--output", help="save the result (.npy format; several inputs are stacked)")
+    p.add_argument("-o", "--output", help="save the result (.npy, or .npz by its name; see above)")
     _force(p)
-    p.add_argument("--mmproj", help="image: take size/mean/std from this mmproj GGUF")
+    p.add_argument("--mmproj", help="image: the arch and its settings from this mmproj GGUF, as embed takes them")
     from .models import registry  # importing graphdsl.models registers every model file
-    p.add_argument("--mode", choices=sorted(registry.image_modes()),
+    from .cli_preprocess import audio_modes
+    p.add_argument("--mode", choices=sorted([*registry.image_modes(), *audio_modes()]),
                    help="image: a resize mode (clip: shortest edge + centre crop, siglip: square, pad) or a "
-                        "registered architecture, with its mean/std (default: the --mmproj tower's, else clip)")
-    p.add_argument("--size", type=positive_int, help="image: shortest edge (clip/pad) or side (siglip) (default: 224)")
-    p.add_argument("--crop", type=positive_int, help="image: centre crop (default: --size)")
-    p.add_argument("--n-mels", type=positive_int, default=80, help="audio: mel bins (default: 80)")
+                        "registered architecture at its HF processor's defaults (default: the --mmproj file's "
+                        "arch, else clip)")
+    p.add_argument("--size", type=positive_int, help="image: shortest edge (clip/pad) or side (siglip) (default: "
+                                                     "224); with --mode ARCH the tower's image_size")
+    p.add_argument("--crop", type=positive_int, help="image, clip/pad: centre crop (default: --size)")
+    p.add_argument("--mean", type=finite_float, nargs=3, metavar="M", help="image: per-channel mean (default: the mode's)")
+    p.add_argument("--std", type=positive_float, nargs=3, metavar="S", help="image: per-channel std (default: the mode's)")
+    p.add_argument("--n-mels", type=positive_int, help="audio: mel bins (default: 80; with --mmproj the file's)")
     p.add_argument("--tokenizer", help="text: tokenizer.json")
     p.add_argument("--text-model", help="text: a GGUF with an embedded tokenizer.huggingface.json")
     _limit_opts(p, audio=True, image=True)

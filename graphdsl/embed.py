@@ -462,8 +462,6 @@ class FileEmbedder:
     def items(self, images: Sequence[Any] = (), audios: Sequence[Any] = (), prompt: str | None = None,
               tokens: Sequence[int | str] | str | None = None, *, progress=None) -> list:
         """The batch items of one sequence (pre-processed, tokenized); progress(stage, done, total)."""
-        from .preprocess import preprocess_images, whisper_chunks
-        from .preprocess.audio import N_FRAMES
         images, audios = list(images), list(audios)
         self.check(images, audios, prompt, tokens)
         m, tm, markers = self.m, self.tm, self.markers
@@ -487,27 +485,10 @@ class FileEmbedder:
                 self.notes.append(note)
                 step("image")
         elif images:
-            frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
-            if frames is not None:
-                for src in images:
-                    media["image"].append(("image", frames(src, m)))
-                    step("image")
-            else:  # in parallel; progress comes back on this thread after each image
-                pixels = preprocess_images(images, m.image_config(), progress=lambda d, _t: d and step("image"))
-                media["image"] = [("image", px) for px in pixels]
-        audio_hook = m.archs["audio"].extra.get("audio") if audios else None  # archs with their own features
-        if audio_hook is not None:
-            for a in audios:
-                media["audio"].append(("audio", audio_hook(a, m, self.max_seconds)))
-                step("audio")
-        elif audios:
-            if m.audio.cfg.n_frames != N_FRAMES:
-                raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
-                                 f"Whisper's log-mel gives {N_FRAMES}")
-            seconds = {} if self.max_seconds is None else {"max_seconds": self.max_seconds}
-            for a in audios:
-                media["audio"].append(("audio", whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0]))
-                step("audio")
+            media["image"] = [("image", d) for d in prepare_images(m, images, lambda d, _t: d and step("image"))]
+        if audios:
+            media["audio"] = [("audio", d) for d in prepare_audios(m, audios, self.max_seconds,
+                                                                    lambda _d, _t: step("audio"))]
         if prompt is None and tokens is None:
             items = _flat(media["image"] + media["audio"])
             if not items:
@@ -534,6 +515,44 @@ class FileEmbedder:
             n = 1 + len(images) + len(audios)  # the pre-processing steps and the run
             progress("run", n, n)
         return out
+
+
+def prepare_images(m, sources: Sequence[Any], progress: Callable[[int, int], Any] | None = None) -> list:
+    """Each image as ``embed_files`` hands it to ``m``'s vision arch (``m``: a ``models.Mmproj``):
+    its ``frames`` hook's item (tiles, thumbnails, masks) where the arch slices images, else
+    pixels f32 [3, H, W] by ``m.image_config()``, made in parallel. ``graphdsl preprocess image
+    --mmproj / --mode ARCH`` writes exactly these. ``progress(done, total)`` after each image."""
+    from .preprocess import preprocess_images
+    frames = m.archs["image"].frames  # tiles + a global view, for archs that slice images
+    if frames is None:  # in parallel; progress comes back on this thread after each image
+        return preprocess_images(sources, m.image_config(), progress=progress)
+    out = []
+    for src in sources:
+        out.append(frames(src, m))
+        if progress is not None:
+            progress(len(out), len(sources))
+    return out
+
+
+def prepare_audios(m, sources: Sequence[Any], max_seconds: float | None = None,
+                   progress: Callable[[int, int], Any] | None = None) -> list:
+    """Each clip as ``embed_files`` hands it to ``m``'s audio arch: the arch's own features
+    (its ``extra["audio"]`` hook: Phi-4's log-mel (n_frames, n_mel)) where it has them, else
+    Whisper log-mel windows, a list of [n_mel, 3000]. ``graphdsl preprocess audio --mmproj /
+    --mode ARCH`` writes exactly these. ``progress(done, total)`` after each clip."""
+    from .preprocess import whisper_chunks
+    from .preprocess.audio import N_FRAMES
+    hook = m.archs["audio"].extra.get("audio")  # archs with their own features
+    if hook is None and m.audio.cfg.n_frames != N_FRAMES:
+        raise ValueError(f"{m.path}: the audio encoder takes windows of {m.audio.cfg.n_frames} frames, "
+                         f"Whisper's log-mel gives {N_FRAMES}")
+    seconds = {} if max_seconds is None else {"max_seconds": max_seconds}
+    out = []
+    for a in sources:
+        out.append(hook(a, m, max_seconds) if hook is not None else whisper_chunks(a, m.audio.cfg.n_mel, **seconds)[0])
+        if progress is not None:
+            progress(len(out), len(sources))
+    return out
 
 
 def _flat(items: list) -> list:

@@ -134,6 +134,6 @@ def frames(source, mmproj) -> np.ndarray:
 ARCH = register(Arch(
     "idefics3", "image", Idefics3Vision, Idefics3Config, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("idefics3",), hf_model_types=("idefics3", "smolvlm"),
-    image=ImagePreprocess("siglip"), frames=frames,
+    image=ImagePreprocess("siglip", defaults={"image_size": 364, "patch_size": 14}), frames=frames,  # HF: 4 x 364 / 364
     examples=(Idefics3Config(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, scale_factor=2,
                              n_mm_embd=48),)))

@@ -265,7 +265,9 @@ ARCH = register(Arch(
     "llava_next", "image", LlavaNextVision, LlavaNextConfig, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("mlp",), hf_model_types=("llava_next",),
     claims=lambda m: IMAGE_NEWLINE in m.shapes or "model.image_newline" in m.shapes,
-    image=ImagePreprocess("siglip", clip.CLIP_MEAN, clip.CLIP_STD),  # the base view: a square resize
+    image=ImagePreprocess("siglip", clip.CLIP_MEAN, clip.CLIP_STD,  # the base view: a square resize
+                          # llava-hf's 336 (the class default, 224, does not divide its own default pinpoints)
+                          defaults={"image_size": 336, "patch_size": 14}),
     frames=frames,
     examples=(LlavaNextConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2,
                               feature_layer=(2,), n_mm_embd=48, mm_act="gelu_erf",

@@ -331,7 +331,9 @@ def frames(source, mmproj):
 
 ARCH = register(Arch(
     "mllama", "image", MllamaVision, MllamaConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("mllama",), hf_model_types=("mllama",), image=ImagePreprocess("siglip"), frames=frames,
+    projectors=("mllama",), hf_model_types=("mllama",), frames=frames,
+    # HF's class defaults: 224 tiles (Llama 3.2 Vision's files say 560); 32 layers: its feature layers exist
+    image=ImagePreprocess("siglip", defaults={"image_size": 224, "patch_size": 14, "n_layer": 32}),
     output="cross",
     examples=(MllamaConfig(image_size=16, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=3, n_global_layer=2,
                            max_tiles=4, n_ratios=8, layers_out=(0, 2), n_mm_embd=24, act="gelu_erf"),)))

@@ -295,5 +295,5 @@ def frames(src: Any, mmproj) -> Phi4Image:
 
 ARCH = register(Arch(
     "phi4_vision", "image", Phi4Vision, Phi4VisionConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("phi4",), hf_model_types=("phi4_multimodal",), image=ImagePreprocess("siglip"), frames=frames, extra={"companions": ("phi4_audio",)},
+    projectors=("phi4",), hf_model_types=("phi4_multimodal",), image=ImagePreprocess("siglip", defaults={"image_size": 448, "patch_size": 14}), frames=frames, extra={"companions": ("phi4_audio",)},
     examples=(Phi4VisionConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48),)))

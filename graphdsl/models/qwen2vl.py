@@ -351,6 +351,8 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 class SmartResize(ImagePreprocess):
     """HF's Qwen2VLImageProcessor: any size, resized to multiples of patch * merge (``preprocess.qwen2vl``)."""
 
+    takes_size = False  # min / max pixels bound the size, not the tower's image_size
+
     def config(self, image_size: int | None = None, mean=None, std=None, **kw):
         from ..preprocess.qwen2vl import Qwen2VLImageConfig
         return Qwen2VLImageConfig(mean=tuple(mean or self.mean), std=tuple(std or self.std), **kw)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 def _always(mmproj_config) -> bool:
@@ -27,11 +27,20 @@ def _always(mmproj_config) -> bool:
 @dataclass(frozen=True)
 class ImagePreprocess:
     """How a vision arch's pixels are made (``preprocess.ImageConfig``'s mode) and the mean/std
-    its HF image processor defaults to when a checkpoint's preprocessor_config.json has none."""
+    its HF image processor defaults to when a checkpoint's preprocessor_config.json has none.
+
+    ``defaults``: the config fields (``Arch.config``) at which the arch's pre-processing equals
+    its HF image processor called with its defaults (image_size: a tile, a crop or a longest
+    edge, as the arch reads it); ``graphdsl preprocess --mode ARCH`` without ``--mmproj`` uses them.
+    ``takes_size``: False where the arch sizes each image itself and ignores image_size.
+    """
+
+    takes_size: ClassVar[bool] = True
 
     mode: str  # "clip" (shortest edge + centre crop), "siglip" (square resize), "pad"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def config(self, image_size: int, mean=None, std=None, **kw):
         """The ``preprocess.ImageConfig`` for a tower trained at ``image_size``."""
@@ -132,10 +141,28 @@ def for_hf(model_type: str) -> Arch:
     raise ValueError(f"cannot convert HF model_type {model_type!r}; supported: {', '.join(known)}")
 
 
+def resize_modes() -> dict[str, ImagePreprocess]:
+    """The plain resize modes with the mean/std of the HF processor each stands for: clip
+    (CLIPImageProcessor: OpenAI CLIP's), siglip (SiglipImageProcessor: 0.5) and pad
+    (LlavaImageProcessor with do_pad: OpenAI CLIP's)."""
+    from ..preprocess.image import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    return {"clip": ImagePreprocess("clip", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+            "siglip": ImagePreprocess("siglip", HALF, HALF),
+            "pad": ImagePreprocess("pad", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)}
+
+
 def image_modes() -> dict[str, ImagePreprocess]:
-    """``preprocess --mode`` choices: the resize modes, and each vision arch by name."""
-    modes = {m: ImagePreprocess(m) for m in ("clip", "siglip", "pad")}
-    modes.update({a.name: a.image for a in ARCHS.values() if a.image is not None and a.name not in modes})
+    """``preprocess --mode`` choices: the resize modes, and each vision arch by name. An arch named
+    like a resize mode (clip) must pre-process as that mode does: a record that disagrees would
+    otherwise be shadowed silently (it was: ``--mode clip`` normalised with 0.5 for a while)."""
+    modes = resize_modes()
+    for a in ARCHS.values():
+        if a.image is None:
+            continue
+        mode = modes.setdefault(a.name, a.image)
+        if (mode.mode, tuple(mode.mean), tuple(mode.std)) != (a.image.mode, tuple(a.image.mean), tuple(a.image.std)):
+            raise RuntimeError(f"architecture {a.name!r} pre-processes as {a.image}, but the resize mode of that "
+                               f"name is {mode}")
     return modes
 
 
