@@ -120,10 +120,10 @@ def test_gemma3_llama_cpp_file_equals_hf(gemma3, ff, outtype):
     path = lcp_convert.convert(d / f"hf{ff}", d / f"g{ff}-{outtype}.gguf", outtype)
     cfg, tensors = load_mmproj(path)
     assert tensors["v.blk.0.ffn_up.weight"].dtype == ("f32" if outtype == "f32" else outtype)
-    assert any("kept as named" in q for q in cfg.quirks) == (ff == 64), cfg.quirks
     err = rel_err(embed(path, d / f"g{ff}-{outtype}.npy", "--image", d / "img.png"), gemma3_ref(models[ff], rgb))
     print(f"gemma3 ff {ff} llama.cpp {outtype}: {err:.2e}")
     assert err <= LCP_BOUNDS[outtype]
+    assert any("kept as named" in q for q in cfg.quirks) == (ff == 64), cfg.quirks  # said, as clip.cpp differs
 
 
 def test_gemma3_square_ffn_legacy_file_and_negative_control(gemma3):
