@@ -3,6 +3,7 @@
 - Files written by llama.cpp's own convert_hf_to_gguf.py --mmproj (tests/lcp_convert.py: from the
   llama-cpp-python sdist; skipped without it) from small random HF models, f32 / f16 / bf16, read
   by ``graphdsl embed --mmproj`` and compared with HF on the same pixels / log-mel.
+- Idefics3 (square FFN; f32 / f16).
 - Square FFNs (n_ff == n_embd), where ffn_down's width cannot tell legacy naming (fc1 named
   ffn_down) from HF's: graphdsl's own convert output, llama.cpp's, and a legacy-named file.
 - Position / class tables stored f16 or bf16, as llama.cpp's legacy LLaVA script writes them.
@@ -139,6 +140,33 @@ def test_gemma3_square_ffn_legacy_file_and_negative_control(gemma3):
     err = rel_err(embed(unmarked, d / "unmarked.npy", "--image", d / "img.png"), ref)
     print(f"square FFN read with legacy names: {err:.2e}")
     assert err > 0.05
+
+
+# -- Idefics3 / SmolVLM (SigLIP + pixel-shuffle projector), square FFN, written by llama.cpp ----------
+@pytest.mark.parametrize("outtype,bound", [("f32", BOUND), ("f16", LCP_BOUNDS["f16"])])
+def test_idefics3_square_ffn_llama_cpp_file_equals_hf(tmp_path, outtype, bound):
+    """An all-f32 llama.cpp file (its Idefics3 keeps .embeddings. f32 and nothing f16) meets graphdsl's
+    own bound; the tiles + global frames are HF's processor's (test_models_idefics3)."""
+    from test_models_idefics3 import _hf_features, _image
+
+    from graphdsl.preprocess.idefics3 import Idefics3ImageConfig, idefics3_images
+    from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+    torch.manual_seed(0)
+    vc = Idefics3VisionConfig(hidden_size=64, intermediate_size=64, num_attention_heads=4, num_hidden_layers=3,
+                              image_size=32, patch_size=4)
+    cfg = tf.Idefics3Config(vision_config=vc, text_config=hf_refs.tiny_llama(), scale_factor=2,
+                            attn_implementation="eager")
+    model = hf_refs.randomize(tf.Idefics3ForConditionalGeneration(cfg), 0)
+    model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3,
+                                                                         "image_std": [0.5] * 3}))
+    _image().save(tmp_path / "i.png")
+    path = lcp_convert.convert(tmp_path / "hf", tmp_path / "m.gguf", outtype)
+    frames = idefics3_images(tmp_path / "i.png", Idefics3ImageConfig(longest_edge=4 * 32, max_image_size=32))
+    ref = _hf_features(model, frames.pixel_values)
+    err = rel_err(embed(path, tmp_path / "e.npy", "--image", tmp_path / "i.png"), ref.reshape(-1, ref.shape[-1]))
+    print(f"idefics3 square llama.cpp {outtype}: {err:.2e}")
+    assert err <= bound
 
 
 # -- Voxtral (Whisper encoder + stacked-frame projector), written by llama.cpp --------------------------
