@@ -164,7 +164,8 @@ def test_square_ffn_naming_is_the_writers(tmp_path, writer, legacy):
     cfg, t = load_mmproj(write(tmp_path / "sq.gguf", tensors, kv))
     stored = {n: a for n, a, _ in tensors}
     for i in range(NL):
-        fc1, fc2 = (f"v.blk.{i}.ffn_down", f"v.blk.{i}.ffn_up") if legacy else (f"v.blk.{i}.ffn_up", f"v.blk.{i}.ffn_down")
+        up, down = f"v.blk.{i}.ffn_up", f"v.blk.{i}.ffn_down"
+        fc1, fc2 = (down, up) if legacy else (up, down)
         np.testing.assert_array_equal(t[f"v.blk.{i}.ffn_up.weight"].array, stored[fc1 + ".weight"])
         np.testing.assert_array_equal(t[f"v.blk.{i}.ffn_down.bias"].array, stored[fc2 + ".bias"])
     assert any("swapped back" in q for q in cfg.quirks) == legacy, cfg.quirks

@@ -96,7 +96,9 @@ def gemma3_folder(path, ff: int, seed=0):
     model = hf_refs.randomize(tf.Gemma3ForConditionalGeneration(cfg), seed)
     model.save_pretrained(path)
     lcp_convert.hub_layout(path, [("vision_tower.", "vision_tower.vision_model.")])
-    (Path(path) / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "image_seq_length": 16}))
+    # image_seq_length: the converter derives the pooling (scale_factor 2) from it
+    pre = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "image_seq_length": 16}
+    (Path(path) / "preprocessor_config.json").write_text(json.dumps(pre))
     return model
 
 
