@@ -41,10 +41,16 @@ def _probe() -> tuple[Path | None, str]:
             return None, f"pip download llama-cpp-python=={VERSION} failed: {r.stderr.strip()[-300:]}"
         root = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
         part = Path(tmp) / "part"
-        with tarfile.open(sdists[0]) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(root)
-                       and any(m.name[len(root):].startswith(p) for p in PARTS) and (m.isfile() or m.isdir())]
-            tar.extractall(part, members=members, filter="data")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12 / 3.11.4
+        try:
+            with tarfile.open(sdists[0]) as tar:
+                members = [m for m in tar.getmembers() if m.name.startswith(root)
+                           and any(m.name[len(root):].startswith(p) for p in PARTS) and (m.isfile() or m.isdir())]
+                tar.extractall(part, members=members, **safe)
+        except (OSError, tarfile.TarError) as e:
+            return None, f"cannot unpack {sdists[0].name}: {e}"
+        if not (part / root / "convert_hf_to_gguf.py").exists():
+            return None, f"{sdists[0].name} has no {root}convert_hf_to_gguf.py"
         dest.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(dir=dest.parent))  # renamed into place whole: no half cache
         shutil.move(str(part / root), str(staged / "llama.cpp"))
