@@ -266,3 +266,25 @@ def test_f16_and_bf16_tables_equal_hf_with_the_same_tables(tmp_path, table_type)
     ref = llava_ref(llava, tmp_path / "img.png")
     assert rel_err(got[:len(ref)], ref) <= BOUND
     assert rel_err(got[len(ref):], voxtral_ref(vox)) <= BOUND
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_text_tables_in_f16_and_bf16(backend):
+    """BERT's position and token-type tables as 16-bit weights: cast in the graph, the stored values
+    added (to f32 rounding: the reference backend sums in another order)."""
+    import graphdsl
+    from graphdsl import Graph
+    from graphdsl.inp_embd import build_inp_embd
+    rng = np.random.default_rng(0)
+    tok, pos, types = (rng.standard_normal(s).astype(np.float32) for s in ((20, 32), (16, 32), (2, 32)))
+    g = Graph("text")
+    ids = g.input("ids", (5,), "i32")
+    with g.weight_types({"position_embd.weight": "f16", "token_types.weight": "bf16"}):
+        g.output("embd", build_inp_embd("text", ids, n_vocab=20, n_embd=32, n_pos=16, n_types=2))
+    assert {n.op for n in g.nodes} >= {"cast"}
+    weights = {"token_embd.weight": tok, "position_embd.weight": pos.astype(np.float16),
+               "token_types.weight": dt.f32_to_bf16(types)}
+    x = np.array([3, 0, 19, 7, 7], np.int32)
+    out = graphdsl.compile(g, backend, weights=weights)(ids=x)["embd"]
+    ref = tok[x] + dt.bf16_to_f32(dt.f32_to_bf16(types))[0] + pos.astype(np.float16).astype(np.float32)[:5]
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
