@@ -3,7 +3,7 @@
 - Files written by llama.cpp's own convert_hf_to_gguf.py --mmproj (tests/lcp_convert.py: from the
   llama-cpp-python sdist; skipped without it) from small random HF models, f32 / f16 / bf16, read
   by ``graphdsl embed --mmproj`` and compared with HF on the same pixels / log-mel.
-- Idefics3 (square FFN; f32 / f16).
+- Idefics3 (square FFN; f32 / f16), Qwen2-VL (square and not; f32 / f16).
 - Square FFNs (n_ff == n_embd), where ffn_down's width cannot tell legacy naming (fc1 named
   ffn_down) from HF's: graphdsl's own convert output, llama.cpp's, and a legacy-named file.
 - Position / class tables stored f16 or bf16, as llama.cpp's legacy LLaVA script writes them.
@@ -168,6 +168,35 @@ def test_idefics3_square_ffn_llama_cpp_file_equals_hf(tmp_path, outtype, bound):
     ref = _hf_features(model, frames.pixel_values)
     err = rel_err(embed(path, tmp_path / "e.npy", "--image", tmp_path / "i.png"), ref.reshape(-1, ref.shape[-1]))
     print(f"idefics3 square llama.cpp {outtype}: {err:.2e}")
+    assert err <= bound
+
+
+# -- Qwen2-VL (2-D RoPE tower + 2x2 merger), written by llama.cpp -------------------------------------
+@pytest.mark.parametrize("mlp_ratio,outtype,bound",
+                         [(1, "f32", BOUND), (1, "f16", LCP_BOUNDS["f16"]), (2, "f32", BOUND)],
+                         ids=["square-f32", "square-f16", "ff64-f32"])
+def test_qwen2vl_llama_cpp_file_equals_hf(tmp_path, mlp_ratio, outtype, bound):
+    """llama.cpp writes Qwen2-VL's feed_forward_length as the merger's output width (48 here; the
+    FFN is 32 * mlp_ratio): the width comes from the tensors. Depth 3: with 2 the converter's
+    tensor map has no merger.mlp.2."""
+    from test_models_qwen2vl import _hf_features, _png, _text_config
+
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    torch.manual_seed(0)
+    vc = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, num_heads=4, depth=3, embed_dim=32,
+              hidden_size=48, mlp_ratio=mlp_ratio)
+    cfg = tf.Qwen2VLConfig(vision_config=vc, text_config=_text_config(), attn_implementation="eager")
+    model = hf_refs.randomize(tf.Qwen2VLForConditionalGeneration(cfg), 0)
+    model.save_pretrained(tmp_path / "hf")
+    Qwen2VLImageProcessorPil().save_pretrained(tmp_path / "hf")
+    _png(tmp_path / "a.png", (50, 90), 1)
+    path = lcp_convert.convert(tmp_path / "hf", tmp_path / "m.gguf", outtype)
+    assert read_gguf(path).metadata["clip.vision.feed_forward_length"] == 48
+    hp = Qwen2VLImageProcessorPil()(images=[Image.open(tmp_path / "a.png")], return_tensors="np")
+    ref = _hf_features(model, hp["pixel_values"], hp["image_grid_thw"].tolist())
+    err = rel_err(embed(path, tmp_path / "e.npy", "--image", tmp_path / "a.png"), ref)
+    print(f"qwen2vl mlp_ratio {mlp_ratio} llama.cpp {outtype}: {err:.2e}")
     assert err <= bound
 
 

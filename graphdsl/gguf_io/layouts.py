@@ -66,3 +66,15 @@ def fix_ffn_swap(f, tensors, prefix, n_embd, n_layer, proj, quirks) -> None:
     if square > swapped:  # where we part from clip.cpp, which swaps these too
         quirks.append(f"square FFN (n_ff == n_embd) in {square - swapped} blocks kept as named: the file's writer "
                       f"uses HF's naming (graphdsl.* keys or general.type 'mmproj'); llama.cpp would swap them")
+
+
+def ffn_width(tensors: dict, prefix: str, n_ff: int, proj: str, quirks: list[str]) -> int:
+    """Qwen2-VL's FFN width, from its tensors: HF's vision config has mlp_ratio and no
+    intermediate_size, so llama.cpp's converter writes feed_forward_length = hidden_size (the
+    merger's output, the LM's width) and its legacy surgery script wrote 0; clip.cpp never reads it."""
+    up = tensors.get(f"{prefix}.blk.0.ffn_up.weight")
+    if proj != "qwen2vl_merger" or up is None or len(up.shape) != 2 or up.shape[0] == n_ff:
+        return n_ff
+    quirks.append(f"feed_forward_length {n_ff} is not the FFN's width for qwen2vl_merger (llama.cpp's converter "
+                  f"writes the merger's output there): {up.shape[0]}, from {prefix}.blk.0.ffn_up.weight")
+    return up.shape[0]

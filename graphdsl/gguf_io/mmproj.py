@@ -36,7 +36,7 @@ from gguf import (
 
 from .. import dtypes as dt
 
-from .layouts import FFN_SWAP_PROJECTORS, column_biases, fix_ffn_swap
+from .layouts import FFN_SWAP_PROJECTORS, column_biases, ffn_width, fix_ffn_swap
 from .reader import _REQUIRED, GGUFError, GGUFFile, GGUFTensor, _get, read_gguf
 
 
@@ -259,6 +259,7 @@ def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfi
                        feature_layer=feature_layer, act=_act(f, proj, "vision"),
                        projector_act=_get(f, KEY_MM_ACT, str, "gelu"), select=select, n_merge=n_merge, **dims)
     fix_ffn_swap(f, tensors, "v", cfg.n_embd, cfg.n_layer, proj, quirks)
+    cfg.n_ff = ffn_width(tensors, "v", cfg.n_ff, proj, quirks)
     _check_vision(f, tensors, cfg)
     return cfg
 
