@@ -3,7 +3,7 @@
 - Files written by llama.cpp's own convert_hf_to_gguf.py --mmproj (tests/lcp_convert.py: from the
   llama-cpp-python sdist; skipped without it) from small random HF models, f32 / f16 / bf16, read
   by ``graphdsl embed --mmproj`` and compared with HF on the same pixels / log-mel.
-- Idefics3 (square FFN; f32 / f16), Qwen2-VL (square and not; f32 / f16).
+- Idefics3 (square FFN; f32 / f16), Qwen2-VL (square and not; f32 / f16), Pixtral (f32 / f16).
 - Square FFNs (n_ff == n_embd), where ffn_down's width cannot tell legacy naming (fc1 named
   ffn_down) from HF's: graphdsl's own convert output, llama.cpp's, and a legacy-named file.
 - Position / class tables stored f16 or bf16, as llama.cpp's legacy LLaVA script writes them.
@@ -198,6 +198,36 @@ def test_qwen2vl_llama_cpp_file_equals_hf(tmp_path, mlp_ratio, outtype, bound):
     err = rel_err(embed(path, tmp_path / "e.npy", "--image", tmp_path / "a.png"), ref)
     print(f"qwen2vl mlp_ratio {mlp_ratio} llama.cpp {outtype}: {err:.2e}")
     assert err <= bound
+
+
+# -- Pixtral (LLaVA wrapper), written by llama.cpp -------------------------------------------------------
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_pixtral_llama_cpp_file_equals_hf(tmp_path, outtype):
+    """An image smaller than image_size (kept, sides multiples of the patch) against HF's processor
+    and get_image_features. llama.cpp's file says nothing of the projector's GELU, so graphdsl runs
+    clip.cpp's tanh form where HF has erf: 1.4e-4 measured in f32, under the 1e-3 bound."""
+    from test_models_pixtral import _hf_features, _save_folder
+
+    from PIL import Image
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+    torch.manual_seed(0)
+    vc = tf.PixtralVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=3,
+                                image_size=64, patch_size=8, hidden_act="silu")  # 3: the map needs mm.2's index
+    cfg = tf.LlavaConfig(vision_config=vc, text_config=hf_refs.tiny_llama(), vision_feature_layer=-1,
+                         vision_feature_select_strategy="full", image_token_index=10, attn_implementation="eager")
+    model = hf_refs.randomize(tf.LlavaForConditionalGeneration(cfg), 0)
+    _save_folder(model, tmp_path / "hf")
+    pre = PixtralImageProcessorPil(size={"longest_edge": 64}, patch_size={"height": 8, "width": 8})
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(pre.image_mean),
+                                                                         "image_std": list(pre.image_std)}))
+    _png(tmp_path / "a.png", 32)
+    path = lcp_convert.convert(tmp_path / "hf", tmp_path / "m.gguf", outtype)
+    px = pre(Image.open(tmp_path / "a.png"), return_tensors="np")
+    (h, w), = px["image_sizes"]
+    ref = np.concatenate(_hf_features(model, [px["pixel_values"][0][:, :h, :w]]))
+    err = rel_err(embed(path, tmp_path / "e.npy", "--image", tmp_path / "a.png"), ref)
+    print(f"pixtral llama.cpp {outtype}: {err:.2e}")
+    assert err <= LCP_BOUNDS[outtype]
 
 
 # -- Voxtral (Whisper encoder + stacked-frame projector), written by llama.cpp --------------------------
