@@ -32,7 +32,7 @@ def ffn_naming(f: GGUFFile) -> str:
     """Who named a square FFN: "hf" (fc1 is ffn_up) or "legacy" (fc1 is ffn_down). graphdsl marks
     its files (`graphdsl.*` keys) and never wrote legacy names; llama.cpp's convert_hf_to_gguf.py
     writes general.type "mmproj" and uses HF's naming since the rename; the legacy scripts
-    (examples/llava/*.py) wrote neither. (A pre-rename convert_hf_to_gguf file with a square
+    (tools/mtmd/legacy-models/*.py, still shipped: mlp.fc1 -> ffn_down) write neither. (A pre-rename convert_hf_to_gguf file with a square
     FFN is misread; real towers have n_ff > n_embd, where the shapes decide.)"""
     ours = any(k.startswith("graphdsl.") for k in f.metadata)
     return "hf" if ours or _get(f, Keys.General.TYPE, str, "") == "mmproj" else "legacy"
