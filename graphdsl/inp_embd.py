@@ -105,6 +105,17 @@ def shape_guard(g: Graph, name: str, t: Tensor, why: str, same: Callable[..., tu
 
 
 # -- bicubic resizing as a matrix ---------------------------------------------------------------------
+def f32_table(g: Graph, name: str, shape: tuple[int, ...]) -> Tensor:
+    """A small learned table (position, class, token-type rows) as f32, whatever the file stores.
+
+    llama.cpp's converters write 2-D tables in the file's type (legacy LLaVA's f16 position
+    table, Whisper's f16/bf16 ``a.position_embd``), and ggml's add does not take an f16 or bf16
+    operand on every backend: the graph casts it (in ggml, never in Python at load).
+    """
+    w = g.weight(name, shape)
+    return w if w.dtype.name == "f32" else ops.cast(w, "f32", name=f"{name.removesuffix('.weight')}.f32")
+
+
 def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
     """M (n_out, n_in) with M @ x == torch's 1-D bicubic resize of x (align_corners=False).
 
@@ -171,12 +182,12 @@ def text_embd(ids: Tensor, *, n_vocab: int, n_embd: int, wtype: str = "f32", n_p
     g, n = ids.graph, ids.shape[0]
     x = ops.get_rows(g.weight("token_embd.weight", (n_vocab, n_embd), wtype), ids, name="inp_embd.tok")
     if n_types:
-        types = g.weight("token_types.weight", (n_types, n_embd))
+        types = f32_table(g, "token_types.weight", (n_types, n_embd))
         x = ops.add(x, ops.view(types, 0, 0, 1, name="inp_embd.type0"), name="inp_embd.types")
     if n_pos:
         if n > n_pos:
             raise ValueError(f"[text_embd] {n} tokens exceed the {n_pos} learned positions")
-        pos = g.weight("position_embd.weight", (n_pos, n_embd))
+        pos = f32_table(g, "position_embd.weight", (n_pos, n_embd))
         shape_guard(g, "inp_embd.pos_guard", ids, "[text_embd] position rows 0..n-1 are fixed at build time")
         x = ops.add(x, ops.view(pos, 0, 0, n, name="inp_embd.pos_rows"), name="inp_embd.pos")
     if norm_eps is not None:
@@ -214,11 +225,11 @@ def image_embd(pixels: Tensor, *, n_embd: int, patch_size: int, image_size: int,
         x = ops.add(x, g.weight("patch_embd.bias", (n_embd,)), name="patch_embd")
     n_cls = int(class_embd)
     if class_embd:
-        cls = ops.reshape(g.weight("class_embd", (n_embd,)), (*[1] * len(b), 1, n_embd), name="inp_cls.tok")
+        cls = ops.reshape(f32_table(g, "class_embd", (n_embd,)), (*[1] * len(b), 1, n_embd), name="inp_cls.tok")
         if b:
             cls = ops.repeat(cls, (*b, 1, n_embd), name="inp_cls.rep")
         x = ops.concat([cls, x], axis=-2, name="inp_cls")
-    pos = g.weight("position_embd.weight", (g0 * g0 + n_cls, n_embd))
+    pos = f32_table(g, "position_embd.weight", (g0 * g0 + n_cls, n_embd))
     if (gh, gw) != (g0, g0):
         table = ops.view(pos, 0, n_cls, n_cls + g0 * g0, name="pos_patches") if class_embd else pos
         table = resize_pos_embd(table, (g0, g0), pixels, p)
@@ -259,7 +270,7 @@ def audio_embd(mel: Tensor, *, n_embd: int, n_pos: int) -> Tensor:
         x = ops.gelu_erf(x, name=f"conv1d.{i}")
     n = x.shape[-1]
     x = ops.permute(x, (*range(len(b)), len(b) + 1, len(b)), name="conv1d.t")  # ([B,] n, d)
-    pos = g.weight("position_embd.weight", (n_pos, n_embd))
+    pos = f32_table(g, "position_embd.weight", (n_pos, n_embd))
     if n != n_pos:
         shape_guard(g, "pos_guard", mel, "[audio_embd] position rows 0..T/2-1 are fixed at build time",
                     same=lambda s: s[-1])

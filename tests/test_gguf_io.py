@@ -41,10 +41,10 @@ def f32(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def vision_kv(n_layer=NL, projector="mlp", extra=()):
+def vision_kv(n_layer=NL, projector="mlp", extra=(), ff=FF):
     V = gguf.Keys.ClipVision
     kv = [(gguf.Keys.Clip.HAS_VISION_ENCODER, True, "bool"), (V.IMAGE_SIZE, IMG, "uint32"), (V.PATCH_SIZE, P, "uint32"),
-          (V.EMBEDDING_LENGTH, N, "uint32"), (V.FEED_FORWARD_LENGTH, FF, "uint32"), (V.BLOCK_COUNT, n_layer, "uint32"),
+          (V.EMBEDDING_LENGTH, N, "uint32"), (V.FEED_FORWARD_LENGTH, ff, "uint32"), (V.BLOCK_COUNT, n_layer, "uint32"),
           (V.Attention.HEAD_COUNT, 4, "uint32"), (V.Attention.LAYERNORM_EPS, 1e-5, "float32"),
           (V.IMAGE_MEAN, [0.48145466, 0.4578275, 0.40821073], "array"),
           (V.IMAGE_STD, [0.26862954, 0.26130258, 0.27577711], "array"), (V.USE_GELU, False, "bool")]
@@ -53,7 +53,7 @@ def vision_kv(n_layer=NL, projector="mlp", extra=()):
     return kv + list(extra)
 
 
-def vit_tensors(n_layer=NL, swapped=False, mm=True):
+def vit_tensors(n_layer=NL, swapped=False, mm=True, ff=FF):
     """A CLIP tower (+ LLaVA projector mm.0/mm.2) in llama.cpp's names; the patch embedding in f16
     as the legacy converter stores it. swapped: fc1 named ffn_down and fc2 ffn_up (legacy naming)."""
     t = [("v.patch_embd.weight", f32(N, 3, P, P).astype(np.float16), None), ("v.class_embd", f32(N), None),
@@ -63,8 +63,8 @@ def vit_tensors(n_layer=NL, swapped=False, mm=True):
         t += [(f"{b}.{n}.weight", f32(N, N), None) for n in ("attn_q", "attn_k", "attn_v", "attn_out")]
         t += [(f"{b}.{n}.{s}", f32(N), None) for n in ("ln1", "ln2") for s in ("weight", "bias")]
         up, down = ("ffn_down", "ffn_up") if swapped else ("ffn_up", "ffn_down")
-        t += [(f"{b}.{up}.weight", f32(FF, N), None), (f"{b}.{up}.bias", f32(FF), None),
-              (f"{b}.{down}.weight", f32(N, FF), None), (f"{b}.{down}.bias", f32(N), None)]
+        t += [(f"{b}.{up}.weight", f32(ff, N), None), (f"{b}.{up}.bias", f32(ff), None),
+              (f"{b}.{down}.weight", f32(N, ff), None), (f"{b}.{down}.bias", f32(N), None)]
     if mm:
         t += [("mm.0.weight", f32(96, N), None), ("mm.0.bias", f32(96), None),
               ("mm.2.weight", f32(96, 96), None), ("mm.2.bias", f32(96), None)]
@@ -148,6 +148,27 @@ def test_legacy_llava_file_quirks(tmp_path):
     original = {n: a for n, a, _ in tensors}
     np.testing.assert_array_equal(t["v.blk.0.ffn_up.weight"].array, original["v.blk.0.ffn_down.weight"])
     np.testing.assert_array_equal(t["v.blk.0.ffn_down.bias"].array, original["v.blk.0.ffn_up.bias"])
+
+
+@pytest.mark.parametrize("writer,legacy", [
+    ([("graphdsl.writer", "graphdsl 0.1.0", "string")], False),  # graphdsl's convert
+    ([("graphdsl.vision.act", "gelu", "string")], False),  # graphdsl files from before the marker
+    ([("general.type", "mmproj", "string")], False),  # llama.cpp's convert_hf_to_gguf.py
+    ([], True),  # llama.cpp's legacy scripts: fc1 named ffn_down
+])
+def test_square_ffn_naming_is_the_writers(tmp_path, writer, legacy):
+    """n_ff == n_embd: ffn_down's input width is n_embd in both namings, so the file's writer
+    decides; fc1 must end up as ffn_up either way."""
+    tensors = vit_tensors(swapped=legacy, ff=N)
+    kv = vision_kv(ff=N, extra=[("clip.vision.feature_layer", [3], "array"), *writer])
+    cfg, t = load_mmproj(write(tmp_path / "sq.gguf", tensors, kv))
+    stored = {n: a for n, a, _ in tensors}
+    for i in range(NL):
+        up, down = f"v.blk.{i}.ffn_up", f"v.blk.{i}.ffn_down"
+        fc1, fc2 = (down, up) if legacy else (up, down)
+        np.testing.assert_array_equal(t[f"v.blk.{i}.ffn_up.weight"].array, stored[fc1 + ".weight"])
+        np.testing.assert_array_equal(t[f"v.blk.{i}.ffn_down.bias"].array, stored[fc2 + ".bias"])
+    assert any("swapped back" in q for q in cfg.quirks) == legacy, cfg.quirks
 
 
 @pytest.mark.parametrize("projector,key,value,field,expect", [

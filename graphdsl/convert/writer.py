@@ -21,6 +21,9 @@ from .. import dtypes as dt
 from ..fileio import atomic_path
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+# Every file says graphdsl wrote it: readers decide what the tensors alone cannot from it
+# (gguf_io.mmproj: a square FFN's up/down naming, which legacy llama.cpp converters swapped).
+KEY_WRITER = "graphdsl.writer"
 FILE_TYPE = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16, "bf16": LlamaFileType.MOSTLY_BF16,
              "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}
 def tensor_type(name: str, shape: tuple[int, ...], outtype: str) -> str:
@@ -63,6 +66,9 @@ def write_gguf(path: str, arch: str, kv: list[tuple[str, object]], tensors: dict
         try:
             if file_type is not None:
                 w.add_file_type(int(file_type))
+            if KEY_WRITER not in dict(kv):
+                from .. import __version__
+                w.add_string(KEY_WRITER, f"graphdsl {__version__}")
             for key, value in kv:
                 _add(w, key, value)
             for i, (name, (values, dtype)) in enumerate(tensors.items()):

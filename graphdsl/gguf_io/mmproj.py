@@ -7,6 +7,8 @@ load_hparams / load_tensors, and models/llava.cpp); each applied one is listed i
   with neither is "mlp" (LLaVA). "qwen2.5o" means qwen2.5vl_merger for vision, qwen2a for audio.
 - swapped FFN: legacy converters named HF's fc1 `ffn_down` and fc2 `ffn_up`; for the projector
   types that had such files, when ffn_down's input width is n_embd the two are swapped back.
+  A square FFN (n_ff == n_embd) fits both namings: clip.cpp swaps it always, we ask the writer
+  (layouts.py, with the (n, 1) conv biases of llama.cpp's Whisper-family files).
 - LLaVA's projector is `mm.0` / `mm.2` (HF linear_1 / linear_2; index 1 was the GELU).
 - legacy LLaVA block count: without clip.vision.feature_layer, a file with an mlp/ldp/ldpv2
   projector wrote block_count = num_hidden_layers - 1 (and dropped that block) to mean "the
@@ -34,6 +36,7 @@ from gguf import (
 
 from .. import dtypes as dt
 
+from .layouts import FFN_SWAP_PROJECTORS, column_biases, ffn_width, fix_ffn_swap
 from .reader import _REQUIRED, GGUFError, GGUFFile, GGUFTensor, TensorTable, _get, read_gguf
 
 
@@ -54,9 +57,6 @@ PROJECTOR_TYPES = frozenset({v for k, v in vars(VisionProjectorType).items() if 
                             | {"mlp", "ldp", "ldpv2", "resampler", "adapter", "yasa2", "parakeet", "none",
                                "mllama"})  # mllama: graphdsl's (llama.cpp has none; ollama's names)
 LLAVA_PROJECTORS = ("mlp", "ldp", "ldpv2")  # hparams.has_llava_projector
-# Projectors whose legacy files may carry ffn_up/ffn_down swapped (clip.cpp is_ffn_swapped).
-FFN_SWAP_PROJECTORS = ("mlp", "ldp", "ldpv2", "qwen2vl_merger", "qwen2.5vl_merger", "adapter", "gemma3",
-                       "idefics3", "resampler")
 WHISPER_PROJECTORS = ("ultravox", "qwen2a", "voxtral", "glma")  # FFN_GELU_ERF, whisper preprocessing
 
 
@@ -160,6 +160,7 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
     if bad:
         raise f.error(f"tensor types graphdsl cannot run: {', '.join(bad)}; "
                       f"supported: {', '.join(dt.DTYPES)}")
+    column_biases(tensors, quirks)
     vision = _vision_config(f, tensors, quirks) if has_v else None
     audio = _audio_config(f, tensors, quirks) if has_a else None
     cfg = MmprojConfig(vision, audio, _get(f, Keys.General.NAME, str, ""), quirks, path,
@@ -266,7 +267,8 @@ def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfi
     cfg = VisionConfig(proj, image_size, patch, image_mean=tuple(map(float, mean)), image_std=tuple(map(float, std)),
                        feature_layer=feature_layer, act=_act(f, proj, "vision"),
                        projector_act=_get(f, KEY_MM_ACT, str, "gelu"), select=select, n_merge=n_merge, **dims)
-    _fix_ffn_swap(f, tensors, "v", cfg.n_embd, cfg.n_layer, proj, quirks)
+    fix_ffn_swap(f, tensors, "v", cfg.n_embd, cfg.n_layer, proj, quirks)
+    cfg.n_ff = ffn_width(tensors, "v", cfg.n_ff, proj, quirks)
     _check_vision(f, tensors, cfg)
     return cfg
 
@@ -284,30 +286,9 @@ def _audio_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> AudioConfig:
     for key, v in ((A.NUM_MEL_BINS, cfg.n_mel), (A.Projector.STACK_FACTOR, stack)):
         if v > widest:  # both size the encoder's input and the projector's rows
             raise f.error(f"{key} is {v}, wider than any tensor of the file (largest dim {widest})")
-    _fix_ffn_swap(f, tensors, "a", cfg.n_embd, cfg.n_layer, proj, quirks)
+    fix_ffn_swap(f, tensors, "a", cfg.n_embd, cfg.n_layer, proj, quirks)
     _check_audio(f, tensors, cfg)
     return cfg
-
-
-def _fix_ffn_swap(f, tensors, prefix, n_embd, n_layer, proj, quirks) -> None:
-    """Old converters named HF's fc1 `ffn_down` and fc2 `ffn_up`; clip.cpp swaps them back when
-    ffn_down's input width (ne[0]) is n_embd, for the projector types that had such files."""
-    if proj not in FFN_SWAP_PROJECTORS:
-        return
-    swapped = 0
-    for i in range(n_layer):
-        up, down = f"{prefix}.blk.{i}.ffn_up", f"{prefix}.blk.{i}.ffn_down"
-        w = tensors.get(down + ".weight")
-        if up + ".weight" in tensors and w is not None and w.shape[-1] == n_embd:
-            for s in ("weight", "bias"):
-                a, b = tensors.pop(f"{up}.{s}", None), tensors.pop(f"{down}.{s}", None)
-                if a is not None:
-                    tensors[f"{down}.{s}"] = a
-                if b is not None:
-                    tensors[f"{up}.{s}"] = b
-            swapped += 1
-    if swapped:
-        quirks.append(f"ffn_up/ffn_down swapped in {swapped} blocks (legacy naming): swapped back")
 
 
 # -- tensor checks: the standard towers, with the shapes the metadata implies ---------------------------
