@@ -24,7 +24,7 @@ from graphdsl import dtypes as dt
 
 from . import onednn
 from .devices import MAX_THREADS, check_threads, devices, resolve_devices  # noqa: F401 - re-exported
-from .ggml_lower import LOWERING, STRIDED_OK, Lowering, ne_of, packed
+from .ggml_lower import LOWERING, STRIDED_OK, Lowering, check_lowered, ids_check, ne_of, packed
 from .weights import check_inputs, check_weights, const_value
 
 
@@ -259,13 +259,13 @@ class GGMLExecutor:
                 args = [vals[id(i)] if i.op == "weight" or node.op in STRIDED_OK else L.cont(vals[id(i)])
                         for i in node.inputs]
                 if node.op == "get_rows":
-                    id_checks.append(_ids_check(node))
+                    id_checks.append(ids_check(node))
                 try:
                     t = LOWERING[node.op](L, node, *args)
                 except ValueError as e:
                     raise ValueError(f"[{node.op}] node '{node.name}': {e}") from None
                 t.name = node.name[:63]
-                _check_lowered(node, t)
+                check_lowered(node, t)
             vals[id(node)] = t
             tensors[node.name] = t
         outputs = {}
@@ -392,28 +392,3 @@ class GGMLExecutor:
                        else "scheduler placed it next to its inputs")
             out[name] = (names[i], why)
         return out
-
-
-def _ids_check(node):
-    """Ids must be in range before ggml sees them (its get_rows asserts). Inputs are checked per run."""
-    table, ids = node.inputs
-    if ids.op == "input":
-        return (ids.name, table.shape[0])
-    if ids.op == "const":  # known now: checked once, here
-        v = const_value(ids)
-        if v.min() < 0 or v.max() >= table.shape[0]:
-            raise ValueError(f"[get_rows] node '{node.name}': constant ids '{ids.name}' must lie in "
-                             f"[0, {table.shape[0]}), got [{v.min()}, {v.max()}]")
-        return None
-    if ids.op == "argmax" and ids.inputs[0].shape[-1] <= table.shape[0]:
-        return None
-    raise ValueError(f"[get_rows] node '{node.name}': ids must come from a graph input (checked at run "
-                     f"time), a constant or an argmax over at most {table.shape[0]} columns")
-
-
-def _check_lowered(node, t):
-    """The lowering must produce exactly the node's shape and type (catches axis-order slips)."""
-    expect = ne_of(node.shape)
-    if list(t.ne) != expect or t.type != node.dtype.ggml_type:
-        raise AssertionError(f"lowering of {node.op} '{node.name}' gave ne={list(t.ne)} type={t.type}, "
-                             f"expected ne={expect} type={node.dtype.ggml_type}")
