@@ -13,8 +13,12 @@
 #include <ggml.h>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
+#include <pthread.h>
 
+#include <csignal>
+#include <cstdio>
 #include <cstring>
+#include <list>
 #include <map>
 #include <mutex>
 #include <string>
@@ -33,6 +37,11 @@ constexpr int64_t MIN_DIM = 32;
 // (weight type, M, N, K, weight row stride, threads) -> primitive
 using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int>;
 
+// Primitives kept per backend, the least recently used dropped first: each holds JIT code and a
+// scratchpad of its own (about 260 KB for a 2-thread brgemm), and every new row count (input
+// shape) is a new primitive, so an unbounded map grew by one per shape an executor ever saw.
+constexpr size_t MAX_PRIMS = 64;
+
 struct Prim {
     dnnl::matmul mm;
     dnnl::reorder to_bf16;  // activations f32 -> bf16 (bf16 weights only)
@@ -41,11 +50,75 @@ struct Prim {
 
 struct Backend {
     int n_threads = 1;
+    ggml_abort_callback abort = nullptr;  // checked between products (Ctrl-C; sched.cpp sets it)
+    void * abort_data = nullptr;
     dnnl::engine eng{dnnl::engine::kind::cpu, 0};
     dnnl::stream strm{eng};
-    std::map<Key, Prim> cache;
+    std::map<Key, std::pair<Prim, std::list<Key>::iterator>> cache;
+    std::list<Key> lru;  // most recently used first
     std::vector<uint16_t> work;  // activations rounded to bf16
 };
+
+// GNU OpenMP keeps one team of worker threads per thread that opened a parallel region. A forked
+// child inherits that team's bookkeeping but none of its threads, and the next parallel region
+// of that thread waits for them forever (multiprocessing's default start method forks). In such
+// a child that thread runs its products on one thread, which opens no parallel region; a thread
+// that had no team in the parent starts a fresh one as usual.
+thread_local bool t_team_started = false;  // this thread opened a parallel region of 2+ threads
+thread_local bool t_team_lost = false;     // ... in the parent of this forked process
+
+void after_fork_in_child() {
+    if (t_team_started) t_team_lost = true;
+}
+
+int threads_here(const Backend & be) {
+    if (!t_team_lost || be.n_threads == 1) return be.n_threads;
+    static std::once_flag warned;
+    std::call_once(warned, [] {
+        std::fprintf(stderr, "graphdsl: oneDNN products run on one thread in this forked process (GNU OpenMP's "
+                             "threads do not survive fork; the 'spawn' or 'forkserver' start method keeps them)\n");
+    });
+    return 1;
+}
+
+// oneDNN's AVX/AVX2 f32 GEMM (jit_avx_gemm_f32: CPUs without AVX-512, e.g. Zen 3) points its
+// stack pointer into a malloc'd workspace when a K block outgrows the stack room it reserves
+// (blocks of 256 against 252 for our 512-wide products). A signal handled on that thread then
+// (Ctrl-C: Python's handler or ours) pushes its frame below that pointer, over the heap chunk
+// header and the chunk before it: glibc aborts later with "corrupted size vs. prev_size" or the
+// process dies of SIGSEGV. So asynchronous signals stay blocked on every thread that runs a
+// product, and on the calling thread are let in between products, where the stack is ours.
+const sigset_t & async_signals() {
+    static const sigset_t set = [] {
+        sigset_t s;
+        sigfillset(&s);
+        for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS}) sigdelset(&s, sig);
+        return s;
+    }();
+    return set;
+}
+
+struct SignalsHeld {
+    sigset_t before;
+    SignalsHeld() { pthread_sigmask(SIG_BLOCK, &async_signals(), &before); }
+    ~SignalsHeld() { pthread_sigmask(SIG_SETMASK, &before, nullptr); }
+    void let_in() {  // pending signals run their handlers now, on this frame's stack
+        pthread_sigmask(SIG_SETMASK, &before, nullptr);
+        pthread_sigmask(SIG_BLOCK, &async_signals(), nullptr);
+    }
+};
+
+// GNU OpenMP's workers of this thread's team block them for good: they run nothing but products.
+// (Workers started inside a SignalsHeld inherit the mask; this covers a team started before.)
+thread_local int t_masked_team = 1;
+
+void mask_team(int n_threads) {
+    if (n_threads <= t_masked_team) return;
+#pragma omp parallel num_threads(n_threads)
+    pthread_sigmask(SIG_BLOCK, &async_signals(), nullptr);
+    t_masked_team = n_threads;
+    t_team_started = true;
+}
 
 dt weight_dt(ggml_type t) { return t == GGML_TYPE_BF16 ? dt::bf16 : dt::f32; }
 
@@ -84,14 +157,18 @@ bool claims_mul_mat(const ggml_tensor * op) {
     return fast_kernel(weight_dt(w->type));
 }
 
-Prim & prim_for(Backend & be, const ggml_tensor * op) {
+// A primitive keeps the thread count that was set when it was made: the key holds it.
+Prim & prim_for(Backend & be, const ggml_tensor * op, int n_threads) {
     const ggml_tensor * w = op->src[0];
     const ggml_tensor * x = op->src[1];
     const int64_t k = w->ne[0], n = w->ne[1], m = x->ne[1] * x->ne[2] * x->ne[3];
     const int64_t ldw = w->nb[1] / ggml_type_size(w->type);
-    Key key{(int) w->type, m, n, k, ldw, be.n_threads};
+    Key key{(int) w->type, m, n, k, ldw, n_threads};
     auto it = be.cache.find(key);
-    if (it != be.cache.end()) return it->second;
+    if (it != be.cache.end()) {
+        be.lru.splice(be.lru.begin(), be.lru, it->second.second);
+        return it->second.first;
+    }
     Prim p;
     const dt wdt = weight_dt(w->type);
     p.src_f32 = memory::desc({m, k}, dt::f32, {k, 1});
@@ -101,11 +178,16 @@ Prim & prim_for(Backend & be, const ggml_tensor * op) {
     p.mm = dnnl::matmul(dnnl::matmul::primitive_desc(be.eng, p.src, p.wei, p.dst));
     if (wdt == dt::bf16)  // round to nearest even, as ggml's CPU backend rounds activations for bf16 weights
         p.to_bf16 = dnnl::reorder(dnnl::reorder::primitive_desc(be.eng, p.src_f32, be.eng, p.src));
-    return be.cache.emplace(key, std::move(p)).first->second;
+    if (be.cache.size() >= MAX_PRIMS) {
+        be.cache.erase(be.lru.back());
+        be.lru.pop_back();
+    }
+    be.lru.push_front(key);
+    return be.cache.emplace(key, std::make_pair(std::move(p), be.lru.begin())).first->second.first;
 }
 
-void mul_mat(Backend & be, ggml_tensor * op) {
-    Prim & p = prim_for(be, op);
+void mul_mat(Backend & be, ggml_tensor * op, int n_threads) {
+    Prim & p = prim_for(be, op, n_threads);
     memory wei(p.wei, be.eng, op->src[0]->data);
     memory dst(p.dst, be.eng, op->data);
     memory x32(p.src_f32, be.eng, op->src[1]->data);
@@ -129,13 +211,22 @@ void be_free(ggml_backend_t backend) {
 
 ggml_status be_graph_compute(ggml_backend_t backend, ggml_cgraph * g) {
     auto & be = *static_cast<Backend *>(backend->context);
-    omp_set_num_threads(be.n_threads);  // oneDNN's OpenMP runtime reads the calling thread's setting
+    const int n_threads = threads_here(be);
+    omp_set_num_threads(n_threads);  // oneDNN's OpenMP runtime reads the calling thread's setting
+    SignalsHeld held;
     try {
+        mask_team(n_threads);
         for (int i = 0; i < ggml_graph_n_nodes(g); ++i) {
             ggml_tensor * node = ggml_graph_node(g, i);
             if ((node->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) continue;
             switch (node->op) {
-                case GGML_OP_MUL_MAT: mul_mat(be, node); break;
+                case GGML_OP_MUL_MAT:
+                    // a split can hold a long chain of products: stop between them, as ggml's CPU
+                    // backend stops between its nodes
+                    held.let_in();
+                    if (be.abort && be.abort(be.abort_data)) return GGML_STATUS_ABORTED;
+                    mul_mat(be, node, n_threads);
+                    break;
                 case GGML_OP_NONE: case GGML_OP_RESHAPE: case GGML_OP_VIEW:
                 case GGML_OP_PERMUTE: case GGML_OP_TRANSPOSE: break;
                 default: return GGML_STATUS_FAILED;  // never claimed (supports_op); fail rather than abort
@@ -175,6 +266,13 @@ ggml_guid_t guid() {
 void set_n_threads(ggml_backend_t backend, int n) {
     if (backend && ggml_guid_matches(backend->guid, guid()) && n > 0)
         static_cast<Backend *>(backend->context)->n_threads = n;
+}
+
+void set_abort_callback(ggml_backend_t backend, ggml_abort_callback cb, void * data) {
+    if (!backend || !ggml_guid_matches(backend->guid, guid())) return;
+    auto * be = static_cast<Backend *>(backend->context);
+    be->abort = cb;
+    be->abort_data = data;
 }
 
 ggml_backend_reg_t reg();
@@ -283,12 +381,15 @@ ggml_backend_feature * features(ggml_backend_reg_t) {
 void * reg_proc(ggml_backend_reg_t, const char * name) {
     if (std::strcmp(name, "ggml_backend_set_n_threads") == 0) return (void *) set_n_threads;
     if (std::strcmp(name, "ggml_backend_get_features") == 0) return (void *) features;
+    if (std::strcmp(name, "ggml_backend_set_abort_callback") == 0) return (void *) set_abort_callback;
     return nullptr;
 }
 
 const ggml_backend_reg_i reg_iface = {reg_name, reg_count, reg_device, reg_proc};
 
 ggml_backend_reg_t reg() {
+    static int forks_watched = pthread_atfork(nullptr, nullptr, after_fork_in_child);
+    (void) forks_watched;
     static ggml_backend_reg r = {GGML_BACKEND_API_VERSION, reg_iface, nullptr};
     return &r;
 }

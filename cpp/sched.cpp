@@ -2,9 +2,13 @@
 // priority order (accelerators first, CPU last) -> ggml_backend_sched_new -> reserve once per
 // graph shape -> alloc -> set inputs -> compute -> read outputs.
 #include "common.hpp"
+#include "interrupt.hpp"
+#include "threadpools.hpp"
 
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
+
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,7 +24,7 @@ struct Buffer {
     py::object host;               // memory a host-pointer buffer borrows from
     ~Buffer() { if (buf) ggml_backend_buffer_free(buf); }
     ggml_backend_buffer_t live() const {
-        if (!buf) throw std::runtime_error("this buffer was abandoned at exit");
+        if (!buf) throw std::runtime_error("this buffer was released, or abandoned at exit");
         return buf;
     }
 };
@@ -35,59 +39,6 @@ static py::buffer_info contiguous_info(const py::buffer & b, bool writable) {
     return info;
 }
 
-// Ctrl-C during a compute. The GIL is released and the main thread sits in ggml, so Python's own
-// SIGINT handler only sets a flag that nothing reads until the compute ends. While a compute runs
-// on the main thread, a handler of ours also raises *that runtime's* flag (and chains to Python's),
-// and its CPU backend's abort callback stops the graph at its next node. Other runtimes, computing
-// on other threads, are not touched: each has its own flag.
-static std::atomic<std::atomic<bool> *> g_sigint_target{nullptr};
-static struct sigaction g_prev_sigint;
-static int g_guard_depth = 0;  // guards are installed on the main thread only, so this needs no lock
-
-static void on_sigint(int sig, siginfo_t * info, void * uctx) {
-    if (std::atomic<bool> * flag = g_sigint_target.load()) flag->store(true);
-    if (g_prev_sigint.sa_flags & SA_SIGINFO) {
-        if (g_prev_sigint.sa_sigaction && g_prev_sigint.sa_sigaction != on_sigint)
-            g_prev_sigint.sa_sigaction(sig, info, uctx);
-    } else if (g_prev_sigint.sa_handler != SIG_DFL && g_prev_sigint.sa_handler != SIG_IGN) {
-        g_prev_sigint.sa_handler(sig);
-    }
-}
-
-static bool flag_set(void * flag) { return static_cast<std::atomic<bool> *>(flag)->load(); }
-
-// Installs on_sigint for its lifetime, aimed at one runtime's flag and chained to the handler in
-// place (Python's), unless SIGINT is ignored or left to its default (no Python handler to honour),
-// or a guard is already installed (a compute nested in an eval callback: the outer one keeps it).
-struct SigintGuard {
-    bool active = false;
-    SigintGuard(bool want, std::atomic<bool> & flag) {
-        if (!want || g_guard_depth > 0) return;
-        struct sigaction cur;
-        if (sigaction(SIGINT, nullptr, &cur) != 0) return;
-        bool python_handles = (cur.sa_flags & SA_SIGINFO) ? cur.sa_sigaction != nullptr
-                                                          : cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN;
-        if (!python_handles) return;
-        struct sigaction mine = {};
-        mine.sa_sigaction = on_sigint;
-        mine.sa_flags = SA_SIGINFO | SA_RESTART;
-        sigemptyset(&mine.sa_mask);
-        g_sigint_target.store(&flag);
-        if (sigaction(SIGINT, &mine, &g_prev_sigint) == 0) {
-            active = true;
-            ++g_guard_depth;
-        } else {
-            g_sigint_target.store(nullptr);
-        }
-    }
-    ~SigintGuard() {
-        if (!active) return;
-        sigaction(SIGINT, &g_prev_sigint, nullptr);
-        g_sigint_target.store(nullptr);
-        --g_guard_depth;
-    }
-};
-
 struct Runtime {
     std::vector<ggml_backend_t> backends;
     ggml_backend_sched_t sched = nullptr;
@@ -97,7 +48,7 @@ struct Runtime {
     std::atomic<bool> interrupted{false};  // set by SIGINT while this runtime computes on the main thread
     std::string cb_error;
     int n_threads = 0;
-    ggml_threadpool_t pool = nullptr;  // a persistent CPU threadpool, while profiling
+    bool keep_threads = false;         // borrow a shared CPU threadpool for each compute
     size_t graph_size = 0;             // the scheduler's capacity (hash set) in tensors
     // Memory that tensor data may live in: this runtime's weight and host buffers (kept alive as
     // long as the runtime) and the compute buffers of the graph allocated now. A handle to any
@@ -121,10 +72,12 @@ struct Runtime {
         if (ggml_backend_dev_type(ggml_backend_get_device(backends.back())) != GGML_BACKEND_DEVICE_TYPE_CPU)
             throw std::invalid_argument("the last backend must be the CPU (the scheduler's fallback)");
         new_sched();
-        // the last backend is the CPU; other backends' kernels have no abort callback
-        auto set_abort = (ggml_backend_set_abort_callback_t) ggml_backend_reg_get_proc_address(
-            ggml_backend_dev_backend_reg(ggml_backend_get_device(backends.back())), "ggml_backend_set_abort_callback");
-        if (set_abort) set_abort(backends.back(), flag_set, &interrupted);
+        // every backend that can stop between its nodes (the CPU; oneDNN between its products)
+        for (auto * be : backends) {
+            auto set_abort = (ggml_backend_set_abort_callback_t) ggml_backend_reg_get_proc_address(
+                ggml_backend_dev_backend_reg(ggml_backend_get_device(be)), "ggml_backend_set_abort_callback");
+            if (set_abort) set_abort(be, flag_set, &interrupted);
+        }
     }
 
     void new_sched() {
@@ -169,32 +122,30 @@ struct Runtime {
     ~Runtime() {
         if (sched) ggml_backend_sched_free(sched);
         for (auto * be : backends) ggml_backend_free(be);
-        if (pool) cpu_proc<void (*)(ggml_threadpool_t)>("ggml_threadpool_free")(pool);
-    }
-
-    template <typename F> static F cpu_proc(const char * name) {
-        ggml_backend_reg_t reg = ggml_backend_reg_by_name("CPU");
-        auto f = reg ? (F) ggml_backend_reg_get_proc_address(reg, name) : nullptr;
-        if (!f) throw std::runtime_error(std::string("the CPU backend does not export ") + name);
-        return f;
     }
 
     // Without a threadpool, ggml's CPU backend starts and joins its worker threads on every graph
-    // compute; node-by-node profiling computes one node at a time, so it would time thread starts.
-    void set_threadpool(bool on) {
-        auto set = cpu_proc<void (*)(ggml_backend_t, ggml_threadpool_t)>("ggml_backend_cpu_set_threadpool");
-        if (on && !pool) {
-            ggml_threadpool_params params = ggml_threadpool_params_default(n_threads > 0 ? n_threads : 1);
-            params.poll = 0;  // workers sleep between nodes: no spinning against an RPC server or Python
-            pool = cpu_proc<ggml_threadpool_t (*)(ggml_threadpool_params *)>("ggml_threadpool_new")(&params);
-            if (!pool) throw std::runtime_error("ggml_threadpool_new failed");
-            set(backends.back(), pool);  // the last backend is always the CPU
-        } else if (!on && pool) {
-            set(backends.back(), nullptr);
-            cpu_proc<void (*)(ggml_threadpool_t)>("ggml_threadpool_free")(pool);
-            pool = nullptr;
+    // compute, i.e. on every CPU split; node-by-node profiling computes one node at a time, so it
+    // would time thread starts. The pool is borrowed for one compute (pools:: above).
+    struct Threads {
+        const Runtime & r;
+        ggml_threadpool_t pool = nullptr;
+        int n = 0;
+        explicit Threads(const Runtime & r) : r(r) {
+            if (!r.keep_threads) return;
+            n = r.n_threads > 0 ? r.n_threads : 1;
+            pool = pools::borrow(n);
+            set(pool);
         }
-    }
+        ~Threads() {
+            if (!pool) return;
+            set(nullptr);  // pauses the pool: its workers sleep until the next borrower kicks them
+            pools::give_back(n, pool);
+        }
+        void set(ggml_threadpool_t p) {
+            cpu_proc<void (*)(ggml_backend_t, ggml_threadpool_t)>("ggml_backend_cpu_set_threadpool")(r.backends.back(), p);
+        }
+    };
 
     ggml_backend_sched_t live() const {
         if (!sched) throw std::runtime_error("this runtime was abandoned at exit");
@@ -231,6 +182,7 @@ struct Runtime {
 };
 
 void register_sched(py::module_ & m) {
+    pthread_atfork(nullptr, nullptr, pools::forget_after_fork);
     py::class_<Buffer, std::shared_ptr<Buffer>>(m, "BackendBuffer", "A ggml backend buffer (ggml_backend_buffer_t).")
         .def_property_readonly("size", [](const Buffer & b) { return ggml_backend_buffer_get_size(b.live()); })
         .def_property_readonly("name", [](const Buffer & b) { return std::string(ggml_backend_buffer_name(b.live())); })
@@ -250,16 +202,28 @@ void register_sched(py::module_ & m) {
         .def_readonly("n_reserve", &Runtime::n_reserve, "How many times reserve() has run.")
         .def("set_threadpool", [](Runtime & r, bool on) {
             r.live();  // raises once abandoned
-            r.set_threadpool(on);
-        }, py::arg("on"), "Keep the CPU worker threads alive between graph computes (for profiling).")
+            r.keep_threads = on;
+        }, py::arg("on"), "Run each compute on a CPU threadpool that outlives it (shared by the process's runtimes, "
+           "one per compute running at once) instead of starting threads for every CPU split.")
         .def("abandon", [](Runtime & r) {
             // At exit, an RPC server may already be gone, and ggml's RPC client aborts the process
             // when a free cannot reach it; the server frees a client's buffers when it disconnects.
             r.sched = nullptr;
             r.backends.clear();
-            r.pool = nullptr;
             for (auto & b : r.buffers) b->buf = nullptr;  // the weight buffers it keeps alive, too
         }, "Forget the scheduler and backends without freeing them (at exit, for RPC).")
+        .def("release", [](Runtime & r, std::shared_ptr<Buffer> b) {
+            auto it = std::find(r.buffers.begin(), r.buffers.end(), b);
+            if (it == r.buffers.end()) throw std::invalid_argument("release: the buffer is not one of this runtime's");
+            r.idle();
+            r.buffers.erase(it);
+            // handles to its tensors that outlive it find no memory (check_live) rather than freed memory
+            if (b->ctx)
+                for (ggml_tensor * t = ggml_get_first_tensor(b->ctx->ctx); t; t = ggml_get_next_tensor(b->ctx->ctx, t))
+                    t->data = nullptr, t->buffer = nullptr;
+            if (b->buf) ggml_backend_buffer_free(b->buf);
+            b->buf = nullptr;
+        }, py::arg("buffer"), "Free a buffer that alloc_tensors made (a program's constants) and forget it.")
         .def("alloc_tensors", [](Runtime & r, std::shared_ptr<Context> ctx, int i) {
             auto buft = ggml_backend_get_default_buffer_type(r.backend(i));
             ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx->ctx, buft);
@@ -371,6 +335,7 @@ void register_sched(py::module_ & m) {
             {
                 SigintGuard guard(interruptible, r.interrupted);
                 py::gil_scoped_release nogil;
+                Runtime::Threads threads(r);
                 st = ggml_backend_sched_graph_compute(r.live(), g.g);
                 stopped_by_sigint = r.interrupted.exchange(false);
             }
@@ -387,8 +352,8 @@ void register_sched(py::module_ & m) {
             return st == GGML_STATUS_SUCCESS;
         }, py::arg("graph"), py::arg("interruptible") = false,
            "Run the graph with the GIL released. Returns False if the eval callback stopped it. With "
-           "interruptible (main thread only), SIGINT stops the CPU backend at its next node and the "
-           "Python handler runs (KeyboardInterrupt).")
+           "interruptible (main thread only), SIGINT stops the CPU backend at its next node (oneDNN at its "
+           "next product) and the Python handler runs (KeyboardInterrupt).")
         .def("set_eval_callback", [](Runtime & r, std::optional<std::function<bool(Tensor, bool)>> cb) {
             if (cb) {
                 r.eval_cb = *cb;

@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 
 def compile(graph: Graph, backend: str = "cpu", *, n_threads: int | None = None, precision: str = "f32",
-            weights=None, strict: bool = False):
+            weights=None, strict: bool = False, max_programs: int | None = None):
     """Compile a graph for a backend; calling the result with NumPy inputs returns NumPy outputs.
 
     Args:
@@ -38,12 +38,15 @@ def compile(graph: Graph, backend: str = "cpu", *, n_threads: int | None = None,
             ggml's f16 fast paths.
         weights: a mapping name -> array to bind now (or call .load_weights later).
         strict: raise if the scheduler would move any node off the first device (no CPU fallback).
+        max_programs: how many input-shape programs a ggml executor keeps (least recently used
+            freed first; default backends.ggml.MAX_PROGRAMS).
     """
     if backend == "reference":
         from .backends.reference import ReferenceExecutor
         return ReferenceExecutor(graph, weights)
     from .backends.ggml import GGMLExecutor
-    return GGMLExecutor(graph, backend, n_threads=n_threads, precision=precision, weights=weights, strict=strict)
+    kw = {} if max_programs is None else {"max_programs": max_programs}
+    return GGMLExecutor(graph, backend, n_threads=n_threads, precision=precision, weights=weights, strict=strict, **kw)
 
 
 def devices() -> list[dict]:

@@ -127,7 +127,7 @@ class Runtime:
         """
     def compute(self, graph: Graph, interruptible: bool = False) -> bool:
         """
-        Run the graph with the GIL released. Returns False if the eval callback stopped it. With interruptible (main thread only), SIGINT stops the CPU backend at its next node and the Python handler runs (KeyboardInterrupt).
+        Run the graph with the GIL released. Returns False if the eval callback stopped it. With interruptible (main thread only), SIGINT stops the CPU backend at its next node (oneDNN at its next product) and the Python handler runs (KeyboardInterrupt).
         """
     def ensure_capacity(self, n: typing.SupportsInt | typing.SupportsIndex) -> None:
         """
@@ -149,6 +149,10 @@ class Runtime:
         """
         Place tensor t at offset bytes inside buffer b (zero copy).
         """
+    def release(self, buffer: BackendBuffer) -> None:
+        """
+        Free a buffer that alloc_tensors made (a program's constants) and forget it.
+        """
     def reserve(self, graph: Graph) -> None:
         """
         Size the compute buffers for this graph (once per set of input shapes).
@@ -169,7 +173,7 @@ class Runtime:
         """
     def set_threadpool(self, on: bool) -> None:
         """
-        Keep the CPU worker threads alive between graph computes (for profiling).
+        Run each compute on a CPU threadpool that outlives it (shared by the process's runtimes, one per compute running at once) instead of starting threads for every CPU split.
         """
     def supports_op(self, backend: typing.SupportsInt | typing.SupportsIndex, tensor: Tensor) -> bool:
         """

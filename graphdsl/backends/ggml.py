@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ from graphdsl import dtypes as dt
 
 from . import onednn
 from .devices import MAX_THREADS, check_threads, devices, resolve_devices  # noqa: F401 - re-exported
-from .ggml_lower import LOWERING, STRIDED_OK, Lowering, ne_of, packed
+from .ggml_lower import LOWERING, STRIDED_OK, Lowering, check_lowered, ids_check, ne_of, packed
 from .weights import check_inputs, check_weights, const_value
 
 
@@ -42,6 +43,7 @@ def _abandon_rpc_at_exit() -> None:
 # First guesses for the lowering's context and the scheduler; both grow when a graph needs more.
 TENSORS_PER_NODE, CONTEXT_SLACK = 8, 64  # most ops lower to a few ggml tensors; concat of n to n - 1
 SCHED_MIN_SIZE = 8192
+MAX_PROGRAMS = 32  # programs (input-shape sets) an executor keeps; the least recently used goes first
 
 
 @dataclass
@@ -75,6 +77,10 @@ class GGMLExecutor:
             weight's dot type (f16, bf16, q8_0, q8_K), as ggml's CPU mul_mat does; see the README.
         weights: optional weights to bind now (see load_weights).
         strict: raise instead of letting the scheduler move nodes to a fallback backend.
+        max_programs: how many lowered programs (one per set of input shapes and capture list) to
+            keep; past it the least recently used one is freed (its ggml contexts and constants)
+            and lowered again if its shapes come back. Each costs host memory in proportion to
+            the graph's size.
 
     One executor holds one scheduler and one set of compute buffers, so calls are serialised by
     `self.lock` (a re-entrant lock): threads may share an executor, and run one at a time. On the
@@ -82,11 +88,15 @@ class GGMLExecutor:
     """
 
     def __init__(self, graph, backend: str = "cpu", *, n_threads: int | None = None,
-                 precision: str = "f32", weights: Mapping[str, object] | None = None, strict: bool = False):
+                 precision: str = "f32", weights: Mapping[str, object] | None = None, strict: bool = False,
+                 max_programs: int = MAX_PROGRAMS):
         missing = sorted({n.op for n in graph.nodes if n.op not in ("input", "weight")} - set(LOWERING))
         if missing:
             raise ValueError(f"ggml backend: no lowering for ops {missing}")
         Lowering(None, precision)  # validates the policy name
+        if isinstance(max_programs, bool) or not isinstance(max_programs, (int, np.integer)) or max_programs < 1:
+            raise ValueError(f"max_programs must be an integer >= 1, got {max_programs!r}")
+        self.max_programs = int(max_programs)
         self.graph = graph
         self.precision = precision
         self.strict = strict
@@ -105,7 +115,7 @@ class GGMLExecutor:
         self._remote = any(n.startswith("RPC") for n in self.device_names)
         if self._remote:
             _RPC_HANDLES.add(self.runtime)
-        self._programs: dict[tuple, Program] = {}
+        self._programs: OrderedDict[tuple, Program] = OrderedDict()  # least recently used first
         self._wctx = None
         self._wtensors: dict[str, object] = {}
         self._wbuffer = None
@@ -187,6 +197,7 @@ class GGMLExecutor:
         key = (tuple(sorted(shapes.items())), tuple(capture))
         prog = self._programs.get(key)
         if prog is not None:
+            self._programs.move_to_end(key)
             return prog
         graph = self.graph
         if any(graph.inputs[k].shape != s for k, s in shapes.items()):
@@ -214,7 +225,19 @@ class GGMLExecutor:
         self.runtime.reserve(cgraph)
         self._allocated = None  # reserving dropped the previous allocation
         self._programs[key] = prog
+        while len(self._programs) > self.max_programs:
+            self._evict(self._programs.popitem(last=False)[1])
         return prog
+
+    def _evict(self, prog: Program) -> None:
+        """Forget a program: its contexts go with the last reference, its constants' buffer here."""
+        if self._allocated is prog:
+            self.runtime.reset()
+            self._allocated = None
+        if self.last_program is prog:
+            self.last_program = None
+        if prog.const_buffer is not None:
+            self.runtime.release(prog.const_buffer)  # the runtime keeps every buffer it allocates
 
     def _lower(self, graph, live, wanted, n_tensors: int) -> Program:
         ctx = _ggml.Context(n_tensors)
@@ -236,13 +259,13 @@ class GGMLExecutor:
                 args = [vals[id(i)] if i.op == "weight" or node.op in STRIDED_OK else L.cont(vals[id(i)])
                         for i in node.inputs]
                 if node.op == "get_rows":
-                    id_checks.append(_ids_check(node))
+                    id_checks.append(ids_check(node))
                 try:
                     t = LOWERING[node.op](L, node, *args)
                 except ValueError as e:
                     raise ValueError(f"[{node.op}] node '{node.name}': {e}") from None
                 t.name = node.name[:63]
-                _check_lowered(node, t)
+                check_lowered(node, t)
             vals[id(node)] = t
             tensors[node.name] = t
         outputs = {}
@@ -369,28 +392,3 @@ class GGMLExecutor:
                        else "scheduler placed it next to its inputs")
             out[name] = (names[i], why)
         return out
-
-
-def _ids_check(node):
-    """Ids must be in range before ggml sees them (its get_rows asserts). Inputs are checked per run."""
-    table, ids = node.inputs
-    if ids.op == "input":
-        return (ids.name, table.shape[0])
-    if ids.op == "const":  # known now: checked once, here
-        v = const_value(ids)
-        if v.min() < 0 or v.max() >= table.shape[0]:
-            raise ValueError(f"[get_rows] node '{node.name}': constant ids '{ids.name}' must lie in "
-                             f"[0, {table.shape[0]}), got [{v.min()}, {v.max()}]")
-        return None
-    if ids.op == "argmax" and ids.inputs[0].shape[-1] <= table.shape[0]:
-        return None
-    raise ValueError(f"[get_rows] node '{node.name}': ids must come from a graph input (checked at run "
-                     f"time), a constant or an argmax over at most {table.shape[0]} columns")
-
-
-def _check_lowered(node, t):
-    """The lowering must produce exactly the node's shape and type (catches axis-order slips)."""
-    expect = ne_of(node.shape)
-    if list(t.ne) != expect or t.type != node.dtype.ggml_type:
-        raise AssertionError(f"lowering of {node.op} '{node.name}' gave ne={list(t.ne)} type={t.type}, "
-                             f"expected ne={expect} type={node.dtype.ggml_type}")

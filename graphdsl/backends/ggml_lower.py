@@ -17,6 +17,8 @@ from graphdsl import _ggml
 from graphdsl import dtypes as dt
 from graphdsl.ops.rope import GGML_ROPE_TYPE
 
+from .weights import const_value
+
 G = _ggml.ops
 _DTYPE_OF = {d.ggml_type: d for d in dt.DTYPES.values()}
 PRECISIONS = ("f32", "fast")
@@ -322,3 +324,28 @@ def _const(L, node, *shape_only):
     """A leaf tensor in L's context; the executor uploads the value once per program (ggml.py).
     The node's inputs only gave its shape, so nothing is computed from them."""
     return L.ctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), node.name[:63])
+
+
+def ids_check(node):
+    """Ids must be in range before ggml sees them (its get_rows asserts). Inputs are checked per run."""
+    table, ids = node.inputs
+    if ids.op == "input":
+        return (ids.name, table.shape[0])
+    if ids.op == "const":  # known now: checked once, here
+        v = const_value(ids)
+        if v.min() < 0 or v.max() >= table.shape[0]:
+            raise ValueError(f"[get_rows] node '{node.name}': constant ids '{ids.name}' must lie in "
+                             f"[0, {table.shape[0]}), got [{v.min()}, {v.max()}]")
+        return None
+    if ids.op == "argmax" and ids.inputs[0].shape[-1] <= table.shape[0]:
+        return None
+    raise ValueError(f"[get_rows] node '{node.name}': ids must come from a graph input (checked at run "
+                     f"time), a constant or an argmax over at most {table.shape[0]} columns")
+
+
+def check_lowered(node, t):
+    """The lowering must produce exactly the node's shape and type (catches axis-order slips)."""
+    expect = ne_of(node.shape)
+    if list(t.ne) != expect or t.type != node.dtype.ggml_type:
+        raise AssertionError(f"lowering of {node.op} '{node.name}' gave ne={list(t.ne)} type={t.type}, "
+                             f"expected ne={expect} type={node.dtype.ggml_type}")
