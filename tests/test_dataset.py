@@ -320,3 +320,17 @@ def test_a_version_1_output_is_refused_with_force_named(setup, tmp_path):
         embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1)
     assert embed_dataset(setup["imgs"], out, mmproj=setup["mmproj"], shard_size=2, n_threads=1,
                          restart=True)["n_shards"] == 3
+
+
+def test_remove_strays_takes_a_killed_runs_temporary_files_and_nothing_else(tmp_path):
+    """kill -9 while the manifest or the failure list is being replaced leaves its temporary file; a
+    resume (the folder's lock held) removes it with the shard temporaries, and touches no other name."""
+    from graphdsl.dataset import integrity
+    ours = [".part-00003.parquet.0c7d7855.tmp.parquet", "._manifest.json.0c7d7855.tmp.json",
+            "._failed.jsonl.a1b2c3d4.tmp.jsonl", "part-00009.parquet"]
+    theirs = ["_manifest.json", "part-00000.parquet", ".notes.0c7d7855.tmp.json", "keep.txt"]
+    for name in ours + theirs:
+        (tmp_path / name).write_bytes(b"x")
+    gone = integrity.remove_strays(tmp_path, keep={"part-00000.parquet"})
+    assert sorted(gone) == sorted(ours)
+    assert sorted(os.listdir(tmp_path)) == sorted(theirs)

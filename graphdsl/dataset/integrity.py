@@ -20,8 +20,9 @@ import warnings
 from pathlib import Path
 
 MODEL_KEYS = ("mmproj", "text_model", "tokenizer")
-# fileio's temporary name for OUT/part-NNNNN.parquet while it is being written
-_TEMP = re.compile(r"^\.part-\d{5,}\.parquet\.[0-9a-f]{8}\.tmp\.parquet$")
+# fileio's temporary names for a shard, the manifest and the failure list while they are written (a
+# run killed then leaves one behind; the folder's lock says no live run is writing it now)
+_TEMP = re.compile(r"^\.(part-\d{5,}\.parquet|_manifest\.json|_failed\.jsonl)\.[0-9a-f]{8}\.tmp\.(parquet|json|jsonl)$")
 
 
 class DamagedShardWarning(UserWarning):
@@ -116,8 +117,8 @@ def verified(out: Path, entries: list[dict]) -> dict[int, dict]:
 
 
 def remove_strays(out: Path, keep: set[str]) -> list[str]:
-    """Delete what a stopped or killed run left in `out`: temporary shard files, and shard files the
-    manifest does not list (`keep`). Only names this package writes are touched."""
+    """Delete what a stopped or killed run left in `out`: temporary files (shards, manifest, failure
+    list), and shard files the manifest does not list (`keep`). Only names this package writes are touched."""
     gone = []
     for name in os.listdir(out):
         if _TEMP.match(name) or (re.fullmatch(r"part-\d{5,}\.parquet", name) and name not in keep):
