@@ -33,7 +33,7 @@ from . import registry
 from .common import select_weights
 from .registry import ARCHS, Arch
 
-_SKIP = {"common", "registry"}
+_SKIP = {"common", "registry", "settings"}
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _SKIP):
     importlib.import_module(f"{__name__}.{_m}")
 from . import clip, siglip, text, whisper_enc  # noqa: E402 - the names, for users
