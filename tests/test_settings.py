@@ -11,15 +11,33 @@ from graphdsl.models import registry
 from graphdsl.models import settings as st
 
 CASES = [(a.name, t) for a in registry.ARCHS.values() for t in a.hf_model_types]
+# Archs whose declarations are not written yet (issue 23): their test is an expected failure that
+# lists the undeclared fields, and turns into a failure (strict) once they are all declared.
+PENDING = {"clip", "llava", "clip_vision_model", "llava_next", "mllama", "llava/pixtral", "mistral3", "pixtral",
+           "qwen2_vl", "qwen2_5_vl", "siglip", "siglip_vision_model", "gemma3", "bert", "whisper", "voxtral",
+           "phi4_multimodal_audio"}
+# A checkpoint with several encoders: the sub-config (and feature extractor) of the companion arch
+# whose declarations are pending are left to it.
+COMPANION = {"phi4_multimodal": ("audio_config.", "Phi4MultimodalFeatureExtractor")}
 
 
-@pytest.mark.parametrize("arch,model_type", CASES, ids=[t for _, t in CASES])
+def _cases():
+    return [pytest.param(a, t, id=t, marks=pytest.mark.xfail(strict=True, reason="declarations pending (issue 23)")
+                         if t in PENDING else ()) for a, t in CASES]
+
+
+@pytest.mark.parametrize("arch,model_type", _cases())
 def test_every_hf_field_is_declared(arch, model_type):
     """The HF config (sub-configs included) and image processor / feature extractor of the model
     type, at their defaults: each field has a declaration; the failure lists the undeclared ones."""
     cfg, procs = hf_classes(model_type.split("/")[0])
     a = registry.ARCHS[arch]
-    missing = [f"config.json: {p}" for p in st.undeclared(a.settings, "config", st.leaves(cfg.to_dict()))]
+    fields = st.leaves(cfg.to_dict())
+    sub, fe = COMPANION.get(model_type, (None, None))
+    if sub:
+        fields = {k: v for k, v in fields.items() if not k.startswith(sub)}
+        procs = [p for p in procs if type(p).__name__ != fe]
+    missing = [f"config.json: {p}" for p in st.undeclared(a.settings, "config", fields)]
     missing += [f"preprocessor_config.json: {p}"
                 for p in st.undeclared(a.settings, "processor", processor_fields(procs))]
     assert not missing, f"{arch} ({model_type}) declares nothing for: " + ", ".join(missing)
