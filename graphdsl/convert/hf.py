@@ -40,7 +40,7 @@ def prepare_all(hf_dir: str) -> list[tuple[str, list[tuple[str, object]], dict[s
         config = arch.extra["hf_dir"](config, hf_dir)
     archs = [arch, *(registry.ARCHS[n] for n in arch.extra.get("companions", ()))]
     for a in archs:  # refuse what graphdsl cannot honour before reading any weight
-        settings.apply(a, {"config": config, "processor": pre}, [], hf_dir, check_written=False)
+        settings.refuse(a, {"config": config, "processor": pre}, hf_dir)
     cfgs = [a.config_from_hf(config) for a in archs]  # a two-tower CLIP/SigLIP config gives its vision tower
     sd = load_weights()  # read once the configs were checked
     return [_prepare(a, c, config, sd, pre, model_type, hf_dir) for a, c in zip(archs, cfgs)]

@@ -192,10 +192,9 @@ def default_of(s: Setting, cfg: Any) -> Any:
     return s.default(cfg) if callable(s.default) else s.default
 
 
-def apply(arch, checkpoint: Mapping[str, Mapping], kv: list[tuple[str, object]], where: str = "", *,
-          cfg: Any = None, check_written: bool = True) -> list:
-    """Convert-time: refuse what the arch cannot honour, then add every carried processor field to
-    ``kv`` (its value, else HF's default) and check that every carried config field was written.
+def refuse(arch, checkpoint: Mapping[str, Mapping], where: str = "") -> None:
+    """ValueError naming the file, the field and the value for the first setting of ``arch`` that
+    the checkpoint gives a value graphdsl cannot honour.
 
     checkpoint: {"config": config.json, "processor": preprocessor_config.json (or {})}."""
     for s in arch.settings:
@@ -205,6 +204,14 @@ def apply(arch, checkpoint: Mapping[str, Mapping], kv: list[tuple[str, object]],
         if v is not MISSING and s.refuse(v, checkpoint):
             raise ValueError(f"convert: {where + '/' if where else ''}{FILES[s.source]}: {s.path}={v!r} is not "
                              f"supported by graphdsl ({arch.name}): {s.reason}")
+
+
+def apply(arch, checkpoint: Mapping[str, Mapping], kv: list[tuple[str, object]], where: str = "", *,
+          cfg: Any = None) -> list:
+    """Convert-time: ``refuse``, then ``kv`` with every carried processor field added (its value,
+    else HF's default; ``cfg``: the arch's model config, for defaults that follow it), after
+    checking that every carried config field was written by the arch's ``config_to_gguf``."""
+    refuse(arch, checkpoint, where)
     out = dict(kv)
     for s in arch.settings:
         if s.carry is None:
@@ -212,7 +219,7 @@ def apply(arch, checkpoint: Mapping[str, Mapping], kv: list[tuple[str, object]],
         if s.source == "processor":
             v = lookup(checkpoint.get("processor"), s.path)
             out[s.carry] = _encode(s, default_of(s, cfg) if v is MISSING else v)
-        elif check_written and s.carry not in out:
+        elif s.carry not in out:
             raise RuntimeError(f"{arch.name}: config field {s.path} is declared carried as {s.carry}, "
                                "which config_to_gguf did not write")
     return list(out.items())
