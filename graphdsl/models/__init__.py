@@ -67,8 +67,13 @@ class Mmproj:
         if arch.image is None:
             raise ValueError(f"{self.path}: the {arch.name} architecture declares no image pre-processing")
         v = self.config.vision
-        kw = {**getattr(self.vision, "image_kw", {}), **kw}  # what the block fixes (pixtral: patch * merge)
-        return arch.image.config(self.vision.cfg.image_size, v.image_mean, v.image_std, **kw)
+        from .settings import image_kw
+        carried = image_kw(arch, self)  # the checkpoint's processor settings the file carries
+        mean, std = carried.pop("mean", v.image_mean), carried.pop("std", v.image_std)
+        image = registry.ImagePreprocess(carried.pop("mode"), arch.image.mean, arch.image.std) if "mode" in carried \
+            else arch.image
+        kw = {**getattr(self.vision, "image_kw", {}), **carried, **kw}  # what the block fixes (pixtral: patch * merge)
+        return image.config(self.vision.cfg.image_size, mean, std, **kw)
 
 
 def arch_for(mmproj_config, section: str) -> Arch:

@@ -41,7 +41,7 @@ class Setting:
     Attributes:
         source: "config" (config.json) or "processor" (preprocessor_config.json).
         path: dotted path of the field; ``x.*`` for every field under ``x``.
-        carry: the GGUF key holding the value.
+        carry: the GGUF key holding the value ("tensor NAME": told by a tensor's presence).
         refuse: ``(value, checkpoint) -> bool``, true for a value graphdsl cannot honour;
             ``checkpoint`` is ``{"config": config.json, "processor": preprocessor_config.json}``.
         irrelevant: why the value does not change the output.
@@ -119,7 +119,7 @@ COMMON_CONFIG = {k: _GENERIC for k in (
 COMMON_CONFIG.update({k: "a token id of the decoder's prompt: the embeddings are the same whatever it is"
                       for k in ("image_token_id", "image_token_index", "video_token_id", "audio_token_id",
                                 "audio_token_index", "vision_start_token_id", "vision_end_token_id",
-                                "vision_token_id", "boi_token_index", "eoi_token_index", "mm_tokens_per_image")})
+                                "vision_token_id", "boi_token_index", "eoi_token_index")})
 # Fields of every HF image processor / feature extractor.
 COMMON_PROCESSOR = {
     "image_processor_type": "names the class, which the checkpoint's model_type already picks",
@@ -200,7 +200,7 @@ def refuse(arch, checkpoint: Mapping[str, Mapping], where: str = "") -> None:
     for s in arch.settings:
         if s.refuse is None:
             continue
-        v = lookup(checkpoint.get(s.source), s.path)
+        v = lookup(view(checkpoint.get(s.source) or {}) if s.source == "config" else checkpoint.get(s.source), s.path)
         if v is not MISSING and s.refuse(v, checkpoint):
             raise ValueError(f"convert: {where + '/' if where else ''}{FILES[s.source]}: {s.path}={v!r} is not "
                              f"supported by graphdsl ({arch.name}): {s.reason}")
@@ -219,7 +219,8 @@ def apply(arch, checkpoint: Mapping[str, Mapping], kv: list[tuple[str, object]],
         if s.source == "processor":
             v = lookup(checkpoint.get("processor"), s.path)
             out[s.carry] = _encode(s, default_of(s, cfg) if v is MISSING else v)
-        elif s.carry not in out:
+        elif s.carry not in out and not s.carry.startswith("tensor ") and \
+                lookup(view(checkpoint.get("config") or {}), s.path) is not MISSING:
             raise RuntimeError(f"{arch.name}: config field {s.path} is declared carried as {s.carry}, "
                                "which config_to_gguf did not write")
     return list(out.items())
@@ -277,3 +278,62 @@ def vit_config(prefix: str = "vision_config.", channels: bool = True) -> tuple[S
 def decoder(prefix: str = "text_config.*") -> Setting:
     return irrelevant("config", prefix, "the language model's: the encoder's rows do not depend on it (its width "
                       "is the projector's output, read from the projector's weights)")
+
+
+STANDALONE = {"clip_vision_model": "vision_config", "siglip_vision_model": "vision_config", "pixtral": "vision_config",
+              "phi4_multimodal_audio": "audio_config"}
+
+
+def view(config: Mapping) -> Mapping:
+    """A tower's own config.json (CLIPVisionConfig ...) seen as the sub-config the declarations name."""
+    sub = STANDALONE.get(str(config.get("model_type", "")))
+    return {sub: config} if sub and sub not in config else config
+
+
+_TOWER = "graphdsl resizes to the tower's vision_config.image_size"
+
+
+def _not_tower(v, checkpoint) -> bool:
+    tower = lookup(view(checkpoint.get("config") or {}), "vision_config.image_size")
+    return tower is not MISSING and v != tower
+
+
+def image_processor(mode: str, mean, std, resample, pad: bool | None = None) -> tuple[Setting, ...]:
+    """An ``ImageConfig`` arch's processor fields (CLIP's shortest edge + centre crop, SigLIP's
+    square resize): the resample filter, rescale, normalization, mean/std and LLaVA's pad to
+    square carried (``image_kw`` reads them back); the sizes refused unless they are the tower's."""
+    from gguf import Keys
+    V, P = Keys.ClipVision, "graphdsl.vision."
+    out = [carried("processor", "resample", P + "resample", resample, to_gguf=int),
+           carried("processor", "do_rescale", P + "do_rescale", True),
+           carried("processor", "rescale_factor", P + "rescale_factor", 1 / 255),
+           carried("processor", "do_normalize", P + "do_normalize", True),
+           carried("processor", "image_mean", V.IMAGE_MEAN, list(mean)),
+           carried("processor", "image_std", V.IMAGE_STD, list(std)),
+           unless("processor", "do_convert_rgb", True, "graphdsl always converts images to RGB"),
+           unless("processor", "do_resize", True, _TOWER)]
+    if mode == "clip":
+        out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER)
+                for p in ("size.shortest_edge", "crop_size.height", "crop_size.width")]
+        out.append(unless("processor", "do_center_crop", True, "graphdsl centre-crops to the tower's size"))
+    else:
+        out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER) for p in ("size.height", "size.width")]
+    if pad is not None:
+        out.append(carried("processor", "do_pad", P + "do_pad", pad))
+    return tuple(out)
+
+
+def image_kw(arch, mmproj) -> dict:
+    """``ImagePreprocess.config`` keywords from a file's carried ``image_processor`` settings:
+    resample, rescale_factor, mean/std (0 / 1 without normalization) and "pad" mode."""
+    got = read(arch, mmproj.config.file, mmproj.vision.cfg)
+    if "resample" not in got:
+        return {}
+    kw = {"resample": int(got["resample"]), "rescale_factor": float(got["rescale_factor"]) if got["do_rescale"] else 1.0,
+          "mean": tuple(got["image_mean"]), "std": tuple(got["image_std"])}
+    if got.get("do_pad"):
+        kw["mode"] = "pad"
+        kw["pad_color"] = tuple(int(m * 255) for m in kw["mean"])  # HF's LLaVA pads with the mean colour, always
+    if not got["do_normalize"]:
+        kw["mean"], kw["std"] = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return kw
