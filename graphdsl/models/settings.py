@@ -213,12 +213,16 @@ def apply(arch, checkpoint: Mapping[str, Mapping], kv: list[tuple[str, object]],
     checking that every carried config field was written by the arch's ``config_to_gguf``."""
     refuse(arch, checkpoint, where)
     out = dict(kv)
-    for s in arch.settings:
+    given = set()  # a key two fields carry (Qwen2-VL's size.shortest_edge and older min_pixels): the
+    for s in arch.settings:  # value the checkpoint gives wins over a default, the later field over the earlier
         if s.carry is None:
             continue
         if s.source == "processor":
             v = lookup(checkpoint.get("processor"), s.path)
-            out[s.carry] = _encode(s, default_of(s, cfg) if v is MISSING else v)
+            if v is not MISSING or s.carry not in given:
+                out[s.carry] = _encode(s, default_of(s, cfg) if v is MISSING else v)
+            if v is not MISSING:
+                given.add(s.carry)
         elif s.carry not in out and not s.carry.startswith("tensor ") and \
                 lookup(view(checkpoint.get("config") or {}), s.path) is not MISSING:
             raise RuntimeError(f"{arch.name}: config field {s.path} is declared carried as {s.carry}, "
