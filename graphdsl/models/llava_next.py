@@ -48,6 +48,7 @@ from ..inp_embd import shape_guard
 from ..preprocess.anyres import LLAVA_NEXT_PINPOINTS, AnyresConfig, AnyresImage, anyres_images, unpad_crop
 from . import clip
 from .common import VISION_PREFIXES, Block, as_dict, convert_state, file_types, mmproj_config, weight_shapes_of
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 IMAGE_NEWLINE = clip.IMAGE_NEWLINE  # "v.image_newline" (clip-impl.h TN_IMAGE_NEWLINE)
@@ -255,10 +256,28 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 
 def frames(source, mmproj) -> AnyresImage:
     """An image as HF's LlavaNextImageProcessor cuts it, for a file's tower (size and crop = its
-    image_size, its mean/std and pinpoints)."""
-    c, v = mmproj.vision.cfg, mmproj.config.vision
+    image_size, its pinpoints) with the file's carried resample, rescale and normalization."""
+    c = mmproj.vision.cfg
+    kw = settings.image_kw(ARCH, mmproj)
     return anyres_images(source, AnyresConfig(grid_pinpoints=c.grid_pinpoints, size=c.image_size,
-                                              crop_size=c.image_size, mean=tuple(v.image_mean), std=tuple(v.image_std)))
+                                              crop_size=c.image_size, **kw))
+
+
+def _not_the_model_s(v, checkpoint) -> bool:
+    model = settings.lookup(checkpoint.get("config"), "image_grid_pinpoints")
+    want = LLAVA_NEXT_PINPOINTS if model is settings.MISSING else model
+    return [list(p) for p in v] != [list(p) for p in want]
+
+
+SETTINGS = (
+    *(s for s in clip.SETTINGS if s.path != "do_pad"),  # LLaVA's pad to square; LLaVA-NeXT's do_pad is not it
+    settings.carried("config", "image_grid_pinpoints", KEY_PINPOINTS),
+    settings.Setting("processor", "image_grid_pinpoints", refuse=_not_the_model_s,
+                     reason="the processor's grids must be the model's config.json image_grid_pinpoints, which "
+                            "graphdsl uses for both"),
+    settings.irrelevant("processor", "do_pad", "pads a batch's images to the same number of tiles, which the "
+                        "model drops: an image's rows do not change"),
+)
 
 
 ARCH = register(Arch(
@@ -266,7 +285,7 @@ ARCH = register(Arch(
     hf_to_gguf, projectors=("mlp",), hf_model_types=("llava_next",),
     claims=lambda m: IMAGE_NEWLINE in m.shapes or "model.image_newline" in m.shapes,
     image=ImagePreprocess("siglip", clip.CLIP_MEAN, clip.CLIP_STD),  # the base view: a square resize
-    frames=frames,
+    frames=frames, settings=SETTINGS,
     examples=(LlavaNextConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2,
                               feature_layer=(2,), n_mm_embd=48, mm_act="gelu_erf",
                               grid_pinpoints=((32, 64), (64, 32), (64, 64), (96, 32))),)))
