@@ -38,6 +38,10 @@ def hf_classes(model_type: str):
     from transformers import AutoConfig
     from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    if model_type == "llava/pixtral":  # LLaVA around a Pixtral tower: Pixtral's processor
+        from transformers import LlavaConfig, PixtralImageProcessorPil, PixtralVisionConfig
+        return LlavaConfig(vision_config=PixtralVisionConfig()), [PixtralImageProcessorPil()]
+    model_type = model_type.split("/")[0]
     cfg = AutoConfig.for_model(model_type)
     procs = []
     names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)

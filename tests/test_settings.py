@@ -13,7 +13,7 @@ from graphdsl.models import settings as st
 CASES = [(a.name, t) for a in registry.ARCHS.values() for t in a.hf_model_types]
 # Archs whose declarations are not written yet (issue 23): their test is an expected failure that
 # lists the undeclared fields, and turns into a failure (strict) once they are all declared.
-PENDING = {"mllama", "llava/pixtral", "mistral3", "pixtral", "phi4_multimodal_audio"}
+PENDING = {"mllama", "phi4_multimodal_audio"}
 # A checkpoint with several encoders: the sub-config (and feature extractor) of the companion arch
 # whose declarations are pending are left to it.
 COMPANION = {"phi4_multimodal": ("audio_config.", "Phi4MultimodalFeatureExtractor")}
@@ -28,7 +28,7 @@ def _cases():
 def test_every_hf_field_is_declared(arch, model_type):
     """The HF config (sub-configs included) and image processor / feature extractor of the model
     type, at their defaults: each field has a declaration; the failure lists the undeclared ones."""
-    cfg, procs = hf_classes(model_type.split("/")[0])
+    cfg, procs = hf_classes(model_type)
     a = registry.ARCHS[arch]
     fields = st.leaves(st.view(cfg.to_dict()))
     sub, fe = COMPANION.get(model_type, (None, None))
@@ -46,7 +46,7 @@ def test_declared_defaults_are_hf_defaults(arch, model_type):
     """A processor field carried with a fixed default, or refused unless at its default, names
     the default HF's class has (what a file without the key, or a checkpoint without the field,
     is read as)."""
-    cfg, procs = hf_classes(model_type.split("/")[0])
+    cfg, procs = hf_classes(model_type)
     fields = processor_fields(procs)
     a = registry.ARCHS[arch]
     wrong = []

@@ -320,6 +320,8 @@ def image_processor(mode: str, mean, std, resample, pad: bool | None = None) -> 
         out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER)
                 for p in ("size.shortest_edge", "crop_size.height", "crop_size.width")]
         out.append(unless("processor", "do_center_crop", True, "graphdsl centre-crops to the tower's size"))
+    elif mode == "longest":
+        out.append(Setting("processor", "size.longest_edge", refuse=_not_tower, reason=_TOWER))
     else:
         out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER) for p in ("size.height", "size.width")]
     if pad is not None:
