@@ -11,33 +11,22 @@ from graphdsl.models import registry
 from graphdsl.models import settings as st
 
 CASES = [(a.name, t) for a in registry.ARCHS.values() for t in a.hf_model_types]
-# Archs whose declarations are not written yet (issue 23): their test is an expected failure that
-# lists the undeclared fields, and turns into a failure (strict) once they are all declared.
-PENDING = {"phi4_multimodal_audio"}
-# A checkpoint with several encoders: the sub-config (and feature extractor) of the companion arch
-# whose declarations are pending are left to it.
-COMPANION = {"phi4_multimodal": ("audio_config.", "Phi4MultimodalFeatureExtractor")}
+def _settings(a):
+    """An arch's declarations and those of the companion encoders converted from the same checkpoint
+    (Phi-4-multimodal's audio beside its vision)."""
+    return (*a.settings, *(s for n in a.extra.get("companions", ()) for s in registry.ARCHS[n].settings))
 
 
-def _cases():
-    return [pytest.param(a, t, id=t, marks=pytest.mark.xfail(strict=True, reason="declarations pending (issue 23)")
-                         if t in PENDING else ()) for a, t in CASES]
-
-
-@pytest.mark.parametrize("arch,model_type", _cases())
+@pytest.mark.parametrize("arch,model_type", CASES, ids=[t for _, t in CASES])
 def test_every_hf_field_is_declared(arch, model_type):
     """The HF config (sub-configs included) and image processor / feature extractor of the model
     type, at their defaults: each field has a declaration; the failure lists the undeclared ones."""
     cfg, procs = hf_classes(model_type)
     a = registry.ARCHS[arch]
     fields = st.leaves(st.view(cfg.to_dict()))
-    sub, fe = COMPANION.get(model_type, (None, None))
-    if sub:
-        fields = {k: v for k, v in fields.items() if not k.startswith(sub)}
-        procs = [p for p in procs if type(p).__name__ != fe]
-    missing = [f"config.json: {p}" for p in st.undeclared(a.settings, "config", fields)]
+    missing = [f"config.json: {p}" for p in st.undeclared(_settings(a), "config", fields)]
     missing += [f"preprocessor_config.json: {p}"
-                for p in st.undeclared(a.settings, "processor", processor_fields(procs))]
+                for p in st.undeclared(_settings(a), "processor", processor_fields(procs))]
     assert not missing, f"{arch} ({model_type}) declares nothing for: " + ", ".join(missing)
 
 
@@ -50,7 +39,7 @@ def test_declared_defaults_are_hf_defaults(arch, model_type):
     fields = processor_fields(procs)
     a = registry.ARCHS[arch]
     wrong = []
-    for s in a.settings:
+    for s in _settings(a):
         if s.source != "processor" or s.path not in fields or callable(s.default) or s.default is st.MISSING:
             continue
         if not st._same(_plain(fields[s.path]), _plain(s.default)):

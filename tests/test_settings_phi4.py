@@ -56,15 +56,19 @@ def test_dynamic_hd_is_carried(tiny, tmp_path):
     assert wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3
 
 
-@pytest.mark.parametrize("field,pre,shown", [
-    ("size.height", {"size": {"height": 64, "width": 64}}, "=64"),
-    ("do_normalize", {"do_normalize": False}, "=False"),
+@pytest.mark.parametrize("field,pre,shown,arch", [
+    ("size.height", {"size": {"height": 64, "width": 64}}, "=64", "phi4_vision"),
+    ("do_normalize", {"do_normalize": False}, "=False", "phi4_vision"),
+    # the feature extractor's fields sit in the same file (HF: Phi4MultimodalProcessor)
+    ("audio_compression_rate", {"audio_compression_rate": 4}, "=4", "phi4_audio"),
+    ("sampling_rate", {"sampling_rate": 8000}, "=8000", "phi4_audio"),
+    ("feature_size", {"feature_size": 80}, "=80", "phi4_audio"),  # the tiny encoder reads 16 bands
 ])
-def test_refused_settings_stop_convert(tiny, tmp_path, field, pre, shown):
+def test_refused_settings_stop_convert(tiny, tmp_path, field, pre, shown, arch):
     need_torch()
     _, model = tiny
     out = tmp_path / "m.gguf"
     r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "convert", str(_folder(tmp_path, model, pre)), "-o",
                         str(out)], capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode != 0 and not out.exists()
-    assert f"preprocessor_config.json: {field}{shown} is not supported by graphdsl (phi4_vision)" in r.stderr, r.stderr
+    assert f"preprocessor_config.json: {field}{shown} is not supported by graphdsl ({arch})" in r.stderr, r.stderr
