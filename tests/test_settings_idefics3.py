@@ -29,16 +29,30 @@ CASES = {  # processor settings -> the keys carrying them (each dropped once: HF
 }
 
 
+def smolvlm_tiny(seed=0):
+    """SmolVLMForConditionalGeneration with idefics3_tiny's sizes (a SmolVLM checkpoint's classes)."""
+    torch = need_torch()
+    from hf_refs import randomize, tiny_llama
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+    from transformers.models.smolvlm.configuration_smolvlm import SmolVLMVisionConfig
+    torch.manual_seed(seed)
+    vc = SmolVLMVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2,
+                             image_size=32, patch_size=4)
+    cfg = SmolVLMConfig(vision_config=vc, text_config=tiny_llama(), scale_factor=2, attn_implementation="eager")
+    return cfg, randomize(SmolVLMForConditionalGeneration(cfg), seed)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return idefics3_tiny()
 
 
-def _folder(tmp_path, model, pre: dict, as_processor: bool = False):
-    from transformers import Idefics3ImageProcessorPil
+def _folder(tmp_path, model, pre: dict, as_processor: bool = False, smolvlm: bool = False):
+    from transformers import Idefics3ImageProcessorPil, SmolVLMImageProcessorPil
     folder = tmp_path / "hf"
     model.save_pretrained(folder)
-    proc = Idefics3ImageProcessorPil(**{"max_image_size": {"longest_edge": 32}, "size": {"longest_edge": 128}, **pre})
+    cls = SmolVLMImageProcessorPil if smolvlm else Idefics3ImageProcessorPil
+    proc = cls(**{"max_image_size": {"longest_edge": 32}, "size": {"longest_edge": 128}, **pre})
     if as_processor:  # transformers 5's ProcessorMixin.save_pretrained: processor_config.json only
         (folder / "processor_config.json").write_text(json.dumps({"image_processor": proc.to_dict()}, default=int))
     else:
@@ -95,3 +109,20 @@ def test_refused_settings_stop_convert(tiny, tmp_path, field, pre, shown):
     (folder / "preprocessor_config.json").write_text(json.dumps({**conf, **pre}))
     err = _convert_fails(folder, tmp_path / "m.gguf")
     assert f"preprocessor_config.json: {field}{shown} is not supported by graphdsl (idefics3)" in err, err
+
+
+def test_smolvlm_checkpoint_without_splitting_matches_hf(tmp_path):
+    """The issue's case on SmolVLM's own classes: splitting off gives HF's 16 rows (not 272)."""
+    need_torch()
+    _, model = smolvlm_tiny()
+    folder, proc = _folder(tmp_path, model, {"do_image_splitting": False, "size": {"longest_edge": 64}},
+                           smolvlm=True)
+    img = tmp_path / "i.png"
+    _image().save(img)
+    ref = _hf_features(model, proc(images=[[_image()]], return_tensors="np")["pixel_values"][0])
+    ref = ref.reshape(-1, ref.shape[-1])
+    gguf = tmp_path / "m.gguf"
+    graphdsl("convert", folder, "-o", gguf)
+    got = _embed(gguf, img, tmp_path / "e.npy")
+    assert got.shape == ref.shape == (16, ref.shape[-1])
+    assert rel_err(got, ref) <= BOUND
