@@ -138,11 +138,6 @@ def frames(source, mmproj) -> np.ndarray:
     return idefics3_images(source, image_config(mmproj)).pixel_values
 
 
-def _tile_is_tower(v, checkpoint) -> bool:
-    tower = settings.lookup(checkpoint.get("config"), "vision_config.image_size")
-    return v != (224 if tower is settings.MISSING else tower)  # 224: HF's Idefics3VisionConfig default
-
-
 _P = "graphdsl.idefics3."
 SETTINGS = (
     *settings.vit_config(), settings.decoder(),
@@ -152,7 +147,8 @@ SETTINGS = (
     settings.carried("processor", "do_resize", _P + "do_resize", True),
     settings.carried("processor", "size.longest_edge", Keys.ClipVision.PREPROC_IMAGE_SIZE,
                      lambda c: 4 * c.image_size),  # HF's 1456 is 4 x its 364 tiles; SmolVLM's 4 x 384 / 512
-    settings.Setting("processor", "max_image_size.longest_edge", refuse=_tile_is_tower,
+    settings.Setting("processor", "max_image_size.longest_edge",
+                     refuse=settings.other_than("vision_config.image_size", 224),  # 224: HF's default tower
                      reason="tiles of another size than the tower's vision_config.image_size need HF's "
                             "interpolated patch positions, which graphdsl does not implement"),
     settings.carried("processor", "do_image_splitting", _P + "do_image_splitting", True),

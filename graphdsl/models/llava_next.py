@@ -263,16 +263,11 @@ def frames(source, mmproj) -> AnyresImage:
                                               crop_size=c.image_size, **kw))
 
 
-def _not_the_model_s(v, checkpoint) -> bool:
-    model = settings.lookup(checkpoint.get("config"), "image_grid_pinpoints")
-    want = LLAVA_NEXT_PINPOINTS if model is settings.MISSING else model
-    return [list(p) for p in v] != [list(p) for p in want]
-
-
 SETTINGS = (
     *(s for s in clip.SETTINGS if s.path != "do_pad"),  # LLaVA's pad to square; LLaVA-NeXT's do_pad is not it
     settings.carried("config", "image_grid_pinpoints", KEY_PINPOINTS),
-    settings.Setting("processor", "image_grid_pinpoints", refuse=_not_the_model_s,
+    settings.Setting("processor", "image_grid_pinpoints",
+                     refuse=settings.other_than("image_grid_pinpoints", LLAVA_NEXT_PINPOINTS),
                      reason="the processor's grids must be the model's config.json image_grid_pinpoints, which "
                             "graphdsl uses for both"),
     settings.irrelevant("processor", "do_pad", "pads a batch's images to the same number of tiles, which the "

@@ -337,11 +337,6 @@ def _hf_ratios(v, checkpoint) -> bool:
     return [list(p) for p in v] != [[w, h] for w in range(1, n + 1) for h in range(1, n + 1) if w * h <= n]
 
 
-def _not_the_model_s(v, checkpoint) -> bool:
-    n = settings.lookup(checkpoint.get("config"), "vision_config.max_num_tiles")
-    return v != (4 if n is settings.MISSING else n)
-
-
 _V = Keys.ClipVision
 SETTINGS = (
     *(settings.carried("config", "vision_config." + k, key) for k, key in (
@@ -356,7 +351,7 @@ SETTINGS = (
     settings.irrelevant("config", "vision_config.vision_output_dim", "hidden_size x (1 + intermediate layers), "
                         "which config_from_hf checks"),
     settings.decoder(), settings.carried("config", "text_config.hidden_size", _V.PROJECTION_DIM),
-    settings.Setting("processor", "max_image_tiles", refuse=_not_the_model_s,
+    settings.Setting("processor", "max_image_tiles", refuse=settings.other_than("vision_config.max_num_tiles", 4),
                      reason="graphdsl cuts the model's vision_config.max_num_tiles (the aspect-ratio ids "
                             "number that many tiles' ratios)"),
     settings.irrelevant("processor", "do_pad", "pads an image's tiles to max_image_tiles with zero tiles, which "

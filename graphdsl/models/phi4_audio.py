@@ -360,13 +360,6 @@ def features_of(src: Any, mmproj, max_seconds: float | None = None) -> np.ndarra
     return phi4_audio_features(pcm, n_mel=mmproj.audio.cfg.n_mel)
 
 
-def _not_config(field: str, default):
-    def refuse(v, checkpoint) -> bool:
-        c = settings.lookup(settings.view(checkpoint.get("config") or {}), f"audio_config.{field}")
-        return v != (default if c is settings.MISSING else c)
-    return refuse
-
-
 _A, _P = Keys.ClipAudio, "audio_config."
 _BUILT = "graphdsl builds Phi-4's own encoder only (config_from_hf lists what it builds)"
 _MEL = "graphdsl's log-mel is Phi-4's: 16 kHz, 400-sample windows every 160, 512-point FFT, pre-emphasis 0.97"
@@ -378,7 +371,7 @@ SETTINGS = (
         ("time_reduction", "tensor a.conv2d.* (one stride-2 stage per factor 2)"),
         ("kernel_size", "tensor a.conv_dw.*.weight"), ("bias_max_distance", "tensor a.attn_rel_bias.weight"),
         ("nemo_final_size", "tensor a.conv_out.weight (its input width)"))),
-    *(settings.Setting("config", _P + k, refuse=_not_config("hidden_size", 1024), reason="the residuals need "
+    *(settings.Setting("config", _P + k, refuse=settings.other_than(_P + "hidden_size", 1024), reason="the residuals need "
                        "it equal to hidden_size") for k in ("ext_pw_out_channel", "depthwise_separable_out_channel")),
     *(settings.unless("config", _P + k, v, _BUILT) for k, v in (
         ("depthwise_multiplier", 1), ("bias_symmetric", False), ("chunk_size", -1), ("downsample_rate", 1),
@@ -386,11 +379,11 @@ SETTINGS = (
     settings.irrelevant("config", _P + "left_chunk", "the streaming mask's, used only with chunk_size > 0 (refused)"),
     settings.irrelevant("config", _P + "dropout_rate", "training only"),
     settings.irrelevant("config", _P + "feature_layer", "HF's audio embedding stores it but never reads it"),
-    settings.Setting("processor", "feature_size", refuse=_not_config("input_size", 80),
+    settings.Setting("processor", "feature_size", refuse=settings.other_than(_P + "input_size", 80),
                      reason="the log-mel has the encoder's audio_config.input_size bands"),
     *(settings.unless("processor", k, v, _MEL) for k, v in (
         ("sampling_rate", 16000), ("hop_length", 160), ("n_fft", 512), ("win_length", 400), ("preemphasis", 0.97))),
-    settings.Setting("processor", "audio_compression_rate", refuse=_not_config("time_reduction", 8),
+    settings.Setting("processor", "audio_compression_rate", refuse=settings.other_than(_P + "time_reduction", 8),
                      reason="HF keeps ceil(frames / audio_compression_rate) rows, graphdsl the encoder's "
                             "audio_config.time_reduction"),
     settings.unless("processor", "audio_downsample_rate", 1, "the projector does not downsample in graphdsl"),

@@ -295,13 +295,6 @@ def frames(src: Any, mmproj) -> Phi4Image:
                                            mean=tuple(got["image_mean"]), std=tuple(got["image_std"])))
 
 
-def _not_tower(field: str, default: int):
-    def refuse(v, checkpoint) -> bool:
-        tower = settings.lookup(checkpoint.get("config"), f"vision_config.{field}")
-        return v != (default if tower is settings.MISSING else tower)
-    return refuse
-
-
 _CROP = "graphdsl's crops are the tower's vision_config.crop_size (= image_size) squares"
 SETTINGS = (
     *settings.vit_config(),
@@ -316,9 +309,9 @@ SETTINGS = (
     settings.carried("processor", "dynamic_hd", "graphdsl.phi4.dynamic_hd", 36),
     settings.carried("processor", "image_mean", Keys.ClipVision.IMAGE_MEAN, [0.5] * 3),
     settings.carried("processor", "image_std", Keys.ClipVision.IMAGE_STD, [0.5] * 3),
-    settings.Setting("processor", "size.height", refuse=_not_tower("crop_size", 448), reason=_CROP),
-    settings.Setting("processor", "size.width", refuse=_not_tower("crop_size", 448), reason=_CROP),
-    settings.Setting("processor", "patch_size", refuse=_not_tower("patch_size", 14),
+    settings.Setting("processor", "size.height", refuse=settings.other_than("vision_config.crop_size", 448), reason=_CROP),
+    settings.Setting("processor", "size.width", refuse=settings.other_than("vision_config.crop_size", 448), reason=_CROP),
+    settings.Setting("processor", "patch_size", refuse=settings.other_than("vision_config.patch_size", 14),
                      reason="the patch mask is cut by the tower's vision_config.patch_size"),
     settings.unless("processor", "resample", 3, "graphdsl reproduces HF's resizes at their defaults "
                     "(antialiased bilinear crops, bicubic global image)"),

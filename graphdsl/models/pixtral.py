@@ -400,11 +400,6 @@ def _merge_of(checkpoint) -> int:
     return 1 if v is settings.MISSING or settings.lookup(checkpoint.get("config"), "model_type") != "mistral3" else v
 
 
-def _not_tower_patch(v, checkpoint) -> bool:
-    tower = settings.lookup(settings.view(checkpoint.get("config") or {}), "vision_config.patch_size")
-    return v != (16 if tower is settings.MISSING else tower)
-
-
 def _bad_head_dim(v, checkpoint) -> bool:
     c = settings.view(checkpoint.get("config") or {})
     n, h = (settings.lookup(c, f"vision_config.{k}") for k in ("hidden_size", "num_attention_heads"))
@@ -431,9 +426,9 @@ SETTINGS = (
     settings.carried("config", "spatial_merge_size", "tensor mm.patch_merger.merging_layer.weight"),
     settings.irrelevant("config", "image_seq_length", "how many image tokens a LLaVA processor writes in the prompt"),
     *settings.image_processor("longest", CLIP_MEAN, CLIP_STD, 3),
-    settings.Setting("processor", "patch_size.height", refuse=_not_tower_patch,
+    settings.Setting("processor", "patch_size.height", refuse=settings.other_than("vision_config.patch_size", 16),
                      reason="sides are multiples of the tower's vision_config.patch_size"),
-    settings.Setting("processor", "patch_size.width", refuse=_not_tower_patch,
+    settings.Setting("processor", "patch_size.width", refuse=settings.other_than("vision_config.patch_size", 16),
                      reason="sides are multiples of the tower's vision_config.patch_size"),
     settings.irrelevant("processor", "do_pad", "pads a batch's images to one size, which image_sizes crops "
                         "away: an image's rows do not change"),

@@ -369,13 +369,6 @@ def frames(source, mmproj) -> np.ndarray:
                                                                "merge_size": c.merge}))
 
 
-def _not_tower(field: str, default: int):
-    def refuse(v, checkpoint) -> bool:
-        tower = settings.lookup(checkpoint.get("config"), f"vision_config.{field}")
-        return v != (default if tower is settings.MISSING else tower)
-    return refuse
-
-
 def processor_settings(mean, std) -> tuple:
     """Qwen2VLImageProcessor's fields (Qwen2-VL and 2.5-VL): pixel bounds under llama.cpp's keys."""
     V, P = Keys.ClipVision, "graphdsl.qwen2vl."
@@ -393,11 +386,12 @@ def processor_settings(mean, std) -> tuple:
         settings.carried("processor", "image_std", V.IMAGE_STD, list(std)),
         settings.unless("processor", "do_resize", True, "graphdsl always smart-resizes (patch * merge multiples)"),
         settings.unless("processor", "do_convert_rgb", True, "graphdsl always converts images to RGB"),
-        settings.Setting("processor", "patch_size", refuse=_not_tower("patch_size", 14),
+        settings.Setting("processor", "patch_size", refuse=settings.other_than("vision_config.patch_size", 14),
                          reason="the patches are the tower's vision_config.patch_size"),
-        settings.Setting("processor", "merge_size", refuse=_not_tower("spatial_merge_size", 2),
+        settings.Setting("processor", "merge_size", refuse=settings.other_than("vision_config.spatial_merge_size", 2),
                          reason="the merger joins the tower's vision_config.spatial_merge_size"),
-        settings.Setting("processor", "temporal_patch_size", refuse=_not_tower("temporal_patch_size", 2),
+        settings.Setting("processor", "temporal_patch_size",
+                         refuse=settings.other_than("vision_config.temporal_patch_size", 2),
                          reason="an image is repeated to the tower's vision_config.temporal_patch_size frames"),
     )
 

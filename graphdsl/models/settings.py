@@ -297,9 +297,17 @@ def view(config: Mapping) -> Mapping:
 _TOWER = "graphdsl resizes to the tower's vision_config.image_size"
 
 
-def _not_tower(v, checkpoint) -> bool:
-    tower = lookup(view(checkpoint.get("config") or {}), "vision_config.image_size")
-    return tower is not MISSING and v != tower
+def other_than(path: str, default: Any = MISSING) -> Callable[[Any, Mapping], bool]:
+    """A ``refuse`` predicate: the value is not the checkpoint's config.json field ``path`` (its HF
+    ``default`` when absent; without a default, an absent field refuses nothing)."""
+    def refuse(v, checkpoint) -> bool:
+        want = lookup(view(checkpoint.get("config") or {}), path)
+        want = default if want is MISSING else want
+        return want is not MISSING and not _same(v, want)
+    return refuse
+
+
+_not_tower = other_than("vision_config.image_size")
 
 
 def image_processor(mode: str, mean, std, resample, pad: bool | None = None) -> tuple[Setting, ...]:
