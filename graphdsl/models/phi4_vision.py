@@ -305,7 +305,6 @@ SETTINGS = (
     settings.carried("config", "hidden_size", Keys.ClipVision.PROJECTION_DIM),
     settings.irrelevant("config", "vision_config.crop_size", "must equal image_size (config_from_hf checks it)"),
     settings.carried("config", "vision_config.feature_layer", Keys.ClipVision.BLOCK_COUNT),  # blocks kept
-    settings.irrelevant("config", "audio_config.*", "phi4_audio's (this checkpoint's companion encoder)"),
     settings.carried("processor", "dynamic_hd", "graphdsl.phi4.dynamic_hd", 36),
     settings.carried("processor", "image_mean", Keys.ClipVision.IMAGE_MEAN, [0.5] * 3),
     settings.carried("processor", "image_std", Keys.ClipVision.IMAGE_STD, [0.5] * 3),
