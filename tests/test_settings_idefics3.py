@@ -82,6 +82,12 @@ def test_non_default_processor_matches_hf(tiny, tmp_path, case):
     err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
     print(f"{case}: {ref.shape[0]} rows, rel err {err:.2e}")
     assert err <= BOUND
+    from graphdsl.models import from_gguf
+    carried = from_gguf(gguf).settings("image")  # what the file says, as from_gguf reads it back
+    for path, value in pre.items():
+        for sub, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            got_v = carried[f"{path}.{sub}" if sub else path]
+            assert got_v == pytest.approx(v) if isinstance(v, (float, list)) else got_v == v, (path, got_v, v)
     for key in keys:  # negative controls: the key gone (or the default value) must change the rows
         key, value = key if isinstance(key, tuple) else (key, None)
         bad = tmp_path / "bad.gguf"

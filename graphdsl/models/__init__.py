@@ -57,6 +57,15 @@ class Mmproj:
         """kind -> block, as ``embed.Embedder`` takes them ("image", "audio")."""
         return {k: m for k, m in (("image", self.vision), ("audio", self.audio)) if m is not None}
 
+    def settings(self, kind: str = "image") -> dict:
+        """The HF processor settings the file carries for its "image" or "audio" arch (its key, else
+        HF's default: ``models.settings.read``), by the field's path in preprocessor_config.json."""
+        from .settings import read
+        block = self.media.get(kind)
+        if block is None:
+            raise ValueError(f"{self.path}: no {kind} encoder")
+        return read(self.archs[kind], self.config.file, block.cfg)
+
     def image_config(self, **kw):
         """``preprocess.ImageConfig`` for the vision tower, as its arch pre-processes pixels (CLIP:
         shortest edge + centre crop, SigLIP: square resize) with the file's size, mean and std
