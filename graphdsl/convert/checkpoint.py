@@ -94,6 +94,22 @@ def load_hf(hf_dir: str):
     if not os.path.isdir(hf_dir):
         raise ValueError(f"{hf_dir}: not a directory")
     config = load_json(os.path.join(hf_dir, "config.json"))
+    return config, lambda: load_state_dict(hf_dir), load_preprocessor(hf_dir)
+
+
+def load_preprocessor(hf_dir: str) -> dict:
+    """The image processor's / feature extractor's settings: preprocessor_config.json, else (what
+    transformers 5's ``ProcessorMixin.save_pretrained`` writes instead) the ``image_processor``,
+    ``feature_extractor`` and ``audio_processor`` parts of processor_config.json; {} without either."""
     pre_path = os.path.join(hf_dir, "preprocessor_config.json")
-    pre = load_json(pre_path) if os.path.exists(pre_path) else {}
-    return config, lambda: load_state_dict(hf_dir), pre
+    if os.path.exists(pre_path):
+        return load_json(pre_path)
+    proc_path = os.path.join(hf_dir, "processor_config.json")
+    if not os.path.exists(proc_path):
+        return {}
+    proc, out = load_json(proc_path), {}
+    for part in ("feature_extractor", "audio_processor", "image_processor"):  # image last: its keys win
+        sub = proc.get(part)
+        if isinstance(sub, dict):
+            out.update(sub)
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 from gguf import Keys
 
 from ..gguf_io import MMPROJ_ARCH
+from ..models import settings
 from .checkpoint import load_hf
 
 
@@ -38,6 +39,8 @@ def prepare_all(hf_dir: str) -> list[tuple[str, list[tuple[str, object]], dict[s
     if "hf_dir" in arch.extra:  # what the folder's other files say (pixtral: token ids from the tokenizer)
         config = arch.extra["hf_dir"](config, hf_dir)
     archs = [arch, *(registry.ARCHS[n] for n in arch.extra.get("companions", ()))]
+    for a in archs:  # refuse what graphdsl cannot honour before reading any weight
+        settings.refuse(a, {"config": config, "processor": pre}, hf_dir)
     cfgs = [a.config_from_hf(config) for a in archs]  # a two-tower CLIP/SigLIP config gives its vision tower
     sd = load_weights()  # read once the configs were checked
     return [_prepare(a, c, config, sd, pre, model_type, hf_dir) for a, c in zip(archs, cfgs)]
@@ -54,7 +57,7 @@ def _prepare(arch, cfg, config, sd, pre, model_type, hf_dir):
         kv += arch.config_to_gguf(cfg, pre.get("image_mean", arch.image.mean), pre.get("image_std", arch.image.std))
     else:
         kv += arch.config_to_gguf(cfg)
-    return MMPROJ_ARCH, kv, tensors
+    return MMPROJ_ARCH, settings.apply(arch, {"config": config, "processor": pre}, kv, hf_dir, cfg=cfg), tensors
 
 
 def combine(parts: list[tuple[str, list, dict]], names: list[str]) -> tuple[str, list, dict]:

@@ -55,7 +55,7 @@ def encode(arr: np.ndarray, dtype: str) -> np.ndarray:
 def write_gguf(path: str, arch: str, kv: list[tuple[str, object]], tensors: dict[str, tuple[np.ndarray, str]],
                *, file_type: int | None = None, progress=None) -> None:
     """Write a GGUF file. kv: (key, value) pairs, typed the way GGUFWriter types Python values
-    (int -> u32 unless given as np.int32/np.uint64 etc., float -> f32, list -> array);
+    (int -> u32 unless given as np.int32/np.uint64 etc., float -> f32, np.float64 -> f64, list -> array);
     tensors: name -> (f32 values, graphdsl dtype name). progress: called as
     ``progress("encode", done, total)`` after each tensor; with it, GGUFWriter's own byte bar
     (tqdm, on stderr) shows the final write.
@@ -92,6 +92,8 @@ def _add(w: GGUFWriter, key: str, value) -> None:
         w.add_uint32(key, int(value)) if 0 <= value < 2**32 else w.add_int64(key, int(value))
     elif isinstance(value, np.int32):
         w.add_int32(key, int(value))
+    elif isinstance(value, np.float64):  # asked for f64 (models.settings: 1/255 must read back exactly)
+        w.add_float64(key, float(value))
     elif isinstance(value, (float, np.floating)):
         w.add_float32(key, float(value))
     elif isinstance(value, str):

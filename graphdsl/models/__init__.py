@@ -33,7 +33,7 @@ from . import registry
 from .common import select_weights
 from .registry import ARCHS, Arch
 
-_SKIP = {"common", "registry"}
+_SKIP = {"common", "registry", "settings"}
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _SKIP):
     importlib.import_module(f"{__name__}.{_m}")
 from . import clip, siglip, text, whisper_enc  # noqa: E402 - the names, for users
@@ -57,6 +57,15 @@ class Mmproj:
         """kind -> block, as ``embed.Embedder`` takes them ("image", "audio")."""
         return {k: m for k, m in (("image", self.vision), ("audio", self.audio)) if m is not None}
 
+    def settings(self, kind: str = "image") -> dict:
+        """The HF processor settings the file carries for its "image" or "audio" arch (its key, else
+        HF's default: ``models.settings.read``), by the field's path in preprocessor_config.json."""
+        from .settings import read
+        block = self.media.get(kind)
+        if block is None:
+            raise ValueError(f"{self.path}: no {kind} encoder")
+        return read(self.archs[kind], self.config.file, block.cfg)
+
     def image_config(self, **kw):
         """``preprocess.ImageConfig`` for the vision tower, as its arch pre-processes pixels (CLIP:
         shortest edge + centre crop, SigLIP: square resize) with the file's size, mean and std
@@ -67,8 +76,13 @@ class Mmproj:
         if arch.image is None:
             raise ValueError(f"{self.path}: the {arch.name} architecture declares no image pre-processing")
         v = self.config.vision
-        kw = {**getattr(self.vision, "image_kw", {}), **kw}  # what the block fixes (pixtral: patch * merge)
-        return arch.image.config(self.vision.cfg.image_size, v.image_mean, v.image_std, **kw)
+        from .settings import image_kw
+        carried = image_kw(arch, self)  # the checkpoint's processor settings the file carries
+        mean, std = carried.pop("mean", v.image_mean), carried.pop("std", v.image_std)
+        image = registry.ImagePreprocess(carried.pop("mode"), arch.image.mean, arch.image.std) if "mode" in carried \
+            else arch.image
+        kw = {**getattr(self.vision, "image_kw", {}), **carried, **kw}  # what the block fixes (pixtral: patch * merge)
+        return image.config(self.vision.cfg.image_size, mean, std, **kw)
 
 
 def arch_for(mmproj_config, section: str) -> Arch:

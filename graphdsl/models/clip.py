@@ -33,6 +33,7 @@ from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, Block, T, VitHparams, convert_state, graph_of, hf_dict, image_rows,
     sub, tn, vit_keys, weight_shapes_of)
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -196,11 +197,28 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, VISION_PREFIXES, _rules(), weight_shapes(cfg), "clip")
 
 
+_CONTRASTIVE = "CLIPModel's contrastive head, which graphdsl's output (the tower's hidden states) does not apply"
+SETTINGS = (
+    *settings.vit_config(), settings.decoder(),
+    settings.irrelevant("config", "projection_dim", _CONTRASTIVE),
+    settings.irrelevant("config", "vision_config.projection_dim", _CONTRASTIVE),
+    settings.irrelevant("config", "logit_scale_init_value", _CONTRASTIVE),
+    settings.irrelevant("config", "vision_config.vocab_size", "not used by the vision tower"),
+    settings.irrelevant("config", "image_seq_length", "how many <image> tokens the processor writes in the prompt"),
+    settings.carried("config", "text_config.hidden_size", Keys.ClipVision.PROJECTION_DIM),
+    settings.carried("config", "vision_feature_layer", KEY_FEATURE_LAYER),
+    settings.carried("config", "vision_feature_select_strategy", KEY_SELECT),
+    settings.carried("config", "projector_hidden_act", KEY_MM_ACT),
+    settings.carried("config", "multimodal_projector_bias", "tensor mm.0.bias"),
+    *settings.image_processor("clip", CLIP_MEAN, CLIP_STD, 3, pad=False),
+)
+
+
 ARCH = register(Arch(
     "clip", "image", ClipVision, ClipConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("mlp", "none"), hf_model_types=("clip", "clip_vision_model", "llava"),
     claims=lambda m: tn(T.V_ENC_EMBD_CLS, None) in m.shapes and not {IMAGE_NEWLINE, "model.image_newline"} & set(m.shapes),
-    image=ImagePreprocess("clip", CLIP_MEAN, CLIP_STD),
+    image=ImagePreprocess("clip", CLIP_MEAN, CLIP_STD), settings=SETTINGS,
     examples=(ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2, feature_layer=(2,),
                          select="default", n_mm_embd=48, mm_act="gelu_erf"),
               ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=3, feature_layer=(1, 3),

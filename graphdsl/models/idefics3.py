@@ -33,6 +33,7 @@ from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
 from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, post_ln_tower, Block, T, VitHparams, convert_state, graph_of, hf_dict, sub,
     tn, vit_keys, weight_shapes_of)
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 
@@ -121,19 +122,51 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
                          weight_shapes(cfg), "idefics3")
 
 
+def image_config(mmproj):
+    """The file's ``Idefics3ImageConfig``: its carried processor settings (``SETTINGS``; a key the
+    file lacks reads as HF's default, the longest edge as 4 tiles), tiles of the tower's size."""
+    from ..preprocess.idefics3 import Idefics3ImageConfig
+    c = mmproj.vision.cfg
+    d = settings.nested(settings.read(ARCH, mmproj.config.file, c))
+    return Idefics3ImageConfig.from_hf({**d, "max_image_size": {"longest_edge": c.image_size}})
+
+
 def frames(source, mmproj) -> np.ndarray:
     """An image as HF's Idefics3ImageProcessor cuts it (tiles row by row, then the global image),
-    with its defaults for a tower of this size (longest edge 4 x max_image_size) and the file's
-    mean/std; ``preprocess.idefics3_images`` takes any other setting."""
-    from ..preprocess.idefics3 import Idefics3ImageConfig, idefics3_images
-    v, s = mmproj.config.vision, mmproj.vision.cfg.image_size
-    cfg = Idefics3ImageConfig(longest_edge=4 * s, max_image_size=s, mean=tuple(v.image_mean), std=tuple(v.image_std))
-    return idefics3_images(source, cfg).pixel_values
+    with the file's settings (``image_config``)."""
+    from ..preprocess.idefics3 import idefics3_images
+    return idefics3_images(source, image_config(mmproj)).pixel_values
+
+
+_P = "graphdsl.idefics3."
+SETTINGS = (
+    *settings.vit_config(), settings.decoder(),
+    settings.carried("config", "text_config.hidden_size", Keys.ClipVision.PROJECTION_DIM),
+    settings.carried("config", "scale_factor", Keys.ClipVision.Projector.SCALE_FACTOR),
+    settings.unless("processor", "do_convert_rgb", True, "graphdsl always converts images to RGB"),
+    settings.carried("processor", "do_resize", _P + "do_resize", True),
+    settings.carried("processor", "size.longest_edge", Keys.ClipVision.PREPROC_IMAGE_SIZE,
+                     lambda c: 4 * c.image_size),  # HF's 1456 is 4 x its 364 tiles; SmolVLM's 4 x 384 / 512
+    settings.Setting("processor", "max_image_size.longest_edge",
+                     refuse=settings.other_than("vision_config.image_size", 224),  # 224: HF's default tower
+                     reason="tiles of another size than the tower's vision_config.image_size need HF's "
+                            "interpolated patch positions, which graphdsl does not implement"),
+    settings.carried("processor", "do_image_splitting", _P + "do_image_splitting", True),
+    settings.carried("processor", "resample", _P + "resample", 1, to_gguf=int),  # PIL LANCZOS
+    settings.carried("processor", "do_rescale", _P + "do_rescale", True),
+    settings.carried("processor", "rescale_factor", _P + "rescale_factor", 1 / 255),
+    settings.carried("processor", "do_normalize", _P + "do_normalize", True),
+    settings.carried("processor", "image_mean", Keys.ClipVision.IMAGE_MEAN, [0.5] * 3),
+    settings.carried("processor", "image_std", Keys.ClipVision.IMAGE_STD, [0.5] * 3),
+    settings.irrelevant("processor", "do_pad", "pads a batch's images to the same number of frames with zero "
+                        "frames, which the model drops (real_images_inds): an image's rows do not change"),
+)
 
 
 ARCH = register(Arch(
     "idefics3", "image", Idefics3Vision, Idefics3Config, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("idefics3",), hf_model_types=("idefics3", "smolvlm"),
     image=ImagePreprocess("siglip", defaults={"image_size": 364, "patch_size": 14}), frames=frames,  # HF: 4 x 364 / 364
+    settings=SETTINGS,
     examples=(Idefics3Config(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, scale_factor=2,
                              n_mm_embd=48),)))

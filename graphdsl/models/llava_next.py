@@ -48,6 +48,7 @@ from ..inp_embd import shape_guard
 from ..preprocess.anyres import LLAVA_NEXT_PINPOINTS, AnyresConfig, AnyresImage, anyres_images, unpad_crop
 from . import clip
 from .common import VISION_PREFIXES, Block, as_dict, convert_state, file_types, mmproj_config, weight_shapes_of
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 IMAGE_NEWLINE = clip.IMAGE_NEWLINE  # "v.image_newline" (clip-impl.h TN_IMAGE_NEWLINE)
@@ -255,10 +256,23 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 
 def frames(source, mmproj) -> AnyresImage:
     """An image as HF's LlavaNextImageProcessor cuts it, for a file's tower (size and crop = its
-    image_size, its mean/std and pinpoints)."""
-    c, v = mmproj.vision.cfg, mmproj.config.vision
+    image_size, its pinpoints) with the file's carried resample, rescale and normalization."""
+    c = mmproj.vision.cfg
+    kw = settings.image_kw(ARCH, mmproj)
     return anyres_images(source, AnyresConfig(grid_pinpoints=c.grid_pinpoints, size=c.image_size,
-                                              crop_size=c.image_size, mean=tuple(v.image_mean), std=tuple(v.image_std)))
+                                              crop_size=c.image_size, **kw))
+
+
+SETTINGS = (
+    *(s for s in clip.SETTINGS if s.path != "do_pad"),  # LLaVA's pad to square; LLaVA-NeXT's do_pad is not it
+    settings.carried("config", "image_grid_pinpoints", KEY_PINPOINTS),
+    settings.Setting("processor", "image_grid_pinpoints",
+                     refuse=settings.other_than("image_grid_pinpoints", LLAVA_NEXT_PINPOINTS),
+                     reason="the processor's grids must be the model's config.json image_grid_pinpoints, which "
+                            "graphdsl uses for both"),
+    settings.irrelevant("processor", "do_pad", "pads a batch's images to the same number of tiles, which the "
+                        "model drops: an image's rows do not change"),
+)
 
 
 ARCH = register(Arch(
@@ -268,7 +282,7 @@ ARCH = register(Arch(
     image=ImagePreprocess("siglip", clip.CLIP_MEAN, clip.CLIP_STD,  # the base view: a square resize
                           # llava-hf's 336 (the class default, 224, does not divide its own default pinpoints)
                           defaults={"image_size": 336, "patch_size": 14}),
-    frames=frames,
+    frames=frames, settings=SETTINGS,
     examples=(LlavaNextConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2,
                               feature_layer=(2,), n_mm_embd=48, mm_act="gelu_erf",
                               grid_pinpoints=((32, 64), (64, 32), (64, 64), (96, 32))),)))

@@ -43,6 +43,7 @@ from ..gguf_io.reader import _get, read_gguf
 from ..graph import Graph, Tensor
 from .common import (VISION_PREFIXES, Block, T, VitHparams, convert_state, file_types, gguf_vision, hf_dict, sub,
                      tn, vit_keys, weight_shapes_of)
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 KEY_GLOBAL_LAYERS = "clip.vision.global.block_count"
@@ -321,12 +322,42 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 
 
 def frames(source, mmproj):
-    """An image as HF's MllamaImageProcessor cuts it (tiles of the tower's size, up to its
-    max_tiles) with the file's mean/std: a ``preprocess.mllama.MllamaImage`` item."""
+    """An image as HF's MllamaImageProcessor cuts it (tiles of the tower's size) with the file's
+    carried settings (resample, rescale, normalization, mean/std), up to its max_tiles: a
+    ``preprocess.mllama.MllamaImage`` item."""
     from ..preprocess.mllama import MllamaImageConfig, mllama_image
-    v, c = mmproj.config.vision, mmproj.vision.cfg
+    c = mmproj.vision.cfg
     return mllama_image(source, MllamaImageConfig(tile_size=c.image_size, max_image_tiles=c.max_tiles,
-                                                  mean=tuple(v.image_mean), std=tuple(v.image_std)))
+                                                  **settings.image_kw(ARCH, mmproj)))
+
+
+def _hf_ratios(v, checkpoint) -> bool:
+    n = settings.lookup(checkpoint.get("config"), "vision_config.max_num_tiles")
+    n = 4 if n is settings.MISSING else n
+    return [list(p) for p in v] != [[w, h] for w in range(1, n + 1) for h in range(1, n + 1) if w * h <= n]
+
+
+_V = Keys.ClipVision
+SETTINGS = (
+    *(settings.carried("config", "vision_config." + k, key) for k, key in (
+        ("hidden_size", _V.EMBEDDING_LENGTH), ("intermediate_size", _V.FEED_FORWARD_LENGTH),
+        ("num_hidden_layers", _V.BLOCK_COUNT), ("attention_heads", _V.Attention.HEAD_COUNT),
+        ("image_size", _V.IMAGE_SIZE), ("patch_size", _V.PATCH_SIZE), ("norm_eps", _V.Attention.LAYERNORM_EPS),
+        ("hidden_act", "graphdsl.vision.act"), ("num_global_layers", KEY_GLOBAL_LAYERS),
+        ("max_num_tiles", KEY_MAX_TILES), ("intermediate_layers_indices", KEY_LAYERS_OUT))),
+    settings.unless("config", "vision_config.num_channels", 3, "graphdsl decodes images to RGB: 3 channels"),
+    settings.Setting("config", "vision_config.supported_aspect_ratios", refuse=_hf_ratios,
+                     reason="graphdsl numbers the aspect ratios as HF derives them from max_num_tiles"),
+    settings.irrelevant("config", "vision_config.vision_output_dim", "hidden_size x (1 + intermediate layers), "
+                        "which config_from_hf checks"),
+    settings.decoder(), settings.carried("config", "text_config.hidden_size", _V.PROJECTION_DIM),
+    settings.Setting("processor", "max_image_tiles", refuse=settings.other_than("vision_config.max_num_tiles", 4),
+                     reason="graphdsl cuts the model's vision_config.max_num_tiles (the aspect-ratio ids "
+                            "number that many tiles' ratios)"),
+    settings.irrelevant("processor", "do_pad", "pads an image's tiles to max_image_tiles with zero tiles, which "
+                        "the aspect-ratio mask hides"),
+    *settings.image_processor("siglip", (0.5,) * 3, (0.5,) * 3, 2),
+)
 
 
 ARCH = register(Arch(
@@ -334,6 +365,6 @@ ARCH = register(Arch(
     projectors=("mllama",), hf_model_types=("mllama",), frames=frames,
     # HF's class defaults: 224 tiles (Llama 3.2 Vision's files say 560); 32 layers: its feature layers exist
     image=ImagePreprocess("siglip", defaults={"image_size": 224, "patch_size": 14, "n_layer": 32}),
-    output="cross",
+    output="cross", settings=SETTINGS,
     examples=(MllamaConfig(image_size=16, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=3, n_global_layer=2,
                            max_tiles=4, n_ratios=8, layers_out=(0, 2), n_mm_embd=24, act="gelu_erf"),)))

@@ -47,6 +47,7 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from .common import Block, EncoderHparams, T, as_dict, convert_state, mmproj_config, sub, tn, weight_shapes_of
+from . import settings
 from .registry import Arch, register
 
 HF_PREFIXES = ("model.embed_tokens_extend.audio_embed.", "embed_tokens_extend.audio_embed.", "audio_embed.")
@@ -359,8 +360,40 @@ def features_of(src: Any, mmproj, max_seconds: float | None = None) -> np.ndarra
     return phi4_audio_features(pcm, n_mel=mmproj.audio.cfg.n_mel)
 
 
+_A, _P = Keys.ClipAudio, "audio_config."
+_BUILT = "graphdsl builds Phi-4's own encoder only (config_from_hf lists what it builds)"
+_MEL = "graphdsl's log-mel is Phi-4's: 16 kHz, 400-sample windows every 160, 512-point FFT, pre-emphasis 0.97"
+SETTINGS = (
+    *(settings.carried("config", _P + k, key) for k, key in (
+        ("hidden_size", _A.EMBEDDING_LENGTH), ("intermediate_size", _A.FEED_FORWARD_LENGTH),
+        ("num_blocks", _A.BLOCK_COUNT), ("num_attention_heads", _A.Attention.HEAD_COUNT),
+        ("input_size", _A.NUM_MEL_BINS), ("nemo_conv_channels", "tensor a.conv2d.0.weight"),
+        ("time_reduction", "tensor a.conv2d.* (one stride-2 stage per factor 2)"),
+        ("kernel_size", "tensor a.conv_dw.*.weight"), ("bias_max_distance", "tensor a.attn_rel_bias.weight"),
+        ("nemo_final_size", "tensor a.conv_out.weight (its input width)"))),
+    *(settings.Setting("config", _P + k, refuse=settings.other_than(_P + "hidden_size", 1024), reason="the residuals need "
+                       "it equal to hidden_size") for k in ("ext_pw_out_channel", "depthwise_separable_out_channel")),
+    *(settings.unless("config", _P + k, v, _BUILT) for k, v in (
+        ("depthwise_multiplier", 1), ("bias_symmetric", False), ("chunk_size", -1), ("downsample_rate", 1),
+        ("activation", "swish"), ("conv_activation", "swish"), ("conv_glu_type", "swish"), ("nemo_activation", "relu"))),
+    settings.irrelevant("config", _P + "left_chunk", "the streaming mask's, used only with chunk_size > 0 (refused)"),
+    settings.irrelevant("config", _P + "dropout_rate", "training only"),
+    settings.irrelevant("config", _P + "feature_layer", "HF's audio embedding stores it but never reads it"),
+    settings.Setting("processor", "feature_size", refuse=settings.other_than(_P + "input_size", 80),
+                     reason="the log-mel has the encoder's audio_config.input_size bands"),
+    *(settings.unless("processor", k, v, _MEL) for k, v in (
+        ("sampling_rate", 16000), ("hop_length", 160), ("n_fft", 512), ("win_length", 400), ("preemphasis", 0.97))),
+    settings.Setting("processor", "audio_compression_rate", refuse=settings.other_than(_P + "time_reduction", 8),
+                     reason="HF keeps ceil(frames / audio_compression_rate) rows, graphdsl the encoder's "
+                            "audio_config.time_reduction"),
+    settings.unless("processor", "audio_downsample_rate", 1, "the projector does not downsample in graphdsl"),
+    settings.unless("processor", "audio_feat_stride", 1, "graphdsl's rows count every feature frame"),
+)
+
+
 ARCH = register(Arch(
     "phi4_audio", "audio", Phi4Audio, Phi4AudioConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("phi4",), hf_model_types=("phi4_multimodal_audio",), extra={"audio": features_of},
+    settings=SETTINGS,
     examples=(Phi4AudioConfig(n_mel=16, n_embd=32, n_ff=48, n_head=4, n_layer=2, n_conv=16, max_distance=50,
                               n_mm_embd=48),)))

@@ -39,6 +39,7 @@ from ..graph import Graph, Tensor
 from ..preprocess.phi4 import Phi4Image
 from .common import (Block, T, VitHparams, as_dict, convert_state, gguf_vision, hf_vit_rules, sub, tn, vit_keys,
                      weight_shapes_of)
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 HF_PREFIXES = ("model.embed_tokens_extend.image_embed.", "embed_tokens_extend.image_embed.", "image_embed.")
@@ -286,14 +287,43 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 
 def frames(src: Any, mmproj) -> Phi4Image:
     """``embed_files``' pre-processing: the HD crops of one image with the file's crop size, patch
-    size, mean and std (HF's default dynamic_hd, 36 crops at most)."""
+    size, mean, std and dynamic_hd (``SETTINGS``; HF's 36 crops at most for a file without it)."""
     from ..preprocess.phi4 import Phi4ImageConfig, phi4_image
-    c, v = mmproj.vision.cfg, mmproj.config.vision
-    return phi4_image(src, Phi4ImageConfig(crop=c.image_size, patch=c.patch_size, mean=tuple(v.image_mean),
-                                           std=tuple(v.image_std)))
+    c = mmproj.vision.cfg
+    got = settings.read(ARCH, mmproj.config.file, c)
+    return phi4_image(src, Phi4ImageConfig(crop=c.image_size, patch=c.patch_size, dynamic_hd=got["dynamic_hd"],
+                                           mean=tuple(got["image_mean"]), std=tuple(got["image_std"])))
+
+
+_CROP = "graphdsl's crops are the tower's vision_config.crop_size (= image_size) squares"
+SETTINGS = (
+    *settings.vit_config(),
+    *(settings.decoder(k) for k in (  # the root is the decoder's config; the towers are below it
+        "vocab_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "hidden_act", "max_position_embeddings", "original_max_position_embeddings", "rms_norm_eps",
+        "rope_parameters.*", "sliding_window")),
+    settings.carried("config", "hidden_size", Keys.ClipVision.PROJECTION_DIM),
+    settings.irrelevant("config", "vision_config.crop_size", "must equal image_size (config_from_hf checks it)"),
+    settings.carried("config", "vision_config.feature_layer", Keys.ClipVision.BLOCK_COUNT),  # blocks kept
+    settings.carried("processor", "dynamic_hd", "graphdsl.phi4.dynamic_hd", 36),
+    settings.carried("processor", "image_mean", Keys.ClipVision.IMAGE_MEAN, [0.5] * 3),
+    settings.carried("processor", "image_std", Keys.ClipVision.IMAGE_STD, [0.5] * 3),
+    settings.Setting("processor", "size.height", refuse=settings.other_than("vision_config.crop_size", 448), reason=_CROP),
+    settings.Setting("processor", "size.width", refuse=settings.other_than("vision_config.crop_size", 448), reason=_CROP),
+    settings.Setting("processor", "patch_size", refuse=settings.other_than("vision_config.patch_size", 14),
+                     reason="the patch mask is cut by the tower's vision_config.patch_size"),
+    settings.unless("processor", "resample", 3, "graphdsl reproduces HF's resizes at their defaults "
+                    "(antialiased bilinear crops, bicubic global image)"),
+    settings.unless("processor", "do_rescale", True, "graphdsl's Phi-4 crops always rescale by 1/255"),
+    settings.unless("processor", "rescale_factor", 1 / 255, "graphdsl's Phi-4 crops always rescale by 1/255"),
+    settings.unless("processor", "do_normalize", True, "graphdsl's Phi-4 crops are always normalized"),
+    settings.unless("processor", "do_convert_rgb", True, "graphdsl always converts images to RGB"),
+)
 
 
 ARCH = register(Arch(
     "phi4_vision", "image", Phi4Vision, Phi4VisionConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("phi4",), hf_model_types=("phi4_multimodal",), image=ImagePreprocess("siglip", defaults={"image_size": 448, "patch_size": 14}), frames=frames, extra={"companions": ("phi4_audio",)},
+    projectors=("phi4",), hf_model_types=("phi4_multimodal",),
+    image=ImagePreprocess("siglip", defaults={"image_size": 448, "patch_size": 14}), frames=frames,
+    extra={"companions": ("phi4_audio",)}, settings=SETTINGS,
     examples=(Phi4VisionConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48),)))

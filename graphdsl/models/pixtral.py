@@ -47,6 +47,7 @@ from ..graph import Graph, Tensor
 from ..ops.rope import grid_positions, neox_to_normal
 from .common import (Block, T, VitHparams, as_dict, convert_state, file_types, gguf_vision, sub, tn, vit_keys,
                      weight_shapes_of)
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 Grid = tuple[int, int]  # (h, w) in patches
@@ -394,10 +395,50 @@ def frames(source, mmproj) -> np.ndarray:
     return pixtral_image(source, mmproj.image_config())
 
 
+def _merge_of(checkpoint) -> int:
+    v = settings.lookup(checkpoint.get("config"), "spatial_merge_size")
+    return 1 if v is settings.MISSING or settings.lookup(checkpoint.get("config"), "model_type") != "mistral3" else v
+
+
+def _bad_head_dim(v, checkpoint) -> bool:
+    c = settings.view(checkpoint.get("config") or {})
+    n, h = (settings.lookup(c, f"vision_config.{k}") for k in ("hidden_size", "num_attention_heads"))
+    return n is not settings.MISSING and h is not settings.MISSING and v * h != n
+
+
+_LLAMA_CPP = "llama.cpp's pixtral files cannot say otherwise (clip.cpp hard-codes it)"
+SETTINGS = (
+    *(s for s in settings.vit_config() if not s.path.endswith("layer_norm_eps")), settings.decoder(),
+    settings.irrelevant("config", "vision_config.layer_norm_eps", "HF's Pixtral tower hard-codes 1e-5"),
+    settings.irrelevant("config", "vision_config.vocab_size", "not used by the vision tower"),
+    settings.Setting("config", "vision_config.head_dim", refuse=_bad_head_dim,
+                     reason="graphdsl's heads are hidden_size / num_attention_heads wide"),
+    settings.unless("config", "vision_config.rope_parameters.rope_theta", 10000.0, _LLAMA_CPP),
+    settings.Setting("config", "vision_config.rope_parameters.rope_type", refuse=lambda v, ck: v not in (
+        "default", "axial"), reason="graphdsl's Pixtral RoPE is HF's 2-D one"),
+    settings.carried("config", "text_config.hidden_size", Keys.ClipVision.PROJECTION_DIM),
+    settings.Setting("config", "text_config.rms_norm_eps", refuse=lambda v, ck: _merge_of(ck) > 1 and v != 1e-5,
+                     reason="the patch merger's RMSNorm eps must be the tower's 1e-5: " + _LLAMA_CPP),
+    settings.carried("config", "vision_feature_layer", Keys.ClipVision.BLOCK_COUNT),
+    settings.unless("config", "vision_feature_select_strategy", "full", "Pixtral keeps every patch"),
+    settings.carried("config", "projector_hidden_act", KEY_MM_ACT),
+    settings.carried("config", "multimodal_projector_bias", "tensor mm.1.bias"),
+    settings.carried("config", "spatial_merge_size", "tensor mm.patch_merger.merging_layer.weight"),
+    settings.irrelevant("config", "image_seq_length", "how many image tokens a LLaVA processor writes in the prompt"),
+    *settings.image_processor("longest", CLIP_MEAN, CLIP_STD, 3),
+    settings.Setting("processor", "patch_size.height", refuse=settings.other_than("vision_config.patch_size", 16),
+                     reason="sides are multiples of the tower's vision_config.patch_size"),
+    settings.Setting("processor", "patch_size.width", refuse=settings.other_than("vision_config.patch_size", 16),
+                     reason="sides are multiples of the tower's vision_config.patch_size"),
+    settings.irrelevant("processor", "do_pad", "pads a batch's images to one size, which image_sizes crops "
+                        "away: an image's rows do not change"),
+)
+
+
 ARCH = register(Arch(
     "pixtral", "image", PixtralVision, PixtralConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("pixtral",), hf_model_types=("llava/pixtral", "mistral3", "pixtral"),
-    image=LongestEdge("pixtral", CLIP_MEAN, CLIP_STD), frames=frames, extra={"hf_dir": hf_dir},
+    image=LongestEdge("pixtral", CLIP_MEAN, CLIP_STD), frames=frames, extra={"hf_dir": hf_dir}, settings=SETTINGS,
     examples=(PixtralConfig(image_size=64, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48,
                             mm_act="gelu_erf"),
               PixtralConfig(image_size=56, patch_size=7, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48,

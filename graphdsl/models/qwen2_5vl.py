@@ -28,7 +28,9 @@ from .. import blocks
 from ..gguf_io.reader import _get
 from .common import T, hf_dict, sub
 from .qwen2vl import (PREFIXES, Qwen2VLConfig, Qwen2VLVision, SmartResize, _CLIP_NORM, _common_hf, build as _build,
-                      config_to_gguf as _qwen2_keys, convert_state, frames, gguf_kw, hf_rules, split_qwen, weight_shapes)
+                      config_to_gguf as _qwen2_keys, convert_state, frames, gguf_kw, hf_rules, processor_settings, split_qwen,
+                      vision_settings, weight_shapes)
+from . import settings
 from .registry import Arch, register
 
 KEY_WA_LAYERS = "clip.vision.wa_layer_indexes"  # clip-impl.h KEY_WIN_ATTN_LAYER_INDEXES
@@ -99,9 +101,20 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, PREFIXES, rules, weight_shapes(cfg), "qwen2_5vl", fix=split_qwen)
 
 
+SETTINGS = (
+    *vision_settings(),
+    settings.carried("config", "vision_config.hidden_size", Keys.ClipVision.EMBEDDING_LENGTH),
+    settings.carried("config", "vision_config.intermediate_size", Keys.ClipVision.FEED_FORWARD_LENGTH),
+    settings.carried("config", "vision_config.out_hidden_size", Keys.ClipVision.PROJECTION_DIM),
+    settings.carried("config", "vision_config.window_size", Keys.ClipVision.WINDOW_SIZE),
+    settings.carried("config", "vision_config.fullatt_block_indexes", KEY_WA_LAYERS),
+    *processor_settings((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+)
+
+
 ARCH = register(Arch(
     "qwen2_5vl", "image", Qwen25VLVision, Qwen25VLConfig, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("qwen2.5vl_merger",), hf_model_types=("qwen2_5_vl",),
-    image=SmartResize("qwen2vl", **_CLIP_NORM), frames=frames,
+    image=SmartResize("qwen2vl", **_CLIP_NORM), frames=frames, settings=SETTINGS,
     examples=(Qwen25VLConfig(image_size=56, n_embd=32, n_ff=48, n_head=4, n_layer=4, n_mm_embd=24, window_size=56,
                              fullatt=(1, 3)),)))

@@ -38,6 +38,7 @@ from ..graph import Graph, Tensor
 from ..ops.rope import grid_positions
 from .common import (Block, T, VitHparams, convert_state, file_types, gguf_vision, hf_dict, sub, tn, vit_keys,
                      weight_shapes_of)
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 Grid = tuple[int, int, int]  # (t, h, w) in patches: t temporal patches of h x w
@@ -359,13 +360,72 @@ class SmartResize(ImagePreprocess):
 
 
 def frames(source, mmproj) -> np.ndarray:
-    """An image smart-resized as HF's processor does with its defaults, the file's patch / merge and
-    mean / std: pixels (3, H, W), H and W multiples of patch * merge."""
+    """An image smart-resized as HF's processor does, with the file's carried settings (min / max
+    pixels, resample, rescale, normalization: ``processor_settings``) and the tower's patch / merge:
+    pixels (3, H, W), H and W multiples of patch * merge."""
     from ..preprocess.qwen2vl import Qwen2VLImageConfig, qwen2vl_image
-    c, v = mmproj.vision.cfg, mmproj.config.vision
-    cfg = Qwen2VLImageConfig(patch_size=c.patch_size, merge_size=c.merge, mean=tuple(v.image_mean),
-                             std=tuple(v.image_std))
-    return qwen2vl_image(source, cfg)
+    arch = mmproj.archs["image"]
+    c = mmproj.vision.cfg
+    got = settings.nested(settings.read(arch, mmproj.config.file, c))
+    return qwen2vl_image(source, Qwen2VLImageConfig.from_hf({**got, "patch_size": c.patch_size,
+                                                               "merge_size": c.merge}))
+
+
+def processor_settings(mean, std) -> tuple:
+    """Qwen2VLImageProcessor's fields (Qwen2-VL and 2.5-VL): pixel bounds under llama.cpp's keys."""
+    V, P = Keys.ClipVision, "graphdsl.qwen2vl."
+    return (
+        settings.carried("processor", "size.shortest_edge", V.IMAGE_MIN_PIXELS, 56 * 56),
+        settings.carried("processor", "size.longest_edge", V.IMAGE_MAX_PIXELS, 28 * 28 * 1280),
+        # older checkpoints' top-level keys, which HF reads over size's
+        settings.carried("processor", "min_pixels", V.IMAGE_MIN_PIXELS, 56 * 56),
+        settings.carried("processor", "max_pixels", V.IMAGE_MAX_PIXELS, 28 * 28 * 1280),
+        settings.carried("processor", "resample", P + "resample", 3, to_gguf=int),
+        settings.carried("processor", "do_rescale", P + "do_rescale", True),
+        settings.carried("processor", "rescale_factor", P + "rescale_factor", 1 / 255),
+        settings.carried("processor", "do_normalize", P + "do_normalize", True),
+        settings.carried("processor", "image_mean", V.IMAGE_MEAN, list(mean)),
+        settings.carried("processor", "image_std", V.IMAGE_STD, list(std)),
+        settings.unless("processor", "do_resize", True, "graphdsl always smart-resizes (patch * merge multiples)"),
+        settings.unless("processor", "do_convert_rgb", True, "graphdsl always converts images to RGB"),
+        settings.Setting("processor", "patch_size", refuse=settings.other_than("vision_config.patch_size", 14),
+                         reason="the patches are the tower's vision_config.patch_size"),
+        settings.Setting("processor", "merge_size", refuse=settings.other_than("vision_config.spatial_merge_size", 2),
+                         reason="the merger joins the tower's vision_config.spatial_merge_size"),
+        settings.Setting("processor", "temporal_patch_size",
+                         refuse=settings.other_than("vision_config.temporal_patch_size", 2),
+                         reason="an image is repeated to the tower's vision_config.temporal_patch_size frames"),
+    )
+
+
+def vision_settings() -> tuple:
+    """The vision_config fields Qwen2-VL and 2.5-VL share (``_common_hf``)."""
+    V = Keys.ClipVision
+    return (
+        settings.carried("config", "vision_config.depth", V.BLOCK_COUNT),
+        settings.carried("config", "vision_config.num_heads", V.Attention.HEAD_COUNT),
+        settings.carried("config", "vision_config.patch_size", V.PATCH_SIZE),
+        settings.carried("config", "vision_config.spatial_merge_size", V.SPATIAL_MERGE_SIZE),
+        settings.carried("config", "vision_config.hidden_act", "graphdsl.vision.act"),
+        settings.unless("config", "vision_config.temporal_patch_size", 2, "graphdsl's patch embedding repeats an "
+                        "image over 2 frames"),
+        settings.unless("config", "vision_config.in_channels", 3, "graphdsl decodes images to RGB: 3 channels"),
+        settings.unless("config", "vision_config.rope_parameters.rope_theta", 10000.0, "the file has no key for the "
+                        "vision RoPE's base; graphdsl reads 10000"),
+        settings.unless("config", "vision_config.rope_parameters.rope_type", "axial", "graphdsl's vision RoPE is the "
+                        "2-D one HF's default names"),
+        settings.decoder(),
+        settings.irrelevant("config", "vision_config.tokens_per_second", "video M-RoPE time steps; an image is one frame"),
+    )
+
+
+SETTINGS = (
+    *vision_settings(),
+    settings.carried("config", "vision_config.embed_dim", Keys.ClipVision.EMBEDDING_LENGTH),
+    settings.carried("config", "vision_config.mlp_ratio", Keys.ClipVision.FEED_FORWARD_LENGTH),
+    settings.carried("config", "vision_config.hidden_size", Keys.ClipVision.PROJECTION_DIM),  # the merger's width
+    *processor_settings((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+)
 
 
 _CLIP_NORM = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
@@ -373,5 +433,5 @@ _CLIP_NORM = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.2
 ARCH = register(Arch(
     "qwen2vl", "image", Qwen2VLVision, Qwen2VLConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("qwen2vl_merger",), hf_model_types=("qwen2_vl",), image=SmartResize("qwen2vl", **_CLIP_NORM),
-    frames=frames,
+    frames=frames, settings=SETTINGS,
     examples=(Qwen2VLConfig(image_size=56, patch_size=14, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48),)))

@@ -74,6 +74,8 @@ class Arch:
         output: "inline" (rows of the decoder's input) or "cross" (memories it attends to).
         extra: what a converter needs besides (text models: the "layers" and "vocab" hooks and
             the file's "gguf_arch").
+        settings: the HF config and processor fields that change the output, each carried into
+            the GGUF, refused by ``convert`` or declared irrelevant (``models.settings``).
         examples: small canonical configs (every field a file can hold, the rest at defaults):
             the registry's tests round-trip each through a GGUF file.
     """
@@ -94,6 +96,7 @@ class Arch:
     output: str = "inline"
     extra: Mapping[str, Any] = field(default_factory=dict)
     examples: tuple = ()
+    settings: tuple = ()
 
 
 ARCHS: dict[str, Arch] = {}

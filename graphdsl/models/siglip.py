@@ -40,6 +40,7 @@ from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
 from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, post_ln_tower, projector_of, Block, T, VitHparams, convert_state, graph_of, hf_dict, image_rows,
     sub, tn, vit_keys, weight_shapes_of)
+from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 
@@ -200,11 +201,26 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, VISION_PREFIXES, _rules(), weight_shapes(cfg), "siglip", fix)
 
 
+_PAN = "used only with do_pan_and_scan, which is refused"
+SETTINGS = (
+    *settings.vit_config(), settings.decoder(),
+    settings.irrelevant("config", "vision_config.vision_use_head", "SigLIP's attention-pooling head (pooler_output): "
+                        "graphdsl's output is the tower's last hidden state, which Gemma 3 reads too"),
+    settings.carried("config", "text_config.hidden_size", Keys.ClipVision.PROJECTION_DIM),
+    settings.carried("config", "mm_tokens_per_image", Keys.ClipVision.Projector.SCALE_FACTOR),
+    settings.unless("processor", "do_pan_and_scan", False, "graphdsl has no pan-and-scan crops"),
+    *(settings.irrelevant("processor", k, _PAN) for k in (
+        "pan_and_scan_min_crop_size", "pan_and_scan_max_num_crops", "pan_and_scan_min_ratio_to_activate")),
+    # Gemma 3's processor resizes bilinearly, SigLIP's bicubically
+    *settings.image_processor("siglip", (0.5,) * 3, (0.5,) * 3, lambda c: 2 if c.projector == "gemma3" else 3),
+)
+
+
 ARCH = register(Arch(
     "siglip", "image", SiglipVision, SiglipConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("gemma3", "none"), hf_model_types=("siglip", "siglip_vision_model", "gemma3"),
     claims=lambda m: tn(T.V_ENC_EMBD_CLS, None) not in m.shapes,  # "none": a tower without a class token
-    image=ImagePreprocess("siglip"),
+    image=ImagePreprocess("siglip"), settings=SETTINGS,
     examples=(SiglipConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2,
                            mm_tokens_per_image=16, n_mm_embd=48),
               SiglipConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, projector=None))))

@@ -27,6 +27,7 @@ from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, Keys, get_tensor_name_map
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .common import T, as_dict, convert_state, file_types, graph_of, select_weights, sub, tn, weight_shapes_of
+from . import settings
 from .registry import Arch, register
 
 
@@ -218,6 +219,24 @@ def tokenizer_of(info) -> Any:
     return TextTokenizer(tok)
 
 
+_L, _A = Keys.LLM, Keys.Attention
+_LAYERS = "BERT's layers after the embedding stage graphdsl builds; their tensors are stored for llama.cpp"
+SETTINGS = (
+    settings.carried("config", "vocab_size", "tensor token_embd.weight"),
+    settings.carried("config", "hidden_size", _L.EMBEDDING_LENGTH.format(arch=GGUF_ARCH)),
+    settings.carried("config", "max_position_embeddings", _L.CONTEXT_LENGTH.format(arch=GGUF_ARCH)),
+    settings.carried("config", "type_vocab_size", "tensor token_types.weight"),
+    settings.carried("config", "layer_norm_eps", _A.LAYERNORM_EPS.format(arch=GGUF_ARCH)),
+    settings.carried("config", "num_hidden_layers", _L.BLOCK_COUNT.format(arch=GGUF_ARCH)),
+    settings.carried("config", "num_attention_heads", _A.HEAD_COUNT.format(arch=GGUF_ARCH)),
+    settings.carried("config", "intermediate_size", _L.FEED_FORWARD_LENGTH.format(arch=GGUF_ARCH)),
+    settings.irrelevant("config", "hidden_act", _LAYERS),
+    settings.irrelevant("config", "classifier_dropout", "a classification head's, at training"),
+    settings.unless("config", "position_embedding_type", "absolute", "graphdsl's BERT embedding adds absolute "
+                    "positions"),
+)
+
+
 ARCH = register(Arch(
     "text", "text", TextEmbedding, TextConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    hf_model_types=("bert",), extra={"layers": bert_layers, "vocab": _vocab, "gguf_arch": GGUF_ARCH}))
+    hf_model_types=("bert",), settings=SETTINGS, extra={"layers": bert_layers, "vocab": _vocab, "gguf_arch": GGUF_ARCH}))

@@ -36,6 +36,7 @@ from .. import blocks, ops
 from ..gguf_io import KEY_ACT
 from ..graph import Graph, Tensor
 from .common import post_ln_tower, projector_of, Block, EncoderHparams, T, convert_state, hf_dict, mmproj_config, sub, tn, weight_shapes_of
+from . import settings
 from .registry import Arch, register
 
 
@@ -217,9 +218,53 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
                          _rules(), weight_shapes(cfg), "whisper_enc", fix)
 
 
+def _not_mels(v, checkpoint) -> bool:
+    c = checkpoint.get("config") or {}
+    n = settings.lookup(c, "audio_config.num_mel_bins")
+    n = settings.lookup(c, "num_mel_bins") if n is settings.MISSING else n
+    return v != (80 if n is settings.MISSING else n)
+
+
+_DECODER = "Whisper's text decoder / classification head, which graphdsl does not convert"
+_TRAIN = "training only (SpecAugment, initialisation)"
+_MEL = "graphdsl's log-mel is Whisper's: 16 kHz, n_fft 400, hop 160, 30 s windows of 3000 frames"
+A = Keys.ClipAudio
+SETTINGS = (
+    *(x for pre in ("", "audio_config.") for x in (
+        settings.carried("config", pre + "num_mel_bins", A.NUM_MEL_BINS),
+        settings.carried("config", pre + "activation_function", "graphdsl.audio.act"),
+        settings.carried("config", pre + "max_source_positions", "tensor a.position_embd.weight"),
+        settings.unless("config", pre + "scale_embedding", False, "graphdsl's encoder does not scale its input"),
+        settings.irrelevant("config", pre + "vocab_size", _DECODER))),
+    *(settings.carried("config", k, key) for k, key in (
+        ("d_model", A.EMBEDDING_LENGTH), ("encoder_layers", A.BLOCK_COUNT), ("encoder_attention_heads",
+         A.Attention.HEAD_COUNT), ("encoder_ffn_dim", A.FEED_FORWARD_LENGTH),
+        ("audio_config.hidden_size", A.EMBEDDING_LENGTH), ("audio_config.num_hidden_layers", A.BLOCK_COUNT),
+        ("audio_config.num_attention_heads", A.Attention.HEAD_COUNT),
+        ("audio_config.intermediate_size", A.Projector.STACK_FACTOR),  # Voxtral's: the stacked width
+        ("text_config.hidden_size", A.PROJECTION_DIM))),
+    settings.unless("config", "projector_hidden_act", "gelu", "graphdsl's Voxtral projector is llama.cpp's: exact GELU"),
+    settings.irrelevant("config", "hidden_size", "Voxtral's: its text_config.hidden_size (the projector's width)"),
+    settings.decoder(),
+    *(settings.irrelevant("config", k, _DECODER) for k in (
+        "decoder_attention_heads", "decoder_ffn_dim", "decoder_layers", "max_target_positions",
+        "begin_suppress_tokens", "suppress_tokens", "median_filter_width", "classifier_proj_size",
+        "use_weighted_layer_sum")),
+    *(settings.irrelevant("config", k, _TRAIN) for k in (
+        "apply_spec_augment", "mask_feature_length", "mask_feature_min_masks", "mask_feature_prob",
+        "mask_time_length", "mask_time_min_masks", "mask_time_prob", "init_std")),
+    settings.Setting("processor", "feature_size", refuse=_not_mels,
+                     reason="the log-mel has the encoder's num_mel_bins bands"),
+    *(settings.unless("processor", k, v, _MEL) for k, v in (
+        ("sampling_rate", 16000), ("n_fft", 400), ("hop_length", 160), ("chunk_length", 30), ("n_samples", 480000),
+        ("nb_max_frames", 3000))),
+    settings.unless("processor", "dither", 0.0, "graphdsl's log-mel adds no random noise"),
+)
+
+
 ARCH = register(Arch(
     "whisper_enc", "audio", WhisperEncoder, WhisperEncConfig, config_from_hf, config_from_gguf, config_to_gguf,
-    hf_to_gguf, projectors=("voxtral", "none"), hf_model_types=("whisper", "voxtral"),
+    hf_to_gguf, projectors=("voxtral", "none"), hf_model_types=("whisper", "voxtral"), settings=SETTINGS,
     examples=(WhisperEncConfig(n_mel=16, n_ctx=20, n_embd=32, n_head=4, n_layer=2, n_ff=64, stack_factor=4,
                                n_mm_embd=48),
               WhisperEncConfig(n_mel=16, n_ctx=20, n_embd=32, n_head=4, n_layer=2, n_ff=64, projector=None))))

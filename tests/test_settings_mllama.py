@@ -1,0 +1,86 @@
+"""Mllama checkpoints whose image processor settings differ from the defaults: HF folder (tiny
+random model + a non-default MllamaImageProcessor) -> graphdsl convert -> graphdsl embed
+--cross-output equals HF's processor + vision model + projector (1e-5 rel L2, f32); the same file
+with each carried key dropped must not match; refused settings stop convert.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from cli_run import graphdsl
+from hf_refs import need_torch, rel_err
+from settings_util import rewrite_gguf
+from test_models_mllama import S, T, _png, mllama_tiny
+
+BOUND = 1e-5
+V = "graphdsl.vision."
+PRE = {"resample": 3, "rescale_factor": 1 / 200, "image_mean": [0.4, 0.5, 0.6]}
+KEYS = [V + "resample", V + "rescale_factor", ("clip.vision.image_mean", [0.5] * 3)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return mllama_tiny()
+
+
+def _proc(**kw):
+    from transformers import MllamaImageProcessorPil
+    return MllamaImageProcessorPil(**{"size": {"height": S, "width": S}, "max_image_tiles": T, **kw})
+
+
+def _memory(gguf, img, tmp_path):
+    graphdsl("embed", "--mmproj", gguf, "--image", img, "-o", tmp_path / "e.npy", "-f", "--cross-output",
+             tmp_path / "c.npz", "--backend", "cpu")
+    with np.load(tmp_path / "c.npz") as z:
+        return z["memory.0"]
+
+
+def test_non_default_processor_matches_hf(tiny, tmp_path):
+    torch = need_torch()
+    from PIL import Image
+    _, model = tiny
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder)
+    proc = _proc(**PRE)
+    proc.save_pretrained(folder)
+    img = tmp_path / "i.png"
+    _png(img)
+    out = proc(images=[[Image.open(img)]], return_tensors="np")
+    with torch.no_grad():
+        v = model.model.vision_model(pixel_values=torch.from_numpy(out["pixel_values"]),
+                                     aspect_ratio_ids=torch.from_numpy(out["aspect_ratio_ids"]),
+                                     aspect_ratio_mask=torch.from_numpy(out["aspect_ratio_mask"])).last_hidden_state
+        ref = model.model.multi_modal_projector(v).reshape(1, -1, model.config.text_config.hidden_size)[0].numpy()
+    gguf = tmp_path / "m.gguf"
+    graphdsl("convert", folder, "-o", gguf)
+    got = _memory(gguf, img, tmp_path)
+    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
+    print(f"mllama: {ref.shape[0]} rows, rel err {err:.2e}")
+    assert err <= BOUND
+    for key in KEYS:
+        key, value = key if isinstance(key, tuple) else (key, None)
+        bad = tmp_path / "bad.gguf"
+        rewrite_gguf(gguf, bad, drop=() if value is not None else (key,),
+                     change={key: value} if value is not None else None)
+        wrong = _memory(bad, img, tmp_path)
+        assert wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
+
+
+@pytest.mark.parametrize("pre,shown", [({"max_image_tiles": 2}, "max_image_tiles=2"),
+                                       ({"size": {"height": 32, "width": 32}}, "size.height=32")])
+def test_refused_settings_stop_convert(tiny, tmp_path, pre, shown):
+    _, model = tiny
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder)
+    _proc().save_pretrained(folder)
+    conf = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**conf, **pre}))
+    out = tmp_path / "m.gguf"
+    r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "convert", str(folder), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode != 0 and not out.exists()
+    assert f"preprocessor_config.json: {shown} is not supported by graphdsl (mllama)" in r.stderr, r.stderr

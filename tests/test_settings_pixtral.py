@@ -1,0 +1,89 @@
+"""Pixtral (LLaVA + Pixtral tower) checkpoints whose image processor settings differ from the
+defaults: HF folder (tiny random model + a non-default PixtralImageProcessor) -> graphdsl convert
+-> graphdsl embed equals HF's processor + the decoder input over the image's span (1e-5 rel L2,
+f32); the same file with each carried key dropped must not match; refused settings stop convert.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from cli_run import graphdsl
+from hf_refs import need_torch, rel_err
+from PIL import Image
+from settings_util import rewrite_gguf
+from test_models_pixtral import BREAK, END, _hf_decoder_input, _save_folder, llava_pixtral
+
+from graphdsl.models import pixtral
+
+BOUND = 1e-5
+V = "graphdsl.vision."
+# Pixtral's patch convolution has no bias and RMSNorm follows it: a rescale alone barely shows,
+# so it is tested with a mean that it moves against
+CASES = {"bilinear+rescale+mean": ({"resample": 2, "rescale_factor": 1 / 200, "image_mean": [0.4, 0.5, 0.6]},
+                                   [V + "resample", V + "rescale_factor",
+                                    ("clip.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])]),
+         "no-normalize": ({"do_normalize": False}, [V + "do_normalize"])}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg, model = llava_pixtral()
+    return model, pixtral.config_from_hf({**cfg.to_dict(), "image_break_token_id": BREAK, "image_end_token_id": END})
+
+
+def _proc(c, **kw):
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+    p = c.patch_size
+    return PixtralImageProcessorPil(size={"longest_edge": c.image_size}, patch_size={"height": p, "width": p}, **kw)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_non_default_processor_matches_hf(tiny, tmp_path, case):
+    need_torch()
+    model, c = tiny
+    pre, keys = CASES[case]
+    folder = tmp_path / "hf"
+    _save_folder(model, folder)
+    proc = _proc(c, **pre)
+    proc.save_pretrained(folder)
+    img = tmp_path / "i.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (45, 70, 3), dtype=np.uint8)).save(img)
+    px = proc(Image.open(img), return_tensors="np")
+    (h, w), = px["image_sizes"]
+    ref, ((a, b),) = _hf_decoder_input(model, [px["pixel_values"][0][:, :h, :w]], c)
+    ref = ref[a:b]
+    gguf = tmp_path / "m.gguf"
+    graphdsl("convert", folder, "-o", gguf)
+    graphdsl("embed", "--mmproj", gguf, "--image", img, "-o", tmp_path / "e.npy", "--backend", "cpu")
+    got = np.load(tmp_path / "e.npy")
+    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
+    print(f"pixtral {case}: {ref.shape[0]} rows, rel err {err:.2e}")
+    assert err <= BOUND
+    for key in keys:
+        key, value = key if isinstance(key, tuple) else (key, None)
+        bad = tmp_path / "bad.gguf"
+        rewrite_gguf(gguf, bad, drop=() if value is not None else (key,),
+                     change={key: value} if value is not None else None)
+        graphdsl("embed", "--mmproj", bad, "--image", img, "-o", tmp_path / "w.npy", "-f", "--backend", "cpu")
+        wrong = np.load(tmp_path / "w.npy")
+        assert wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
+
+
+@pytest.mark.parametrize("pre,shown", [({"size": {"longest_edge": 32}}, "size.longest_edge=32"),
+                                       ({"patch_size": {"height": 16, "width": 16}}, "patch_size.height=16")])
+def test_refused_settings_stop_convert(tiny, tmp_path, pre, shown):
+    model, c = tiny
+    folder = tmp_path / "hf"
+    _save_folder(model, folder)
+    _proc(c).save_pretrained(folder)
+    conf = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**conf, **pre}))
+    out = tmp_path / "m.gguf"
+    r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "convert", str(folder), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode != 0 and not out.exists()
+    assert f"preprocessor_config.json: {shown} is not supported by graphdsl (pixtral)" in r.stderr, r.stderr
