@@ -79,7 +79,18 @@ def defaults_mmproj(arch, image_size: int | None = None, mean=None, std=None):
     except ValueError as e:
         raise ValueError(f"--mode {arch.name} at image_size {fields.get('image_size')}: {e}") from None
     vision = SimpleNamespace(image_mean=tuple(mean or arch.image.mean), image_std=tuple(std or arch.image.std))
-    return Mmproj(f"--mode {arch.name}", SimpleNamespace(vision=vision), arch.block(cfg), None, {}, {"image": arch})
+    name = f"--mode {arch.name}"
+    return Mmproj(name, SimpleNamespace(vision=vision, file=_settings_file(name, arch, image_mean=mean, image_std=std)),
+                  arch.block(cfg), None, {}, {"image": arch})
+
+
+def _settings_file(name: str, arch, **given):
+    """A GGUF file without tensors holding the given processor settings under the keys the arch carries
+    them as, so that its hooks read them as they read a converted checkpoint's (models.settings.read)."""
+    from .gguf_io.reader import GGUFFile
+    keys = {s.path: s.carry for s in arch.settings if s.source == "processor" and s.carry}
+    meta = {keys[k]: np.asarray(v, np.float32) for k, v in given.items() if v is not None and k in keys}
+    return GGUFFile(name, 3, 32, 0, meta, {k: "arr[f32]" for k in meta}, {})
 
 
 def _resize_config(args, pre, how):
@@ -202,6 +213,6 @@ def audio_items(args, progress=None) -> list[dict[str, np.ndarray]]:
         from .models import Mmproj
         arch = registry.ARCHS[args.mode]
         cfg = arch.config(**({} if args.n_mels is None else {"n_mel": args.n_mels}))
-        m = Mmproj(f"--mode {arch.name}", SimpleNamespace(), None, arch.block(cfg), {}, {"audio": arch})
+        m = Mmproj(f"--mode {arch.name}", SimpleNamespace(file=None), None, arch.block(cfg), {}, {"audio": arch})
     feats = embed.prepare_audios(m, args.inputs, args.max_seconds, progress)
     return [{"input_features": np.stack(f) if isinstance(f, list) else np.asarray(f)} for f in feats]
