@@ -1,0 +1,8 @@
+"""The sweep's table: one entry per registered arch (adding an arch is one line here and its
+generator beside the others); tests/test_sweep.py fails when a registered arch has none."""
+from __future__ import annotations
+
+from .clip_siglip import CLIP, LLAVA_NEXT, SIGLIP
+from .resizing import IDEFICS3, MLLAMA, PIXTRAL, QWEN2_5VL, QWEN2VL
+
+ENTRIES = {e.arch: e for e in (CLIP, SIGLIP, LLAVA_NEXT, IDEFICS3, PIXTRAL, QWEN2VL, QWEN2_5VL, MLLAMA)}
