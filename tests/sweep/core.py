@@ -31,7 +31,7 @@ PERTURB = 1.05
 class Case:
     """One config of one arch. ``config``: HF config kwargs (nested dicts for sub-configs);
     ``processor``: the HF processor's kwargs; ``media``: (kind, spec) pairs in prompt order,
-    kind "image" (spec (h, w)), "audio" (spec seconds) or "tokens" (spec n_ids)."""
+    kind "image" (spec (h, w)), "audio" (spec seconds) or "text" (spec n_words)."""
 
     arch: str
     index: int
@@ -60,11 +60,13 @@ class Entry:
     ``reference(model, processor,
     case, paths) -> rows`` (what the decoder reads for the media at ``paths``, in order).
 
-    ``embed_args(paths, work) -> argv`` beyond ``--mmproj`` and ``-o`` (default: each medium as
-    --image / --audio); ``read(work) -> rows`` reads embed's output (default: the .npy);
+    ``embed_args(gguf, paths, work) -> argv`` but ``-o`` (default: ``--mmproj GGUF`` and each medium
+    as --image / --audio); ``read(work) -> rows`` reads embed's output (default: the .npy);
     ``extra_files(case, folder)`` writes what else the folder needs (a tokenizer_config.json);
     ``wrong(case) -> processor kwargs``: a wrong processor setting for the negative control
     (HF's reference with it must miss graphdsl's rows); ``skip() -> reason or ""``.
+    ``prefetch([(case, paths, negative)])``: called once before the references, for an entry
+    whose reference is cheaper for all cases at once (a processor run in another Python).
     ``custom(case, work) -> (got, ref, ref_wrong)``: archs without an HF folder (mtmd as reference)
     do everything themselves.
     """
@@ -79,7 +81,12 @@ class Entry:
     read: Callable[[Path], np.ndarray] | None = None
     extra_files: Callable[[Case, Path], None] | None = None
     skip: Callable[[], str] = lambda: ""
+    prefetch: Callable[[list], None] | None = None
     custom: Callable[[Case, Path], tuple] | None = None
+
+
+class HFRefuses(Exception):
+    """HF's processor raised ValueError on the case's input: no reference exists for it."""
 
 
 @dataclass
@@ -88,14 +95,17 @@ class Result:
     err: float | None = None  # rel L2 of embed's rows vs HF's
     shape: tuple | None = None  # (got, ref) shapes when they differ
     error: str = ""  # a step that failed: its stderr / traceback
+    invalid: str = ""  # HF itself refuses the case's input (its processor raised ValueError): not run
     negatives: dict = field(default_factory=dict)  # control name -> rel L2 (must exceed BOUND)
 
     def ok(self) -> bool:
+        if self.invalid:
+            return True
         return not self.error and self.shape is None and self.err is not None and self.err <= BOUND
 
     def report(self) -> str:
         c = self.case
-        what = (f"error: {self.error}" if self.error else
+        what = (f"not valid for HF: {self.invalid}" if self.invalid else f"error: {self.error}" if self.error else
                 f"rows {self.shape[0]} vs HF {self.shape[1]}" if self.shape else f"rel L2 {self.err:.3e}")
         return f"{c.arch}#{c.index}: {what}\n  config: {c.describe()}\n  reproduce: {c.command}"
 
@@ -127,9 +137,8 @@ def write_media(c: Case, work: Path) -> list[Path]:
             t = np.arange(int(spec * 16000)) / 16000
             pcm = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t) + 0.05 * rng.standard_normal(t.size)
             soundfile.write(p, (pcm * 32767).astype(np.int16), 16000, subtype="PCM_16")
-        else:
-            p = work / f"m{i}.ids"
-            p.write_text(",".join(str(int(v)) for v in rng.integers(0, spec[1], spec[0])))
+        else:  # text: the entry writes its prompt itself
+            continue
         paths.append(p)
     return paths
 
@@ -145,13 +154,16 @@ def _media_args(paths: list[Path]) -> list:
     return [a for p in paths for a in (("--audio" if p.suffix == ".wav" else "--image"), p)]
 
 
-def perturb_gguf(src: Path, dst: Path) -> str:
-    """A copy of ``src`` with its first 2-D f32 block weight scaled by PERTURB; returns its name."""
+def perturb_gguf(src: Path, dst: Path, prefix: str = "") -> str:
+    """A copy of ``src`` with its first 2-D f32 block weight (named ``prefix``...) scaled by PERTURB;
+    returns its name."""
     import gguf
     shutil.copyfile(src, dst)
     r = gguf.GGUFReader(dst, "r+")
     for t in r.tensors:
-        if "blk." in t.name and t.name.endswith(".weight") and len(t.shape) == 2 and t.data.dtype == np.float32:
+        block = "blk." in t.name or prefix == "token_embd"  # a text file's embedding stage reads no block
+        if (t.name.startswith(prefix) and block and t.name.endswith(".weight") and len(t.shape) == 2
+                and t.data.dtype == np.float32):
             t.data[...] *= np.float32(PERTURB)
             r.data.flush()
             return t.name
@@ -160,8 +172,8 @@ def perturb_gguf(src: Path, dst: Path) -> str:
 
 def _embed(entry: Entry, gguf: Path, paths: list[Path], work: Path, tag: str) -> np.ndarray:
     out = work / f"e{tag}.npy"
-    args = entry.embed_args(paths, work) if entry.embed_args else _media_args(paths)
-    cli("embed", "--mmproj", gguf, *args, "-o", out, "--backend", "cpu", "--threads", "1", "-f")
+    args = entry.embed_args(gguf, paths, work) if entry.embed_args else ["--mmproj", gguf, *_media_args(paths)]
+    cli("embed", *args, "-o", out, "--backend", "cpu", "--threads", "1", "-f")
     return entry.read(work) if entry.read else np.load(out)
 
 
@@ -174,7 +186,9 @@ def _cli_part(entry: Entry, res: Result, folder: Path, paths: list[Path], work: 
         got = _embed(entry, gguf, paths, work, "")
         _compare(res, got, ref)
         if negative and res.ok():
-            name = perturb_gguf(gguf, work / "bad.gguf")
+            # a weight of the tower the media go through (a Phi-4 file holds both)
+            prefix = {"image": "v.", "audio": "a.", "text": "token_embd"}[res.case.media[0][0]]
+            name = perturb_gguf(gguf, work / "bad.gguf", prefix)
             res.negatives[f"weight {name} x{PERTURB}"] = rel_err(_embed(entry, work / "bad.gguf", paths, work, "b"), ref)
             if ref_wrong is not None:
                 res.negatives["wrong processor"] = _safe_err(got, ref_wrong)
@@ -220,18 +234,25 @@ def _prepare(entry: Entry, c: Case, work: Path, negative: bool):
 def run_arch(entry: Entry, indices, root: Path, *, negatives=(0,), workers: int = 2) -> list[Result]:
     """Every case of ``indices`` (in ``root``/<arch>-<i>), the negative controls on ``negatives``."""
     results, futures = [], []
+    cases = [case(entry, i) for i in indices]
+    for c in cases:
+        (root / f"{entry.arch}-{c.index}").mkdir(parents=True, exist_ok=True)
+    if entry.prefetch is not None:
+        entry.prefetch([(c, write_media(c, root / f"{entry.arch}-{c.index}"), c.index in negatives) for c in cases])
     with ThreadPoolExecutor(workers) as pool:
-        for i in indices:
-            c = case(entry, i)
-            work = root / f"{entry.arch}-{i}"
-            work.mkdir(parents=True, exist_ok=True)
+        for c in cases:
+            work = root / f"{entry.arch}-{c.index}"
             res = Result(c)
-            neg = i in negatives
+            neg = c.index in negatives
             if entry.custom is not None:
                 futures.append(pool.submit(_custom, entry, res, work, neg))
                 continue
             try:
                 prep = _prepare(entry, c, work, neg)
+            except HFRefuses as e:
+                res.invalid = str(e)
+                results.append(res)
+                continue
             except Exception:  # noqa: BLE001
                 res.error = "HF reference: " + traceback.format_exc(limit=3)[-1500:]
                 results.append(res)

@@ -236,8 +236,8 @@ def mllama_reference(model, proc, c, paths):
     return _each(paths, one)
 
 
-def mllama_args(paths, work):
-    return [a for p in paths for a in ("--image", p)] + ["--cross-output", work / "cross.npz"]
+def mllama_args(gguf, paths, work):
+    return ["--mmproj", gguf, *[a for p in paths for a in ("--image", p)], "--cross-output", work / "cross.npz"]
 
 
 def mllama_read(work):
