@@ -82,7 +82,8 @@ def phi4_config(rng, audio: bool):
     """A small Phi4MultimodalConfig: both towers (the checkpoint has both; convert writes both)."""
     d, h = width(rng, heads=(2, 4), head_dims=(4, 8))
     p = pick(rng, (2, 4, 7))
-    s = p * 2 * pick(rng, (2, 3, 4))  # HF's projector merges 2 x 2 patches
+    # HF's projector merges 2 x 2 patches; its processor refuses crops resized below 10 px (20 px at least)
+    s = p * 2 * pick(rng, [k for k in (2, 3, 4, 5, 6) if p * 2 * k >= 20][:3])
     vis = dict(hidden_size=d, intermediate_size=ffn(rng, d), num_attention_heads=h, num_hidden_layers=int(rng.integers(2, 4)),
                image_size=s, patch_size=p, crop_size=s, layer_norm_eps=eps(rng))
     ad, ah = width(rng, heads=(2, 4), head_dims=(4, 8))

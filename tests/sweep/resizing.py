@@ -78,7 +78,8 @@ def pixtral_generate(rng):
     v = dict(hidden_size=d, num_attention_heads=h, head_dim=d // h, intermediate_size=ffn(rng, d),
              num_hidden_layers=int(rng.integers(1, 4)), image_size=s, patch_size=p,
              hidden_act=pick(rng, ["silu", "gelu"]))
-    longest = s if rng.random() < 0.7 else p * merge * int(rng.integers(1, 2 * s // (p * merge) + 1))
+    # HF's merger fails on an image of one merged token: the longest edge holds two at least
+    longest = s if rng.random() < 0.7 else p * merge * int(rng.integers(2, 2 * s // (p * merge) + 1))
     proc = dict(size={"longest_edge": longest}, patch_size={"height": p * merge, "width": p * merge}, **mean_std(rng))
     # the merger's RMSNorm takes the text eps: graphdsl refuses one other than the tower's 1e-5 (llama.cpp's)
     cfg = dict(vision=v, text_hidden=4 * int(rng.integers(4, 15)), text_eps=1e-5,

@@ -86,7 +86,7 @@ def phi4_vision_skip():
 
 PHI4_VISION = Entry("phi4_vision", phi4_vision_generate, phi4_model, phi4_vision_reference,
                     extra_files=phi4_vision_files, skip=phi4_vision_skip, prefetch=phi4_vision_prefetch,
-                    wrong=lambda c: {"dynamic_hd": 1 if c.processor["dynamic_hd"] > 1 else 2})
+                    wrong=lambda c: {"dynamic_hd": 2 if c.processor["dynamic_hd"] != 2 else 36})
 
 
 # -- MiniCPM-V / MobileVLM against mtmd ---------------------------------------------------------------
