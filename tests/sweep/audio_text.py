@@ -134,7 +134,7 @@ def phi4_audio_reference(model, proc, c, paths):
 
 
 PHI4_AUDIO = Entry("phi4_audio", phi4_audio_generate, phi4_model, phi4_audio_reference, processor=phi4_audio_processor,
-                   wrong=lambda c: {"preemphasis": 0.5})
+                   wrong=lambda c: {"mel_max_frequency": 4000.0, "preemphasis": 0.5})
 
 
 # -- BERT text embeddings ----------------------------------------------------------------------------
