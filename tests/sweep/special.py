@@ -102,7 +102,6 @@ def _mtmd_case(c, work, negative, write):
     from mtmd_util import mtmd_python, write_text_gguf
     from test_mtmd_mobilevlm import random_weights
     import subprocess
-    import sys
     from .core import ROOT, cli, write_media
     from graphdsl.models.common import weight_shapes_of
     mtmd_python()
@@ -116,18 +115,27 @@ def _mtmd_case(c, work, negative, write):
                        timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"mtmd_ref.py exited {r.returncode}: {r.stderr[-1500:]}")
-    with np.load(work / "ref.npz") as z:
-        ref = np.concatenate([z[k] for k in sorted((k for k in z.files if k.startswith("embd.")),
-                                                   key=lambda k: int(k.split(".")[1]))])
-    cli("embed", "--mmproj", work / "m.gguf", "--image", img, "-o", work / "e.npy", "--backend", "cpu", "-f")
+    table = _token_table(work / "text.gguf")
+    with np.load(work / "ref.npz") as z:  # the chunks in order: text as the table's rows, images as embedded
+        kinds = [str(k) for k in z["kinds"]]
+        ref = np.concatenate([table[z[f"tokens.{i}"]] if k == "text" else z[f"embd.{i}"] for i, k in enumerate(kinds)])
+    embed = ["embed", "--mmproj", work / "m.gguf", "--text-model", work / "text.gguf", "--image", img,
+             "--backend", "cpu", "-f"]
+    cli(*embed, "-o", work / "e.npy")
     got = np.load(work / "e.npy")
     bad = None
     if negative:
         name = next(k for k in weights if "blk." in k and weights[k].ndim == 2)
         write(work / "bad.gguf", block.cfg, {**weights, name: weights[name] * np.float32(PERTURB)})
-        cli("embed", "--mmproj", work / "bad.gguf", "--image", img, "-o", work / "b.npy", "--backend", "cpu", "-f")
+        cli(*embed[:2], work / "bad.gguf", *embed[3:], "-o", work / "b.npy")
         bad = np.load(work / "b.npy")
     return got, ref, None, bad
+
+
+def _token_table(path):
+    import gguf
+    t = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
+    return np.asarray(t.data, np.float32).reshape(int(t.shape[1]), int(t.shape[0]))
 
 
 class _Writer:
@@ -142,7 +150,8 @@ def minicpmv_generate(rng):
     d, h = width(rng, head_dims=(8, 16))
     p = pick(rng, (4, 7, 14))
     cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
-               n_layer=int(rng.integers(1, 4)), n_mm_embd=64, n_query=pick(rng, (4, 9, 16)), max_slices=pick(rng, (1, 4, 9)))
+               n_layer=int(rng.integers(1, 4)), n_mm_embd=pick(rng, (128, 256)), n_query=pick(rng, (4, 9, 16)),
+               max_slices=pick(rng, (1, 4, 9)))  # the resampler's heads are 128 wide
     return "minicpmv", cfg, {}, _images(rng, 3 * cfg["image_size"], 1)
 
 
@@ -160,7 +169,7 @@ def mobilevlm_generate(rng):
     d, h = width(rng, head_dims=(8, 16))
     p = pick(rng, (4, 7, 14))
     cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
-               n_layer=int(rng.integers(1, 4)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")))
+               n_layer=int(rng.integers(2, 5)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")))  # feature layer -2
     return "mobilevlm", cfg, {}, _images(rng, 3 * cfg["image_size"], 1)
 
 
