@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-isa test-ray test-backends test-cuda test-mtmd install runtime bench portable-venv stub clean
+.PHONY: demo test test-isa test-sweep test-ray test-backends test-cuda test-mtmd install runtime bench portable-venv stub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -78,6 +78,13 @@ test-isa: install
 	  $(BIN)/python -m zipfile -e $(ISA_GGML)/libggml_python-*.whl $(ISA_GGML); }
 	LD_LIBRARY_PATH=$(CURDIR)/$(ISA_GGML)/libggml/lib64$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
 	ONEDNN_MAX_CPU_ISA=AVX2 GRAPHDSL_EXPECT_ISA=avx2 $(BIN)/python -m pytest -q -rs -p no:cacheprovider $(ISA_SUITES)
+
+# The config sweep (tests/sweep/, issue 23): 20 random but valid configs of model and processor per
+# arch, each an HF folder -> graphdsl convert -> graphdsl embed (subprocesses) against HF's processor
+# + model (1e-5 rel L2, f32). `make test` runs 2 per arch; a failure prints the command that reruns it.
+SWEEP_N ?= 20
+test-sweep: install
+	GRAPHDSL_SWEEP_N=$(SWEEP_N) $(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_sweep.py
 
 # embed-dataset on Ray Data (tests/test_dataset_ray.py, a local 2-CPU Ray on 127.0.0.1): its own
 # target, since Ray is a large optional extra and its start-up takes ~20 s.

@@ -1,0 +1,189 @@
+"""Sweep entries whose reference needs more than one Python: Phi-4-multimodal vision (HF's image
+processor exists only on torchvision, run in a fresh Python by ``phi4_hf.hf_process``) and the two
+archs HF has no model class for, MiniCPM-V and MobileVLM, where llama.cpp's mtmd is the reference
+(``tests/mtmd_ref.py`` in the mtmd venv; both skip when ``GRAPHDSL_MTMD_PYTHON`` is unset and no
+.venv-mtmd exists).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+
+from .audio_text import phi4_config, phi4_model
+from .clip_siglip import _images, _no_grad
+from .core import Entry, PERTURB, pick, width
+
+
+# -- Phi-4-multimodal vision --------------------------------------------------------------------------
+def phi4_vision_generate(rng):
+    k = phi4_config(rng, audio=False)
+    v = k["vision"]
+    proc = {"dynamic_hd": 36 if rng.random() < 0.6 else int(rng.integers(2, 12))}
+    s = v["image_size"]
+    h = int(rng.integers(s, 4 * s))  # HF's processor refuses aspect ratios its crop grid cannot hold
+    return "phi4_multimodal", k, proc, [("image", (h, int(np.clip(h * rng.uniform(0.5, 2), s, 4 * s))))]
+
+
+def phi4_vision_files(c, folder):
+    """HF's preprocessor_config.json for the processor (written as its save_pretrained does: the
+    processor itself can only be built in a fresh Python)."""
+    v = c.config["vision"]
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Phi4MultimodalImageProcessor", "size": {"height": v["crop_size"], "width": v["crop_size"]},
+        "patch_size": v["patch_size"], "dynamic_hd": c.processor["dynamic_hd"], "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3}))
+
+
+_PROCESSED: dict = {}  # (arch index, image path, dynamic_hd) -> HF's processor output, or its error
+
+
+def phi4_vision_prefetch(items):
+    """HF's processor on every image of every case (and the wrong setting's) in ONE fresh Python
+    (``phi4_hf.hf_process``, ~20 s to start): per case it would dominate the sweep's time."""
+    from phi4_hf import hf_process
+    from PIL import Image
+    keys, cases = [], []
+    for c, paths, negative in items:
+        v = c.config["vision"]
+        hds = [c.processor["dynamic_hd"]] + ([PHI4_VISION.wrong(c)["dynamic_hd"]] if negative else [])
+        for p in paths:
+            for hd in hds:
+                keys.append((c.index, str(p), hd))
+                cases.append((np.asarray(Image.open(p).convert("RGB")), v["crop_size"], v["patch_size"], hd))
+    _PROCESSED.clear()
+    try:
+        _PROCESSED.update(zip(keys, hf_process(cases)))
+    except AssertionError:  # one image HF refuses fails the batch: process them one by one
+        for k, cs in zip(keys, cases):
+            try:
+                _PROCESSED[k] = hf_process([cs])[0]
+            except AssertionError as e:
+                _PROCESSED[k] = str(e)[-300:]
+
+
+@_no_grad
+def phi4_vision_reference(model, proc, c, paths):
+    from phi4_hf import hf_image_embeds
+    from .core import HFRefuses
+    out = []
+    for p in paths:
+        o = _PROCESSED[(c.index, str(p), c.processor["dynamic_hd"])]
+        if isinstance(o, str):
+            raise HFRefuses(o)
+        out.append(hf_image_embeds(model, o["image_pixel_values"], o["image_sizes"], o["image_attention_mask"]))
+    return np.concatenate(out)
+
+
+def phi4_vision_skip():
+    from phi4_hf import TV_SITE
+    if importlib.util.find_spec("torchvision") is None and not (TV_SITE / "torchvision").is_dir():
+        return "needs torchvision 0.28.0 in build/tv-site (make install): HF's Phi-4 image processor"
+    return ""
+
+
+PHI4_VISION = Entry("phi4_vision", phi4_vision_generate, phi4_model, phi4_vision_reference,
+                    extra_files=phi4_vision_files, skip=phi4_vision_skip, prefetch=phi4_vision_prefetch,
+                    wrong=lambda c: {"dynamic_hd": 2 if c.processor["dynamic_hd"] != 2 else 36})
+
+
+# -- MiniCPM-V / MobileVLM against mtmd ---------------------------------------------------------------
+def mtmd_skip():
+    from mtmd_util import _probe
+    if os.environ.get("GRAPHDSL_MTMD_REQUIRED"):
+        return ""
+    return _probe()[1]
+
+
+def _mtmd_case(c, work, negative, write):
+    """write(path, weights) the GGUF; graphdsl embed vs mtmd's embeddings for the case's image."""
+    from mtmd_util import mtmd_python, write_text_gguf
+    from test_mtmd_mobilevlm import random_weights
+    import subprocess
+    from .core import ROOT, cli, write_media
+    from graphdsl.models.common import weight_shapes_of
+    mtmd_python()
+    block, n_mm = write.block(c), write.n_mm(c)
+    weights = random_weights(weight_shapes_of(block), c.seed)
+    img = write_media(c, work)[0]
+    write(work / "m.gguf", block.cfg, weights)
+    write_text_gguf(work / "text.gguf", n_mm)
+    r = subprocess.run([mtmd_python(), str(ROOT / "tests" / "mtmd_ref.py"), "--mmproj", work / "m.gguf", "--text",
+                        work / "text.gguf", "--image", img, "--out", work / "ref.npz"], capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"mtmd_ref.py exited {r.returncode}: {r.stderr[-1500:]}")
+    table = _token_table(work / "text.gguf")
+    with np.load(work / "ref.npz") as z:  # the chunks in order: text as the table's rows, images as embedded
+        kinds = [str(k) for k in z["kinds"]]
+        ref = np.concatenate([table[z[f"tokens.{i}"]] if k == "text" else z[f"embd.{i}"] for i, k in enumerate(kinds)])
+    embed = ["embed", "--mmproj", work / "m.gguf", "--text-model", work / "text.gguf", "--image", img,
+             "--backend", "cpu", "-f"]
+    cli(*embed, "-o", work / "e.npy")
+    got = np.load(work / "e.npy")
+    bad = None
+    if negative:
+        name = next(k for k in weights if "blk." in k and weights[k].ndim == 2)
+        write(work / "bad.gguf", block.cfg, {**weights, name: weights[name] * np.float32(PERTURB)})
+        cli(*embed[:2], work / "bad.gguf", *embed[3:], "-o", work / "b.npy")
+        bad = np.load(work / "b.npy")
+    return got, ref, None, bad
+
+
+def _token_table(path):
+    import gguf
+    t = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
+    return np.asarray(t.data, np.float32).reshape(int(t.shape[1]), int(t.shape[0]))
+
+
+class _Writer:
+    def __init__(self, block, n_mm, write):
+        self.block, self.n_mm, self.write = block, n_mm, write
+
+    def __call__(self, path, cfg, weights):
+        return self.write(path, cfg, weights)
+
+
+def minicpmv_generate(rng):
+    d, h = width(rng, head_dims=(8, 16))
+    p = pick(rng, (4, 7, 14))
+    cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
+               n_layer=int(rng.integers(1, 4)), n_mm_embd=pick(rng, (128, 256)), n_query=pick(rng, (4, 9, 16)),
+               max_slices=pick(rng, (1, 4, 9)))  # the resampler's heads are 128 wide
+    return "minicpmv", cfg, {}, _images(rng, 3 * cfg["image_size"], 1)
+
+
+def _minicpmv_writer():
+    from test_mtmd_minicpmv import write_minicpmv
+    from graphdsl.models import minicpmv
+
+    def block(c):
+        fields = set(minicpmv.MiniCPMVConfig.__dataclass_fields__)
+        return minicpmv.MiniCPMVVision(minicpmv.MiniCPMVConfig(**{k: v for k, v in c.config.items() if k in fields}))
+    return _Writer(block, lambda c: c.config["n_mm_embd"], write_minicpmv)
+
+
+def mobilevlm_generate(rng):
+    d, h = width(rng, head_dims=(8, 16))
+    p = pick(rng, (4, 7, 14))
+    cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
+               n_layer=int(rng.integers(2, 5)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")))  # feature layer -2
+    return "mobilevlm", cfg, {}, _images(rng, 3 * cfg["image_size"], 1)
+
+
+def _mobilevlm_writer():
+    from test_mtmd_mobilevlm import write_mobilevlm
+    from graphdsl.models import mobilevlm
+
+    def block(c):
+        fields = set(mobilevlm.MobileVLMConfig.__dataclass_fields__)
+        return mobilevlm.MobileVLMVision(mobilevlm.MobileVLMConfig(**{k: v for k, v in c.config.items() if k in fields}))
+    return _Writer(block, lambda c: c.config["n_mm_embd"], write_mobilevlm)
+
+
+MINICPMV = Entry("minicpmv", minicpmv_generate, skip=mtmd_skip,
+                 custom=lambda c, w, neg: _mtmd_case(c, w, neg, _minicpmv_writer()))
+MOBILEVLM = Entry("mobilevlm", mobilevlm_generate, skip=mtmd_skip,
+                  custom=lambda c, w, neg: _mtmd_case(c, w, neg, _mobilevlm_writer()))
