@@ -160,8 +160,11 @@ def test_idefics3_square_ffn_llama_cpp_file_equals_hf(tmp_path, outtype, bound):
                             attn_implementation="eager")
     model = hf_refs.randomize(tf.Idefics3ForConditionalGeneration(cfg), 0)
     model.save_pretrained(tmp_path / "hf")
-    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3,
-                                                                         "image_std": [0.5] * 3}))
+    # the tiling stated: llama.cpp's converter writes size.longest_edge as clip.vision.preproc_image_size
+    # (the tower's image_size when absent, i.e. no tiles), and graphdsl reads that key back
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"longest_edge": 4 * 32},
+        "max_image_size": {"longest_edge": 32}}))
     _image().save(tmp_path / "i.png")
     path = lcp_convert.convert(tmp_path / "hf", tmp_path / "m.gguf", outtype)
     frames = idefics3_images(tmp_path / "i.png", Idefics3ImageConfig(longest_edge=4 * 32, max_image_size=32))
