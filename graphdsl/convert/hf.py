@@ -9,7 +9,9 @@ tensors and vocabulary. The per-tensor types are writer.py's.
 
 Metadata follows llama.cpp (clip.cpp reads it), plus keys llama.cpp ignores that let graphdsl
 reproduce HF exactly (llama.cpp's flags cannot say "exact erf GELU" or "keep the class token"):
-`graphdsl.{vision,audio}.act`, `graphdsl.vision.projector_act`, `graphdsl.vision.select`.
+`graphdsl.{vision,audio}.act`, `graphdsl.vision.projector_act`, `graphdsl.vision.select`; a BERT
+text model's tokenizer_config.json normaliser settings as `graphdsl.text.*` (llama.cpp's WPM
+tokenizer always lower-cases).
 """
 from __future__ import annotations
 
