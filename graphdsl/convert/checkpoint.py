@@ -97,6 +97,12 @@ def load_hf(hf_dir: str):
     return config, lambda: load_state_dict(hf_dir), load_preprocessor(hf_dir)
 
 
+def load_tokenizer_config(hf_dir: str) -> dict:
+    """The tokenizer's settings (tokenizer_config.json), {} without one."""
+    path = os.path.join(hf_dir, "tokenizer_config.json")
+    return load_json(path) if os.path.exists(path) else {}
+
+
 def load_preprocessor(hf_dir: str) -> dict:
     """The image processor's / feature extractor's settings: preprocessor_config.json, else (what
     transformers 5's ``ProcessorMixin.save_pretrained`` writes instead) the ``image_processor``,

@@ -9,7 +9,9 @@ tensors and vocabulary. The per-tensor types are writer.py's.
 
 Metadata follows llama.cpp (clip.cpp reads it), plus keys llama.cpp ignores that let graphdsl
 reproduce HF exactly (llama.cpp's flags cannot say "exact erf GELU" or "keep the class token"):
-`graphdsl.{vision,audio}.act`, `graphdsl.vision.projector_act`, `graphdsl.vision.select`.
+`graphdsl.{vision,audio}.act`, `graphdsl.vision.projector_act`, `graphdsl.vision.select`; a BERT
+text model's tokenizer_config.json normaliser settings as `graphdsl.text.*` (llama.cpp's WPM
+tokenizer always lower-cases).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from gguf import Keys
 
 from ..gguf_io import MMPROJ_ARCH
 from ..models import settings
-from .checkpoint import load_hf
+from .checkpoint import load_hf, load_tokenizer_config
 
 
 def prepare(hf_dir: str) -> tuple[str, list[tuple[str, object]], dict[str, np.ndarray]]:
@@ -39,25 +41,27 @@ def prepare_all(hf_dir: str) -> list[tuple[str, list[tuple[str, object]], dict[s
     if "hf_dir" in arch.extra:  # what the folder's other files say (pixtral: token ids from the tokenizer)
         config = arch.extra["hf_dir"](config, hf_dir)
     archs = [arch, *(registry.ARCHS[n] for n in arch.extra.get("companions", ()))]
+    checkpoint = {"config": config, "processor": pre, "tokenizer": load_tokenizer_config(hf_dir)}
     for a in archs:  # refuse what graphdsl cannot honour before reading any weight
-        settings.refuse(a, {"config": config, "processor": pre}, hf_dir)
+        settings.refuse(a, checkpoint, hf_dir)
     cfgs = [a.config_from_hf(config) for a in archs]  # a two-tower CLIP/SigLIP config gives its vision tower
     sd = load_weights()  # read once the configs were checked
-    return [_prepare(a, c, config, sd, pre, model_type, hf_dir) for a, c in zip(archs, cfgs)]
+    return [_prepare(a, c, checkpoint, sd, model_type, hf_dir) for a, c in zip(archs, cfgs)]
 
 
-def _prepare(arch, cfg, config, sd, pre, model_type, hf_dir):
+def _prepare(arch, cfg, checkpoint, sd, model_type, hf_dir):
+    config, pre = checkpoint["config"], checkpoint["processor"]
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in arch.hf_to_gguf(sd, cfg).items()}
     kv: list[tuple[str, object]] = [(Keys.General.NAME, config.get("_name_or_path") or model_type)]
     if arch.modality == "text":
         tensors.update(arch.extra["layers"](sd, config, tensors))
         kv += arch.config_to_gguf(cfg, config) + arch.extra["vocab"](hf_dir, cfg.n_vocab)
-        return arch.extra["gguf_arch"], kv, tensors
+        return arch.extra["gguf_arch"], settings.apply(arch, checkpoint, kv, hf_dir, cfg=cfg), tensors
     if arch.image is not None:
         kv += arch.config_to_gguf(cfg, pre.get("image_mean", arch.image.mean), pre.get("image_std", arch.image.std))
     else:
         kv += arch.config_to_gguf(cfg)
-    return MMPROJ_ARCH, settings.apply(arch, {"config": config, "processor": pre}, kv, hf_dir, cfg=cfg), tensors
+    return MMPROJ_ARCH, settings.apply(arch, checkpoint, kv, hf_dir, cfg=cfg), tensors
 
 
 def combine(parts: list[tuple[str, list, dict]], names: list[str]) -> tuple[str, list, dict]:

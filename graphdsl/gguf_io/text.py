@@ -34,6 +34,7 @@ class TextInfo:
     add_bos: bool | None = None  # tokenizer.ggml.add_bos_token / add_eos_token (None: not said)
     add_eos: bool | None = None
     path: str = ""  # the file it was read from, for errors
+    file: GGUFFile | None = field(default=None, repr=False)  # the file itself, for carried settings
 
 
 def load_text(path: str | os.PathLike | GGUFFile) -> tuple[TextInfo, GGUFTensor]:
@@ -75,5 +76,5 @@ def load_text(path: str | os.PathLike | GGUFFile) -> tuple[TextInfo, GGUFTensor]
                     opt[T.SCORES], opt[T.MERGES], special, _get(f, T.PRE, str, ""),
                     {k[len(arch) + 1:]: v for k, v in f.metadata.items() if k.startswith(arch + ".")},
                     _get(f, T.HF_JSON, str, ""), _get(f, T.ADD_BOS, bool, None), _get(f, T.ADD_EOS, bool, None),
-                    f.path)
+                    f.path, f)
     return info, emb

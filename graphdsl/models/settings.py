@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
-FILES = {"config": "config.json", "processor": "preprocessor_config.json"}
+FILES = {"config": "config.json", "processor": "preprocessor_config.json", "tokenizer": "tokenizer_config.json"}
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,13 @@ class Setting:
     """One HF field and what graphdsl does with it (exactly one of carry / refuse / irrelevant).
 
     Attributes:
-        source: "config" (config.json) or "processor" (preprocessor_config.json).
+        source: "config" (config.json), "processor" (preprocessor_config.json) or "tokenizer"
+            (tokenizer_config.json); a carried processor or tokenizer field is carried alike.
         path: dotted path of the field; ``x.*`` for every field under ``x``.
         carry: the GGUF key holding the value ("tensor NAME": told by a tensor's presence).
         refuse: ``(value, checkpoint) -> bool``, true for a value graphdsl cannot honour;
-            ``checkpoint`` is ``{"config": config.json, "processor": preprocessor_config.json}``.
+            ``checkpoint`` is ``{"config": config.json, "processor": preprocessor_config.json,
+            "tokenizer": tokenizer_config.json}``.
         irrelevant: why the value does not change the output.
         reason: for ``refuse``: what graphdsl lacks.
         default: HF's value when the field is absent (carried processor fields: what ``convert``
@@ -71,8 +73,8 @@ class Setting:
             raise RuntimeError(f"setting {self.source}:{self.path}: give exactly one of carry, refuse, irrelevant")
         if (self.refuse is not None and not self.reason) or (self.irrelevant is not None and not self.irrelevant):
             raise RuntimeError(f"setting {self.source}:{self.path}: a refused or irrelevant field needs its reason")
-        if self.source == "processor" and self.carry is not None and self.default is MISSING:
-            raise RuntimeError(f"setting processor:{self.path}: a carried processor field needs HF's default")
+        if self.source != "config" and self.carry is not None and self.default is MISSING:
+            raise RuntimeError(f"setting {self.source}:{self.path}: a carried {self.source} field needs HF's default")
 
     @property
     def what(self) -> str:
@@ -135,6 +137,24 @@ COMMON_PROCESSOR = {
     "padding_value": "batch padding of several inputs; one input is not padded",
     "auto_map": "remote-code class names",
 }
+# Fields of every HF tokenizer_config.json: the special tokens' spellings (the vocabulary and its
+# special ids are carried as llama.cpp's tokenizer.ggml.* keys), batching and bookkeeping.
+_SPECIAL = "a special token's spelling; the vocabulary and its special ids are carried as tokenizer.ggml.*"
+COMMON_TOKENIZER = {
+    **{k: _SPECIAL for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token", "bos_token",
+                             "eos_token", "additional_special_tokens", "extra_special_tokens", "added_tokens_decoder")},
+    "tokenizer_class": "names the class, which the checkpoint's model_type already picks",
+    "backend": "which transformers backend (tokenizers / sentencepiece) runs it; not the tokens",
+    "processor_class": "names the processor class, which the checkpoint's model_type already picks",
+    "model_max_length": "HF's truncation limit (when asked to truncate); graphdsl never truncates a prompt",
+    "padding_side": "batch padding of several prompts; one prompt is not padded",
+    "truncation_side": "HF's truncation (when asked to truncate); graphdsl never truncates a prompt",
+    "model_input_names": "the names of HF's outputs, not their values",
+    "clean_up_tokenization_spaces": "decoding only (ids -> text)",
+    "split_special_tokens": "HF's default (False) keeps a special token whole, as graphdsl does",
+    "auto_map": "remote-code class names",
+    "name_or_path": "bookkeeping",
+}
 
 
 def lookup(d: Mapping | None, path: str) -> Any:
@@ -149,11 +169,11 @@ def lookup(d: Mapping | None, path: str) -> Any:
 
 def leaves(d: Mapping, prefix: str = "") -> dict[str, Any]:
     """Every field of a nested dict by dotted path (a non-empty dict is descended into, but
-    id2label / label2id, whose keys are data, are fields themselves)."""
+    id2label / label2id and a tokenizer's added_tokens_decoder, whose keys are data, are fields themselves)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         p = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v and k not in ("id2label", "label2id"):
+        if isinstance(v, Mapping) and v and k not in ("id2label", "label2id", "added_tokens_decoder"):
             out.update(leaves(v, p + "."))
         else:
             out[p] = v
@@ -173,7 +193,7 @@ def declaration(settings: Sequence[Setting], source: str, path: str) -> Setting 
             best, depth = s, s.path.count(".")
     if best is not None:
         return best
-    common = COMMON_CONFIG if source == "config" else COMMON_PROCESSOR
+    common = {"config": COMMON_CONFIG, "processor": COMMON_PROCESSOR, "tokenizer": COMMON_TOKENIZER}[source]
     return common.get(path.rsplit(".", 1)[-1])
 
 
@@ -196,7 +216,8 @@ def refuse(arch, checkpoint: Mapping[str, Mapping], where: str = "") -> None:
     """ValueError naming the file, the field and the value for the first setting of ``arch`` that
     the checkpoint gives a value graphdsl cannot honour.
 
-    checkpoint: {"config": config.json, "processor": preprocessor_config.json (or {})}."""
+    checkpoint: {"config": config.json, "processor": preprocessor_config.json (or {}),
+    "tokenizer": tokenizer_config.json (or {})}."""
     for s in arch.settings:
         if s.refuse is None:
             continue
@@ -217,8 +238,8 @@ def apply(arch, checkpoint: Mapping[str, Mapping], kv: list[tuple[str, object]],
     for s in arch.settings:  # value the checkpoint gives wins over a default, the later field over the earlier
         if s.carry is None:
             continue
-        if s.source == "processor":
-            v = lookup(checkpoint.get("processor"), s.path)
+        if s.source != "config":  # processor / tokenizer
+            v = lookup(checkpoint.get(s.source), s.path)
             if v is not MISSING or s.carry not in given:
                 out[s.carry] = _encode(s, default_of(s, cfg) if v is MISSING else v)
             if v is not MISSING:
@@ -237,7 +258,7 @@ def read(arch, gguf_file, cfg: Any = None) -> dict[str, Any]:
     from ..gguf_io.reader import _get
     out = {}
     for s in arch.settings:
-        if s.source != "processor" or s.carry is None:
+        if s.source == "config" or s.carry is None:
             continue
         if gguf_file is None or s.carry not in gguf_file.metadata:
             out[s.path] = default_of(s, cfg)

@@ -180,9 +180,12 @@ def tokenizer_of(info) -> Any:
 
     The embedded ``tokenizer.huggingface.json`` when there is one; else, for
     tokenizer.ggml.model "bert", WordPiece rebuilt from llama.cpp's phantom-space token list
-    (``\u2581w`` -> ``w``, ``s`` -> ``##s``, [CONTROL] tokens as they are), lower-casing with
-    BERT's normaliser and pre-tokenizer and ``[CLS] $A [SEP]`` around the text, as llama.cpp's
-    WPM tokenizer does. Other vocabularies (SentencePiece, BPE) need their tokenizer.json.
+    (``\u2581w`` -> ``w``, ``s`` -> ``##s``, [CONTROL] tokens as they are), with BERT's
+    normaliser and pre-tokenizer and ``[CLS] $A [SEP]`` around the text, as HF's BertTokenizer
+    builds them. The normaliser takes the file's carried tokenizer_config.json settings
+    (do_lower_case, strip_accents, tokenize_chinese_chars: ``TOKENIZER``); a file without them
+    (one llama.cpp wrote) gets HF's defaults, lower-casing as llama.cpp's WPM tokenizer does.
+    Other vocabularies (SentencePiece, BPE) need their tokenizer.json.
     """
     from ..preprocess.text import TextTokenizer
     if info.hf_json:
@@ -208,7 +211,10 @@ def tokenizer_of(info) -> Any:
         vocab.setdefault(word, i)
     unk = info.tokens[info.special["unk"]] if "unk" in info.special else "[UNK]"
     tok = Tokenizer(WordPiece(vocab, unk_token=unk))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    norm = settings.read(ARCH, info.file)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=bool(norm["tokenize_chinese_chars"]),
+        strip_accents=norm["strip_accents"], lowercase=bool(norm["do_lower_case"]))
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     cls, sep = info.special.get("bos"), info.special.get("sep", info.special.get("eos"))
     if cls is not None and sep is not None:
@@ -220,6 +226,19 @@ def tokenizer_of(info) -> Any:
 
 
 _L, _A = Keys.LLM, Keys.Attention
+_K = "graphdsl.text."
+# strip_accents is True, False or None (None: strip when lower-casing); stored as a string
+_ACCENTS = {None: "none", True: "true", False: "false"}
+TOKENIZER = (  # BertTokenizer's normaliser (HF's defaults), carried from tokenizer_config.json
+    settings.carried("tokenizer", "do_lower_case", _K + "do_lower_case", True),
+    settings.carried("tokenizer", "strip_accents", _K + "strip_accents", None,
+                     to_gguf=lambda v: _ACCENTS[None if v is None else bool(v)],
+                     from_gguf=lambda s: {v: k for k, v in _ACCENTS.items()}[s]),
+    settings.carried("tokenizer", "tokenize_chinese_chars", _K + "tokenize_chinese_chars", True),
+    settings.unless("tokenizer", "do_basic_tokenize", True, "graphdsl always splits on whitespace and "
+                    "punctuation first (BERT's pre-tokenizer)"),
+    settings.unless("tokenizer", "never_split", None, "graphdsl's BERT normaliser has no list of words kept whole"),
+)
 _LAYERS = "BERT's layers after the embedding stage graphdsl builds; their tensors are stored for llama.cpp"
 SETTINGS = (
     settings.carried("config", "vocab_size", "tensor token_embd.weight"),
@@ -234,6 +253,7 @@ SETTINGS = (
     settings.irrelevant("config", "classifier_dropout", "a classification head's, at training"),
     settings.unless("config", "position_embedding_type", "absolute", "graphdsl's BERT embedding adds absolute "
                     "positions"),
+    *TOKENIZER,
 )
 
 
