@@ -324,6 +324,35 @@ def test_qwen25_window_keys_as_llama_cpp_writes_them(tmp_path):
         assert (got.window_size, got.fullatt) == want[case], case
 
 
+
+def test_qwen25_no_full_attention_layer_round_trips(tmp_path):
+    """HF's fullatt_block_indexes [] (windows in every layer): GGUF writers drop an empty
+    wa_layer_indexes, so the file says it as n_wa_pattern n_layer + 1 (no layer meets it, in
+    llama.cpp's (il + 1) % n_wa_pattern == 0 too) and reads back as windows everywhere."""
+    from dataclasses import replace
+
+    from graphdsl.convert.writer import write_gguf
+    from graphdsl.models import from_gguf
+    c = replace(qwen2_5vl.ARCH.examples[0], fullatt=())
+    w = {k: (np.zeros(s, np.float32), "f32") for k, s in qwen2vl.weight_shapes(c).items()}
+    kv = dict(qwen2_5vl.config_to_gguf(c))
+    assert kv["clip.vision.n_wa_pattern"] == c.n_layer + 1
+    path = tmp_path / "m.gguf"
+    write_gguf(str(path), "clip", list(kv.items()), w)
+    got = from_gguf(path, check_finite=False).vision.cfg
+    assert (got.window_size, got.fullatt) == (c.window_size, ())
+
+
+@pytest.mark.parametrize("merge", [1, 2, 3, 4])
+def test_default_grid_is_whole_merge_units(merge):
+    """With no grids the block builds one square image about image_size (560: 40 patches of 14),
+    a whole number of merge units a side, so any spatial_merge_size builds (convert builds it)."""
+    c = qwen2vl.Qwen2VLConfig(n_embd=32, n_ff=64, n_head=4, n_layer=1, n_mm_embd=48, merge=merge)
+    (t, h, w), = qwen2vl.Qwen2VLVision(c).grids
+    assert h == w and h % merge == 0 and 40 - merge < h <= 40
+    assert qwen2vl.build(c).outputs["embd"].shape == (h * w // merge ** 2, 48)
+
+
 # HF Qwen2-VL vision module names -> graphdsl node names
 MAPPING = {"visual.blocks.{i}.attn": "v.blk.{i}.attn_out", "visual.blocks.{i}.mlp.fc1": "v.blk.{i}.ffn_up",
            "visual.blocks.{i}": "v.blk.{i}.layer_out", "visual.merger.ln_q": "v.post_ln",

@@ -82,3 +82,72 @@ def test_refused_settings_stop_convert(tiny, tmp_path, pre, shown):
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode != 0 and not out.exists()
     assert f"preprocessor_config.json: {shown} is not supported by graphdsl" in r.stderr, r.stderr
+
+
+# vision_config fields the file must carry (sweep misses): HF config overrides, the preprocessor's
+# merge_size, and the keys whose loss must break the match (dropped, or (key, wrong value))
+CONFIG_CASES = {
+    # 560 // 14 = 40 patches, no whole number of merges of 3: convert built its example graph there
+    "qwen2vl-merge3": (False, {"spatial_merge_size": 3}, 3, [(V + "spatial_merge_size", 2)]),
+    "qwen2.5vl-merge3": (True, {"spatial_merge_size": 3, "window_size": 84, "fullatt_block_indexes": [1]}, 3,
+                         [(V + "spatial_merge_size", 2)]),
+    # no full-attention layer: windows in every layer (an empty wa_layer_indexes does not survive a GGUF)
+    "qwen2.5vl-no-fullatt": (True, {"fullatt_block_indexes": []}, 2, [V + "n_wa_pattern"]),
+}
+
+
+def _tiny_with(v25: bool, overrides: dict, seed=0):
+    torch = need_torch()
+    from hf_refs import randomize
+    from test_models_qwen2vl import _text_config
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
+    torch.manual_seed(seed)
+    common = dict(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, num_heads=4)
+    if v25:
+        vc = {**common, "depth": 2, "hidden_size": 32, "intermediate_size": 48, "out_hidden_size": 48,
+              "window_size": 56, "fullatt_block_indexes": [1], **overrides}
+        cls, model_cls = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    else:
+        vc = {**common, "depth": 2, "embed_dim": 32, "hidden_size": 48, "mlp_ratio": 2, **overrides}
+        cls, model_cls = Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    cfg = cls(vision_config=vc, text_config=_text_config(), attn_implementation="eager")
+    return randomize(model_cls(cfg), seed)
+
+
+def _embed_or_none(gguf, imgs, out):
+    r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "embed", "--mmproj", str(gguf),
+                        *[a for p in imgs for a in ("--image", str(p))], "-o", str(out), "-f", "--backend", "cpu"],
+                       capture_output=True, text=True, timeout=300, check=False)
+    return np.load(out) if r.returncode == 0 else None
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_vision_config_survives_the_file(tmp_path, case):
+    """HF folder with the case's vision_config -> graphdsl convert -> embed of odd-sized images equals
+    HF; the file without the key that carries the setting (or with the default's value) must not."""
+    need_torch()
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    v25, overrides, merge, keys = CONFIG_CASES[case]
+    model = _tiny_with(v25, overrides)
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({**BASE, "merge_size": merge}))
+    imgs = [tmp_path / "a.png", tmp_path / "b.png"]
+    _png(imgs[0], (173, 95), 1)
+    _png(imgs[1], (128, 211), 2)
+    hp = Qwen2VLImageProcessorPil.from_pretrained(folder)(images=[Image.open(p) for p in imgs], return_tensors="np")
+    ref = _hf_features(model, hp["pixel_values"], hp["image_grid_thw"].tolist())
+    gguf = tmp_path / "m.gguf"
+    graphdsl("convert", folder, "-o", gguf)
+    got = _embed(gguf, imgs, tmp_path / "e.npy")
+    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
+    print(f"{case}: {ref.shape[0]} rows, rel err {err:.2e}")
+    assert err <= BOUND
+    for key in keys:
+        key, value = key if isinstance(key, tuple) else (key, None)
+        bad = tmp_path / "bad.gguf"
+        rewrite_gguf(gguf, bad, drop=() if value is not None else (key,),
+                     change={key: value} if value is not None else None)
+        wrong = _embed_or_none(bad, imgs, tmp_path / "w.npy")  # a wrong merge may not even load
+        assert wrong is None or wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key

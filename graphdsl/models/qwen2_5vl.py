@@ -9,6 +9,8 @@
 llama.cpp's files say which layers attend fully with ``clip.vision.n_wa_pattern`` (every
 n-th layer, as its converter derives it from HF's fullatt_block_indexes) or
 ``clip.vision.wa_layer_indexes``; ``clip.vision.window_size`` is written too (llama.cpp uses 112).
+No full-attention layer at all (HF's ``fullatt_block_indexes: []``) is written as n_wa_pattern
+n_layer + 1, a pattern no layer meets (an empty array does not survive GGUF writers).
 
 Example:
     >>> cfg = Qwen25VLConfig(image_size=56, n_embd=32, n_ff=48, n_head=4, n_layer=2, n_mm_embd=24,
@@ -77,8 +79,9 @@ def config_from_gguf(src: Any) -> Qwen25VLConfig:
         layers = [il for il in range(n) if (il + 1) % pattern == 0]
     if any(not 0 <= i < n for i in layers):
         raise m.error(f"full-attention layers {layers} must lie in 0..{n - 1}")
-    # neither key: llama.cpp runs no window attention at all; an explicit empty list: windows everywhere
-    windowed = bool(layers) or KEY_WA_LAYERS in f.metadata
+    # neither key: llama.cpp runs no window attention at all; an explicit empty list, or a pattern past
+    # the last layer (as config_to_gguf writes no full-attention layer): windows everywhere
+    windowed = bool(layers) or pattern > 0 or KEY_WA_LAYERS in f.metadata
     window = _get(f, V.WINDOW_SIZE, int, 112) if windowed else 0
     return Qwen25VLConfig(**kw, window_size=window, fullatt=tuple(layers))
 
@@ -90,6 +93,11 @@ def config_to_gguf(cfg: Qwen25VLConfig, image_mean=None, image_std=None) -> list
     step = fa[0] + 1 if fa else 0
     if fa and fa == list(range(step - 1, cfg.n_layer, step)):  # llama.cpp's converter writes only the pattern
         kv.append((V.N_WA_PATTERN, step))
+    elif not fa and cfg.window_size:
+        # no full-attention layer (HF's fullatt_block_indexes []): GGUF writers drop an empty array, so
+        # say it as a pattern no layer meets, (il + 1) % (n_layer + 1) != 0: windows in every layer, in
+        # llama.cpp too (use_window_attn = n_wa_pattern > 0)
+        kv.append((V.N_WA_PATTERN, cfg.n_layer + 1))
     return kv
 
 

@@ -212,15 +212,17 @@ def encode(patches: Tensor, c: Qwen2VLConfig, grids: Sequence[Grid]) -> Tensor:
 class Qwen2VLVision(Block):
     """Packed patches f32 (N, 3*2*p*p) -> (N / merge^2, n_mm_embd), for the items ``grids``.
 
-    Called on one tensor it takes ``grids`` from the constructor (default: one square image of
-    image_size); the mixed batch calls ``build_items`` with pixels of any sizes.
+    Called on one tensor it takes ``grids`` from the constructor (default: one square image of about
+    image_size, a whole number of merge units a side); the mixed batch calls ``build_items`` with pixels of any sizes.
     """
 
     kind = "image"
 
     def __init__(self, cfg: Qwen2VLConfig, grids: Sequence[Grid] | None = None):
         super().__init__(cfg)
-        side = cfg.image_size // cfg.patch_size
+        # the default: one square image about image_size (560 when the file or HF says none), its side
+        # in patches rounded down to a multiple of the merge (560 / 14 = 40 patches fit no merge of 3)
+        side = max(cfg.merge, cfg.image_size // cfg.patch_size // cfg.merge * cfg.merge)
         self.grids = [tuple(gr) for gr in grids] if grids else [(1, side, side)]
 
     example = property(lambda self: ((sum(t * h * w for t, h, w in self.grids), self.cfg.n_patch_in), "f32"))
