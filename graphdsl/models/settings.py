@@ -334,7 +334,7 @@ def image_processor(mode: str, mean, std, resample, pad: bool | None = None) -> 
         out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER) for p in ("crop_size.height", "crop_size.width")]
         out.append(unless("processor", "do_center_crop", True, "graphdsl centre-crops to the tower's size"))
     elif mode == "longest":
-        out.append(Setting("processor", "size.longest_edge", refuse=_not_tower, reason=_TOWER))
+        pass  # the arch carries its own longest edge (Pixtral: graphdsl.pixtral.longest_edge)
     else:
         out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER) for p in ("size.height", "size.width")]
     if pad is not None:
@@ -353,6 +353,10 @@ def image_kw(arch, mmproj) -> dict:
           "mean": tuple(got["image_mean"]), "std": tuple(got["image_std"])}
     if "size.shortest_edge" in got:  # CLIP / LLaVA: the edge resized to before the centre crop
         kw["shortest_edge"] = int(got["size.shortest_edge"])
+    if "size.longest_edge" in got:  # Pixtral: the longest side an image keeps
+        kw["longest_edge"] = int(got["size.longest_edge"])
+    if "patch_size.height" in got:  # Pixtral: sides multiples of it times the merge (as HF's PixtralProcessor)
+        kw["patch_size"] = int(got["patch_size.height"]) * int(getattr(mmproj.vision.cfg, "merge", 1))
     if got.get("do_pad"):
         kw["mode"] = "pad"
         kw["pad_color"] = tuple(int(m * 255) for m in kw["mean"])  # HF's LLaVA pads with the mean colour, always
