@@ -259,8 +259,8 @@ def frames(source, mmproj) -> AnyresImage:
     its pinpoints) with the file's carried shortest edge, resample, rescale and normalization."""
     c = mmproj.vision.cfg
     kw = settings.image_kw(ARCH, mmproj)
-    return anyres_images(source, AnyresConfig(grid_pinpoints=c.grid_pinpoints, size=kw.pop("shortest_edge", c.image_size),
-                                              crop_size=c.image_size, **kw))
+    edge = kw.pop("shortest_edge", c.image_size)
+    return anyres_images(source, AnyresConfig(grid_pinpoints=c.grid_pinpoints, size=edge, crop_size=c.image_size, **kw))
 
 
 SETTINGS = (

@@ -331,7 +331,8 @@ def image_processor(mode: str, mean, std, resample, pad: bool | None = None) -> 
         # before carrying it (HF's class default, 224, crops to 224, which only a 224 tower takes)
         out.append(carried("processor", "size.shortest_edge", P + "shortest_edge", lambda c: c.image_size,
                            to_gguf=int))
-        out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER) for p in ("crop_size.height", "crop_size.width")]
+        out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER)
+                for p in ("crop_size.height", "crop_size.width")]
         out.append(unless("processor", "do_center_crop", True, "graphdsl centre-crops to the tower's size"))
     elif mode == "longest":
         pass  # the arch carries its own longest edge (Pixtral: graphdsl.pixtral.longest_edge)

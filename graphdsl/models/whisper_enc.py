@@ -152,8 +152,8 @@ def config_from_gguf(src: Any) -> WhisperEncConfig:
     """WhisperEncConfig from an mmproj GGUF (a path, ``load_mmproj``'s result or its ``MmprojConfig``).
 
     Projector "voxtral" (frame stacking + GELU MLP: graphdsl.audio.projector_act, else exact GELU
-    as llama.cpp) or "none" (the encoder alone). n_ctx is the position table's length (the file has no key for it); every
-    tensor's stored type becomes ``wtypes``.
+    as llama.cpp) or "none" (the encoder alone). n_ctx is the position table's length (the file
+    has no key for it); every tensor's stored type becomes ``wtypes``.
     """
     m = mmproj_config(src)
     a = m.audio
