@@ -101,3 +101,40 @@ def test_whisper_tiny_en_long_audio(tiny_en):
     out = exe({"mel": mel})["embd"]
     assert out.shape == (4500, 384)
     assert rel_err(out, ref) <= BOUND
+
+
+@pytest.mark.parametrize("act", ["gelu_new", "gelu"])
+def test_voxtral_projector_act_cli_matches_hf(tmp_path, act):
+    """A Voxtral whose projector_hidden_act is gelu_new (tanh GELU) or gelu (exact) through the CLI
+    (convert -> embed --audio) equals HF's feature extractor + get_audio_features; gelu_new's file
+    without graphdsl.audio.projector_act (llama.cpp's exact GELU) does not."""
+    torch = need_torch()
+    import soundfile
+    from cli_run import convert_and_embed, graphdsl as run_cli
+    from hf_refs import randomize, tiny_llama
+    from settings_util import rewrite_gguf
+    from transformers import (VoxtralConfig, VoxtralEncoderConfig, VoxtralForConditionalGeneration,
+                              WhisperFeatureExtractor)
+    ac = VoxtralEncoderConfig(num_mel_bins=80, max_source_positions=1500, hidden_size=32, num_attention_heads=4,
+                              num_hidden_layers=1, intermediate_size=128)
+    cfg = VoxtralConfig(audio_config=ac, text_config=tiny_llama(), projector_hidden_act=act,
+                        attn_implementation="eager")
+    m = randomize(VoxtralForConditionalGeneration(cfg), 3)
+    folder, wav = tmp_path / "hf", DATA / "speech_16k.wav"
+    m.save_pretrained(folder)
+    fe = WhisperFeatureExtractor()
+    fe.save_pretrained(folder)
+    mel = fe(soundfile.read(wav, dtype="float32")[0], sampling_rate=16000, return_tensors="pt")["input_features"]
+    with torch.no_grad():
+        f = m.get_audio_features(mel).pooler_output
+    ref = f.reshape(-1, f.shape[-1]).numpy()
+    gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
+    convert_and_embed(folder, gguf, out, "--audio", wav)
+    err = rel_err(np.load(out), ref)
+    bad = tmp_path / "bad.gguf"
+    rewrite_gguf(gguf, bad, drop=("graphdsl.audio.projector_act",))
+    run_cli("embed", "--mmproj", bad, "--audio", wav, "-o", tmp_path / "w.npy", "--backend", "cpu")
+    wrong = rel_err(np.load(tmp_path / "w.npy"), ref)
+    print(f"voxtral {act}: rel err {err:.2e}, without the key {wrong:.2e}")
+    assert err <= BOUND
+    assert wrong > 1e-4 if act == "gelu_new" else wrong <= BOUND  # tanh vs exact GELU: ~2e-4 here

@@ -1,7 +1,8 @@
 """CLIP/LLaVA and SigLIP/Gemma 3 checkpoints whose image processor settings differ from the
 defaults: HF folder (tiny random model + a non-default processor) -> graphdsl convert -> graphdsl
-embed equals HF's processor + get_image_features (1e-5 rel L2, f32); the same file with each
-carried key dropped or set to a wrong value must not match; refused settings stop convert.
+embed equals HF's processor + get_image_features (1e-5 rel L2, f32), CLIP's shortest edge before
+its centre crop included; the same file with each carried key dropped or set to a wrong value
+must not match; refused settings stop convert.
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ CASES = {  # arch, processor settings, keys to drop (or (key, wrong value)) for 
                                      ("clip.vision.image_std", [0.26862954, 0.26130258, 0.27577711])]),
     "llava-pad+no-normalize": ("llava", {"do_pad": True, "do_normalize": False}, [V + "do_pad", V + "do_normalize"]),
     "llava-no-rescale": ("llava", {"do_rescale": False}, [V + "do_rescale"]),
+    # HF resizes the shortest edge to size.shortest_edge, then centre-crops the tower's 32 (zero-padding
+    # a smaller image); without the key graphdsl resizes to the tower's size
+    "llava-shortest-edge-above": ("llava", {"size": {"shortest_edge": 45}}, [V + "shortest_edge"]),
+    "llava-pad+shortest-edge-below": ("llava", {"do_pad": True, "size": {"shortest_edge": 20}},
+                                      [V + "shortest_edge", (V + "shortest_edge", 32)]),
     "gemma3-default": ("gemma3", {}, [(V + "resample", 3)]),  # HF's bilinear, where SigLIP's is bicubic
     "gemma3-bicubic+no-rescale": ("gemma3", {"resample": 3, "do_rescale": False}, [V + "resample", V + "do_rescale"]),
 }
@@ -89,7 +95,7 @@ def test_non_default_processor_matches_hf(tmp_path, case):
 
 
 @pytest.mark.parametrize("arch,pre,shown", [
-    ("llava", {"size": {"shortest_edge": 64}}, "size.shortest_edge=64 is not supported by graphdsl (clip)"),
+    ("llava", {"crop_size": {"height": 48, "width": 48}}, "crop_size.height=48 is not supported by graphdsl (clip)"),
     ("llava", {"do_center_crop": False}, "do_center_crop=False is not supported by graphdsl (clip)"),
     ("gemma3", {"do_pan_and_scan": True}, "do_pan_and_scan=True is not supported by graphdsl (siglip)"),
     ("gemma3", {"size": {"height": 48, "width": 48}}, "size.height=48 is not supported by graphdsl (siglip)"),

@@ -20,8 +20,12 @@ from test_models_llava_next import PROC, _image, llava_next_tiny
 
 BOUND = 1e-5
 V = "graphdsl.vision."
-PRE = {"resample": 2, "rescale_factor": 1 / 200, "do_normalize": False}
-KEYS = [V + "resample", V + "rescale_factor", V + "do_normalize"]
+CASES = {  # processor settings over PROC, keys to drop for the negative controls
+    "bilinear+rescale+no-normalize": ({"resample": 2, "rescale_factor": 1 / 200, "do_normalize": False},
+                                      [V + "resample", V + "rescale_factor", V + "do_normalize"]),
+    # every view resized to a shortest edge above the tower's, then centre-cropped to it
+    "shortest-edge": ({"size": {"shortest_edge": 45}}, [V + "shortest_edge"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +33,15 @@ def tiny():
     return llava_next_tiny()
 
 
-def test_non_default_processor_matches_hf(tiny, tmp_path):
+@pytest.mark.parametrize("case", list(CASES))
+def test_non_default_processor_matches_hf(tiny, tmp_path, case):
     torch = need_torch()
+    pre, keys = CASES[case]
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
     _, model = tiny
     folder = tmp_path / "hf"
     model.save_pretrained(folder)
-    proc = LlavaNextImageProcessorPil(**PROC, **PRE)
+    proc = LlavaNextImageProcessorPil(**{**PROC, **pre})
     proc.save_pretrained(folder)
     img = tmp_path / "i.png"
     _image((40, 90)).save(img)
@@ -48,9 +54,9 @@ def test_non_default_processor_matches_hf(tiny, tmp_path):
     graphdsl("embed", "--mmproj", gguf, "--image", img, "-o", tmp_path / "e.npy", "--backend", "cpu")
     got = np.load(tmp_path / "e.npy")
     err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
-    print(f"llava_next: {ref.shape[0]} rows, rel err {err:.2e}")
+    print(f"llava_next {case}: {ref.shape[0]} rows, rel err {err:.2e}")
     assert err <= BOUND
-    for key in KEYS:
+    for key in keys:
         bad = tmp_path / "bad.gguf"
         rewrite_gguf(gguf, bad, drop=(key,))
         graphdsl("embed", "--mmproj", bad, "--image", img, "-o", tmp_path / "w.npy", "-f", "--backend", "cpu")

@@ -1,7 +1,8 @@
 """Pixtral (LLaVA + Pixtral tower) checkpoints whose image processor settings differ from the
 defaults: HF folder (tiny random model + a non-default PixtralImageProcessor) -> graphdsl convert
 -> graphdsl embed equals HF's processor + the decoder input over the image's span (1e-5 rel L2,
-f32); the same file with each carried key dropped must not match; refused settings stop convert.
+f32), a longest edge and a processor patch size other than the tower's included; the same file
+with each carried key dropped must not match; refused settings stop convert.
 """
 from __future__ import annotations
 
@@ -26,7 +27,12 @@ V = "graphdsl.vision."
 CASES = {"bilinear+rescale+mean": ({"resample": 2, "rescale_factor": 1 / 200, "image_mean": [0.4, 0.5, 0.6]},
                                    [V + "resample", V + "rescale_factor",
                                     ("clip.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])]),
-         "no-normalize": ({"do_normalize": False}, [V + "do_normalize"])}
+         "no-normalize": ({"do_normalize": False}, [V + "do_normalize"]),
+         # a longest edge below the tower's 64 (45x70 -> 32x40), and sides multiples of a processor
+         # patch_size three of the tower's 8 (-> 48x48; without the key, the tower's 8: 32x48)
+         "longest-edge": ({"size": {"longest_edge": 40}}, ["graphdsl.pixtral.longest_edge"]),
+         "patch-size": ({"size": {"longest_edge": 48}, "patch_size": {"height": 24, "width": 24}},
+                        ["graphdsl.pixtral.patch_size"])}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,8 @@ def tiny():
 def _proc(c, **kw):
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
     p = c.patch_size
-    return PixtralImageProcessorPil(size={"longest_edge": c.image_size}, patch_size={"height": p, "width": p}, **kw)
+    return PixtralImageProcessorPil(**{"size": {"longest_edge": c.image_size}, "patch_size": {"height": p, "width": p},
+                                       **kw})
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -73,8 +80,8 @@ def test_non_default_processor_matches_hf(tiny, tmp_path, case):
         assert wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
 
 
-@pytest.mark.parametrize("pre,shown", [({"size": {"longest_edge": 32}}, "size.longest_edge=32"),
-                                       ({"patch_size": {"height": 16, "width": 16}}, "patch_size.height=16")])
+@pytest.mark.parametrize("pre,shown", [({"patch_size": {"height": 12, "width": 12}}, "patch_size.width=12"),
+                                       ({"patch_size": {"height": 16, "width": 24}}, "patch_size.width=24")])
 def test_refused_settings_stop_convert(tiny, tmp_path, pre, shown):
     model, c = tiny
     folder = tmp_path / "hf"

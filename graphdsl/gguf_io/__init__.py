@@ -13,6 +13,7 @@
 from .mmproj import (  # noqa: F401
     FFN_SWAP_PROJECTORS,
     KEY_ACT,
+    KEY_AUDIO_MM_ACT,
     KEY_FEATURE_LAYER,
     KEY_MM_ACT,
     KEY_SELECT,

@@ -47,6 +47,7 @@ KEY_FEATURE_LAYER = "clip.vision.feature_layer"
 # file converted from HF reproduces HF exactly. Absent, llama.cpp's meaning applies.
 KEY_ACT = "graphdsl.{modality}.act"  # exact activation: "gelu_erf", "gelu" (tanh), "gelu_quick", "silu"
 KEY_MM_ACT = "graphdsl.vision.projector_act"  # LLaVA mlp projector (llama.cpp: ggml_gelu, tanh form)
+KEY_AUDIO_MM_ACT = "graphdsl.audio.projector_act"  # Voxtral's projector (llama.cpp: ggml_gelu_erf, exact)
 KEY_SELECT = "graphdsl.vision.select"  # "default": drop the class token (LLaVA), "full": keep it
 MMPROJ_ARCH = MODEL_ARCH_NAMES[MODEL_ARCH.MMPROJ]  # "clip"
 
@@ -102,6 +103,7 @@ class AudioConfig:
     projection_dim: int = 0
     stack_factor: int = 0  # frames stacked before the projector (ultravox, voxtral, glma)
     act: str = "gelu_erf"
+    projector_act: str = "gelu_erf"  # inside the projector's MLP (voxtral)
     # Pre-processing llama.cpp hard-codes for Whisper-style encoders (not in the file).
     sample_rate: int = 16000
     n_fft: int = 400
@@ -279,7 +281,8 @@ def _audio_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> AudioConfig:
     dims = _encoder_dims(f, A, "a", quirks)
     need_stack = proj in ("ultravox", "voxtral", "glma")
     stack = _get(f, A.Projector.STACK_FACTOR, int, _REQUIRED if need_stack else 0)
-    cfg = AudioConfig(proj, _get(f, A.NUM_MEL_BINS, int), stack_factor=stack, act=_act(f, proj, "audio"), **dims)
+    cfg = AudioConfig(proj, _get(f, A.NUM_MEL_BINS, int), stack_factor=stack, act=_act(f, proj, "audio"),
+                      projector_act=_get(f, KEY_AUDIO_MM_ACT, str, "gelu_erf"), **dims)
     if cfg.n_mel == 0:
         raise f.error("clip.audio.num_mel_bins must be > 0")
     widest = max((d for t in f.tensors.values() for d in t.shape), default=0)

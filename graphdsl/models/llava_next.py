@@ -255,12 +255,12 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 
 
 def frames(source, mmproj) -> AnyresImage:
-    """An image as HF's LlavaNextImageProcessor cuts it, for a file's tower (size and crop = its
-    image_size, its pinpoints) with the file's carried resample, rescale and normalization."""
+    """An image as HF's LlavaNextImageProcessor cuts it, for a file's tower (crop = its image_size,
+    its pinpoints) with the file's carried shortest edge, resample, rescale and normalization."""
     c = mmproj.vision.cfg
     kw = settings.image_kw(ARCH, mmproj)
-    return anyres_images(source, AnyresConfig(grid_pinpoints=c.grid_pinpoints, size=c.image_size,
-                                              crop_size=c.image_size, **kw))
+    edge = kw.pop("shortest_edge", c.image_size)
+    return anyres_images(source, AnyresConfig(grid_pinpoints=c.grid_pinpoints, size=edge, crop_size=c.image_size, **kw))
 
 
 SETTINGS = (

@@ -382,15 +382,17 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 class LongestEdge(ImagePreprocess):
     """HF's PixtralImageProcessor: the longest edge capped, sides multiples of the patch (``preprocess.pixtral``)."""
 
-    def config(self, image_size: int | None = None, mean=None, std=None, patch_size: int = 16, **kw):
+    def config(self, image_size: int | None = None, mean=None, std=None, patch_size: int = 16,
+               longest_edge: int | None = None, **kw):
         from ..preprocess.pixtral import PixtralImageConfig
-        return PixtralImageConfig(longest_edge=image_size or 1024, patch_size=patch_size,
+        return PixtralImageConfig(longest_edge=longest_edge or image_size or 1024, patch_size=patch_size,
                                   mean=tuple(mean or self.mean), std=tuple(std or self.std), **kw)
 
 
 def frames(source, mmproj) -> np.ndarray:
-    """An image resized as HF's processor does for this file: the longest edge clip.vision.image_size,
-    sides multiples of patch * merge, the file's mean / std: pixels (3, H, W)."""
+    """An image resized as HF's processor does for this file: the longest edge its carried
+    size.longest_edge (clip.vision.image_size when absent), sides multiples of the processor's
+    patch_size (the tower's when absent) * merge, the file's mean / std: pixels (3, H, W)."""
     from ..preprocess.pixtral import pixtral_image
     return pixtral_image(source, mmproj.image_config())
 
@@ -404,6 +406,13 @@ def _bad_head_dim(v, checkpoint) -> bool:
     c = settings.view(checkpoint.get("config") or {})
     n, h = (settings.lookup(c, f"vision_config.{k}") for k in ("hidden_size", "num_attention_heads"))
     return n is not settings.MISSING and h is not settings.MISSING and v * h != n
+
+
+def _bad_patch(v, checkpoint) -> bool:
+    h = settings.lookup(checkpoint.get("processor"), "patch_size.height")
+    p = settings.lookup(settings.view(checkpoint.get("config") or {}), "vision_config.patch_size")
+    p = 16 if p is settings.MISSING else p
+    return (h is not settings.MISSING and v != h) or v % p != 0
 
 
 _LLAMA_CPP = "llama.cpp's pixtral files cannot say otherwise (clip.cpp hard-codes it)"
@@ -426,10 +435,16 @@ SETTINGS = (
     settings.carried("config", "spatial_merge_size", "tensor mm.patch_merger.merging_layer.weight"),
     settings.irrelevant("config", "image_seq_length", "how many image tokens a LLaVA processor writes in the prompt"),
     *settings.image_processor("longest", CLIP_MEAN, CLIP_STD, 3),
-    settings.Setting("processor", "patch_size.height", refuse=settings.other_than("vision_config.patch_size", 16),
-                     reason="sides are multiples of the tower's vision_config.patch_size"),
-    settings.Setting("processor", "patch_size.width", refuse=settings.other_than("vision_config.patch_size", 16),
-                     reason="sides are multiples of the tower's vision_config.patch_size"),
+    # HF's PixtralImageProcessor caps the longest side at size.longest_edge and rounds the sides up to
+    # multiples of patch_size, which HF's PixtralProcessor multiplies by spatial_merge_size; a file
+    # without the keys (llama.cpp's): the tower's image_size and patch_size, as graphdsl did before
+    settings.carried("processor", "size.longest_edge", "graphdsl.pixtral.longest_edge", lambda c: c.image_size,
+                     to_gguf=int),
+    settings.carried("processor", "patch_size.height", "graphdsl.pixtral.patch_size", lambda c: c.patch_size,
+                     to_gguf=int),
+    settings.Setting("processor", "patch_size.width", refuse=_bad_patch,
+                     reason="graphdsl's processor patches are square (patch_size.height) and a multiple of the "
+                            "tower's vision_config.patch_size, so that no tower patch straddles two"),
     settings.irrelevant("processor", "do_pad", "pads a batch's images to one size, which image_sizes crops "
                         "away: an image's rows do not change"),
 )

@@ -43,12 +43,16 @@ class ImagePreprocess:
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def config(self, image_size: int, mean=None, std=None, **kw):
-        """The ``preprocess.ImageConfig`` for a tower trained at ``image_size``."""
+        """The ``preprocess.ImageConfig`` for a tower trained at ``image_size`` (``shortest_edge``:
+        clip / pad mode's resize before the centre crop to image_size; default image_size)."""
         from ..preprocess import ImageConfig
         mean, std = tuple(mean or self.mean), tuple(std or self.std)
+        edge = kw.pop("shortest_edge", image_size)
         if self.mode == "siglip":
+            if edge != image_size:
+                raise ValueError(f"[{self.mode}] a square resize to {image_size} has no shortest edge {edge} to honour")
             return ImageConfig(mode="siglip", size=(image_size, image_size), mean=mean, std=std, **kw)
-        return ImageConfig(mode=self.mode, size=image_size, crop_size=image_size, mean=mean, std=std, **kw)
+        return ImageConfig(mode=self.mode, size=edge, crop_size=image_size, mean=mean, std=std, **kw)
 
 
 @dataclass(frozen=True)

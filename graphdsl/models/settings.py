@@ -333,8 +333,9 @@ _not_tower = other_than("vision_config.image_size")
 
 def image_processor(mode: str, mean, std, resample, pad: bool | None = None) -> tuple[Setting, ...]:
     """An ``ImageConfig`` arch's processor fields (CLIP's shortest edge + centre crop, SigLIP's
-    square resize): the resample filter, rescale, normalization, mean/std and LLaVA's pad to
-    square carried (``image_kw`` reads them back); the sizes refused unless they are the tower's."""
+    square resize): the resample filter, rescale, normalization, mean/std, CLIP's shortest edge
+    and LLaVA's pad to square carried (``image_kw`` reads them back); the other sizes refused
+    unless they are the tower's (the crop, a square resize: what the tower takes)."""
     from gguf import Keys
     V, P = Keys.ClipVision, "graphdsl.vision."
     out = [carried("processor", "resample", P + "resample", resample, to_gguf=int),
@@ -346,11 +347,16 @@ def image_processor(mode: str, mean, std, resample, pad: bool | None = None) -> 
            unless("processor", "do_convert_rgb", True, "graphdsl always converts images to RGB"),
            unless("processor", "do_resize", True, _TOWER)]
     if mode == "clip":
+        # HF resizes the shortest edge to size.shortest_edge, then centre-crops crop_size (which the
+        # tower must take). A file without the key (llama.cpp's): the tower's size, as graphdsl did
+        # before carrying it (HF's class default, 224, crops to 224, which only a 224 tower takes)
+        out.append(carried("processor", "size.shortest_edge", P + "shortest_edge", lambda c: c.image_size,
+                           to_gguf=int))
         out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER)
-                for p in ("size.shortest_edge", "crop_size.height", "crop_size.width")]
+                for p in ("crop_size.height", "crop_size.width")]
         out.append(unless("processor", "do_center_crop", True, "graphdsl centre-crops to the tower's size"))
     elif mode == "longest":
-        out.append(Setting("processor", "size.longest_edge", refuse=_not_tower, reason=_TOWER))
+        pass  # the arch carries its own longest edge (Pixtral: graphdsl.pixtral.longest_edge)
     else:
         out += [Setting("processor", p, refuse=_not_tower, reason=_TOWER) for p in ("size.height", "size.width")]
     if pad is not None:
@@ -360,12 +366,19 @@ def image_processor(mode: str, mean, std, resample, pad: bool | None = None) -> 
 
 def image_kw(arch, mmproj) -> dict:
     """``ImagePreprocess.config`` keywords from a file's carried ``image_processor`` settings:
-    resample, rescale_factor, mean/std (0 / 1 without normalization) and "pad" mode."""
+    resample, rescale_factor, mean/std (0 / 1 without normalization), CLIP's shortest_edge and
+    "pad" mode."""
     got = read(arch, mmproj.config.file, mmproj.vision.cfg)
     if "resample" not in got:
         return {}
     kw = {"resample": int(got["resample"]), "rescale_factor": float(got["rescale_factor"]) if got["do_rescale"] else 1.0,
           "mean": tuple(got["image_mean"]), "std": tuple(got["image_std"])}
+    if "size.shortest_edge" in got:  # CLIP / LLaVA: the edge resized to before the centre crop
+        kw["shortest_edge"] = int(got["size.shortest_edge"])
+    if "size.longest_edge" in got:  # Pixtral: the longest side an image keeps
+        kw["longest_edge"] = int(got["size.longest_edge"])
+    if "patch_size.height" in got:  # Pixtral: sides multiples of it times the merge (as HF's PixtralProcessor)
+        kw["patch_size"] = int(got["patch_size.height"]) * int(getattr(mmproj.vision.cfg, "merge", 1))
     if got.get("do_pad"):
         kw["mode"] = "pad"
         kw["pad_color"] = tuple(int(m * 255) for m in kw["mean"])  # HF's LLaVA pads with the mean colour, always

@@ -9,7 +9,7 @@ Per 30 s window (mel (n_mel, 2 n_ctx) -> (n_ctx, d)):
 Projector (Voxtral, an Ultravox-like frame stacker with a GELU MLP, no bias):
 
     x = reshape(x, (n_ctx / s, s * d))          stack s = stack_factor consecutive frames
-    y = mm.a.mlp.2(GELU(mm.a.mlp.1(x)))
+    y = mm.a.mlp.2(GELU(mm.a.mlp.1(x)))         GELU: HF's projector_hidden_act (exact; gelu_new: tanh)
 
 Voxtral was picked among the Ultravox-like projectors because its HF module
 (``VoxtralMultiModalProjector``) instantiates from a config; Ultravox's is remote code.
@@ -33,7 +33,7 @@ import numpy as np
 from gguf import Keys
 
 from .. import blocks, ops
-from ..gguf_io import KEY_ACT
+from ..gguf_io import KEY_ACT, KEY_AUDIO_MM_ACT
 from ..graph import Graph, Tensor
 from .common import post_ln_tower, projector_of, Block, EncoderHparams, T, convert_state, hf_dict, mmproj_config, sub, tn, weight_shapes_of
 from . import settings
@@ -151,9 +151,9 @@ def config_from_hf(hf: Any) -> WhisperEncConfig:
 def config_from_gguf(src: Any) -> WhisperEncConfig:
     """WhisperEncConfig from an mmproj GGUF (a path, ``load_mmproj``'s result or its ``MmprojConfig``).
 
-    Projector "voxtral" (frame stacking + GELU MLP, exact GELU as llama.cpp) or "none" (the
-    encoder alone). n_ctx is the position table's length (the file has no key for it); every
-    tensor's stored type becomes ``wtypes``.
+    Projector "voxtral" (frame stacking + GELU MLP: graphdsl.audio.projector_act, else exact GELU
+    as llama.cpp) or "none" (the encoder alone). n_ctx is the position table's length (the file
+    has no key for it); every tensor's stored type becomes ``wtypes``.
     """
     m = mmproj_config(src)
     a = m.audio
@@ -173,7 +173,7 @@ def config_from_gguf(src: Any) -> WhisperEncConfig:
     if a.stack_factor < 1:  # the block stacks that many frames per row
         raise m.error(f"projector 'voxtral' needs clip.audio.projector.stack_factor >= 1, got {a.stack_factor}")
     return WhisperEncConfig(**kw, projector="voxtral", stack_factor=a.stack_factor, n_mm_embd=out[0],
-                            mm_act="gelu_erf")
+                            mm_act=a.projector_act)
 
 
 def config_to_gguf(cfg: WhisperEncConfig) -> list[tuple[str, object]]:
@@ -185,7 +185,8 @@ def config_to_gguf(cfg: WhisperEncConfig) -> list[tuple[str, object]]:
           (A.BLOCK_COUNT, cfg.n_layer), (A.Attention.HEAD_COUNT, cfg.n_head),
           (A.Attention.LAYERNORM_EPS, float(cfg.eps)), (KEY_ACT.format(modality="audio"), cfg.act)]
     if cfg.projector:
-        kv += [(A.Projector.STACK_FACTOR, cfg.stack_factor), (A.PROJECTION_DIM, int(cfg.n_mm_embd))]
+        kv += [(A.Projector.STACK_FACTOR, cfg.stack_factor), (A.PROJECTION_DIM, int(cfg.n_mm_embd)),
+               (KEY_AUDIO_MM_ACT, cfg.mm_act)]
     return kv
 
 
@@ -243,7 +244,7 @@ SETTINGS = (
         ("audio_config.num_attention_heads", A.Attention.HEAD_COUNT),
         ("audio_config.intermediate_size", A.Projector.STACK_FACTOR),  # Voxtral's: the stacked width
         ("text_config.hidden_size", A.PROJECTION_DIM))),
-    settings.unless("config", "projector_hidden_act", "gelu", "graphdsl's Voxtral projector is llama.cpp's: exact GELU"),
+    settings.carried("config", "projector_hidden_act", KEY_AUDIO_MM_ACT),
     settings.irrelevant("config", "hidden_size", "Voxtral's: its text_config.hidden_size (the projector's width)"),
     settings.decoder(),
     *(settings.irrelevant("config", k, _DECODER) for k in (

@@ -80,11 +80,16 @@ def pixtral_generate(rng):
              hidden_act=pick(rng, ["silu", "gelu"]))
     # HF's merger fails on an image of one merged token: the longest edge holds two at least
     longest = s if rng.random() < 0.7 else p * merge * int(rng.integers(2, 2 * s // (p * merge) + 1))
-    proc = dict(size={"longest_edge": longest}, patch_size={"height": p * merge, "width": p * merge}, **mean_std(rng))
+    proc = dict(size={"longest_edge": longest}, **mean_std(rng))
     # the merger's RMSNorm takes the text eps: graphdsl refuses one other than the tower's 1e-5 (llama.cpp's)
     cfg = dict(vision=v, text_hidden=4 * int(rng.integers(4, 15)), text_eps=1e-5,
                feature_layer=-1 if rng.random() < 0.7 else -2)
-    return family, cfg, proc, _images(rng, s)
+    media = _images(rng, s)
+    # the processor's patch_size, which HF's PixtralProcessor multiplies by spatial_merge_size: the
+    # tower's, now and then a multiple of it that divides the image size (no tower patch straddles two)
+    k = pick(rng, [1, 1] + [d for d in (2, 3) if (s // (p * merge)) % d == 0])
+    proc["patch_size"] = {"height": p * k, "width": p * k}
+    return family, cfg, proc, media
 
 
 def pixtral_model(c):
@@ -121,8 +126,10 @@ def pixtral_reference(model, proc, c, paths):
     v = c.config["vision"]
     geom = types.SimpleNamespace(patch_size=v["patch_size"], merge=2 if c.family == "mistral3" else 1)
 
+    m = c.processor["patch_size"]["height"] * geom.merge  # as HF's PixtralProcessor calls its image processor
+
     def one(p):
-        px = proc(_pil([p]), return_tensors="np")
+        px = proc(_pil([p]), return_tensors="np", patch_size={"height": m, "width": m})
         (h, w), = px["image_sizes"]
         embd, ((a, b),) = _hf_decoder_input(model, [px["pixel_values"][0][:, :h, :w]], geom)
         return embd[a:b]
