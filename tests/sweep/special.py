@@ -146,13 +146,42 @@ class _Writer:
         return self.write(path, cfg, weights)
 
 
+def mtmd_letterboxes(w: int, h: int, s: int, p: int) -> bool:
+    """Whether mtmd pads the refined image of a w x h photo (slice s, patch p): it resizes it into
+    the refined size keeping the aspect ratio and letterboxes the rest (PAD_CEIL, black:
+    tools/mtmd/mtmd-image.cpp, img_tool::resize, in float32), where MiniCPM-V's processor and graphdsl
+    stretch it (preprocess/minicpmv.py). Only where it does not pad is mtmd a reference for the model."""
+    from graphdsl.preprocess.minicpmv import _best_resize, _ensure_divide, best_grid
+    grid = best_grid(w, h, s, policy="mtmd")
+    if grid is None:
+        return False
+    c, r = grid
+    bw, bh = _best_resize(_ensure_divide(w, c) // c, _ensure_divide(h, r) // r, s, p, upscale=True)
+    tw, th = bw * c, bh * r
+    if (tw, th) == (w, h):
+        return False
+    f = np.float32
+    scale = min(f(tw) / f(w), f(th) / f(h))
+    return (min(int(np.ceil(f(w) * scale)), tw), min(int(np.ceil(f(h) * scale)), th)) != (tw, th)
+
+
 def minicpmv_generate(rng):
+    """mtmd as the reference restricts the case to what its graph and its slicer do as MiniCPM-V does
+    (tools/mtmd/mtmd-image.cpp, llava_uhd::get_slice_instructions): up to 9 slices (its
+    max_slice_nums is hard-coded and no GGUF key carries another: graphdsl refuses to write one, so
+    max_slices is not drawn), an image larger than a slice in area (below it the two slicing
+    policies differ by design: ``best_grid``'s policy), and no letterbox (``mtmd_letterboxes``)."""
     d, h = width(rng, head_dims=(8, 16))
     p = pick(rng, (4, 7, 14))
     cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
-               n_layer=int(rng.integers(1, 4)), n_mm_embd=pick(rng, (128, 256)), n_query=pick(rng, (4, 9, 16)),
-               max_slices=pick(rng, (1, 4, 9)))  # the resampler's heads are 128 wide
-    return "minicpmv", cfg, {}, _images(rng, 3 * cfg["image_size"], 1)
+               n_layer=int(rng.integers(1, 4)), n_mm_embd=pick(rng, (128, 256)), n_query=pick(rng, (4, 9, 16)))
+    # the resampler's heads are 128 wide (mtmd's d_head)
+    s = cfg["image_size"]
+    for _ in range(10000):
+        (_, (ih, iw)), = _images(rng, 3 * s, 1)
+        if ih * iw > s * s and not mtmd_letterboxes(iw, ih, s, p):
+            return "minicpmv", cfg, {}, [("image", (ih, iw))]
+    raise AssertionError(f"minicpmv: no photo size mtmd slices as MiniCPM-V does for {cfg}")
 
 
 def _minicpmv_writer():
@@ -166,11 +195,19 @@ def _minicpmv_writer():
 
 
 def mobilevlm_generate(rng):
+    """mtmd's LDP / LDPv2 graph hard-codes a 24 x 24 patch grid (tools/mtmd/models/llava.cpp:
+    ``int n_patch = 24``; another grid aborts in a reshape), so the tower is 24 patches wide. The
+    photo is square: mtmd resizes keeping the aspect ratio and then letterboxes
+    (tools/mtmd/mtmd-image.cpp, fixed_size preprocessor, PAD_CEIL), where LLaVA's processor and
+    graphdsl's "pad" mode pad to a square and then resize; the two agree only on square photos.
+    No class token: mtmd keeps it in the wrong place (upstream #25814, pinned by
+    tests/test_mtmd_mobilevlm.py::test_class_token_order_is_where_mtmd_differs)."""
     d, h = width(rng, head_dims=(8, 16))
-    p = pick(rng, (4, 7, 14))
-    cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
-               n_layer=int(rng.integers(2, 5)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")))  # feature layer -2
-    return "mobilevlm", cfg, {}, _images(rng, 3 * cfg["image_size"], 1)
+    p = pick(rng, (2, 3, 4, 7, 14))
+    cfg = dict(image_size=24 * p, patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
+               n_layer=int(rng.integers(2, 5)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")), class_token=False)  # feature layer -2
+    (_, (ih, _)), = _images(rng, 3 * cfg["image_size"], 1)
+    return "mobilevlm", cfg, {}, [("image", (ih, ih))]
 
 
 def _mobilevlm_writer():
@@ -183,7 +220,10 @@ def _mobilevlm_writer():
     return _Writer(block, lambda c: c.config["n_mm_embd"], write_mobilevlm)
 
 
-MINICPMV = Entry("minicpmv", minicpmv_generate, skip=mtmd_skip,
+# graphdsl runs exact f32, mtmd rounds through f16: the bound of tests/test_mtmd_minicpmv.py and
+# tests/test_mtmd_mobilevlm.py (5e-3; their docstrings give the measurements), not HF's 1e-5
+MTMD_BOUND = 5e-3
+MINICPMV = Entry("minicpmv", minicpmv_generate, skip=mtmd_skip, bound=MTMD_BOUND,
                  custom=lambda c, w, neg: _mtmd_case(c, w, neg, _minicpmv_writer()))
-MOBILEVLM = Entry("mobilevlm", mobilevlm_generate, skip=mtmd_skip,
+MOBILEVLM = Entry("mobilevlm", mobilevlm_generate, skip=mtmd_skip, bound=MTMD_BOUND,
                   custom=lambda c, w, neg: _mtmd_case(c, w, neg, _mobilevlm_writer()))
