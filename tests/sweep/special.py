@@ -146,31 +146,52 @@ class _Writer:
         return self.write(path, cfg, weights)
 
 
-def mtmd_letterboxes(w: int, h: int, s: int, p: int) -> bool:
-    """Whether mtmd pads the refined image of a w x h photo (slice s, patch p): it resizes it into
-    the refined size keeping the aspect ratio and letterboxes the rest (PAD_CEIL, black:
-    tools/mtmd/mtmd-image.cpp, img_tool::resize, in float32), where MiniCPM-V's processor and graphdsl
-    stretch it (preprocess/minicpmv.py). Only where it does not pad is mtmd a reference for the model."""
+def _mtmd_geometry(w: int, h: int, s: int, p: int):
+    """mtmd's overview and refined sizes of a sliced w x h photo (tools/mtmd/mtmd-image.cpp,
+    llava_uhd::get_best_resize / get_refine_size / ensure_divide): float32 arithmetic, where
+    MiniCPM-V's processor (and graphdsl) compute in float64; a side can land one patch apart."""
+    from graphdsl.preprocess.minicpmv import best_grid
+    f = np.float32
+
+    def divide(n, q):  # std::round (half away from zero) of a float32 quotient
+        return max(int(np.floor(np.float64(f(n) / f(q)) + 0.5)) * q, q)
+
+    def resize(w, h, upscale):
+        if w * h > s * s or upscale:
+            r = f(w) / f(h)
+            h = int(f(s) / np.sqrt(r))
+            w = int(f(h) * r)
+        return divide(w, p), divide(h, p)
+    c, r = best_grid(w, h, s, policy="mtmd")
+    bw, bh = resize(divide(w, c) // c, divide(h, r) // r, True)
+    return resize(w, h, False), (bw * c, bh * r)
+
+
+def mtmd_slices_as_minicpmv(w: int, h: int, s: int, p: int) -> bool:
+    """Whether mtmd cuts a w x h photo (slice s, patch p) as MiniCPM-V's processor does: sliced by
+    both policies (larger than a slice in area), the same overview and refined sizes (``_mtmd_geometry``),
+    and no letterbox: mtmd resizes into the refined size keeping the aspect ratio and pads the rest
+    (PAD_CEIL, black: img_tool::resize, float32), where MiniCPM-V stretches."""
     from graphdsl.preprocess.minicpmv import _best_resize, _ensure_divide, best_grid
-    grid = best_grid(w, h, s, policy="mtmd")
-    if grid is None:
+    if w * h <= s * s:
         return False
-    c, r = grid
+    c, r = best_grid(w, h, s, policy="mtmd")
     bw, bh = _best_resize(_ensure_divide(w, c) // c, _ensure_divide(h, r) // r, s, p, upscale=True)
-    tw, th = bw * c, bh * r
-    if (tw, th) == (w, h):
+    ov, (tw, th) = _mtmd_geometry(w, h, s, p)
+    if ov != _best_resize(w, h, s, p, upscale=False) or (tw, th) != (bw * c, bh * r):
         return False
     f = np.float32
     scale = min(f(tw) / f(w), f(th) / f(h))
-    return (min(int(np.ceil(f(w) * scale)), tw), min(int(np.ceil(f(h) * scale)), th)) != (tw, th)
+    return (tw, th) == (w, h) or (min(int(np.ceil(f(w) * scale)), tw), min(int(np.ceil(f(h) * scale)), th)) == (tw, th)
 
 
 def minicpmv_generate(rng):
     """mtmd as the reference restricts the case to what its graph and its slicer do as MiniCPM-V does
     (tools/mtmd/mtmd-image.cpp, llava_uhd::get_slice_instructions): up to 9 slices (its
     max_slice_nums is hard-coded and no GGUF key carries another: graphdsl refuses to write one, so
-    max_slices is not drawn), an image larger than a slice in area (below it the two slicing
-    policies differ by design: ``best_grid``'s policy), and no letterbox (``mtmd_letterboxes``)."""
+    max_slices is not drawn), and a photo mtmd cuts as MiniCPM-V does (``mtmd_slices_as_minicpmv``:
+    below a slice's area the two slicing policies differ by design, see ``best_grid``; mtmd rounds
+    sizes in float32 and letterboxes, where graphdsl follows the model's float64 and stretches)."""
     d, h = width(rng, head_dims=(8, 16))
     p = pick(rng, (4, 7, 14))
     cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
@@ -179,7 +200,7 @@ def minicpmv_generate(rng):
     s = cfg["image_size"]
     for _ in range(10000):
         (_, (ih, iw)), = _images(rng, 3 * s, 1)
-        if ih * iw > s * s and not mtmd_letterboxes(iw, ih, s, p):
+        if mtmd_slices_as_minicpmv(iw, ih, s, p):
             return "minicpmv", cfg, {}, [("image", (ih, iw))]
     raise AssertionError(f"minicpmv: no photo size mtmd slices as MiniCPM-V does for {cfg}")
 
