@@ -219,6 +219,9 @@ def _minicpmv_keys(path) -> dict[str, int]:
 
 
 def config_to_gguf(cfg: MiniCPMVConfig, image_mean=(0.5,) * 3, image_std=(0.5,) * 3) -> list[tuple[str, object]]:
+    if cfg.max_slices != 9:  # no key carries it: a file would be sliced up to 9 by graphdsl and mtmd alike
+        raise ValueError(f"[minicpmv] max_slices {cfg.max_slices}: llama.cpp's mmproj format has no key for it "
+                         "(mtmd hard-codes 9 slices: tools/mtmd/mtmd-image.cpp, max_slice_nums)")
     return [(Keys.Clip.PROJECTOR_TYPE, "resampler"), *vit_keys(cfg, image_mean, image_std),
             (KEY_VERSION, np.int32(cfg.version)), (KEY_QUERY_NUM, cfg.n_query),
             (Keys.ClipVision.PROJECTION_DIM, cfg.n_mm_embd)]
