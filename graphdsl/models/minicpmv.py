@@ -240,7 +240,8 @@ def image_items(source, mmproj, text_info, policy: str = "minicpmv") -> tuple[li
                                                      tuple(v.image_std), policy))
     ids = marker_ids(text_info)
     items, run = [], []
-    for piece in marker_layout(c.version, sl.grid):
+    grid = sl.grid if sl.slices else None  # an image kept whole has the grid (0, 0): no slices, no slice markers
+    for piece in marker_layout(c.version, grid):
         if isinstance(piece, str):
             run.append(ids[piece])
             continue
@@ -251,7 +252,7 @@ def image_items(source, mmproj, text_info, policy: str = "minicpmv") -> tuple[li
     if run:
         items.append(("text", np.asarray(run, np.int32)))
     hw = [tuple(sl.overview.shape[1:])] + [tuple(s.shape[1:]) for s in sl.slices[:1]]
-    grid = (f"{sl.grid[0]} x {sl.grid[1]} slices of {hw[1][1]}x{hw[1][0]}" if sl.grid else "no slices")
+    grid = f"{sl.grid[0]} x {sl.grid[1]} slices of {hw[1][1]}x{hw[1][0]}" if grid else "no slices"
     return items, f"minicpmv: overview {hw[0][1]}x{hw[0][0]}, {grid}, {c.n_query} tokens each"
 
 
