@@ -242,7 +242,8 @@ def mobilevlm_generate(rng):
     d, h = width(rng, head_dims=(8, 16))
     p = pick(rng, (2, 3, 4, 7, 14))
     cfg = dict(image_size=24 * p, patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
-               n_layer=int(rng.integers(2, 5)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")), class_token=False)  # feature layer -2
+               n_layer=int(rng.integers(2, 5)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")),
+               class_token=False)  # feature layer -2
     (_, (ih, _)), = _images(rng, 3 * cfg["image_size"], 1)
     return "mobilevlm", cfg, {}, [("image", (ih, ih))]
 
