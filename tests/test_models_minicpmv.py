@@ -95,3 +95,14 @@ def test_errors_are_clear(big):
     with pytest.raises(ValueError, match="give the text model"):
         embed_files(big / "mmproj.gguf", images=[big / "big.jpg"])
     assert text_models.from_gguf(big / "text.gguf").block.n_out == 128
+
+
+def test_a_max_slices_the_format_cannot_carry_is_refused(tmp_path):
+    """No GGUF key carries max_slices (mtmd hard-codes 9): writing another would give a file read
+    back, by graphdsl and mtmd alike, with 9. The writer refuses; 9 round-trips."""
+    kw = dict(image_size=56, patch_size=14, n_embd=32, n_ff=64, n_head=4, n_layer=1, n_mm_embd=128, n_query=8)
+    with pytest.raises(ValueError, match=r"max_slices 4: llama.cpp's mmproj format has no key for it"):
+        minicpmv.config_to_gguf(minicpmv.MiniCPMVConfig(**kw, max_slices=4))
+    cfg = minicpmv.MiniCPMVConfig(**kw)
+    write_minicpmv(tmp_path / "m.gguf", cfg, random_weights(minicpmv.weight_shapes(cfg), seed=3))
+    assert from_gguf(tmp_path / "m.gguf").vision.cfg.max_slices == 9

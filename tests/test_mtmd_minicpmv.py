@@ -140,3 +140,39 @@ def test_big_photo_at_the_real_slice_size(files):
     print(note, [f"{e:.1e}" for e in errs])
     assert note == "minicpmv: overview 546x364, 3 x 2 slices of 448x448, 64 tokens each"
     assert len(errs) == 7 and max(errs) < BOUND
+
+
+@pytest.mark.parametrize("version", [2, 3], ids=["2.5", "2.6"])
+def test_an_image_kept_whole_matches_mtmd_through_the_cli(files, tmp_path, version):
+    """A photo of exactly the slice size is neither sliced nor resized by either (MiniCPM-V's policy
+    and mtmd's agree on it): one overview between <image> markers, no slice markers. graphdsl embed
+    once read the unsliced grid (0, 0) as a grid (an IndexError; for 2.5 a stray <slice></slice>)."""
+    import subprocess
+    import sys
+    d, text = files
+    cfg = cfg_of(version)
+    path = d / f"minicpmv_whole{version}.gguf"
+    write_minicpmv(path, cfg, random_weights(minicpmv.weight_shapes(cfg), seed=11 + version))
+    image = photo(cfg.image_size, cfg.image_size, tmp_path / "square.png")
+    ref = run_mtmd(path, text, image, d)
+    assert list(ref["kinds"]) == ["text", "image", "text"]
+
+    def cli_embed(img, out):
+        r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "embed", "--mmproj", str(path), "--text-model",
+                            str(text), "--image", str(img), "--backend", "cpu", "-f", "-o", str(out)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return np.load(out)
+    got = cli_embed(image, tmp_path / "e.npy")
+    rows = [ref["tokens.0"], ref["embd.1"], ref["tokens.2"]]
+    assert got.shape == (len(rows[0]) + cfg.n_query + len(rows[2]), N_MM)
+    tokens = text_models.from_gguf(text).weights["token_embd.weight"]
+    want = np.concatenate([tokens[rows[0]], rows[1], tokens[rows[2]]])
+    err = rel_l2(got, want)
+    print(f"{version}: relative L2 vs mtmd {err:.2e}")
+    assert err < BOUND
+    # negative control: the photo mirrored left to right
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")
+    bad = rel_l2(cli_embed(tmp_path / "flipped.png", tmp_path / "b.npy"), want)
+    print(f"negative control {bad:.2e}")
+    assert bad > 10 * BOUND

@@ -61,7 +61,25 @@ def test_sweep_case(arch, index, tmp_path_factory):
     print(r.report())
     assert r.ok(), r.report()
     for name, err in r.negatives.items():  # each control must miss the bound the case meets
-        assert err > sweep.BOUND, f"negative control '{name}' passed ({err:.2e}): the comparison cannot see it\n" \
+        assert err > r.bound, f"negative control '{name}' passed ({err:.2e}): the comparison cannot see it\n" \
                                   + r.report()
     if index < 2 and not r.invalid:
         assert len(r.negatives) == 2 - (sweep.ENTRIES[arch].wrong is None), f"case {index} ran no negative control"
+
+
+def test_mtmd_entries_draw_only_what_mtmd_runs():
+    """MiniCPM-V and MobileVLM compare against llama.cpp's mtmd (tests/sweep/special.py): the
+    generators keep to its hard-coded shapes, else mtmd aborts (GGML_ASSERT in a reshape) or
+    preprocesses otherwise than the model."""
+    from sweep.special import mtmd_slices_as_minicpmv
+    for i in range(20):
+        c = sweep.case(sweep.ENTRIES["mobilevlm"], i)
+        assert c.config["image_size"] == 24 * c.config["patch_size"] and c.config["class_token"] is False
+        (_, (h, w)), = c.media
+        assert h == w
+        c = sweep.case(sweep.ENTRIES["minicpmv"], i)
+        assert "max_slices" not in c.config
+        (_, (h, w)), = c.media
+        assert mtmd_slices_as_minicpmv(w, h, c.config["image_size"], c.config["patch_size"])
+    assert not mtmd_slices_as_minicpmv(359, 313, 56, 7)  # mtmd's float32 sizes: slices of 63 px, not 56
+    assert not mtmd_slices_as_minicpmv(43, 108, 28, 7)  # Pillow resizes 43x108 -> 42x105 vertical pass first

@@ -219,6 +219,9 @@ def _minicpmv_keys(path) -> dict[str, int]:
 
 
 def config_to_gguf(cfg: MiniCPMVConfig, image_mean=(0.5,) * 3, image_std=(0.5,) * 3) -> list[tuple[str, object]]:
+    if cfg.max_slices != 9:  # no key carries it: a file would be sliced up to 9 by graphdsl and mtmd alike
+        raise ValueError(f"[minicpmv] max_slices {cfg.max_slices}: llama.cpp's mmproj format has no key for it "
+                         "(mtmd hard-codes 9 slices: tools/mtmd/mtmd-image.cpp, max_slice_nums)")
     return [(Keys.Clip.PROJECTOR_TYPE, "resampler"), *vit_keys(cfg, image_mean, image_std),
             (KEY_VERSION, np.int32(cfg.version)), (KEY_QUERY_NUM, cfg.n_query),
             (Keys.ClipVision.PROJECTION_DIM, cfg.n_mm_embd)]
@@ -237,7 +240,8 @@ def image_items(source, mmproj, text_info, policy: str = "minicpmv") -> tuple[li
                                                      tuple(v.image_std), policy))
     ids = marker_ids(text_info)
     items, run = [], []
-    for piece in marker_layout(c.version, sl.grid):
+    grid = sl.grid if sl.slices else None  # an image kept whole has the grid (0, 0): no slices, no slice markers
+    for piece in marker_layout(c.version, grid):
         if isinstance(piece, str):
             run.append(ids[piece])
             continue
@@ -248,7 +252,7 @@ def image_items(source, mmproj, text_info, policy: str = "minicpmv") -> tuple[li
     if run:
         items.append(("text", np.asarray(run, np.int32)))
     hw = [tuple(sl.overview.shape[1:])] + [tuple(s.shape[1:]) for s in sl.slices[:1]]
-    grid = (f"{sl.grid[0]} x {sl.grid[1]} slices of {hw[1][1]}x{hw[1][0]}" if sl.grid else "no slices")
+    grid = f"{sl.grid[0]} x {sl.grid[1]} slices of {hw[1][1]}x{hw[1][0]}" if grid else "no slices"
     return items, f"minicpmv: overview {hw[0][1]}x{hw[0][0]}, {grid}, {c.n_query} tokens each"
 
 

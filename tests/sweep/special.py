@@ -146,13 +146,79 @@ class _Writer:
         return self.write(path, cfg, weights)
 
 
+def _mtmd_geometry(w: int, h: int, s: int, p: int):
+    """mtmd's overview and refined sizes of a sliced w x h photo (tools/mtmd/mtmd-image.cpp,
+    llava_uhd::get_best_resize / get_refine_size / ensure_divide): float32 arithmetic, where
+    MiniCPM-V's processor (and graphdsl) compute in float64; a side can land one patch apart."""
+    from graphdsl.preprocess.minicpmv import best_grid
+    f = np.float32
+
+    def divide(n, q):  # std::round (half away from zero) of a float32 quotient
+        return max(int(np.floor(np.float64(f(n) / f(q)) + 0.5)) * q, q)
+
+    def resize(w, h, upscale):
+        if w * h > s * s or upscale:
+            r = f(w) / f(h)
+            h = int(f(s) / np.sqrt(r))
+            w = int(f(h) * r)
+        return divide(w, p), divide(h, p)
+    c, r = best_grid(w, h, s, policy="mtmd")
+    bw, bh = resize(divide(w, c) // c, divide(h, r) // r, True)
+    return resize(w, h, False), (bw * c, bh * r)
+
+
+def mtmd_slices_as_minicpmv(w: int, h: int, s: int, p: int) -> bool:
+    """Whether mtmd cuts a w x h photo (slice s, patch p) as MiniCPM-V's processor does: sliced by
+    both policies (larger than a slice in area), the same overview and refined sizes (``_mtmd_geometry``),
+    no letterbox: mtmd resizes into the refined size keeping the aspect ratio and pads the rest
+    (PAD_CEIL, black: img_tool::resize, float32), where MiniCPM-V stretches; and resizes whose
+    passes mtmd runs in Pillow's order (``_one_order``)."""
+    from graphdsl.preprocess.minicpmv import _best_resize, _ensure_divide, best_grid
+    if w * h <= s * s:
+        return False
+    c, r = best_grid(w, h, s, policy="mtmd")
+    bw, bh = _best_resize(_ensure_divide(w, c) // c, _ensure_divide(h, r) // r, s, p, upscale=True)
+    ov, (tw, th) = _mtmd_geometry(w, h, s, p)
+    if ov != _best_resize(w, h, s, p, upscale=False) or (tw, th) != (bw * c, bh * r):
+        return False
+    if not all(_one_order(w, h, size) for size in (ov, (tw, th))):
+        return False
+    f = np.float32
+    scale = min(f(tw) / f(w), f(th) / f(h))
+    return (tw, th) == (w, h) or (min(int(np.ceil(f(w) * scale)), tw), min(int(np.ceil(f(h) * scale)), th)) == (tw, th)
+
+
+def _one_order(w: int, h: int, size) -> bool:
+    """Whether Pillow's bicubic resize of a w x h photo to ``size`` equals its horizontal pass then
+    its vertical pass: mtmd's ``resize_pillow`` (tools/mtmd/mtmd-image.cpp) always runs them in that
+    order, Pillow does not for every pair of sizes (its one-axis passes mtmd matches bit for bit);
+    where the orders differ mtmd's pixels are off by up to ~20 levels. Checked on noise."""
+    from PIL import Image
+    if tuple(size) == (w, h):
+        return True
+    a = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    bic = Image.Resampling.BICUBIC
+    return np.array_equal(np.asarray(a.resize(size, bic)), np.asarray(a.resize((size[0], h), bic).resize(size, bic)))
+
+
 def minicpmv_generate(rng):
+    """mtmd as the reference restricts the case to what its graph and its slicer do as MiniCPM-V does
+    (tools/mtmd/mtmd-image.cpp, llava_uhd::get_slice_instructions): up to 9 slices (its
+    max_slice_nums is hard-coded and no GGUF key carries another: graphdsl refuses to write one, so
+    max_slices is not drawn), and a photo mtmd cuts as MiniCPM-V does (``mtmd_slices_as_minicpmv``:
+    below a slice's area the two slicing policies differ by design, see ``best_grid``; mtmd rounds
+    sizes in float32 and letterboxes, where graphdsl follows the model's float64 and stretches)."""
     d, h = width(rng, head_dims=(8, 16))
     p = pick(rng, (4, 7, 14))
     cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
-               n_layer=int(rng.integers(1, 4)), n_mm_embd=pick(rng, (128, 256)), n_query=pick(rng, (4, 9, 16)),
-               max_slices=pick(rng, (1, 4, 9)))  # the resampler's heads are 128 wide
-    return "minicpmv", cfg, {}, _images(rng, 3 * cfg["image_size"], 1)
+               n_layer=int(rng.integers(1, 4)), n_mm_embd=pick(rng, (128, 256)), n_query=pick(rng, (4, 9, 16)))
+    # the resampler's heads are 128 wide (mtmd's d_head)
+    s = cfg["image_size"]
+    for _ in range(10000):
+        (_, (ih, iw)), = _images(rng, 3 * s, 1)
+        if mtmd_slices_as_minicpmv(iw, ih, s, p):
+            return "minicpmv", cfg, {}, [("image", (ih, iw))]
+    raise AssertionError(f"minicpmv: no photo size mtmd slices as MiniCPM-V does for {cfg}")
 
 
 def _minicpmv_writer():
@@ -166,11 +232,20 @@ def _minicpmv_writer():
 
 
 def mobilevlm_generate(rng):
+    """mtmd's LDP / LDPv2 graph hard-codes a 24 x 24 patch grid (tools/mtmd/models/llava.cpp:
+    ``int n_patch = 24``; another grid aborts in a reshape), so the tower is 24 patches wide. The
+    photo is square: mtmd resizes keeping the aspect ratio and then letterboxes
+    (tools/mtmd/mtmd-image.cpp, fixed_size preprocessor, PAD_CEIL), where LLaVA's processor and
+    graphdsl's "pad" mode pad to a square and then resize; the two agree only on square photos.
+    No class token: mtmd keeps it in the wrong place (upstream #25814, pinned by
+    tests/test_mtmd_mobilevlm.py::test_class_token_order_is_where_mtmd_differs)."""
     d, h = width(rng, head_dims=(8, 16))
-    p = pick(rng, (4, 7, 14))
-    cfg = dict(image_size=p * pick(rng, (4, 6, 8)), patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
-               n_layer=int(rng.integers(2, 5)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")))  # feature layer -2
-    return "mobilevlm", cfg, {}, _images(rng, 3 * cfg["image_size"], 1)
+    p = pick(rng, (2, 3, 4, 7, 14))
+    cfg = dict(image_size=24 * p, patch_size=p, n_embd=d, n_head=h, n_ff=int(rng.integers(d, 3 * d)),
+               n_layer=int(rng.integers(2, 5)), n_mm_embd=64, projector=pick(rng, ("ldp", "ldpv2")),
+               class_token=False)  # feature layer -2
+    (_, (ih, _)), = _images(rng, 3 * cfg["image_size"], 1)
+    return "mobilevlm", cfg, {}, [("image", (ih, ih))]
 
 
 def _mobilevlm_writer():
@@ -183,7 +258,10 @@ def _mobilevlm_writer():
     return _Writer(block, lambda c: c.config["n_mm_embd"], write_mobilevlm)
 
 
-MINICPMV = Entry("minicpmv", minicpmv_generate, skip=mtmd_skip,
+# graphdsl runs exact f32, mtmd rounds through f16: the bound of tests/test_mtmd_minicpmv.py and
+# tests/test_mtmd_mobilevlm.py (5e-3; their docstrings give the measurements), not HF's 1e-5
+MTMD_BOUND = 5e-3
+MINICPMV = Entry("minicpmv", minicpmv_generate, skip=mtmd_skip, bound=MTMD_BOUND,
                  custom=lambda c, w, neg: _mtmd_case(c, w, neg, _minicpmv_writer()))
-MOBILEVLM = Entry("mobilevlm", mobilevlm_generate, skip=mtmd_skip,
+MOBILEVLM = Entry("mobilevlm", mobilevlm_generate, skip=mtmd_skip, bound=MTMD_BOUND,
                   custom=lambda c, w, neg: _mtmd_case(c, w, neg, _mobilevlm_writer()))
