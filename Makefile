@@ -83,8 +83,12 @@ test-isa: install
 # arch, each an HF folder -> graphdsl convert -> graphdsl embed (subprocesses) against HF's processor
 # + model (1e-5 rel L2, f32). `make test` runs 2 per arch; a failure prints the command that reruns it.
 SWEEP_N ?= 20
+# MiniCPM-V and MobileVLM have no HF class: their cases run against llama.cpp's mtmd (the cached build
+# of test-mtmd below), required here so that they cannot skip.
 test-sweep: install
-	GRAPHDSL_SWEEP_N=$(SWEEP_N) $(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_sweep.py
+	scripts/build_mtmd.sh --venv $(MTMD_VENV)
+	GRAPHDSL_SWEEP_N=$(SWEEP_N) GRAPHDSL_MTMD_PYTHON=$(MTMD_VENV)/bin/python GRAPHDSL_MTMD_REQUIRED=1 \
+		$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_sweep.py
 
 # embed-dataset on Ray Data (tests/test_dataset_ray.py, a local 2-CPU Ray on 127.0.0.1): its own
 # target, since Ray is a large optional extra and its start-up takes ~20 s.
