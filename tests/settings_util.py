@@ -84,3 +84,31 @@ def processor_fields(procs) -> dict:
         out.update(st.leaves({k: (int(v) if hasattr(v, "value") and isinstance(v.value, int) else v)
                               for k, v in d.items()}))
     return out
+
+
+def convert_and_match(folder, ref, embed, tmp_path, what: str, bound: float = 1e-5):
+    """HF folder -> ``graphdsl convert`` -> ``embed(gguf, out) -> rows`` equals HF's ``ref`` (<= bound
+    rel L2, same rows); returns the GGUF's path."""
+    from cli_run import graphdsl
+    from hf_refs import rel_err
+    gguf = tmp_path / "m.gguf"
+    graphdsl("convert", folder, "-o", gguf)
+    got = embed(gguf, tmp_path / "e.npy")
+    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
+    print(f"{what}: {ref.shape[0]} rows, rel err {err:.2e}")
+    assert err <= bound
+    return gguf
+
+
+def controls_miss(gguf, ref, embed, keys, tmp_path) -> None:
+    """Negative controls: the file with each carried key dropped (a name) or set to a wrong value
+    ((name, value)) no longer matches ``ref``: other rows, rel L2 > 1e-3, or ``embed`` returns None
+    (a file that no longer loads)."""
+    from hf_refs import rel_err
+    for key in keys:
+        key, value = key if isinstance(key, tuple) else (key, None)
+        bad = tmp_path / "bad.gguf"
+        rewrite_gguf(gguf, bad, drop=() if value is not None else (key,),
+                     change={key: value} if value is not None else None)
+        wrong = embed(bad, tmp_path / "w.npy")
+        assert wrong is None or wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key

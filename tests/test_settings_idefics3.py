@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from cli_run import graphdsl
 from hf_refs import need_torch, rel_err
-from settings_util import rewrite_gguf
+from settings_util import controls_miss, convert_and_match
 from test_models_idefics3 import _hf_features, _image, idefics3_tiny
 
 BOUND = 1e-5
@@ -76,24 +76,15 @@ def test_non_default_processor_matches_hf(tiny, tmp_path, case):
     px = proc(images=[[_image()]], return_tensors="np")["pixel_values"][0]
     ref = _hf_features(model, px)
     ref = ref.reshape(-1, ref.shape[-1])
-    gguf = tmp_path / "m.gguf"
-    graphdsl("convert", folder, "-o", gguf)
-    got = _embed(gguf, img, tmp_path / "e.npy")
-    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
-    print(f"{case}: {ref.shape[0]} rows, rel err {err:.2e}")
-    assert err <= BOUND
+    embed = lambda g, out: _embed(g, img, out)  # noqa: E731
+    gguf = convert_and_match(folder, ref, embed, tmp_path, case, BOUND)
     from graphdsl.models import from_gguf
     carried = from_gguf(gguf).settings("image")  # what the file says, as from_gguf reads it back
     for path, value in pre.items():
         for sub, v in (value.items() if isinstance(value, dict) else [(None, value)]):
             got_v = carried[f"{path}.{sub}" if sub else path]
             assert got_v == pytest.approx(v) if isinstance(v, (float, list)) else got_v == v, (path, got_v, v)
-    for key in keys:  # negative controls: the key gone (or the default value) must change the rows
-        key, value = key if isinstance(key, tuple) else (key, None)
-        bad = tmp_path / "bad.gguf"
-        rewrite_gguf(gguf, bad, drop=() if value else (key,), change={key: value} if value else None)
-        wrong = _embed(bad, img, tmp_path / "w.npy")
-        assert wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
+    controls_miss(gguf, ref, embed, keys, tmp_path)  # the key gone (or the default value) must change the rows
 
 
 def _convert_fails(folder, out):

@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 from cli_run import graphdsl
-from hf_refs import gemma3_tiny, llava_tiny, need_torch, rel_err
+from hf_refs import gemma3_tiny, llava_tiny, need_torch
 from PIL import Image
-from settings_util import rewrite_gguf
+from settings_util import controls_miss, convert_and_match
 
 BOUND = 1e-5
 V = "graphdsl.vision."
@@ -79,19 +79,9 @@ def test_non_default_processor_matches_hf(tmp_path, case):
     img = tmp_path / "i.png"
     _image().save(img)
     ref = features(proc(images=[_image()], return_tensors="np")["pixel_values"])
-    gguf = tmp_path / "m.gguf"
-    graphdsl("convert", folder, "-o", gguf)
-    got = _embed(gguf, img, tmp_path / "e.npy")
-    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
-    print(f"{case}: {ref.shape[0]} rows, rel err {err:.2e}")
-    assert err <= BOUND
-    for key in keys:  # negative controls
-        key, value = key if isinstance(key, tuple) else (key, None)
-        bad = tmp_path / "bad.gguf"
-        rewrite_gguf(gguf, bad, drop=() if value is not None else (key,),
-                     change={key: value} if value is not None else None)
-        wrong = _embed(bad, img, tmp_path / "w.npy")
-        assert wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
+    embed = lambda g, out: _embed(g, img, out)  # noqa: E731
+    gguf = convert_and_match(folder, ref, embed, tmp_path, case, BOUND)
+    controls_miss(gguf, ref, embed, keys, tmp_path)
 
 
 @pytest.mark.parametrize("arch,pre,shown", [

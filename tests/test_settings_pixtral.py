@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import pytest
 from cli_run import graphdsl
-from hf_refs import need_torch, rel_err
+from hf_refs import need_torch
 from PIL import Image
-from settings_util import rewrite_gguf
+from settings_util import controls_miss, convert_and_match
 from test_models_pixtral import BREAK, END, _hf_decoder_input, _save_folder, llava_pixtral
 
 from graphdsl.models import pixtral
@@ -63,21 +63,13 @@ def test_non_default_processor_matches_hf(tiny, tmp_path, case):
     (h, w), = px["image_sizes"]
     ref, ((a, b),) = _hf_decoder_input(model, [px["pixel_values"][0][:, :h, :w]], c)
     ref = ref[a:b]
-    gguf = tmp_path / "m.gguf"
-    graphdsl("convert", folder, "-o", gguf)
-    graphdsl("embed", "--mmproj", gguf, "--image", img, "-o", tmp_path / "e.npy", "--backend", "cpu")
-    got = np.load(tmp_path / "e.npy")
-    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
-    print(f"pixtral {case}: {ref.shape[0]} rows, rel err {err:.2e}")
-    assert err <= BOUND
-    for key in keys:
-        key, value = key if isinstance(key, tuple) else (key, None)
-        bad = tmp_path / "bad.gguf"
-        rewrite_gguf(gguf, bad, drop=() if value is not None else (key,),
-                     change={key: value} if value is not None else None)
-        graphdsl("embed", "--mmproj", bad, "--image", img, "-o", tmp_path / "w.npy", "-f", "--backend", "cpu")
-        wrong = np.load(tmp_path / "w.npy")
-        assert wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
+
+    def embed(gguf, out):
+        graphdsl("embed", "--mmproj", gguf, "--image", img, "-o", out, "-f", "--backend", "cpu")
+        return np.load(out)
+
+    gguf = convert_and_match(folder, ref, embed, tmp_path, f"pixtral {case}", BOUND)
+    controls_miss(gguf, ref, embed, keys, tmp_path)
 
 
 @pytest.mark.parametrize("pre,shown", [({"patch_size": {"height": 12, "width": 12}}, "patch_size.width=12"),

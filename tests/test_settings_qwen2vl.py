@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 from cli_run import graphdsl
-from hf_refs import need_torch, rel_err
+from hf_refs import need_torch
 from PIL import Image
-from settings_util import rewrite_gguf
+from settings_util import controls_miss, convert_and_match
 from test_models_qwen2vl import _hf_features, _png, qwen_tiny
 
 BOUND = 1e-5
@@ -56,19 +56,9 @@ def test_non_default_processor_matches_hf(tiny, tmp_path, case):
     _png(imgs[1], (200, 300), 2)  # over max_pixels: scaled down
     hp = Qwen2VLImageProcessorPil.from_pretrained(folder)(images=[Image.open(p) for p in imgs], return_tensors="np")
     ref = _hf_features(model, hp["pixel_values"], hp["image_grid_thw"].tolist())
-    gguf = tmp_path / "m.gguf"
-    graphdsl("convert", folder, "-o", gguf)
-    got = _embed(gguf, imgs, tmp_path / "e.npy")
-    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
-    print(f"{case}: {ref.shape[0]} rows, rel err {err:.2e}")
-    assert err <= BOUND
-    for key in keys:
-        key, value = key if isinstance(key, tuple) else (key, None)
-        bad = tmp_path / "bad.gguf"
-        rewrite_gguf(gguf, bad, drop=() if value is not None else (key,),
-                     change={key: value} if value is not None else None)
-        wrong = _embed(bad, imgs, tmp_path / "w.npy")
-        assert wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
+    embed = lambda g, out: _embed(g, imgs, out)  # noqa: E731
+    gguf = convert_and_match(folder, ref, embed, tmp_path, case, BOUND)
+    controls_miss(gguf, ref, embed, keys, tmp_path)
 
 
 @pytest.mark.parametrize("pre,shown", [({"merge_size": 4}, "merge_size=4"), ({"patch_size": 16}, "patch_size=16")])
@@ -138,16 +128,6 @@ def test_vision_config_survives_the_file(tmp_path, case):
     _png(imgs[1], (128, 211), 2)
     hp = Qwen2VLImageProcessorPil.from_pretrained(folder)(images=[Image.open(p) for p in imgs], return_tensors="np")
     ref = _hf_features(model, hp["pixel_values"], hp["image_grid_thw"].tolist())
-    gguf = tmp_path / "m.gguf"
-    graphdsl("convert", folder, "-o", gguf)
-    got = _embed(gguf, imgs, tmp_path / "e.npy")
-    err = rel_err(got, ref) if got.shape == ref.shape else float("inf")
-    print(f"{case}: {ref.shape[0]} rows, rel err {err:.2e}")
-    assert err <= BOUND
-    for key in keys:
-        key, value = key if isinstance(key, tuple) else (key, None)
-        bad = tmp_path / "bad.gguf"
-        rewrite_gguf(gguf, bad, drop=() if value is not None else (key,),
-                     change={key: value} if value is not None else None)
-        wrong = _embed_or_none(bad, imgs, tmp_path / "w.npy")  # a wrong merge may not even load
-        assert wrong is None or wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
+    gguf = convert_and_match(folder, ref, lambda g, out: _embed(g, imgs, out), tmp_path, case, BOUND)
+    # a wrong merge may not even load
+    controls_miss(gguf, ref, lambda g, out: _embed_or_none(g, imgs, out), keys, tmp_path)
