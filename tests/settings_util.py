@@ -112,3 +112,20 @@ def controls_miss(gguf, ref, embed, keys, tmp_path) -> None:
                      change={key: value} if value is not None else None)
         wrong = embed(bad, tmp_path / "w.npy")
         assert wrong is None or wrong.shape != ref.shape or rel_err(wrong, ref) > 1e-3, key
+
+
+def convert_refuses(folder, tmp_path, preprocessor: dict, shown: str) -> str:
+    """The folder's preprocessor_config.json with ``preprocessor`` merged in makes ``graphdsl convert``
+    exit non-zero, write nothing and say ``preprocessor_config.json: SHOWN`` (the field and its value)."""
+    import json
+    import subprocess
+    import sys
+    conf_path = folder / "preprocessor_config.json"
+    conf = json.loads(conf_path.read_text()) if conf_path.exists() else {}
+    conf_path.write_text(json.dumps({**conf, **preprocessor}))
+    out = tmp_path / "m.gguf"
+    r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "convert", str(folder), "-o", str(out)],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode != 0 and not out.exists()
+    assert f"preprocessor_config.json: {shown}" in r.stderr, r.stderr
+    return r.stderr

@@ -5,15 +5,11 @@ with each carried key dropped must not match; refused settings stop convert.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from cli_run import graphdsl
 from hf_refs import need_torch
-from settings_util import controls_miss, convert_and_match
+from settings_util import controls_miss, convert_and_match, convert_refuses
 from test_models_mllama import S, T, _png, mllama_tiny
 
 BOUND = 1e-5
@@ -67,10 +63,4 @@ def test_refused_settings_stop_convert(tiny, tmp_path, pre, shown):
     folder = tmp_path / "hf"
     model.save_pretrained(folder)
     _proc().save_pretrained(folder)
-    conf = json.loads((folder / "preprocessor_config.json").read_text())
-    (folder / "preprocessor_config.json").write_text(json.dumps({**conf, **pre}))
-    out = tmp_path / "m.gguf"
-    r = subprocess.run([sys.executable, "-m", "graphdsl.cli", "convert", str(folder), "-o", str(out)],
-                       capture_output=True, text=True, timeout=300, check=False)
-    assert r.returncode != 0 and not out.exists()
-    assert f"preprocessor_config.json: {shown} is not supported by graphdsl (mllama)" in r.stderr, r.stderr
+    convert_refuses(folder, tmp_path, pre, f"{shown} is not supported by graphdsl (mllama)")
