@@ -9,7 +9,9 @@ import sys
 
 def graphdsl(*argv, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Run ``graphdsl ARGV``; assert it exits 0 (stderr's tail in the message)."""
-    r = subprocess.run([sys.executable, "-m", "graphdsl.cli", *map(str, argv)], capture_output=True, text=True,
+    # -P: the working directory (the checkout, under pytest) stays off sys.path, so the child imports
+    # the installed graphdsl with its built extension, not the source tree (test-backends installs a copy)
+    r = subprocess.run([sys.executable, "-P", "-m", "graphdsl.cli", *map(str, argv)], capture_output=True, text=True,
                        timeout=timeout, check=False, **kw)
     assert r.returncode == 0, r.stderr[-2000:]
     return r
