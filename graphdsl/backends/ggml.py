@@ -21,7 +21,6 @@ import numpy as np
 
 from graphdsl import _ggml
 from graphdsl import dtypes as dt
-
 from graphdsl.ops.registry import REGISTRY
 
 from .devices import MAX_THREADS, DevicePlan, check_threads, devices, plan_devices, resolve_devices  # noqa: F401

@@ -56,8 +56,8 @@ def _slice_ref(x, *, axis, start, stop, step):
     return x[tuple(idx)]
 
 
-register("view", _slice_infer, _slice_ref, _ZERO, "x[start:stop:step] along one axis, as a strided view", kind="layout",
-         view=True, strided_ok=True)
+register("view", _slice_infer, _slice_ref, _ZERO, "x[start:stop:step] along one axis, as a strided view",
+         kind="layout", view=True, strided_ok=True)
 
 
 @api
@@ -164,7 +164,8 @@ def _repeat_infer(x, *, shape):
     return tuple(shape), x.dtype
 
 
-register("repeat", _repeat_infer, lambda x, *, shape: tile_to(x, shape), _ZERO, "tile x to shape (np.tile)", kind="layout")
+register("repeat", _repeat_infer, lambda x, *, shape: tile_to(x, shape), _ZERO, "tile x to shape (np.tile)",
+         kind="layout")
 
 
 @api
