@@ -11,6 +11,7 @@ with the weights transposed.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import graphdsl
 from graphdsl import Graph, ops
 from graphdsl import dtypes as dt
 from graphdsl.backends import onednn
-from graphdsl.backends.devices import resolve_devices
+from graphdsl.backends.devices import plan_devices, resolve_devices
 from isa import onednn_kernel
 from target import BACKEND
 
@@ -66,6 +67,22 @@ def test_cpu_means_onednn_then_ggml_and_ggml_cpu_opts_out():
     assert resolve_devices("ggml-cpu") == ["CPU"]
     dev = next(d for d in graphdsl.devices() if d["name"] == onednn.NAME)
     assert dev["features"]["F32"] == "1"
+
+
+def test_the_device_plan_makes_onednn_and_the_cpu_one_host_device():
+    pair, alone = plan_devices("cpu"), plan_devices("ggml-cpu")
+    assert (pair.name, pair.on_host, pair.cpu_partner, pair.home) == ("cpu", True, True, {0, 1})
+    assert (alone.name, alone.on_host, alone.cpu_partner, alone.home) == ("cpu", True, False, {0})
+    g = Graph("p")
+    g.output("y", ops.mul_mat(g.input("x", (64, 256)), g.weight("w", (384, 256))))
+    exe = graphdsl.compile(g, "cpu", weights={"w": np.ones((384, 256), np.float32)}, strict=True)
+    exe(x=np.ones((64, 256), np.float32))  # products on oneDNN, the rest on its CPU partner: strict passes
+    assert exe.backend == "cpu" and exe.plan == pair and not exe.placement()["fallbacks"]
+    # negative control: a plan that called the CPU a fallback would refuse the same placement
+    exe = graphdsl.compile(g, "cpu", weights={"w": np.ones((384, 256), np.float32)}, strict=True)
+    exe.plan = dataclasses.replace(pair, cpu_partner=False)
+    with pytest.raises(ValueError, match="strict placement"):
+        exe(x=np.ones((64, 256), np.float32))
 
 
 @pytest.mark.parametrize("wtype", [pytest.param("f32", marks=onednn_kernel("f32")),

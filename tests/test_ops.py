@@ -16,8 +16,11 @@ import pytest
 
 import graphdsl
 from graphdsl import inspect
-from graphdsl.backends.ggml_lower import LOWERING
-from graphdsl.ops import REGISTRY
+from graphdsl import ops
+from graphdsl.backends import ggml_lower
+from graphdsl.inspect.drawing import COLOURS
+from graphdsl.ops import KINDS, OPS_API, REGISTRY
+from graphdsl.ops.registry import add_lowering
 from op_cases import CASES
 from target import BACKEND, TF32, TF32_OP
 
@@ -68,13 +71,33 @@ def _products_on_tf32(exe) -> bool:
 
 
 def test_registry_is_complete():
-    """Each op has a shape rule, a reference, FLOPs, a ggml lowering and a test case."""
+    """Each op has a shape rule, a reference, FLOPs, a kind, a ggml lowering and a test case."""
     covered = {c.op for c in CASES}
     for name, op in REGISTRY.items():
         assert callable(op.infer) and callable(op.reference) and callable(op.flops), name
         assert op.doc, f"{name} has no doc"
-        assert name in LOWERING, f"{name} has no ggml lowering"
+        assert op.kind in KINDS and op.kind in COLOURS, f"{name}: kind {op.kind!r} has no colour"
+        assert callable(op.lowerings.get(ggml_lower.BACKEND)), f"{name} has no ggml lowering"
         assert name in covered, f"{name} has no ggml-vs-reference case"
+
+
+def test_every_builder_is_an_ops_name():
+    """`ops.<name>` is each builder itself (imported by name, not copied in at import time)."""
+    assert {n: getattr(ops, n, None) for n in OPS_API} == OPS_API
+
+
+def test_a_lowering_names_a_known_op_once():
+    with pytest.raises(ValueError, match="unknown op 'no_such_op'"):
+        add_lowering("ggml", "no_such_op", lambda L, node: None)
+    with pytest.raises(ValueError, match="'add' lowered twice"):
+        ggml_lower.lowers("add")(lambda L, node, a, b: None)
+
+
+def test_only_declared_ops_read_strided_inputs():
+    """Layout facts live in the OpDef; an op that does not declare strided_ok gets contiguous inputs."""
+    assert {n for n, op in REGISTRY.items() if op.strided_ok} == {"permute", "view", "cont", "mul_mat",
+                                                                   "flash_attn_ext"}
+    assert {n for n, op in REGISTRY.items() if op.view} == {"reshape", "view", "permute"}
 
 
 # FLOPs per op, written here from what each op computes (not read from the registry), as ggml's
