@@ -99,13 +99,14 @@ def _mmproj_kv(spec: DemoSpec) -> list:
     from gguf import Keys
 
     from .gguf_io import KEY_ACT, KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT
+    from .preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     V, A, c, w = Keys.ClipVision, Keys.ClipAudio, spec.clip, spec.whisper
     return [
         (Keys.General.NAME, "graphdsl demo"), (Keys.Clip.HAS_VISION_ENCODER, True), (Keys.Clip.HAS_AUDIO_ENCODER, True),
         (V.PROJECTOR_TYPE, "mlp"), (V.IMAGE_SIZE, c.image_size), (V.PATCH_SIZE, c.patch_size),
         (V.EMBEDDING_LENGTH, c.n_embd), (V.FEED_FORWARD_LENGTH, c.n_ff), (V.BLOCK_COUNT, c.n_layer),
         (V.Attention.HEAD_COUNT, c.n_head), (V.Attention.LAYERNORM_EPS, c.eps),
-        (V.IMAGE_MEAN, [0.48145466, 0.4578275, 0.40821073]), (V.IMAGE_STD, [0.26862954, 0.26130258, 0.27577711]),
+        (V.IMAGE_MEAN, list(OPENAI_CLIP_MEAN)), (V.IMAGE_STD, list(OPENAI_CLIP_STD)),
         (V.USE_GELU, False), (V.USE_SILU, False), (KEY_ACT.format(modality="vision"), c.act),
         (KEY_FEATURE_LAYER, np.array(c.layers, np.int32)), (V.PROJECTION_DIM, c.n_mm_embd),
         (KEY_MM_ACT, c.mm_act), (KEY_SELECT, c.select),

@@ -25,7 +25,7 @@ from .mmproj import (  # noqa: F401
     MmprojConfig,
     VisionConfig,
     load_mmproj,
-    tensor_name,
+    tn,
 )
 from .finite import check_finite, nonfinite  # noqa: F401
 from .reader import (  # noqa: F401
@@ -36,6 +36,7 @@ from .reader import (  # noqa: F401
     GGUFTensor,
     MissingTensor,
     TensorTable,
+    metadata_value,
     read_gguf,
     weights_of,
 )

@@ -46,7 +46,10 @@ from gguf import Keys
 
 from .. import blocks, ops
 from ..graph import Graph, Tensor
-from .common import Block, EncoderHparams, T, as_dict, convert_state, mmproj_config, sub, tn, weight_shapes_of
+from ..gguf_io import tn
+from .common import Block, EncoderHparams, weight_shapes_of
+from .gguf_keys import T, mmproj_config
+from .hf import as_dict, convert_state, sub
 from . import settings
 from .registry import Arch, register
 

@@ -42,17 +42,18 @@ from gguf import Keys
 
 from .. import blocks, ops
 from ..dtypes import storage_type
-from ..gguf_io import KEY_MM_ACT
+from ..gguf_io import KEY_MM_ACT, tn
 from ..graph import Graph, Tensor
 from ..ops.rope import grid_positions, neox_to_normal
-from .common import (Block, T, VitHparams, as_dict, convert_state, file_types, gguf_vision, sub, tn, vit_keys,
-                     weight_shapes_of)
+from ..preprocess.image import OPENAI_CLIP_MEAN as CLIP_MEAN, OPENAI_CLIP_STD as CLIP_STD
+from .common import Block, VitHparams, file_types, weight_shapes_of
+from .gguf_keys import T, gguf_vision, vit_keys
+from .hf import as_dict, convert_state, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
 Grid = tuple[int, int]  # (h, w) in patches
 IMG_BREAK, IMG_END = tn(T.V_TOK_EMBD_IMG_BREAK, None), "v.token_embd.img_end"
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,11 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..ops.rope import grid_positions
-from .common import (Block, T, VitHparams, convert_state, file_types, gguf_vision, hf_dict, sub, tn, vit_keys,
-                     weight_shapes_of)
+from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from ..gguf_io import tn
+from .common import Block, VitHparams, file_types, weight_shapes_of
+from .gguf_keys import T, gguf_vision, vit_keys
+from .hf import convert_state, hf_dict, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
@@ -304,7 +307,6 @@ def config_from_gguf(src: Any) -> Qwen2VLConfig:
 
 
 def config_to_gguf(cfg: Qwen2VLConfig, image_mean=None, image_std=None) -> list[tuple[str, object]]:
-    from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     V = Keys.ClipVision
     return [(Keys.Clip.PROJECTOR_TYPE, cfg.projector),
             *vit_keys(cfg, image_mean or OPENAI_CLIP_MEAN, image_std or OPENAI_CLIP_STD),
@@ -426,11 +428,11 @@ SETTINGS = (
     settings.carried("config", "vision_config.embed_dim", Keys.ClipVision.EMBEDDING_LENGTH),
     settings.carried("config", "vision_config.mlp_ratio", Keys.ClipVision.FEED_FORWARD_LENGTH),
     settings.carried("config", "vision_config.hidden_size", Keys.ClipVision.PROJECTION_DIM),  # the merger's width
-    *processor_settings((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    *processor_settings(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
 )
 
 
-_CLIP_NORM = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+_CLIP_NORM = dict(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
 
 ARCH = register(Arch(
     "qwen2vl", "image", Qwen2VLVision, Qwen2VLConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,

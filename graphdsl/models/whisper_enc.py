@@ -33,9 +33,11 @@ import numpy as np
 from gguf import Keys
 
 from .. import blocks, ops
-from ..gguf_io import KEY_ACT, KEY_AUDIO_MM_ACT
+from ..gguf_io import KEY_ACT, KEY_AUDIO_MM_ACT, tn
 from ..graph import Graph, Tensor
-from .common import post_ln_tower, projector_of, Block, EncoderHparams, T, convert_state, hf_dict, mmproj_config, sub, tn, weight_shapes_of
+from .common import Block, EncoderHparams, post_ln_tower, projector_of, weight_shapes_of
+from .gguf_keys import T, mmproj_config
+from .hf import convert_state, hf_dict, sub
 from . import settings
 from .registry import Arch, register
 
