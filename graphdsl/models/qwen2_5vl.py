@@ -30,10 +30,10 @@ from .. import blocks
 from ..gguf_io.reader import metadata_value
 from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .gguf_keys import T
-from .hf import hf_dict, sub
-from .qwen2vl import (PREFIXES, Qwen2VLConfig, Qwen2VLVision, SmartResize, _CLIP_NORM, _common_hf, build as _build,
-                      config_to_gguf as _qwen2_keys, convert_state, frames, gguf_kw, hf_rules, processor_settings, split_qwen,
-                      vision_settings, weight_shapes)
+from .hf import convert_state, hf_dict, sub
+from .qwen2vl import Qwen2VLConfig, Qwen2VLVision, SmartResize, _CLIP_NORM, build as _build, frames, weight_shapes
+from .qwen2vl_convert import (PREFIXES, config_to_gguf as _qwen2_keys, gguf_kw, hf_rules, hf_vision_fields,
+                              processor_settings, split_qwen, vision_settings)
 from . import settings
 from .registry import Arch, register
 
@@ -63,7 +63,7 @@ def config_from_hf(hf: Any) -> Qwen25VLConfig:
     window_size, fullatt_block_indexes)."""
     d = hf_dict(hf, "qwen2_5vl")
     v = sub(d, "vision_config") or d
-    return Qwen25VLConfig(**_common_hf(v), n_embd=v.get("hidden_size", 1280), n_ff=v.get("intermediate_size", 3420),
+    return Qwen25VLConfig(**hf_vision_fields(v), n_embd=v.get("hidden_size", 1280), n_ff=v.get("intermediate_size", 3420),
                           act=blocks.act_of(v.get("hidden_act", "silu")), n_mm_embd=v.get("out_hidden_size", 3584),
                           window_size=v.get("window_size", 112),
                           fullatt=tuple(int(i) for i in v.get("fullatt_block_indexes", (7, 15, 23, 31))))
