@@ -28,12 +28,12 @@ import numpy as np
 from gguf import Keys
 
 from .. import blocks, ops
-from ..gguf_io import KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT, tn
+from ..gguf_io import KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from ..preprocess.image import OPENAI_CLIP_MEAN as CLIP_MEAN, OPENAI_CLIP_STD as CLIP_STD
 from .common import Block, VitHparams, graph_of, image_rows, weight_shapes_of
-from .gguf_keys import T, gguf_vision, vit_keys
+from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .hf import VISION_PREFIXES, convert_state, hf_dict, hf_vit_hparams, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register

@@ -1,6 +1,8 @@
-"""The GGUF side of a model file: llama.cpp's tensor table (``T``; names from ``gguf_io.tn``),
+"""The GGUF side of a model file: llama.cpp's tensor table and names (``T``, ``tn``, the latter
+``gguf_io``'s, here beside its table),
 the clip.vision.* metadata a ViT tower writes (``vit_keys``) and, reading, an mmproj file's
-config (``mmproj_config``) and its vision section as VitHparams fields (``gguf_vision``)."""
+config (``mmproj_config``) and its vision / audio section as config fields (``gguf_vision``,
+``gguf_audio``)."""
 from __future__ import annotations
 
 import os
@@ -40,16 +42,30 @@ def mmproj_config(src: Any):
     raise ValueError(f"[config_from_gguf] expected an mmproj path or MmprojConfig, got {type(src).__name__}")
 
 
+def _section(src: Any, modality: str, projectors: Sequence[str], what: str):
+    """(MmprojConfig, its vision or audio section) of a file whose projector for it is one of
+    ``projectors``, and the encoder fields every section holds (every tensor's stored type as wtypes)."""
+    m = mmproj_config(src)
+    sec = getattr(m, modality)
+    if sec is None:
+        raise m.error(f"no {modality} encoder (clip.has_{modality}_encoder is false)")
+    if sec.projector_type not in projectors:
+        raise m.error(f"{modality} projector type {sec.projector_type!r} is not a {what} one ({', '.join(projectors)})")
+    q = tn(T.V_ENC_ATTN_Q if modality == "vision" else T.A_ENC_ATTN_Q, "weight", 0)
+    return m, sec, dict(n_embd=sec.n_embd, n_ff=sec.n_ff, n_head=sec.n_head, n_layer=sec.n_layer, eps=sec.eps,
+                        wtype=m.dtypes.get(q, "f32"), wtypes=dict(m.dtypes))
+
+
 def gguf_vision(src: Any, projectors: Sequence[str], what: str):
     """(MmprojConfig, its vision section) of a file whose vision projector is one of ``projectors``,
     and the VitHparams fields it holds (with every tensor's stored type as wtypes)."""
-    m = mmproj_config(src)
-    v = m.vision
-    if v is None:
-        raise m.error("no vision encoder (clip.has_vision_encoder is false)")
-    if v.projector_type not in projectors:
-        raise m.error(f"vision projector type {v.projector_type!r} is not a {what} one ({', '.join(projectors)})")
-    kw = dict(image_size=v.image_size, patch_size=v.patch_size, n_embd=v.n_embd, n_ff=v.n_ff, n_head=v.n_head,
-              n_layer=v.n_layer, eps=v.eps, act=v.act, wtype=m.dtypes.get(tn(T.V_ENC_ATTN_Q, "weight", 0), "f32"),
-              wtypes=dict(m.dtypes))
-    return m, v, kw
+    m, v, kw = _section(src, "vision", projectors, what)
+    return m, v, dict(kw, image_size=v.image_size, patch_size=v.patch_size, act=v.act)
+
+
+def gguf_audio(src: Any, projectors: Sequence[str], what: str):
+    """(MmprojConfig, its audio section) of a file whose audio projector is one of ``projectors``,
+    and the encoder fields it holds: sizes, mel bins, eps and stored types (not the activation,
+    which not every audio encoder reads from the file)."""
+    m, a, kw = _section(src, "audio", projectors, what)
+    return m, a, dict(kw, n_mel=a.n_mel)

@@ -11,8 +11,7 @@ import numpy as np
 
 from .. import blocks
 from ..dtypes import to_numpy
-from ..gguf_io import tn
-from .gguf_keys import T
+from .gguf_keys import T, tn
 from .registry import ARCHS
 
 # Where HF checkpoints keep a vision tower: LLaVA-style wrappers, bare towers, two-tower models.

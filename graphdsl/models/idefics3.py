@@ -31,9 +31,8 @@ from gguf import Keys
 from .. import blocks
 from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
-from ..gguf_io import tn
 from .common import Block, VitHparams, graph_of, post_ln_tower, weight_shapes_of
-from .gguf_keys import T, gguf_vision, vit_keys
+from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .hf import VISION_PREFIXES, convert_state, hf_dict, hf_vit_hparams, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register

@@ -36,9 +36,8 @@ from gguf import Keys
 
 from .. import blocks, ops
 from ..graph import Graph, Tensor
-from ..gguf_io import tn
 from .common import Block, VitHparams, graph_of, weight_shapes_of
-from .gguf_keys import T, gguf_vision, vit_keys
+from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .registry import Arch, ImagePreprocess, register
 
 KEY_VERSION, KEY_QUERY_NUM = "clip.minicpmv_version", "clip.minicpmv_query_num"

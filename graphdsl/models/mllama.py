@@ -41,9 +41,8 @@ from gguf import Keys
 from .. import blocks, ops
 from ..gguf_io.reader import metadata_value, read_gguf
 from ..graph import Graph, Tensor
-from ..gguf_io import tn
 from .common import Block, VitHparams, file_types, weight_shapes_of
-from .gguf_keys import T, gguf_vision, vit_keys
+from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .hf import VISION_PREFIXES, convert_state, hf_dict, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register

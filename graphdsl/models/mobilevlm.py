@@ -35,12 +35,12 @@ import numpy as np
 from gguf import Keys
 
 from .. import blocks, ops
-from ..gguf_io import KEY_FEATURE_LAYER, KEY_MM_ACT, tn
+from ..gguf_io import KEY_FEATURE_LAYER, KEY_MM_ACT
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .clip import CLIP_MEAN, CLIP_STD
 from .common import Block, VitHparams, graph_of, image_rows, weight_shapes_of
-from .gguf_keys import T, gguf_vision, vit_keys
+from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .registry import Arch, ImagePreprocess, register
 
 

@@ -37,9 +37,8 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..preprocess.phi4 import Phi4Image
-from ..gguf_io import tn
 from .common import Block, VitHparams, weight_shapes_of
-from .gguf_keys import T, gguf_vision, vit_keys
+from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .hf import as_dict, convert_state, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register

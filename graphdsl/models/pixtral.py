@@ -40,12 +40,12 @@ from gguf import Keys
 
 from .. import blocks, ops
 from ..dtypes import storage_type
-from ..gguf_io import KEY_MM_ACT, tn
+from ..gguf_io import KEY_MM_ACT
 from ..graph import Graph, Tensor
 from ..ops.rope import grid_positions, neox_to_normal
 from ..preprocess.image import OPENAI_CLIP_MEAN as CLIP_MEAN, OPENAI_CLIP_STD as CLIP_STD
 from .common import Block, VitHparams, file_types, weight_shapes_of
-from .gguf_keys import T, gguf_vision, vit_keys
+from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .hf import as_dict, convert_state, sub
 from .pixtral_convert import SETTINGS, hf_dir, hf_rules
 from .registry import Arch, ImagePreprocess, register

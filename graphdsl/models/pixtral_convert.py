@@ -7,10 +7,10 @@ import os
 
 from gguf import Keys
 
-from ..gguf_io import KEY_MM_ACT, tn
+from ..gguf_io import KEY_MM_ACT
 from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from . import settings
-from .gguf_keys import T
+from .gguf_keys import T, tn
 
 
 def hf_dir(config: dict, folder: str) -> dict:

@@ -38,9 +38,8 @@ from .. import blocks, ops
 from .. import dtypes as dt
 from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
-from ..gguf_io import tn
 from .common import Block, VitHparams, graph_of, image_rows, post_ln_tower, projector_of, weight_shapes_of
-from .gguf_keys import T, gguf_vision, vit_keys
+from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .hf import VISION_PREFIXES, convert_state, hf_dict, hf_vit_hparams, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
