@@ -48,21 +48,20 @@ class DemoSpec:
     n_embd: int  # the decoder's width: both projectors and the token table produce it
 
 
+def _spec(n_embd: int, clip: dict, whisper: dict) -> DemoSpec:
+    """A CLIP tower (LLaVA-style feature layer -2) and a Whisper encoder (80 mels, 4 frames a row)
+    whose projectors both give the decoder's width ``n_embd``."""
+    return DemoSpec(ClipConfig(**clip, feature_layer=-2, n_mm_embd=n_embd),
+                    WhisperEncConfig(n_mel=80, n_ctx=1500, stack_factor=4, n_mm_embd=n_embd, **whisper), n_embd)
+
+
 SPECS = {
-    # ViT-Ti/16 @ 224 (LLaVA-style feature layer -2) and the Whisper-tiny encoder, at a 512-wide decoder.
-    "small": DemoSpec(
-        ClipConfig(image_size=224, patch_size=16, n_embd=192, n_ff=768, n_head=3, n_layer=12, feature_layer=-2,
-                   n_mm_embd=512),
-        WhisperEncConfig(n_mel=80, n_ctx=1500, n_embd=384, n_head=6, n_layer=4, n_ff=1536, stack_factor=4,
-                         n_mm_embd=512),
-        512),
+    # ViT-Ti/16 @ 224 and the Whisper-tiny encoder, at a 512-wide decoder.
+    "small": _spec(512, dict(image_size=224, patch_size=16, n_embd=192, n_ff=768, n_head=3, n_layer=12),
+                   dict(n_embd=384, n_head=6, n_layer=4, n_ff=1536)),
     # For tests: the same structure, tiny widths.
-    "tiny": DemoSpec(
-        ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=2, n_layer=3, feature_layer=-2,
-                   n_mm_embd=48),
-        WhisperEncConfig(n_mel=80, n_ctx=1500, n_embd=32, n_head=2, n_layer=2, n_ff=64, stack_factor=4,
-                         n_mm_embd=48),
-        48),
+    "tiny": _spec(48, dict(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=2, n_layer=3),
+                  dict(n_embd=32, n_head=2, n_layer=2, n_ff=64)),
 }
 
 

@@ -48,6 +48,15 @@ def hf_dict(cfg: Any, arch: str) -> dict:
     return d
 
 
+def remote_code_only(arch: str, model: str, script: str):
+    """The ``config_from_hf`` of a model transformers does not ship (it runs as remote code): it
+    refuses, naming llama.cpp's converter ``script`` that makes its mmproj file."""
+    def config_from_hf(hf: Any):
+        raise ValueError(f"[{arch}] transformers has no {model} (it ships as remote code); convert with "
+                         f"llama.cpp's {script} and load the mmproj file")
+    return config_from_hf
+
+
 def hf_vit_hparams(v: Mapping[str, Any], eps: float, act: str, patch_size: int = 16) -> dict:
     """VitHparams fields from an HF vision config dict, with the family's defaults for eps / act."""
     return dict(image_size=v.get("image_size", 224), patch_size=v.get("patch_size", patch_size),

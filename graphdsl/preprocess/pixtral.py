@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .any_size import AnySizeConfig
-from .image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageSource
+from .image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageSource, positive_fields
 
 
 def pixtral_size(height: int, width: int, longest_edge: int = 1024, patch_size: int = 16) -> tuple[int, int]:
@@ -66,11 +66,7 @@ class PixtralImageConfig(AnySizeConfig):
     patch_size: int = 16
 
     def __post_init__(self) -> None:
-        for k in ("longest_edge", "patch_size"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"[PixtralImageConfig] {k} must be an int >= 1, got {v!r}")
-            object.__setattr__(self, k, int(v))
+        positive_fields(self, "longest_edge", "patch_size")
         edge = ((self.longest_edge - 1) // self.patch_size + 1) * self.patch_size
         if edge * edge > self.max_out_pixels:
             raise ValueError(f"[PixtralImageConfig] longest_edge {self.longest_edge} allows {edge}^2 output pixels, "

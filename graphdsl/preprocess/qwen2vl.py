@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .any_size import AnySizeConfig
-from .image import ImageSource
+from .image import ImageSource, positive_fields
 
 MAX_ASPECT = 200  # HF refuses more extreme images
 
@@ -67,10 +67,7 @@ class Qwen2VLImageConfig(AnySizeConfig):
     merge_size: int = 2
 
     def __post_init__(self) -> None:
-        ints = (self.min_pixels, self.max_pixels, self.patch_size, self.merge_size)
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in ints):
-            raise ValueError(f"[Qwen2VLImageConfig] min_pixels, max_pixels, patch_size, merge_size must be ints >= 1, "
-                             f"got {ints}")
+        positive_fields(self, "min_pixels", "max_pixels", "patch_size", "merge_size")
         if self.min_pixels > self.max_pixels or self.max_pixels > self.max_out_pixels:
             raise ValueError(f"[Qwen2VLImageConfig] need min_pixels {self.min_pixels} <= max_pixels {self.max_pixels} "
                              f"<= max_out_pixels {self.max_out_pixels}")
