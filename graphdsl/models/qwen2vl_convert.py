@@ -13,6 +13,7 @@ from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from . import settings
 from .gguf_keys import T, gguf_vision, tn, vit_keys
 
+
 def hf_vision_fields(v: dict) -> dict:
     """The Qwen2VLConfig fields Qwen2-VL and 2.5-VL read alike from an HF vision_config."""
     rope = v.get("rope_parameters") or {}
