@@ -48,21 +48,20 @@ class DemoSpec:
     n_embd: int  # the decoder's width: both projectors and the token table produce it
 
 
+def _spec(n_embd: int, clip: dict, whisper: dict) -> DemoSpec:
+    """A CLIP tower (LLaVA-style feature layer -2) and a Whisper encoder (80 mels, 4 frames a row)
+    whose projectors both give the decoder's width ``n_embd``."""
+    return DemoSpec(ClipConfig(**clip, feature_layer=-2, n_mm_embd=n_embd),
+                    WhisperEncConfig(n_mel=80, n_ctx=1500, stack_factor=4, n_mm_embd=n_embd, **whisper), n_embd)
+
+
 SPECS = {
-    # ViT-Ti/16 @ 224 (LLaVA-style feature layer -2) and the Whisper-tiny encoder, at a 512-wide decoder.
-    "small": DemoSpec(
-        ClipConfig(image_size=224, patch_size=16, n_embd=192, n_ff=768, n_head=3, n_layer=12, feature_layer=-2,
-                   n_mm_embd=512),
-        WhisperEncConfig(n_mel=80, n_ctx=1500, n_embd=384, n_head=6, n_layer=4, n_ff=1536, stack_factor=4,
-                         n_mm_embd=512),
-        512),
+    # ViT-Ti/16 @ 224 and the Whisper-tiny encoder, at a 512-wide decoder.
+    "small": _spec(512, dict(image_size=224, patch_size=16, n_embd=192, n_ff=768, n_head=3, n_layer=12),
+                   dict(n_embd=384, n_head=6, n_layer=4, n_ff=1536)),
     # For tests: the same structure, tiny widths.
-    "tiny": DemoSpec(
-        ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=2, n_layer=3, feature_layer=-2,
-                   n_mm_embd=48),
-        WhisperEncConfig(n_mel=80, n_ctx=1500, n_embd=32, n_head=2, n_layer=2, n_ff=64, stack_factor=4,
-                         n_mm_embd=48),
-        48),
+    "tiny": _spec(48, dict(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=2, n_layer=3),
+                  dict(n_embd=32, n_head=2, n_layer=2, n_ff=64)),
 }
 
 
@@ -99,13 +98,14 @@ def _mmproj_kv(spec: DemoSpec) -> list:
     from gguf import Keys
 
     from .gguf_io import KEY_ACT, KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT
+    from .preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     V, A, c, w = Keys.ClipVision, Keys.ClipAudio, spec.clip, spec.whisper
     return [
         (Keys.General.NAME, "graphdsl demo"), (Keys.Clip.HAS_VISION_ENCODER, True), (Keys.Clip.HAS_AUDIO_ENCODER, True),
         (V.PROJECTOR_TYPE, "mlp"), (V.IMAGE_SIZE, c.image_size), (V.PATCH_SIZE, c.patch_size),
         (V.EMBEDDING_LENGTH, c.n_embd), (V.FEED_FORWARD_LENGTH, c.n_ff), (V.BLOCK_COUNT, c.n_layer),
         (V.Attention.HEAD_COUNT, c.n_head), (V.Attention.LAYERNORM_EPS, c.eps),
-        (V.IMAGE_MEAN, [0.48145466, 0.4578275, 0.40821073]), (V.IMAGE_STD, [0.26862954, 0.26130258, 0.27577711]),
+        (V.IMAGE_MEAN, list(OPENAI_CLIP_MEAN)), (V.IMAGE_STD, list(OPENAI_CLIP_STD)),
         (V.USE_GELU, False), (V.USE_SILU, False), (KEY_ACT.format(modality="vision"), c.act),
         (KEY_FEATURE_LAYER, np.array(c.layers, np.int32)), (V.PROJECTION_DIM, c.n_mm_embd),
         (KEY_MM_ACT, c.mm_act), (KEY_SELECT, c.select),

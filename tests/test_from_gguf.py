@@ -184,6 +184,9 @@ def test_projector_errors(folders, tmp_path):
         clip.config_from_gguf(tmp_path / "a.gguf")
     with pytest.raises(ValueError, match="'mlp' is not a SigLIP one"):
         siglip.config_from_gguf(tmp_path / "v.gguf")
+    from graphdsl.models import phi4_audio
+    with pytest.raises(ValueError, match=r"a\.gguf: audio projector type 'voxtral' is not a Phi-4 one \(phi4\)"):
+        phi4_audio.config_from_gguf(tmp_path / "a.gguf")
     with pytest.raises(ValueError, match="expected an mmproj path or MmprojConfig"):
         clip.config_from_gguf(42)
 

@@ -159,10 +159,10 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
         im.save(paths[-1])
     gguf, out = tmp_path / "m.gguf", tmp_path / "e.npy"
     convert_and_embed(folder, gguf, out, *[a for p in paths for a in ("--image", p)])
-    from graphdsl.gguf_io.reader import _get, read_gguf
+    from graphdsl.gguf_io.reader import metadata_value, read_gguf
     f = read_gguf(gguf)
-    assert _get(f, "clip.projector_type", str) == "mlp" and "v.image_newline" in f.tensors
-    assert list(_get(f, llava_next.KEY_PINPOINTS, "ints")) == [v for h, w in PINPOINTS for v in (w, h)]
+    assert metadata_value(f, "clip.projector_type", str) == "mlp" and "v.image_newline" in f.tensors
+    assert list(metadata_value(f, llava_next.KEY_PINPOINTS, "ints")) == [v for h, w in PINPOINTS for v in (w, h)]
     from graphdsl.models import from_gguf
     m = from_gguf(gguf)
     assert m.archs["image"].name == "llava_next" and m.vision.cfg.grid_pinpoints == tuple(map(tuple, PINPOINTS))

@@ -55,6 +55,11 @@ def test_slicing_photo_and_policies():
     assert small.grid == (0, 0) and small.overview.shape == (3, 448, 448)  # mtmd squashes to S x S
     assert marker_layout(2, (2, 1)) == ["<image>", 0, "</image>", "<slice>", "<image>", 1, "</image>", "<image>", 2,
                                         "</image>", "</slice>"]
+    for bad in ({"slice_size": 0}, {"patch_size": 1.5}):
+        with pytest.raises(ValueError, match="MiniCPMVImageConfig"):
+            MiniCPMVImageConfig(**bad)
+    with pytest.raises(ValueError, match="transformers has no MiniCPM-V .* llama.cpp's legacy-models/minicpmv"):
+        minicpmv.config_from_hf({})
     assert marker_layout(3, (1, 2)) == ["<image>", 0, "</image>", "<slice>", 1, "</slice>", "\n", "<slice>", 2,
                                         "</slice>"]
 

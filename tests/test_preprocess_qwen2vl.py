@@ -62,6 +62,11 @@ def test_errors():
         qwen2vl_image(_img(2, 500))
     with pytest.raises(ValueError, match="min_pixels"):
         Qwen2VLImageConfig(min_pixels=10_000, max_pixels=100)
+    # the pixel fields' checks it shares with PixtralImageConfig (preprocess.any_size)
+    for bad in ({"patch_size": 0}, {"merge_size": True}, {"std": (0, 1, 1)}, {"mean": (1, 2)}, {"resample": 99}):
+        with pytest.raises(ValueError, match="Qwen2VLImageConfig"):
+            Qwen2VLImageConfig(**bad)
+    assert Qwen2VLImageConfig(mean=0.5).mean == (0.5, 0.5, 0.5)
     with pytest.raises(ValueError, match="multiples of 28"):
         qwen2vl.patchify(np.zeros((3, 30, 28), np.float32), qwen2vl.Qwen2VLConfig())
 

@@ -31,8 +31,9 @@ from gguf import Keys
 from .. import blocks
 from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
-from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, post_ln_tower, Block, T, VitHparams, convert_state, graph_of, hf_dict, sub,
-    tn, vit_keys, weight_shapes_of)
+from .common import Block, VitHparams, graph_of, post_ln_tower, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import VISION_PREFIXES, convert_state, hf_dict, hf_vit_hparams, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 

@@ -42,12 +42,14 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..gguf_io.reader import _get, read_gguf
+from ..gguf_io.reader import metadata_value, read_gguf
 from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
 from ..preprocess.anyres import LLAVA_NEXT_PINPOINTS, AnyresConfig, AnyresImage, anyres_images, unpad_crop
 from . import clip
-from .common import VISION_PREFIXES, Block, as_dict, convert_state, file_types, mmproj_config, weight_shapes_of
+from .common import Block, file_types, weight_shapes_of
+from .gguf_keys import mmproj_config
+from .hf import VISION_PREFIXES, as_dict, convert_state
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
@@ -229,7 +231,7 @@ def config_from_hf(hf: Any) -> LlavaNextConfig:
 def config_from_gguf(src: Any) -> LlavaNextConfig:
     """From a LLaVA-1.6 mmproj: models.clip's reading and the (width, height) pinpoints."""
     m = mmproj_config(src)
-    pts = [int(x) for x in _get(read_gguf(m.path), KEY_PINPOINTS, "ints", [])]
+    pts = [int(x) for x in metadata_value(read_gguf(m.path), KEY_PINPOINTS, "ints", [])]
     if not pts or len(pts) % 2:
         raise m.error(f"{KEY_PINPOINTS} must list (width, height) pairs, got {pts}")
     if m.shapes.get(IMAGE_NEWLINE) is None:

@@ -36,7 +36,9 @@ from gguf import Keys
 
 from .. import blocks, ops
 from ..graph import Graph, Tensor
-from .common import T, Block, VitHparams, gguf_vision, graph_of, tn, vit_keys, weight_shapes_of
+from .common import Block, VitHparams, graph_of, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import remote_code_only
 from .registry import Arch, ImagePreprocess, register
 
 KEY_VERSION, KEY_QUERY_NUM = "clip.minicpmv_version", "clip.minicpmv_query_num"
@@ -180,9 +182,7 @@ def weight_shapes(cfg: MiniCPMVConfig) -> dict[str, tuple[int, ...]]:
     return weight_shapes_of(MiniCPMVVision(cfg))
 
 
-def config_from_hf(hf: Any) -> MiniCPMVConfig:
-    raise ValueError("[minicpmv] transformers has no MiniCPM-V (it ships as remote code); convert with "
-                     "llama.cpp's legacy-models/minicpmv-convert-image-encoder-to-gguf.py and load the mmproj file")
+config_from_hf = remote_code_only("minicpmv", "MiniCPM-V", "legacy-models/minicpmv-convert-image-encoder-to-gguf.py")
 
 
 def config_from_gguf(src: Any) -> MiniCPMVConfig:

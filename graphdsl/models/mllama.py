@@ -39,10 +39,11 @@ import numpy as np
 from gguf import Keys
 
 from .. import blocks, ops
-from ..gguf_io.reader import _get, read_gguf
+from ..gguf_io.reader import metadata_value, read_gguf
 from ..graph import Graph, Tensor
-from .common import (VISION_PREFIXES, Block, T, VitHparams, convert_state, file_types, gguf_vision, hf_dict, sub,
-                     tn, vit_keys, weight_shapes_of)
+from .common import Block, VitHparams, file_types, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import VISION_PREFIXES, convert_state, hf_dict, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
@@ -272,7 +273,7 @@ def config_from_gguf(src: Any) -> MllamaConfig:
     """From an mmproj GGUF with projector "mllama" (keys and tensors in the README)."""
     m, v, kw = gguf_vision(src, ("mllama",), "mllama")
     f = read_gguf(m.path)
-    n_global = _get(f, KEY_GLOBAL_LAYERS, int)
+    n_global = metadata_value(f, KEY_GLOBAL_LAYERS, int)
     head = "v.global.blk."
     stored = len({n[len(head):].split(".", 1)[0] for n in m.shapes if n.startswith(head)})
     if n_global != stored:
@@ -281,8 +282,9 @@ def config_from_gguf(src: Any) -> MllamaConfig:
     mm = m.shapes.get(tn(T.V_MMPROJ, bid=0))
     if pre is None or mm is None:
         raise m.error("no v.pre_tile_position_embd.weight or mm.0.weight")
-    return MllamaConfig(**kw, n_global_layer=n_global, max_tiles=_get(f, KEY_MAX_TILES, int), n_ratios=pre[0] - 1,
-                        layers_out=tuple(int(i) for i in _get(f, KEY_LAYERS_OUT, "ints")), n_mm_embd=mm[0])
+    return MllamaConfig(**kw, n_global_layer=n_global, max_tiles=metadata_value(f, KEY_MAX_TILES, int),
+                        n_ratios=pre[0] - 1, n_mm_embd=mm[0],
+                        layers_out=tuple(int(i) for i in metadata_value(f, KEY_LAYERS_OUT, "ints")))
 
 
 def config_to_gguf(cfg: MllamaConfig, image_mean=(0.5,) * 3, image_std=(0.5,) * 3) -> list[tuple[str, object]]:

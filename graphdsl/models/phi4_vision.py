@@ -37,8 +37,9 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..preprocess.phi4 import Phi4Image
-from .common import (Block, T, VitHparams, as_dict, convert_state, gguf_vision, hf_vit_rules, sub, tn, vit_keys,
-                     weight_shapes_of)
+from .common import Block, VitHparams, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import as_dict, convert_state, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 

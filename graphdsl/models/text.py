@@ -26,7 +26,9 @@ from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, Keys, get_tensor_name_map
 
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
-from .common import T, as_dict, convert_state, file_types, graph_of, select_weights, sub, tn, weight_shapes_of
+from .common import file_types, graph_of, select_weights, weight_shapes_of
+from .gguf_keys import T, tn
+from .hf import as_dict, convert_state, sub
 from . import settings
 from .registry import Arch, register
 
