@@ -4,7 +4,8 @@
     python scripts/structure.py --packages   # each subpackage graphdsl/x/ as one node
 
 Imports are read with `ast` (nothing is imported): `import graphdsl.x`, `from .x import y`, `from
-graphdsl import x`, at module level and inside functions. `from P import N` names the module P.N where
+graphdsl import x`, at module level and inside functions, and `importlib.import_module("graphdsl.x")`
+or the CLI's `need("graphdsl.x")` by a literal name (as function-level imports). `from P import N` names the module P.N where
 that file exists, else P itself (its __init__.py); `graphdsl._ggml` (compiled, no source) is no node.
 The parent packages Python also runs on the way are not edges, or every submodule would form a
 circle with its package's __init__.py.
@@ -50,7 +51,21 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
     return out
 
 
+# Imports by a literal name at run time: importlib's, and the CLI's `need` (graphdsl.cli.common), which
+# wraps it to say which part is missing.
+DYNAMIC = ("import_module", "need", "__import__")
+
+
+def _dynamic(node) -> bool:
+    if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)):
+        return False
+    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+    return name in DYNAMIC and isinstance(node.args[0].value, str)
+
+
 def _targets(mod: str, is_pkg: bool, node, known, root: Path) -> list[str]:
+    if isinstance(node, ast.Call):
+        return [node.args[0].value] if node.args[0].value.split(".")[0] == "graphdsl" else []
     if isinstance(node, ast.Import):
         return [a.name for a in node.names if a.name.split(".")[0] == "graphdsl"]
     if node.level:
@@ -82,7 +97,7 @@ def imports(root: Path = ROOT) -> list[Import]:
 
         def walk(node, lazy):
             for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                if isinstance(child, (ast.Import, ast.ImportFrom)) or _dynamic(child):
                     for dst in _targets(mod, is_pkg, child, known, root):
                         while dst not in known and "." in dst and not _compiled(dst, root):  # `import graphdsl.x.name`: the module
                             dst = dst.rsplit(".", 1)[0]
