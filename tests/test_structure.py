@@ -32,8 +32,8 @@ def test_at_most_the_facade_goes_back_up():
     assert len(s.back_up) <= 1
 
 
-@pytest.mark.xfail(strict=False, reason="issue 24: embed.py, models/*.py and others are split by other "
-                                        "helpers' branches; passes once those merge")
+@pytest.mark.xfail(strict=False, reason="issue 24: embed.py (597 lines) is split into embed/ on another branch; "
+                                        "models/pixtral.py (460) and models/qwen2vl.py (439) are still over")
 def test_no_file_over_400_lines():
     long = {p.relative_to(REPO).as_posix(): n for p in sorted((REPO / "graphdsl").rglob("*.py"))
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
