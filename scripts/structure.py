@@ -5,8 +5,9 @@
 
 Imports are read with `ast` (nothing is imported): `import graphdsl.x`, `from .x import y`, `from
 graphdsl import x`, at module level and inside functions, and `importlib.import_module("graphdsl.x")`
-or the CLI's `need("graphdsl.x")` by a literal name (as function-level imports). `from P import N` names the module P.N where
-that file exists, else P itself (its __init__.py); `graphdsl._ggml` (compiled, no source) is no node.
+or the CLI's `need("graphdsl.x")` by a literal name (as function-level imports). `from P import N`
+names the module P.N where that file exists, else P itself (its __init__.py); `graphdsl._ggml`
+(compiled, no source) is no node.
 The parent packages Python also runs on the way are not edges, or every submodule would form a
 circle with its package's __init__.py.
 
@@ -99,7 +100,8 @@ def imports(root: Path = ROOT) -> list[Import]:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, (ast.Import, ast.ImportFrom)) or _dynamic(child):
                     for dst in _targets(mod, is_pkg, child, known, root):
-                        while dst not in known and "." in dst and not _compiled(dst, root):  # `import graphdsl.x.name`: the module
+                        # `import graphdsl.x.name` names the module graphdsl.x
+                        while dst not in known and "." in dst and not _compiled(dst, root):
                             dst = dst.rsplit(".", 1)[0]
                         if dst != mod and dst in known:  # the compiled bindings are no node
                             found.append(Import(mod, dst, child.lineno, lazy))
@@ -188,7 +190,7 @@ def _floors(nodes, edges) -> dict[str, int]:
     for a, bs in edges.items():
         down[comp[a]] |= {comp[b] for b in bs if comp[b] != comp[a]}
     memo: dict[int, int] = {}
-    for c in sorted(set(comp.values())):  # Tarjan emits components leaves first: no deep recursion
+    for c in sorted(set(comp.values())):  # Tarjan numbers a component after all it reaches
         memo[c] = 1 + max((memo[d] for d in down[c]), default=-1)
     return {n: memo[comp[n]] for n in nodes}
 
