@@ -10,7 +10,8 @@
    and split a prompt with `<image>` / `<audio>` markers into [text, image, text, audio, text].
 4. Build that mixed batch as ONE graph (`graphdsl.embed.build_mixed`) and run it on the best
    device ("auto": accelerators first, CPU last).
-5. Print the summary, placement, per-stage timings and output shape; draw the graph.
+5. Return the timings, spans, graph and executor; `graphdsl demo` (graphdsl.cli.demo) prints the
+   summary, placement, per-stage timings and output shape, and draws the graph.
 
     >>> from graphdsl.demo import run_demo
     >>> result = run_demo()                     # doctest: +SKIP
@@ -18,7 +19,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import inspect
 from .models import Mmproj, from_gguf
 from .models import text as text_models
 from .models.clip import ClipConfig
@@ -217,38 +216,34 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
 # -- 3-5. the run -----------------------------------------------------------------------------------
 @dataclass
 class DemoResult:
+    """What `run_demo` ran: the output's shape and spans, seconds per stage, the graph with its
+    executor and inputs, and the two files (``built``: written by this run, not found cached)."""
+
     embd_shape: tuple[int, ...]
+    embd_dtype: str
     spans: list
     timings: dict[str, float]
-    drawing: Path | None
     graph: object
     executor: object
+    feeds: dict
     files: tuple[Path, Path]
+    built: bool
 
 
-def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = None, draw: bool = True,
-             profile: bool = False, n_threads: int | None = None, out=None) -> DemoResult:
-    """Run the demo and print its report to `out` (stdout). See the module docstring."""
+def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = None, n_threads: int | None = None,
+             on_stage=None) -> DemoResult:
+    """Build (or reuse) the demo's files, load them, pre-process the bundled media, build the mixed
+    batch as one graph, compile and run it (a first run, which allocates, then a steady one).
+    ``on_stage(name)`` is called after each stage. `graphdsl demo` prints the result (graphdsl.cli.demo)."""
     import graphdsl
 
     from .embed import build_mixed
-    from .inspect.table import show
-    out = out or sys.stdout
-
-    def say(*a):
-        print(*a, file=out, flush=True)
-
-    def report(obj):  # a rich table on a terminal, plain text otherwise
-        show(obj, out)
-
     t: dict[str, float] = {}
-    bar = _stage_bar(7 if draw else 6)
 
     def stage(name, t0):
         t[name] = time.perf_counter() - t0
-        if bar is not None:
-            bar.set_description(name)
-            bar.update()
+        if on_stage is not None:
+            on_stage(name)
         return time.perf_counter()
 
     t0 = time.perf_counter()
@@ -264,60 +259,5 @@ def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = 
     run(feeds)
     t0 = stage("compile + first run", t0)
     embd = run(feeds)["embd"]
-    t0 = stage("run (steady)", t0)
-    drawing = None
-    if draw:
-        drawing, note = draw_or_dot(g, mmproj.parent / "demo-graph.svg")
-        t0 = stage("draw graph", t0)
-    if bar is not None:
-        bar.close()
-    kinds = " ".join(f"{s.kind}[{s.n_tokens}]" for s in spans)
-    say(f"graphdsl demo: {len(items)} chunks -> one graph: {kinds}")
-    say(f"  files: {mmproj} + {text_path.name} ({'built now' if built else 'cached'})")
-    say("")
-    report(inspect.summary(g, group_by="blocks"))
-    say("")
-    report(inspect.lowered(run))
-    if profile:
-        say("")
-        report(inspect.profile(run, feeds, repeat=1))
-    say("")
-    say("stages:")
-    for k, v in t.items():
-        say(f"  {k:<22} {v * 1e3:9.1f} ms")
-    say("")
-    say(f"output: embd {embd.dtype}{list(embd.shape)} on {run.backend}; spans: "
-        + ", ".join(f"{s.kind} rows {s.start}..{s.start + s.n_tokens - 1}" for s in spans))
-    if drawing is not None:
-        say(f"graph drawing: {drawing}" + (f" ({note})" if note else ""))
-    return DemoResult(tuple(embd.shape), spans, t, drawing, g, run, (mmproj, text_path))
-
-
-def _stage_bar(n: int):
-    """A tqdm bar over the demo's stages on a terminal (stderr), else None."""
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=n, desc="graphdsl demo", file=sys.stderr, leave=False)
-
-
-def draw_or_dot(graph, path: Path, *, force: bool = True, inputs=()) -> tuple[Path, str]:
-    """Draw to `path` (SVG/PNG); without Graphviz write the .dot next to it and say how to install it.
-
-    Written atomically (graphdsl.fileio); the .dot fallback obeys check_output(force, inputs)."""
-    from .fileio import atomic_path, check_output
-    from .inspect import GraphvizNotFound
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            inspect.draw(graph, tmp)
-        return path, ""
-    except GraphvizNotFound:
-        from .inspect.drawing import INSTALL_HINT
-        dot = check_output(path.with_suffix(".dot"), inputs, force=force, what="drawing")
-        with atomic_path(dot) as tmp:
-            inspect.draw(graph, tmp)
-        return dot, "DOT only: " + INSTALL_HINT
+    stage("run (steady)", t0)
+    return DemoResult(tuple(embd.shape), str(embd.dtype), spans, t, g, run, feeds, (mmproj, text_path), built)

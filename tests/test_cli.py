@@ -1,4 +1,5 @@
 """The `graphdsl` command: --help on every command, one real run of each, one-line errors."""
+import importlib
 import os
 import subprocess
 import sys
@@ -191,13 +192,13 @@ def test_errors_are_one_line(tmp_path, capsys):
 
 
 def test_missing_module_says_not_available(monkeypatch, capsys):
-    real = cli.importlib.import_module
+    real = importlib.import_module
 
     def fake(name, *a):
         if name.startswith("graphdsl.convert"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return real(name, *a)
 
-    monkeypatch.setattr(cli.importlib, "import_module", fake)
+    monkeypatch.setattr(importlib, "import_module", fake)
     rc, _, err = run(["info", "x.gguf"], capsys)
     assert rc == 1 and "not available yet" in err

@@ -63,7 +63,7 @@ AUDIO_CASES = [(m, n) for m in [None, *sorted(a.name for a in registry.ARCHS.val
 
 
 def test_every_audio_mode_has_a_reference():
-    from graphdsl.cli_preprocess import audio_modes
+    from graphdsl.cli.preprocess import audio_modes
     assert sorted(audio_modes()) == sorted(k for k in AUDIO_REFS if k), "a new audio --mode needs its HF reference"
 
 

@@ -31,7 +31,8 @@ import pytest
 
 import graphdsl
 from graphdsl import Graph, ops
-from graphdsl.convert import OUTTYPES, convert, convert_main, info_main, tensor_type
+from graphdsl.cli import main as cli_main
+from graphdsl.convert import OUTTYPES, convert, tensor_type
 from graphdsl.convert.writer import encode
 from graphdsl.gguf_io import load_mmproj, read_gguf, weights_of
 
@@ -290,18 +291,18 @@ def test_real_minilm(tmp_path):
         assert tok.encode(s).tolist() == hf_tok(s)["input_ids"], s
 
 
-# -- the command-line functions and bad inputs -------------------------------------------------------------------
-def test_cli_functions(hf_model, tmp_path, capsys):
+# -- the command line and bad inputs -------------------------------------------------------------------
+def test_cli_convert_and_info(hf_model, tmp_path, capsys):
     folder, _, _ = hf_model("clip")
     out = tmp_path / "c.gguf"
-    assert convert_main([str(folder), "-o", str(out), "--outtype", "q8_0"]) == 0
+    assert cli_main(["convert", str(folder), "-o", str(out), "--outtype", "q8_0"]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert info_main([str(out)]) == 0
+    assert cli_main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "clip.vision.block_count" in text and "v.blk.0.attn_q.weight" in text and "q8_0" in text
     assert "model: mmproj: vision 32px/8 3x64 projector 'none'" in text and "aligned views: 53/53" in text
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all, no")
-    assert info_main([str(tmp_path / "junk.gguf")]) == 1
+    assert cli_main(["info", str(tmp_path / "junk.gguf")]) == 1
     assert "wrong magic" in capsys.readouterr().err
 
 

@@ -1,4 +1,6 @@
-"""``graphdsl preprocess image|audio``: what an encoder is fed, made by the library's own path.
+"""``graphdsl preprocess image|audio|text``: what an encoder is fed, made by the library's own path.
+
+Text: the token ids of the words given, by ``--tokenizer`` or the ``--text-model`` file's own.
 
 Images, three ways, chosen by the options:
 
@@ -33,7 +35,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .fileio import atomic_open
+from ..fileio import atomic_open
+from .common import need, progress, save
 
 
 def _mode(args) -> str | None:
@@ -43,7 +46,7 @@ def _mode(args) -> str | None:
 
 def check_image_args(args) -> None:
     """Refuse options the chosen way does not use (a usage error: ValueError), before any work."""
-    from .models import registry
+    from ..models import registry
     mode = _mode(args)
     _refuse_other_kind(args, ("--n-mels", args.n_mels), ("--max-seconds", args.max_seconds))
     if mode is not None and mode not in registry.image_modes():
@@ -70,7 +73,7 @@ def check_image_args(args) -> None:
 def defaults_mmproj(arch, image_size: int | None = None, mean=None, std=None):
     """A ``models.Mmproj`` without weights for ``arch`` at its HF processor's defaults
     (``arch.image.defaults``, the arch's mean/std), for the arch's own pre-processing hooks."""
-    from .models import Mmproj
+    from ..models import Mmproj
     fields = dict(arch.image.defaults)
     if image_size is not None:
         fields["image_size"] = image_size
@@ -87,7 +90,7 @@ def defaults_mmproj(arch, image_size: int | None = None, mean=None, std=None):
 def _settings_file(name: str, arch, **given):
     """A GGUF file without tensors holding the given processor settings under the keys the arch carries
     them as, so that its hooks read them as they read a converted checkpoint's (models.settings.read)."""
-    from .gguf_io.reader import GGUFFile
+    from ..gguf_io.reader import GGUFFile
     keys = {s.path: s.carry for s in arch.settings if s.source == "processor" and s.carry}
     meta = {keys[k]: np.asarray(v, np.float32) for k, v in given.items() if v is not None and k in keys}
     return GGUFFile(name, 3, 32, 0, meta, {k: "arr[f32]" for k in meta}, {})
@@ -96,7 +99,7 @@ def _settings_file(name: str, arch, **given):
 def _resize_config(args, pre, how):
     cap = {} if args.max_out_pixels is None else {"max_out_pixels": args.max_out_pixels}
     if args.mmproj:
-        from .gguf_io import read_gguf
+        from ..gguf_io import read_gguf
         return pre.ImageConfig.from_mmproj(read_gguf(args.mmproj).metadata, mode=args.mode, **cap)
     size = 224 if args.size is None else args.size  # 0 never means "default": argparse refuses it
     crop = size if args.crop is None else args.crop
@@ -106,14 +109,14 @@ def _resize_config(args, pre, how):
 
 def image_items(args, progress=None) -> list:
     """One item per input image: pixels [3, H, W], or the arch's item (a dataclass of arrays)."""
-    from . import embed
-    from . import preprocess as pre
-    from .models import registry
+    from .. import embed
+    from .. import preprocess as pre
+    from ..models import registry
     modes, mode = registry.resize_modes(), _mode(args)
     if mode in modes:
         return pre.preprocess_images(args.inputs, _resize_config(args, pre, modes[mode]), progress=progress)
     if args.mmproj:
-        from .models import from_gguf
+        from ..models import from_gguf
         m = from_gguf(args.mmproj, check_finite=False)  # no weight is used: the pre-processing only
         if m.vision is None:
             raise ValueError(f"{args.mmproj}: no vision encoder")
@@ -173,7 +176,7 @@ def save_items(path: str, per: list[dict[str, np.ndarray]], main: str = "pixel_v
 # -- audio ----------------------------------------------------------------------------------------------
 def audio_modes() -> list[str]:
     """``preprocess audio --mode`` choices: each audio arch by name (without: Whisper's log-mel)."""
-    from .models import registry
+    from ..models import registry
     return [a.name for a in registry.ARCHS.values() if a.modality == "audio"]
 
 
@@ -195,24 +198,65 @@ def check_audio_args(args) -> None:
 def audio_items(args, progress=None) -> list[dict[str, np.ndarray]]:
     """Per clip {"input_features": ...}: Whisper log-mel windows [k, n_mel, 3000] (with "n_valid",
     the frames of audio in each, without --mode / --mmproj), or what embed feeds the arch."""
-    from . import embed
-    from .models import registry
+    from .. import embed
+    from ..models import registry
     seconds = {} if args.max_seconds is None else {"max_seconds": args.max_seconds}
     if not (args.mode or args.mmproj):
-        from .preprocess import preprocess_audio
+        from ..preprocess import preprocess_audio
         res = preprocess_audio(args.inputs, args.n_mels or 80, progress=progress, **seconds)
         return [{"input_features": np.stack(chunks), "n_valid": np.asarray(valid)} for chunks, valid in res]
     if args.mmproj:
-        from .models import from_gguf
+        from ..models import from_gguf
         m = from_gguf(args.mmproj, check_finite=False)  # no weight is used: the pre-processing only
         if m.audio is None:
             raise ValueError(f"{args.mmproj}: no audio encoder")
         if args.mode not in (None, m.archs["audio"].name):
             raise ValueError(f"--mode {args.mode}: {args.mmproj} holds a {m.archs['audio'].name} audio encoder")
     else:  # the arch at its HF feature extractor's defaults (80 mel bins for both), --n-mels changes them
-        from .models import Mmproj
+        from ..models import Mmproj
         arch = registry.ARCHS[args.mode]
         cfg = arch.config(**({} if args.n_mels is None else {"n_mel": args.n_mels}))
         m = Mmproj(f"--mode {arch.name}", SimpleNamespace(file=None), None, arch.block(cfg), {}, {"audio": arch})
     feats = embed.prepare_audios(m, args.inputs, args.max_seconds, progress)
     return [{"input_features": np.stack(f) if isinstance(f, list) else np.asarray(f)} for f in feats]
+
+
+# -- the command --------------------------------------------------------------------------------------
+def cmd_preprocess(args) -> int:
+    need("graphdsl.preprocess")
+    if args.kind == "text":
+        ids = tokenizer(args).encode(" ".join(args.inputs))
+        print(f"{len(ids)} tokens: {ids.tolist()}")
+        if args.output:
+            save(args.output, ids)
+            print(f"wrote {args.output}: {ids.dtype}{list(ids.shape)}")
+        return 0
+    image = args.kind == "image"  # the frames / features embed feeds, or a plain resize / Whisper log-mel
+    cb, close = progress("images" if image else "audio", len(args.inputs))
+    try:
+        per = [item_arrays(it) for it in image_items(args, progress=cb)] if image else audio_items(args, progress=cb)
+    finally:
+        close()
+    main = "pixel_values" if image else "input_features"
+    for src, arrays in zip(args.inputs, per):
+        if "n_valid" in arrays:  # Whisper's windows
+            x = arrays[main]
+            print(f"{src}: {len(x)} window(s) of f32{list(x.shape[1:])}, valid frames {arrays['n_valid'].tolist()}")
+        else:
+            print(describe(src, arrays, main))
+    if args.output:  # Whisper windows of several clips are joined (n_valid says where each one is)
+        windows = not image and all(a[main].ndim == 3 for a in per)
+        print(f"wrote {args.output}: " + save_items(args.output, per, main, concat=windows, dropped=("n_valid",)))
+    return 0
+
+
+def tokenizer(args):
+    """--tokenizer's tokenizer.json, else the --text-model file's embedded one (or its BERT vocabulary)."""
+    pre = need("graphdsl.preprocess")
+    if getattr(args, "tokenizer", None):
+        return pre.TextTokenizer.from_file(args.tokenizer)
+    model = getattr(args, "text_model", None)
+    if model:
+        from ..gguf_io import load_text
+        return need("graphdsl.models.text").tokenizer_of(load_text(model)[0])
+    raise ValueError("text needs --tokenizer tokenizer.json (or --text-model FILE.gguf with an embedded tokenizer)")

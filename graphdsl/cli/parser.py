@@ -10,7 +10,7 @@ import argparse
 import math
 import os
 
-from .fileio import check_output
+from ..fileio import check_output
 
 
 # -- option types ---------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ def outputs(args) -> list[tuple[str, str, list]]:
     """(option, path, inputs) for every file the parsed command will write."""
     cmd = args.command
     if cmd == "convert":
-        from .convert import input_files
+        from ..convert import input_files
         return [("-o", args.output, input_files(args.hf_dir))]
     if cmd == "embed":
         ins = [args.mmproj, args.text_model, args.tokenizer, *(args.image or []), *(args.audio or [])]
@@ -82,7 +82,7 @@ def outputs(args) -> list[tuple[str, str, list]]:
         ins = [args.image, args.audio, None if args.model == "demo" else args.model]
         return [("-o", args.output, ins)]
     if cmd == "inspect":
-        from .demo import DATA, VERSION, cache_dir
+        from ..demo import DATA, VERSION, cache_dir
         ins = [args.image or DATA / "demo_image.png", args.audio or DATA / "speech_16k.wav"]
         if args.model == "demo":
             ins.append(cache_dir() / f"demo-{args.spec}-v{VERSION}")
@@ -121,7 +121,7 @@ def check_args(args) -> None:
         if args.chart and not args.profile:
             raise ValueError("--chart needs --profile")
     if args.command == "preprocess" and args.kind != "text":
-        from .cli_preprocess import check_audio_args, check_image_args
+        from .preprocess import check_audio_args, check_image_args
         (check_image_args if args.kind == "image" else check_audio_args)(args)
     if args.command == "rpc-server":
         from graphdsl.backends.rpc import check_host
@@ -177,7 +177,7 @@ OUTPUT_NOTE = ("Output files are written exactly where named (no suffix is added
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
     ap = argparse.ArgumentParser(prog="graphdsl", description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Run `graphdsl COMMAND --help` for the options of a command.")
@@ -298,8 +298,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="save the result (.npy, or .npz by its name; see above)")
     _force(p)
     p.add_argument("--mmproj", help="image: the arch and its settings from this mmproj GGUF, as embed takes them")
-    from .models import registry  # importing graphdsl.models registers every model file
-    from .cli_preprocess import audio_modes
+    from ..models import registry  # importing graphdsl.models registers every model file
+    from .preprocess import audio_modes
     p.add_argument("--mode", choices=sorted([*registry.image_modes(), *audio_modes()]),
                    help="image: a resize mode (clip: shortest edge + centre crop, siglip: square, pad) or a "
                         "registered architecture at its HF processor's defaults (default: the --mmproj file's "
