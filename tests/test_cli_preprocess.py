@@ -239,7 +239,7 @@ def _mmproj(tmp_path, arch, mean=None, std=None):
     return path
 
 
-VISION = [a for a in registry.ARCHS.values() if a.modality == "image" and "items" not in a.extra]
+VISION = [a for a in registry.ARCHS.values() if a.modality == "image" and not a.needs_text]
 
 
 @pytest.mark.parametrize("arch", VISION, ids=lambda a: a.name)

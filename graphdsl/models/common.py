@@ -15,6 +15,7 @@ from .. import blocks
 from ..gguf_io import KEY_ACT, MmprojConfig, load_mmproj
 from ..graph import Graph
 from ..inp_embd import build_inp_embd
+from .base import Block  # noqa: F401 - model files import it from here
 from .registry import ARCHS
 
 T = MODEL_TENSOR
@@ -187,29 +188,6 @@ def mmproj_config(src: Any):
     if isinstance(src, (str, os.PathLike)):
         return load_mmproj(src)[0]
     raise ValueError(f"[config_from_gguf] expected an mmproj path or MmprojConfig, got {type(src).__name__}")
-
-
-class Block:
-    """The protocol of a model block: built from its config, called on a graph tensor.
-
-    Subclasses set ``kind`` (the ``build_inp_embd`` input kind), ``example`` and ``_build``;
-    calling declares every weight with the type its file stores (``cfg.wtypes``).
-    """
-
-    kind = ""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    n_out = property(lambda self: self.cfg.n_out)
-
-    def __call__(self, x):
-        # a user's config need not know about per-tensor file types
-        with file_types(x.graph, getattr(self.cfg, "wtypes", None)):
-            return self._build(x)
-
-    def _build(self, x):
-        raise NotImplementedError
 
 
 def file_types(g, wtypes: Mapping[str, str] | None):

@@ -28,7 +28,7 @@ from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .common import T, as_dict, convert_state, file_types, graph_of, select_weights, sub, tn, weight_shapes_of
 from . import settings
-from .registry import Arch, register
+from .registry import Arch, TextConversion, register
 
 
 @dataclass(frozen=True)
@@ -259,4 +259,4 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "text", "text", TextEmbedding, TextConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    hf_model_types=("bert",), settings=SETTINGS, extra={"layers": bert_layers, "vocab": _vocab, "gguf_arch": GGUF_ARCH}))
+    hf_model_types=("bert",), settings=SETTINGS, text_conversion=TextConversion(bert_layers, _vocab, GGUF_ARCH)))
