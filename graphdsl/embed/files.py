@@ -74,16 +74,18 @@ def embed_files(mmproj: str | os.PathLike | None, text_model: str | os.PathLike 
 class FileEmbedder:
     """The models of ``embed_files`` loaded once (memory-mapped weights, one ``Embedder`` with its
     compiled layouts), to embed many (images, audios, prompt | tokens) items: ``graphdsl embed-dataset``.
-    Arguments as ``embed_files``."""
+    Arguments as ``embed_files``; ``strict``, ``max_programs``: shorthands for those ``RunOptions`` fields."""
 
     def __init__(self, mmproj: str | os.PathLike | None, text_model: str | os.PathLike | None = None, *,
                  options: RunOptions | None = None, backend: str | None = None,
                  markers: Sequence[str] = ("<image>", "<audio>"), tokenizer: Any = None, precision: str | None = None,
-                 n_threads: int | None = None, check_finite: bool | None = None, max_seconds: float | None = None):
+                 n_threads: int | None = None, check_finite: bool | None = None, max_seconds: float | None = None,
+                 strict: bool | None = None, max_programs: int | None = None):
         from ..models import from_gguf
         from ..models import text as text_models
         self.options = o = RunOptions.of(options, backend=backend, precision=precision, n_threads=n_threads,
-                                         check_finite=check_finite, max_seconds=max_seconds)
+                                         check_finite=check_finite, max_seconds=max_seconds, strict=strict,
+                                         max_programs=max_programs)
         if len(markers) != 2 or markers[0] == markers[1] or not all(isinstance(m, str) and m for m in markers):
             raise ValueError(f"[embed_files] markers must be two different strings (image, audio), got {markers!r}")
         if mmproj is None and text_model is None:
