@@ -206,6 +206,7 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
                  else prepare_audios(mm, [audio or DATA / "speech_16k.wav"]))
     items = [*data.items] if isinstance(data, Prepared) else [(kind, data)]  # (a Prepared needs a text model)
     g, feeds, _ = build_mixed(items, None, {kind: mm.media[kind]}, cross=())
+    g.name = mm.archs[kind].name  # what inspect and bench print
     return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
 
 
