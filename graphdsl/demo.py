@@ -183,11 +183,12 @@ def demo_items(m: Models, image=None, audio=None) -> list:
 def model_graph(model: str = "demo", *, modality: str | None = None, spec: str = "small", image=None, audio=None,
                 check_finite: bool = True):
     """(graph, inputs, weights, label) to inspect or time: the demo's mixed batch ("demo"), or one
-    encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files); check_finite
+    encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files), pre-processed
+    and built exactly as ``embed_files`` does (its ``prepare_*`` and ``build_mixed``); check_finite
     as ``models.from_gguf``."""
-    from .embed import build_mixed
-    from .models.common import INPUT_NAMES, graph_of
-    from .preprocess import preprocess_image, whisper_features
+    from .embed import build_mixed, prepare_audios, prepare_images
+    from .models.registry import Prepared
+    from .preprocess import preprocess_image
     if model == "demo":
         m = load_models(*build_files(spec)[:2])
         g, feeds, _ = build_mixed(demo_items(m, image, audio), m.text.block, m.media)
@@ -197,19 +198,14 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
     if kind not in mm.media:
         raise ValueError(f"{model} has no {kind or 'image or audio'} encoder "
                          f"(it has: {', '.join(mm.media) or 'none'})")
-    block = mm.media[kind]
-    if kind == "image":
-        src, frames = image or DATA / "demo_image.png", mm.archs[kind].frames
-        itemwise = frames is not None and hasattr(block, "build_items")  # tiles (mllama, anyres) as one item
-        data = frames(src, mm) if itemwise else preprocess_image(src, mm.image_config())
-    else:  # the arch's own features where it has them (Phi-4's Conformer), else Whisper's log-mel
-        src, features = audio or DATA / "speech_16k.wav", mm.archs[kind].extra.get("audio")
-        data = features(src, mm) if features is not None else whisper_features(src, block.cfg.n_mel)
-    if hasattr(block, "build_items"):  # items that do not stack (packed any-size images, tiles): the batch's path
-        g, feeds, _ = build_mixed([(kind, data)], None, {kind: block}, cross=())
-        return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
-    x = data if kind == "image" else block.rows(data)  # one image (3, H, W); audio as its windows
-    g, feeds = graph_of(block, x.shape, mm.archs[kind].name), {INPUT_NAMES[kind]: x}
+    if kind == "image" and mm.archs[kind].needs_text:  # its slices need the text model's markers: one whole view
+        data = preprocess_image(image or DATA / "demo_image.png", mm.image_config())
+    else:
+        data, = (prepare_images(mm, [image or DATA / "demo_image.png"]) if kind == "image"
+                 else prepare_audios(mm, [audio or DATA / "speech_16k.wav"]))
+    items = [*data.items] if isinstance(data, Prepared) else [(kind, data)]  # (a Prepared needs a text model)
+    g, feeds, _ = build_mixed(items, None, {kind: mm.media[kind]}, cross=())
+    g.name = mm.archs[kind].name  # what inspect and bench print
     return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
 
 

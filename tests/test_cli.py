@@ -79,9 +79,9 @@ def test_inspect_mmproj_capture_and_diff(files, tmp_path, capsys):
     rc, out, _ = run(["inspect", str(files[0]), "--modality", "image", "--threads", "2", "--print",
                       "--capture", "v.blk.1.layer_out", "--capture-out", str(npz), "--diff"], capsys)
     assert rc == 0
-    assert "%v.blk.0.attn_q : f32[17,32] = add(" in out  # the typed lines
-    assert "%v.blk.1.layer_out: float32[17, 32]" in out
-    assert np.load(npz)["v.blk.1.layer_out"].shape == (17, 32)
+    assert "%v.blk.0.attn_q : f32[1,17,32] = add(" in out  # the typed lines (embed runs an image as a batch of one)
+    assert "%v.blk.1.layer_out: float32[1, 17, 32]" in out
+    assert np.load(npz)["v.blk.1.layer_out"].shape == (1, 17, 32)
     assert "diff cpu vs reference: all" in out
 
 

@@ -143,7 +143,7 @@ def test_inspect_capture_out_name_and_force(files, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "wrote caps: 1 arrays" in r.stdout and not (tmp_path / "caps.npz").exists()
     with np.load(tmp_path / "caps") as z:
-        assert z["v.blk.1.layer_out"].shape == (17, 32)
+        assert z["v.blk.1.layer_out"].shape == (1, 17, 32)  # embed runs an image as a batch of one
     assert refused(gd(*args, "--capture-out", "caps", cwd=tmp_path), "exists")
     assert gd(*args, "--capture-out", "caps", "-f", cwd=tmp_path).returncode == 0
 

@@ -239,7 +239,7 @@ def _mmproj(tmp_path, arch, mean=None, std=None):
     return path
 
 
-VISION = [a for a in registry.ARCHS.values() if a.modality == "image" and "items" not in a.extra]
+VISION = [a for a in registry.ARCHS.values() if a.modality == "image" and not a.needs_text]
 
 
 @pytest.mark.parametrize("arch", VISION, ids=lambda a: a.name)
@@ -258,13 +258,13 @@ def test_mmproj_frames_are_the_ones_embed_feeds(tmp_path, arch, monkeypatch):
     got = _npz(tmp_path / "x.npz")
 
     seen = []
-    real = embed._build
+    real = embed.batch._build
 
     def spy(items, *a, **kw):
         res = real(items, *a, **kw)
         seen.append((list(items), res[1]))
         return res
-    monkeypatch.setattr(embed, "_build", spy)
+    monkeypatch.setattr(embed.batch, "_build", spy)
     embed.embed_files(gguf, images=paths, backend="cpu", n_threads=2)
     (items, feeds), = seen
     assert len(items) == len(got) == len(paths)

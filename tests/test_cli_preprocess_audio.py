@@ -92,8 +92,8 @@ def test_mmproj_audio_is_what_embed_feeds(clips, tmp_path, arch, monkeypatch):
     graphdsl("preprocess", "audio", *paths, "--mmproj", gguf, "-o", tmp_path / "x.npz")
     got = _npz(tmp_path / "x.npz")
     seen = []
-    real = embed._build
-    monkeypatch.setattr(embed, "_build", lambda items, *a, **kw: seen.append(list(items)) or real(items, *a, **kw))
+    real = embed.batch._build
+    monkeypatch.setattr(embed.batch, "_build", lambda items, *a, **kw: seen.append(list(items)) or real(items, *a, **kw))
     embed.embed_files(gguf, audios=paths, backend="cpu", n_threads=2)
     (items,) = seen
     assert len(items) == len(got) == len(paths)

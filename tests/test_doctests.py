@@ -10,7 +10,7 @@ import pytest
 
 
 def _modules():
-    names = ["graphdsl", "graphdsl.graph", "graphdsl.inp_embd"]
+    names = ["graphdsl", "graphdsl.graph", "graphdsl.inp_embd", "graphdsl.options"]
     for pkg in ("graphdsl.ops", "graphdsl.blocks", "graphdsl.models"):
         mod = importlib.import_module(pkg)
         names += [pkg] + [f"{pkg}.{m.name}" for m in pkgutil.iter_modules(mod.__path__)]

@@ -6,6 +6,7 @@ from target import BACKEND, assert_close
 
 from graphdsl.embed import Embedder, Span, build_mixed
 from graphdsl.models import clip, text, whisper_enc
+from graphdsl.models.base import Block
 from graphdsl.preprocess.text import AudioChunk, ImageChunk, TextChunk
 
 
@@ -120,25 +121,28 @@ def test_layout_cache(models):
     assert Span(0, "text", 0, 3) == emb.plan([np.arange(3)])[0]
 
 
-class _PackedRows:
-    """A toy media model using ``build_items``: items are (n_i, 4) arrays of any n_i, packed into ONE
-    input and one matrix product, then split back per item (as Qwen2-VL packs images of any size)."""
+class _PackedRows(Block):
+    """A toy media model overriding ``build_items``: items are (n_i, 4) arrays of any n_i, packed into
+    ONE input and one matrix product, then split back per item (as Qwen2-VL packs images of any size)."""
 
     example = ((3, 4), "f32")
 
-    def __call__(self, x):
+    def __init__(self):
+        super().__init__(None)
+
+    def _build(self, x):
         from graphdsl import blocks
         return blocks.linear(x, "toy.proj", 6, bias=False)
 
-    def build_items(self, g, prefix, datas):
+    def build_items(self, g, prefix, datas, batch_kinds=()):
         from graphdsl import ops
         packed = np.concatenate([np.asarray(d, np.float32) for d in datas])
-        y = self(g.input(prefix, packed.shape))
+        y = self(g.input(f"{prefix}.items", packed.shape))
         outs, r0 = [], 0
         for j, d in enumerate(datas):
             outs.append(ops.view(y, 0, r0, r0 + len(d), name=f"toy.{j}"))
             r0 += len(d)
-        return {prefix: packed}, outs, tuple(len(d) for d in datas)
+        return {f"{prefix}.items": packed}, outs, tuple(len(d) for d in datas)
 
 
 def test_build_items_packs_any_sizes_into_one_input_and_keys_the_cache_by_layout():
@@ -159,8 +163,8 @@ def test_build_items_packs_any_sizes_into_one_input_and_keys_the_cache_by_layout
 
 def test_build_items_contract_is_checked():
     class Bad(_PackedRows):
-        def build_items(self, g, prefix, datas):
+        def build_items(self, g, prefix, datas, batch_kinds=()):
             feeds, outs, key = super().build_items(g, prefix, datas)
-            return {"elsewhere": feeds[prefix]}, outs, key
-    with pytest.raises(RuntimeError, match="names must start with 'rows.items'"):
+            return {"elsewhere": feeds[f"{prefix}.items"]}, outs, key
+    with pytest.raises(RuntimeError, match=r"names must start with 'rows\.'"):
         build_mixed([("rows", np.zeros((2, 4), np.float32))], None, {"rows": Bad()})

@@ -187,7 +187,7 @@ def test_mixed_batch_is_one_graph_with_hf_rows(tiny):
     out = emb(items)
     assert len(emb._exes) == 1
     feeds = build_mixed(items, emb.text, emb.media)[1]
-    assert [k for k in feeds if k.startswith("image")] == ["image.items.patches"]  # one packed input
+    assert [k for k in feeds if k.startswith("image")] == ["image.patches"]  # one packed input
     assert [(s.kind, s.n_tokens) for s in out.spans] == [("text", 3), ("image", 6), ("text", 2), ("image", 8),
                                                           ("image", 1)]
     feats = _hf_features(model, np.concatenate([_hf_patchify(a) for a in imgs]),

@@ -14,7 +14,7 @@ CASES = [(a.name, t) for a in registry.ARCHS.values() for t in a.hf_model_types]
 def _settings(a):
     """An arch's declarations and those of the companion encoders converted from the same checkpoint
     (Phi-4-multimodal's audio beside its vision)."""
-    return (*a.settings, *(s for n in a.extra.get("companions", ()) for s in registry.ARCHS[n].settings))
+    return (*a.settings, *(s for n in a.companions for s in registry.ARCHS[n].settings))
 
 
 @pytest.mark.parametrize("arch,model_type", CASES, ids=[t for _, t in CASES])

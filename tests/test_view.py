@@ -40,7 +40,7 @@ def test_data_has_the_hierarchy_stats_backend_and_overlays(model):
     assert q["path"] == ["v", "v.blk.[0-1] ×2", "v.blk.0"]  # the run of repeats is one collapsible level
     stats = {s.name: s for s in inspect.summary(model["g"]).rows}
     assert (q["op"], q["shape"], q["dtype"], q["flops"], q["read"]) == (
-        "add", [17, 32], "f32", stats["v.blk.0.attn_q"].flops, stats["v.blk.0.attn_q"].read)
+        "add", [1, 17, 32], "f32", stats["v.blk.0.attn_q"].flops, stats["v.blk.0.attn_q"].read)
     assert q["weights"] == [["v.blk.0.attn_q.bias", [32], "f32"]] and q["backend"] == "CPU"
     mm = nodes["v.blk.0.attn_q.mm"]
     assert mm["weights"][0][0] == "v.blk.0.attn_q.weight" and mm["flops"] == 2 * 17 * 32 * 32

@@ -126,7 +126,7 @@ def image_items(args, progress=None) -> list:
     else:
         arch = registry.ARCHS[args.mode]
         m = defaults_mmproj(arch, args.size, args.mean, args.std)
-    if "items" in arch.extra:  # slices with marker tokens of the text model between them (MiniCPM-V)
+    if arch.needs_text:  # slices with marker tokens of the text model between them (MiniCPM-V)
         raise ValueError(f"{arch.name}: embed feeds an image as slices with the text model's marker tokens between "
                          "them (graphdsl.models.minicpmv.image_items); preprocess does not write those")
     return embed.prepare_images(m, args.inputs, progress)

@@ -32,7 +32,8 @@ def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=Non
     Args:
         source: a folder, a .csv / .jsonl / .parquet manifest (``dataset.read_manifest``), or a list of Items.
         out: the output folder (created); see ``dataset.shards`` for its layout.
-        mmproj, text_model, **model_kw: the models and settings (``embed.FileEmbedder``).
+        mmproj, text_model, **model_kw: the models and settings (``embed.FileEmbedder``; ``options=``
+            a ``RunOptions``, or its fields as keywords).
         shard_size: items per Parquet file (and per unit of work).
         workers: 0 embeds in this process; N >= 1 in N worker processes.
         ray: True (a local Ray, or RAY_ADDRESS) or a cluster address: Ray Data with `ray_actors`

@@ -81,7 +81,7 @@ class Mmproj:
         mean, std = carried.pop("mean", v.image_mean), carried.pop("std", v.image_std)
         image = registry.ImagePreprocess(carried.pop("mode"), arch.image.mean, arch.image.std) if "mode" in carried \
             else arch.image
-        kw = {**getattr(self.vision, "image_kw", {}), **carried, **kw}  # what the block fixes (pixtral: patch * merge)
+        kw = {**self.vision.image_kw, **carried, **kw}  # what the block fixes (pixtral: patch * merge)
         return image.config(self.vision.cfg.image_size, mean, std, **kw)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from .. import blocks
 from ..graph import Graph
 from ..inp_embd import build_inp_embd
+from .base import Block  # noqa: F401 - model files import it from here
 
 
 @dataclass(frozen=True)
@@ -52,29 +53,6 @@ def image_rows(pixels: Any, what: str) -> np.ndarray:
         raise ValueError(f"[{what}] an image must be pre-processed pixels f32 (3, H, W), got "
                          f"{type(pixels).__name__} {getattr(a, 'shape', '')} (see graphdsl.preprocess.image)")
     return np.ascontiguousarray(a, np.float32)[None]
-
-
-class Block:
-    """The protocol of a model block: built from its config, called on a graph tensor.
-
-    Subclasses set ``kind`` (the ``build_inp_embd`` input kind), ``example`` and ``_build``;
-    calling declares every weight with the type its file stores (``cfg.wtypes``).
-    """
-
-    kind = ""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    n_out = property(lambda self: self.cfg.n_out)
-
-    def __call__(self, x):
-        # a user's config need not know about per-tensor file types
-        with file_types(x.graph, getattr(self.cfg, "wtypes", None)):
-            return self._build(x)
-
-    def _build(self, x):
-        raise NotImplementedError
 
 
 def file_types(g, wtypes: Mapping[str, str] | None):

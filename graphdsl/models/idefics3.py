@@ -132,7 +132,7 @@ def image_config(mmproj):
     return Idefics3ImageConfig.from_hf({**d, "max_image_size": {"longest_edge": c.image_size}})
 
 
-def frames(source, mmproj) -> np.ndarray:
+def frames(source, mmproj, text_info=None, max_seconds=None) -> np.ndarray:
     """An image as HF's Idefics3ImageProcessor cuts it (tiles row by row, then the global image),
     with the file's settings (``image_config``)."""
     from ..preprocess.idefics3 import idefics3_images
@@ -167,7 +167,7 @@ SETTINGS = (
 ARCH = register(Arch(
     "idefics3", "image", Idefics3Vision, Idefics3Config, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("idefics3",), hf_model_types=("idefics3", "smolvlm"),
-    image=ImagePreprocess("siglip", defaults={"image_size": 364, "patch_size": 14}), frames=frames,  # HF: 4 x 364 / 364
+    image=ImagePreprocess("siglip", defaults={"image_size": 364, "patch_size": 14}), prepare=frames,  # HF: 4 x 364 / 364
     settings=SETTINGS,
     examples=(Idefics3Config(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, scale_factor=2,
                              n_mm_embd=48),)))

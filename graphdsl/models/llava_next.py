@@ -129,7 +129,7 @@ class LlavaNextVision(Block):
             arrays.append(a)
         return np.ascontiguousarray(np.concatenate(arrays))
 
-    def build_items(self, g: Graph, prefix: str, datas: Sequence[AnyresImage]):
+    def build_items(self, g: Graph, prefix: str, datas: Sequence[AnyresImage], batch_kinds=()):
         """The mixed batch's hook: all images' views as one input, one (n_i, d) output per image,
         and the layouts as the executor-cache key."""
         pixels = self.views(datas)
@@ -256,7 +256,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
                          weight_shapes(cfg), "llava_next")
 
 
-def frames(source, mmproj) -> AnyresImage:
+def frames(source, mmproj, text_info=None, max_seconds=None) -> AnyresImage:
     """An image as HF's LlavaNextImageProcessor cuts it, for a file's tower (crop = its image_size,
     its pinpoints) with the file's carried shortest edge, resample, rescale and normalization."""
     c = mmproj.vision.cfg
@@ -284,7 +284,7 @@ ARCH = register(Arch(
     image=ImagePreprocess("siglip", clip.CLIP_MEAN, clip.CLIP_STD,  # the base view: a square resize
                           # llava-hf's 336 (the class default, 224, does not divide its own default pinpoints)
                           defaults={"image_size": 336, "patch_size": 14}),
-    frames=frames, settings=SETTINGS,
+    prepare=frames, settings=SETTINGS,
     examples=(LlavaNextConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2,
                               feature_layer=(2,), n_mm_embd=48, mm_act="gelu_erf",
                               grid_pinpoints=((32, 64), (64, 32), (64, 64), (96, 32))),)))

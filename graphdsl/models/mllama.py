@@ -208,7 +208,7 @@ class MllamaVision(Block):
         px = np.ascontiguousarray(np.concatenate([p for p, _, _ in ims]))
         return px, np.array([a for _, a, _ in ims], np.int32), np.stack([attn_mask(k, self.cfg) for _, _, k in ims])
 
-    def build_items(self, g: Graph, prefix: str, datas) -> tuple[dict, list[Tensor], tuple]:
+    def build_items(self, g: Graph, prefix: str, datas, batch_kinds=()) -> tuple[dict, list[Tensor], tuple]:
         """The mixed-batch hook (``embed``): all images of the batch in one run; each item gives
         its T (P + 1) rows."""
         px, ids, mask = self.feeds(datas)
@@ -323,7 +323,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
                          _rules(), weight_shapes(cfg), "mllama")
 
 
-def frames(source, mmproj):
+def frames(source, mmproj, text_info=None, max_seconds=None):
     """An image as HF's MllamaImageProcessor cuts it (tiles of the tower's size) with the file's
     carried settings (resample, rescale, normalization, mean/std), up to its max_tiles: a
     ``preprocess.mllama.MllamaImage`` item."""
@@ -364,7 +364,7 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "mllama", "image", MllamaVision, MllamaConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("mllama",), hf_model_types=("mllama",), frames=frames,
+    projectors=("mllama",), hf_model_types=("mllama",), prepare=frames,
     # HF's class defaults: 224 tiles (Llama 3.2 Vision's files say 560); 32 layers: its feature layers exist
     image=ImagePreprocess("siglip", defaults={"image_size": 224, "patch_size": 14, "n_layer": 32}),
     output="cross", settings=SETTINGS,

@@ -349,7 +349,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, HF_PREFIXES, _rules(cfg), weight_shapes(cfg), "phi4_audio", fix)
 
 
-def features_of(src: Any, mmproj, max_seconds: float | None = None) -> np.ndarray:
+def features_of(src: Any, mmproj, text_info=None, max_seconds: float | None = None) -> np.ndarray:
     """``embed_files``' pre-processing: a path or 16 kHz PCM -> the log-mel this encoder reads."""
     from ..preprocess.audio import load_audio
     from ..preprocess.phi4_audio import phi4_audio_features
@@ -390,7 +390,7 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "phi4_audio", "audio", Phi4Audio, Phi4AudioConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("phi4",), hf_model_types=("phi4_multimodal_audio",), extra={"audio": features_of},
+    projectors=("phi4",), hf_model_types=("phi4_multimodal_audio",), prepare=features_of,
     settings=SETTINGS,
     examples=(Phi4AudioConfig(n_mel=16, n_embd=32, n_ff=48, n_head=4, n_layer=2, n_conv=16, max_distance=50,
                               n_mm_embd=48),)))

@@ -229,7 +229,7 @@ class PixtralVision(Block):
         pieces = [patchify(d, self.cfg) for d in datas]
         return np.concatenate([p for p, _ in pieces]), [gr for _, gr in pieces]
 
-    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any]):
+    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any], batch_kinds=()):
         """The mixed batch's hook: every image in one packed sequence (see ``embed``)."""
         x, grids = self.items(datas)
         name = f"{prefix}.patches"
@@ -347,7 +347,7 @@ class LongestEdge(ImagePreprocess):
                                   mean=tuple(mean or self.mean), std=tuple(std or self.std), **kw)
 
 
-def frames(source, mmproj) -> np.ndarray:
+def frames(source, mmproj, text_info=None, max_seconds=None) -> np.ndarray:
     """An image resized as HF's processor does for this file: the longest edge its carried
     size.longest_edge (clip.vision.image_size when absent), sides multiples of the processor's
     patch_size (the tower's when absent) * merge, the file's mean / std: pixels (3, H, W)."""
@@ -359,7 +359,7 @@ def frames(source, mmproj) -> np.ndarray:
 ARCH = register(Arch(
     "pixtral", "image", PixtralVision, PixtralConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("pixtral",), hf_model_types=("llava/pixtral", "mistral3", "pixtral"),
-    image=LongestEdge("pixtral", CLIP_MEAN, CLIP_STD), frames=frames, extra={"hf_dir": hf_dir}, settings=SETTINGS,
+    image=LongestEdge("pixtral", CLIP_MEAN, CLIP_STD), prepare=frames, hf_dir=hf_dir, settings=SETTINGS,
     examples=(PixtralConfig(image_size=64, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48,
                             mm_act="gelu_erf"),
               PixtralConfig(image_size=56, patch_size=7, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48,

@@ -125,6 +125,6 @@ SETTINGS = (
 ARCH = register(Arch(
     "qwen2_5vl", "image", Qwen25VLVision, Qwen25VLConfig, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("qwen2.5vl_merger",), hf_model_types=("qwen2_5_vl",),
-    image=SmartResize("qwen2vl", **_CLIP_NORM), frames=frames, settings=SETTINGS,
+    image=SmartResize("qwen2vl", **_CLIP_NORM), prepare=frames, settings=SETTINGS,
     examples=(Qwen25VLConfig(image_size=56, n_embd=32, n_ff=48, n_head=4, n_layer=4, n_mm_embd=24, window_size=56,
                              fullatt=(1, 3)),)))

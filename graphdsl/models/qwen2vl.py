@@ -221,6 +221,7 @@ class Qwen2VLVision(Block):
     """
 
     kind = "image"
+    has_positions = True
 
     def __init__(self, cfg: Qwen2VLConfig, grids: Sequence[Grid] | None = None):
         super().__init__(cfg)
@@ -239,7 +240,7 @@ class Qwen2VLVision(Block):
         pieces = [patchify(getattr(d, "pixel_values", d), self.cfg) for d in datas]
         return np.concatenate([p for p, _ in pieces]), [gr for _, gr in pieces]
 
-    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any]):
+    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any], batch_kinds=()):
         """The mixed batch's hook: every item in one packed sequence (see ``embed``)."""
         x, grids = self.items(datas)
         name = f"{prefix}.patches"
@@ -308,7 +309,7 @@ class SmartResize(ImagePreprocess):
         return Qwen2VLImageConfig(mean=tuple(mean or self.mean), std=tuple(std or self.std), **kw)
 
 
-def frames(source, mmproj) -> np.ndarray:
+def frames(source, mmproj, text_info=None, max_seconds=None) -> np.ndarray:
     """An image smart-resized as HF's processor does, with the file's carried settings (min / max
     pixels, resample, rescale, normalization: ``processor_settings``) and the tower's patch / merge:
     pixels (3, H, W), H and W multiples of patch * merge."""
@@ -334,5 +335,5 @@ _CLIP_NORM = dict(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
 ARCH = register(Arch(
     "qwen2vl", "image", Qwen2VLVision, Qwen2VLConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("qwen2vl_merger",), hf_model_types=("qwen2_vl",), image=SmartResize("qwen2vl", **_CLIP_NORM),
-    frames=frames, settings=SETTINGS,
+    prepare=frames, settings=SETTINGS,
     examples=(Qwen2VLConfig(image_size=56, patch_size=14, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48),)))

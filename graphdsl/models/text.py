@@ -30,7 +30,7 @@ from .common import file_types, graph_of, select_weights, weight_shapes_of
 from .gguf_keys import T, tn
 from .hf import as_dict, convert_state, sub
 from . import settings
-from .registry import Arch, register
+from .registry import Arch, TextConversion, register
 
 
 @dataclass(frozen=True)
@@ -261,4 +261,4 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "text", "text", TextEmbedding, TextConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    hf_model_types=("bert",), settings=SETTINGS, extra={"layers": bert_layers, "vocab": _vocab, "gguf_arch": GGUF_ARCH}))
+    hf_model_types=("bert",), settings=SETTINGS, text_conversion=TextConversion(bert_layers, _vocab, GGUF_ARCH)))
