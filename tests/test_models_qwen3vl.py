@@ -252,15 +252,19 @@ def test_hf_folder_converts_and_matches(tiny, tmp_path, outtype, bound):
     assert err <= bound
 
 
-def test_deepstack_key_must_agree_with_tensors(tiny, tmp_path):
-    """A file whose is_deepstack_layers disagrees with its deepstack tensors is refused, naming both."""
+@pytest.mark.parametrize("flags,match", [
+    ([True, False, False], r"v\.deepstack\.1\.\* for layers \[1\] that clip\.vision\.is_deepstack_layers does not mark"),
+    ([True, True, True], r"missing \[.*'v\.deepstack\.2\.fc1\.bias'"),
+    ([True, True], "has 2 entries for 3 layers")], ids=["stray_tensors", "missing_tensors", "short_key"])
+def test_deepstack_key_must_agree_with_tensors(tiny, tmp_path, flags, match):
+    """is_deepstack_layers decides which mergers the file must hold: a merger it does not mark, one
+    it marks that the file lacks (named by the loader) and a key of the wrong length are refused."""
     from graphdsl.convert.writer import write_gguf
     _, _, c, w = tiny
-    kv = [(k, [True, False, True] if k == "clip.vision.is_deepstack_layers" else v)
-          for k, v in qwen3vl.config_to_gguf(c)]
+    kv = [(k, flags if k == "clip.vision.is_deepstack_layers" else v) for k, v in qwen3vl.config_to_gguf(c)]
     path = tmp_path / "bad.gguf"
     write_gguf(str(path), "clip", kv, {k: (v, "f32") for k, v in w.items()})
-    with pytest.raises(ValueError, match=r"marks layers \[0, 2\].*deepstack tensors for \[0, 1\]"):
+    with pytest.raises(ValueError, match=match):
         graphdsl.models.from_gguf(path)
 
 

@@ -250,20 +250,24 @@ def config_from_hf(hf: Any) -> Qwen3VLConfig:
 
 def config_from_gguf(src: Any) -> Qwen3VLConfig:
     """From an mmproj GGUF with projector "qwen3vl_merger": the table's rows from its shape, the
-    deepstack layers from their tensors (as clip.cpp finds them), checked against is_deepstack_layers."""
+    deepstack layers from is_deepstack_layers, else from their tensors (as clip.cpp finds them)."""
     m, kw = gguf_kw(src, ("qwen3vl_merger",), "Qwen3-VL")
     table = m.shapes.get(tn(T.V_ENC_EMBD_POS))
     if table is None:
         raise m.error("no v.position_embd.weight (the learned position table)")
-    ds = tuple(il for il in range(kw["n_layer"]) if f"v.deepstack.{il}.fc1.weight" in m.shapes)
-    f = m.file
-    if f is not None and KEY_DEEPSTACK in f.metadata:
-        flags = [bool(b) for b in np.asarray(f.metadata[KEY_DEEPSTACK]).ravel()]
-        if tuple(i for i, b in enumerate(flags) if b) != ds:
-            raise m.error(f"{KEY_DEEPSTACK} marks layers {[i for i, b in enumerate(flags) if b]}, but the file has "
-                          f"deepstack tensors for {list(ds)}")
+    found = [il for il in range(kw["n_layer"]) if f"v.deepstack.{il}.fc1.weight" in m.shapes]
+    ds, f = found, m.file
+    if f is not None and KEY_DEEPSTACK in f.metadata:  # the key decides; a missing merger is then named
+        flags = np.asarray(f.metadata[KEY_DEEPSTACK]).ravel()  # by the loader
+        if flags.size != kw["n_layer"]:
+            raise m.error(f"{KEY_DEEPSTACK} has {flags.size} entries for {kw['n_layer']} layers")
+        ds = [i for i, b in enumerate(flags) if b]
+        stray = sorted(set(found) - set(ds))
+        if stray:
+            raise m.error(f"deepstack tensors v.deepstack.{stray[0]}.* for layers {stray} that {KEY_DEEPSTACK} "
+                          f"does not mark (it marks {ds})")
     kw["wtype"] = m.dtypes.get("v.blk.0.attn_qkv.weight", "f32")
-    return Qwen3VLConfig(**kw, n_pos=int(table[0]), deepstack=ds)
+    return Qwen3VLConfig(**kw, n_pos=int(table[0]), deepstack=tuple(ds))
 
 
 def config_to_gguf(cfg: Qwen3VLConfig, image_mean=None, image_std=None) -> list[tuple[str, object]]:
