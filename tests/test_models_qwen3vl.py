@@ -36,9 +36,9 @@ def qwen3_tiny(seed=0, **vision):
     torch = need_torch()
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
     torch.manual_seed(seed)
-    vc = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16, spatial_merge_size=2,
-              temporal_patch_size=2, out_hidden_size=48, num_position_embeddings=16, deepstack_visual_indexes=[0, 1],
-              **vision)
+    vc = {**dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16, spatial_merge_size=2,
+                 temporal_patch_size=2, out_hidden_size=48, num_position_embeddings=16, deepstack_visual_indexes=[0, 1]),
+          **vision}
     tc = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               head_dim=12, vocab_size=128, rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 2],
                                                             "mrope_interleaved": True, "rope_theta": 10000.0})

@@ -315,8 +315,7 @@ def _settings() -> tuple:
         settings.carried("config", "vision_config.intermediate_size", V.FEED_FORWARD_LENGTH),
         settings.carried("config", "vision_config.out_hidden_size", V.PROJECTION_DIM),
         settings.carried("config", "vision_config.num_position_embeddings", "tensor v.position_embd.weight (its rows)"),
-        settings.carried("config", "vision_config.deepstack_visual_indexes", "tensor v.deepstack.{il}.fc1.weight "
-                         "(one per layer; clip.vision.is_deepstack_layers is written too)"),
+        settings.carried("config", "vision_config.deepstack_visual_indexes", KEY_DEEPSTACK),
         settings.Setting("processor", "patch_size", refuse=settings.other_than("vision_config.patch_size", 16),
                          reason="the patches are the tower's vision_config.patch_size"),
     )
