@@ -285,3 +285,24 @@ def test_preprocess_mode_is_patch_16():
         x, grid = qwen3vl.Qwen3VLVision(qwen3vl.Qwen3VLConfig()).items([ours])
         assert [list(grid[0])] == pv["image_grid_thw"].tolist()
         np.testing.assert_array_equal(x, pv["pixel_values"])
+
+
+@pytest.mark.parametrize("outtype,bound", [("f32", BOUND), ("f16", 1e-3)])
+def test_llama_cpp_file_equals_hf(tiny, tmp_path, outtype, bound):
+    """llama.cpp's own converter (tests/lcp_convert.py) writes a file from the same HF folder: it loads
+    as the same config and, on HF's pixels, gives HF's rows. Its file carries no processor settings
+    (the checkpoint's min / max pixels), so the pixels come from HF here, not from the frames hook."""
+    import lcp_convert
+    _, model, c, _ = tiny
+    folder = tmp_path / "hf"
+    _save(model, folder)
+    path = lcp_convert.convert(folder, tmp_path / "lcp.gguf", outtype)
+    m = graphdsl.models.from_gguf(path)
+    assert m.archs["image"] is qwen3vl.ARCH
+    assert m.vision.cfg == c.__class__(**{**c.__dict__, "wtypes": m.vision.cfg.wtypes, "wtype": m.vision.cfg.wtype})
+    imgs = _pixels(SIZES, seed=4)
+    pv, grids = np.concatenate([_hf_patchify(a) for a in imgs]), [(1, h // 16, wd // 16) for h, wd in SIZES]
+    got = graphdsl.compile(qwen3vl.build(m.vision.cfg, grids), BACKEND, weights=m.weights)(pixels=pv)["embd"]
+    err = rel_err(got, _hf_stack(model, pv, grids))
+    print(f"qwen3vl llama.cpp {outtype} file: {err:.2e}")
+    assert err <= bound
