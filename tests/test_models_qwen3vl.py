@@ -306,3 +306,39 @@ def test_llama_cpp_file_equals_hf(tiny, tmp_path, outtype, bound):
     err = rel_err(got, _hf_stack(model, pv, grids))
     print(f"qwen3vl llama.cpp {outtype} file: {err:.2e}")
     assert err <= bound
+
+
+MTMD_BOUND = 5e-3  # see test_matches_mtmd
+
+
+@pytest.mark.parametrize("size", [(128, 96), (96, 160)], ids=["128x96", "96x160"])
+def test_matches_mtmd(tiny, tmp_path, size):
+    """llama.cpp's own mtmd (tests/mtmd_ref.py in the mtmd venv; skipped without it) on graphdsl's
+    converted file and an image already of a size both keep: one image chunk of the same tokens,
+    [main | deepstack...] rows within MTMD_BOUND. mtmd's CPU path takes GELU from an f16 lookup table
+    and uses the tanh GELU in the mergers where HF has erf: 4.6e-4 measured here (4.1e-4 with
+    graphdsl's mergers on tanh), as the other mtmd comparisons (test_mtmd_mobilevlm.py). Negative
+    control: the position table transposed in the file mtmd reads (1e-2 and more)."""
+    from mtmd_util import rel_l2, run_mtmd, write_text_gguf
+    from cli_run import graphdsl as cli
+    _, model, c, w = tiny
+    folder = tmp_path / "hf"
+    _save(model, folder)
+    gguf, text, img = tmp_path / "m.gguf", tmp_path / "text.gguf", tmp_path / "img.png"
+    cli("convert", folder, "-o", gguf)
+    write_text_gguf(text, c.n_out * 3, extra=("<|vision_start|>", "<|vision_end|>"))
+    _png(img, size, 7)
+    ref = run_mtmd(gguf, text, img, tmp_path)
+    assert list(ref["kinds"]) == ["text", "image", "text"], ref["kinds"]  # <|vision_start|>, image, <|vision_end|>
+    ours = embed_file(gguf, [img])[0]
+    assert ours.shape == ref["embd.1"].shape == (size[0] * size[1] // 32 ** 2, 3 * c.n_out)
+    err = rel_l2(ours, ref["embd.1"])
+    print(f"qwen3vl {size} vs mtmd: {err:.2e}")
+    assert err < MTMD_BOUND
+    from graphdsl.convert.writer import write_gguf
+    table = w["v.position_embd.weight"].reshape(c.side, c.side, -1).transpose(1, 0, 2).reshape(c.n_pos, -1)
+    bad = tmp_path / "bad.gguf"
+    write_gguf(str(bad), "clip", qwen3vl.config_to_gguf(c), {k: (table if k == "v.position_embd.weight" else v, "f32") for k, v in w.items()})
+    err_bad = rel_l2(ours, run_mtmd(bad, text, img, tmp_path)["embd.1"])
+    print(f"qwen3vl {size} negative control vs mtmd: {err_bad:.2e}")
+    assert err_bad > 3 * MTMD_BOUND
