@@ -342,3 +342,31 @@ def test_matches_mtmd(tiny, tmp_path, size):
     err_bad = rel_l2(ours, run_mtmd(bad, text, img, tmp_path)["embd.1"])
     print(f"qwen3vl {size} negative control vs mtmd: {err_bad:.2e}")
     assert err_bad > 3 * MTMD_BOUND
+
+
+# HF Qwen3-VL vision module names -> graphdsl node names
+MAPPING = {"visual.blocks.{i}.attn": "v.blk.{i}.attn_out", "visual.blocks.{i}.mlp.linear_fc1": "v.blk.{i}.ffn_up",
+           "visual.blocks.{i}": "v.blk.{i}.layer_out", "visual.merger.norm": "v.post_ln",
+           "visual.merger.linear_fc1": "mm.0", "visual.merger": "mm.2",
+           "visual.deepstack_merger_list.{i}.linear_fc1": "v.deepstack.{i}.fc1",
+           "visual.deepstack_merger_list.{i}": "v.deepstack.{i}.fc2"}
+
+
+def test_node_by_node_against_hf(tiny):
+    """inspect.diff_hf, two images packed: every mapped node within the bound (the deepstack mergers'
+    HF index is their layer here: deepstack after layers 0 and 1); a deepstack weight scaled by 1.05
+    (negative control) is named as the first bad node."""
+    from graphdsl.inspect import diff_hf
+    torch = need_torch()
+    _, model, c, w = tiny
+    assert c.deepstack == (0, 1)
+    imgs = _pixels(SIZES[:2], seed=7)
+    x, grids = qwen3vl.Qwen3VLVision(c).items(imgs)
+    forward = lambda m, px: m.model.visual(px, grid_thw=torch.tensor(grids))  # noqa: E731
+    reps = []
+    name = "v.deepstack.1.fc1.weight"
+    for weights in (w, dict(w, **{name: w[name] * np.float32(1.05)})):
+        run = graphdsl.compile(qwen3vl.build(c, grids), BACKEND, weights=weights)
+        reps.append(diff_hf(run, {"pixels": x}, model, torch.from_numpy(x), MAPPING, forward=forward, rel_l2=BOUND))
+    assert reps[0].ok, reps[0]
+    assert not reps[1].ok and reps[1].first_bad.name == "v.deepstack.1.fc1", reps[1]
