@@ -32,9 +32,11 @@ PROCESSOR = {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2, "image
              "image_std": [0.5, 0.5, 0.5], "size": {"shortest_edge": 32 * 32, "longest_edge": 32 * 32 * 16}}
 
 
-def qwen3_tiny(seed=0, **vision):
+def qwen3_tiny(seed=0, moe=False, **vision):
+    """A small random Qwen3-VL (or Qwen3-VL-MoE: the same vision tower beside a mixture-of-experts decoder)."""
     torch = need_torch()
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import (Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLMoeConfig,
+                              Qwen3VLMoeForConditionalGeneration)
     torch.manual_seed(seed)
     vc = {**dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16, spatial_merge_size=2,
                  temporal_patch_size=2, out_hidden_size=48, num_position_embeddings=16, deepstack_visual_indexes=[0, 1]),
@@ -42,6 +44,10 @@ def qwen3_tiny(seed=0, **vision):
     tc = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
               head_dim=12, vocab_size=128, rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 2],
                                                             "mrope_interleaved": True, "rope_theta": 10000.0})
+    if moe:
+        tc.update(moe_intermediate_size=32, num_experts=2, num_experts_per_tok=1)
+        cfg = Qwen3VLMoeConfig(vision_config=vc, text_config=tc, attn_implementation="eager")
+        return cfg, randomize(Qwen3VLMoeForConditionalGeneration(cfg), seed)
     cfg = Qwen3VLConfig(vision_config=vc, text_config=tc, attn_implementation="eager")
     return cfg, randomize(Qwen3VLForConditionalGeneration(cfg), seed)
 
@@ -250,6 +256,23 @@ def test_hf_folder_converts_and_matches(tiny, tmp_path, outtype, bound):
     err = rel_err(got, _hf_stack(model, pv, grids))
     print(f"qwen3vl convert {outtype}: {err:.2e}")
     assert err <= bound
+
+
+def test_moe_checkpoint_converts_and_matches(tmp_path):
+    """Qwen3-VL-MoE's folder (model_type qwen3_vl_moe, the same vision tower) converts to the same
+    kind of file, whose rows equal HF's on HF's pixels."""
+    from cli_run import graphdsl as cli
+    cfg, model = qwen3_tiny(seed=2, moe=True)
+    assert cfg.model_type == "qwen3_vl_moe"
+    folder, gguf, paths = tmp_path / "hf", tmp_path / "m.gguf", [tmp_path / "a.png"]
+    _save(model, folder)
+    _png(paths[0], (70, 110), 3)
+    cli("convert", folder, "-o", gguf)
+    pv, grids = _hf_processed(folder, paths)
+    got, x, m = embed_file(gguf, paths)
+    np.testing.assert_array_equal(x, pv)
+    assert m.vision.cfg.deepstack == (0, 1)
+    assert rel_err(got, _hf_stack(model, pv, grids)) <= BOUND
 
 
 @pytest.mark.parametrize("flags,match", [

@@ -43,7 +43,7 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from . import settings
-from .common import T, VitHparams, convert_state, file_types, hf_dict, sub, tn
+from .common import T, VitHparams, convert_state, file_types, hf_dict, sub, tn, weight_shapes_of
 from .qwen2vl import (PREFIXES, Grid, Qwen2VLVision, SmartResize, _CLIP_NORM, _patch_kernel, _rope_hook, frame_lengths,
                       frames, gguf_kw, n_tokens, processor_settings, rope_positions, split_qwen, vision_settings)
 from .qwen2vl import config_to_gguf as _qwen2_keys
@@ -224,7 +224,6 @@ def build(cfg: Qwen3VLConfig, grids: Sequence[Grid] | None = None) -> Graph:
 
 
 def weight_shapes(cfg: Qwen3VLConfig) -> dict[str, tuple[int, ...]]:
-    from .common import weight_shapes_of
     return weight_shapes_of(Qwen3VLVision(cfg))
 
 
@@ -281,7 +280,8 @@ def _split_kernel(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
-    """HF Qwen3VLForConditionalGeneration tensors (``model.visual.*``) -> gguf names (NumPy f32)."""
+    """HF Qwen3VLForConditionalGeneration / Qwen3VLMoeForConditionalGeneration tensors (``model.visual.*``)
+    -> gguf names (NumPy f32)."""
     cfg = config if isinstance(config, Qwen3VLConfig) else config_from_hf(config)
     per_layer = [("norm1", T.V_ENC_INPUT_NORM), ("norm2", T.V_ENC_POST_ATTN_NORM), ("attn.qkv", T.V_ENC_ATTN_QKV),
                  ("attn.proj", T.V_ENC_ATTN_O), ("mlp.linear_fc1", T.V_ENC_FFN_UP), ("mlp.linear_fc2", T.V_ENC_FFN_DOWN)]
@@ -325,7 +325,7 @@ SETTINGS = _settings()
 
 ARCH = register(Arch(
     "qwen3vl", "image", Qwen3VLVision, Qwen3VLConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("qwen3vl_merger",), hf_model_types=("qwen3_vl",), image=SmartResize16("qwen2vl", **_CLIP_NORM),
+    projectors=("qwen3vl_merger",), hf_model_types=("qwen3_vl", "qwen3_vl_moe"), image=SmartResize16("qwen2vl", **_CLIP_NORM),
     frames=frames, settings=SETTINGS,
     examples=(Qwen3VLConfig(image_size=64, n_embd=32, n_ff=64, n_head=4, n_layer=3, n_mm_embd=24, n_pos=16,
                             deepstack=(0, 2)),)))
