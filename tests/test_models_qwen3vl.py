@@ -32,6 +32,13 @@ PROCESSOR = {"patch_size": 16, "merge_size": 2, "temporal_patch_size": 2, "image
              "image_std": [0.5, 0.5, 0.5], "size": {"shortest_edge": 32 * 32, "longest_edge": 32 * 32 * 16}}
 
 
+def text_config() -> dict:
+    """A small Qwen3-VL decoder config (width 48, interleaved M-RoPE); the vision tests never run it."""
+    return dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=12, vocab_size=128, rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 2],
+                                                              "mrope_interleaved": True, "rope_theta": 10000.0})
+
+
 def qwen3_tiny(seed=0, moe=False, **vision):
     """A small random Qwen3-VL (or Qwen3-VL-MoE: the same vision tower beside a mixture-of-experts decoder)."""
     torch = need_torch()
@@ -39,11 +46,9 @@ def qwen3_tiny(seed=0, moe=False, **vision):
                               Qwen3VLMoeForConditionalGeneration)
     torch.manual_seed(seed)
     vc = {**dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16, spatial_merge_size=2,
-                 temporal_patch_size=2, out_hidden_size=48, num_position_embeddings=16, deepstack_visual_indexes=[0, 1]),
-          **vision}
-    tc = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              head_dim=12, vocab_size=128, rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 2],
-                                                            "mrope_interleaved": True, "rope_theta": 10000.0})
+                 temporal_patch_size=2, out_hidden_size=48, num_position_embeddings=16,
+                 deepstack_visual_indexes=[0, 1]), **vision}
+    tc = text_config()
     if moe:
         tc.update(moe_intermediate_size=32, num_experts=2, num_experts_per_tok=1)
         cfg = Qwen3VLMoeConfig(vision_config=vc, text_config=tc, attn_implementation="eager")
@@ -276,7 +281,8 @@ def test_moe_checkpoint_converts_and_matches(tmp_path):
 
 
 @pytest.mark.parametrize("flags,match", [
-    ([True, False, False], r"v\.deepstack\.1\.\* for layers \[1\] that clip\.vision\.is_deepstack_layers does not mark"),
+    ([True, False, False], r"v\.deepstack\.1\.\* for layers \[1\] that clip\.vision\.is_deepstack_layers "
+                           "does not mark"),
     ([True, True, True], r"missing \[.*'v\.deepstack\.2\.fc1\.bias'"),
     ([True, True], "has 2 entries for 3 layers")], ids=["stray_tensors", "missing_tensors", "short_key"])
 def test_deepstack_key_must_agree_with_tensors(tiny, tmp_path, flags, match):
@@ -361,7 +367,8 @@ def test_matches_mtmd(tiny, tmp_path, size):
     from graphdsl.convert.writer import write_gguf
     table = w["v.position_embd.weight"].reshape(c.side, c.side, -1).transpose(1, 0, 2).reshape(c.n_pos, -1)
     bad = tmp_path / "bad.gguf"
-    write_gguf(str(bad), "clip", qwen3vl.config_to_gguf(c), {k: (table if k == "v.position_embd.weight" else v, "f32") for k, v in w.items()})
+    write_gguf(str(bad), "clip", qwen3vl.config_to_gguf(c),
+               {k: (table if k == "v.position_embd.weight" else v, "f32") for k, v in w.items()})
     err_bad = rel_l2(ours, run_mtmd(bad, text, img, tmp_path)["embd.1"])
     print(f"qwen3vl {size} negative control vs mtmd: {err_bad:.2e}")
     assert err_bad > 3 * MTMD_BOUND

@@ -87,7 +87,8 @@ class Qwen3VLConfig(VitHparams):
             raise ValueError(f"[qwen3vl] n_pos (num_position_embeddings) must be >= 1, got {self.n_pos}")
         ds = tuple(self.deepstack)
         if list(ds) != sorted(set(ds)) or any(not 0 <= i < self.n_layer for i in ds):
-            raise ValueError(f"[qwen3vl] deepstack layers {ds} must be ascending, distinct and in 0..{self.n_layer - 1}")
+            raise ValueError(f"[qwen3vl] deepstack layers {ds} must be ascending, distinct and in "
+                             f"0..{self.n_layer - 1}")
 
     @property
     def n_out(self) -> int:
@@ -241,7 +242,8 @@ def config_from_hf(hf: Any) -> Qwen3VLConfig:
                          "files, which name each merger by its layer) need them ascending and distinct")
     return Qwen3VLConfig(image_size=math.isqrt(n_pos) * patch, patch_size=patch, n_embd=v.get("hidden_size", 1152),
                          n_ff=v.get("intermediate_size", 4304), n_head=v.get("num_heads", 16),
-                         n_layer=v.get("depth", 27), eps=1e-6, act=blocks.act_of(v.get("hidden_act", "gelu_pytorch_tanh")),
+                         n_layer=v.get("depth", 27), eps=1e-6,
+                         act=blocks.act_of(v.get("hidden_act", "gelu_pytorch_tanh")),
                          n_mm_embd=v.get("out_hidden_size", 3584), merge=v.get("spatial_merge_size", 2),
                          temporal_patch=v.get("temporal_patch_size", 2),
                          rope_theta=float(rope.get("rope_theta", 10000.0)), n_pos=n_pos, deepstack=ds)
@@ -270,7 +272,8 @@ def config_from_gguf(src: Any) -> Qwen3VLConfig:
 
 
 def config_to_gguf(cfg: Qwen3VLConfig, image_mean=None, image_std=None) -> list[tuple[str, object]]:
-    return _qwen2_keys(cfg, image_mean, image_std) + [(KEY_DEEPSTACK, [il in cfg.deepstack for il in range(cfg.n_layer)])]
+    flags = [il in cfg.deepstack for il in range(cfg.n_layer)]
+    return _qwen2_keys(cfg, image_mean, image_std) + [(KEY_DEEPSTACK, flags)]
 
 
 def _split_kernel(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -284,7 +287,8 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     -> gguf names (NumPy f32)."""
     cfg = config if isinstance(config, Qwen3VLConfig) else config_from_hf(config)
     per_layer = [("norm1", T.V_ENC_INPUT_NORM), ("norm2", T.V_ENC_POST_ATTN_NORM), ("attn.qkv", T.V_ENC_ATTN_QKV),
-                 ("attn.proj", T.V_ENC_ATTN_O), ("mlp.linear_fc1", T.V_ENC_FFN_UP), ("mlp.linear_fc2", T.V_ENC_FFN_DOWN)]
+                 ("attn.proj", T.V_ENC_ATTN_O), ("mlp.linear_fc1", T.V_ENC_FFN_UP),
+                 ("mlp.linear_fc2", T.V_ENC_FFN_DOWN)]
     merger = [("norm", T.V_POST_NORM, None), ("linear_fc1", T.V_MMPROJ, 0), ("linear_fc2", T.V_MMPROJ, 2)]
     deep = [("norm", T.V_DS_NORM), ("linear_fc1", T.V_DS_FC1), ("linear_fc2", T.V_DS_FC2)]
     rules = [("pos_embed.weight", tn(T.V_ENC_EMBD_POS)), ("patch_embed.proj.weight", "v.patch_embd.conv3d"),
@@ -325,7 +329,7 @@ SETTINGS = _settings()
 
 ARCH = register(Arch(
     "qwen3vl", "image", Qwen3VLVision, Qwen3VLConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("qwen3vl_merger",), hf_model_types=("qwen3_vl", "qwen3_vl_moe"), image=SmartResize16("qwen2vl", **_CLIP_NORM),
-    frames=frames, settings=SETTINGS,
+    projectors=("qwen3vl_merger",), hf_model_types=("qwen3_vl", "qwen3_vl_moe"),
+    image=SmartResize16("qwen2vl", **_CLIP_NORM), frames=frames, settings=SETTINGS,
     examples=(Qwen3VLConfig(image_size=64, n_embd=32, n_ff=64, n_head=4, n_layer=3, n_mm_embd=24, n_pos=16,
                             deepstack=(0, 2)),)))
