@@ -400,3 +400,34 @@ def test_node_by_node_against_hf(tiny):
         reps.append(diff_hf(run, {"pixels": x}, model, torch.from_numpy(x), MAPPING, forward=forward, rel_l2=BOUND))
     assert reps[0].ok, reps[0]
     assert not reps[1].ok and reps[1].first_bad.name == "v.deepstack.1.fc1", reps[1]
+
+
+def test_mixed_batch_splits_deepstack_rows(tiny):
+    """[text, image 64x96, text, image 32x32] through the Embedder once the Block protocol's per-layer
+    outputs exist: embd holds HF's token rows and image features in prompt order, per_layer[k] the
+    k-th deepstack merger's rows at the image positions (zero at text, where HF adds nothing), and
+    positions HF's get_rope_index ids."""
+    from graphdsl.embed import Embedder, Embeddings
+    from graphdsl.models import text
+    if "per_layer" not in Embeddings.__dataclass_fields__:
+        pytest.skip("the Block protocol's per-layer outputs (Embeddings.per_layer) are not merged yet")
+    torch = need_torch()
+    _, model, c, w = tiny
+    tc = text.TextConfig(128, 48)
+    emb = Embedder(text.TextEmbedding(tc), {"image": qwen3vl.ARCH.block(c)}, backend=BACKEND,
+                   weights={**w, **text.hf_to_gguf(model.state_dict(), tc)})
+    imgs = _pixels([SIZES[0], SIZES[2]], seed=5)
+    ids = [np.array([3, 7, 9], np.int32), np.array([11, 2], np.int32)]
+    out = emb([ids[0], ("image", imgs[0]), ids[1], ("image", imgs[1])])
+    grids = [(1, 4, 6), (1, 2, 2)]
+    stack = _hf_stack(model, np.concatenate([_hf_patchify(a) for a in imgs]), grids)
+    table = model.model.language_model.embed_tokens.weight.detach().numpy()
+    n = c.n_out
+    assert rel_err(out.embd, np.concatenate([table[ids[0]], stack[:6, :n], table[ids[1]], stack[6:, :n]])) <= BOUND
+    zeros = np.zeros((3, n), np.float32)
+    for k in range(2):
+        want = np.concatenate([zeros, stack[:6, (k + 1) * n:(k + 2) * n], zeros[:2], stack[6:, (k + 1) * n:(k + 2) * n]])
+        assert rel_err(out.per_layer[k], want) <= BOUND, k
+    types = torch.tensor([[0] * 3 + [1] * 6 + [0] * 2 + [1]])
+    ref, _ = model.model.get_rope_index(torch.zeros_like(types), types, image_grid_thw=torch.tensor(grids))
+    np.testing.assert_array_equal(out.positions, ref[:, 0].numpy())
