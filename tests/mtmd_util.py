@@ -38,13 +38,14 @@ def mtmd_python() -> str:
     return py
 
 
-def write_text_gguf(path, n_embd: int, seed: int = 0) -> dict[str, int]:
+def write_text_gguf(path, n_embd: int, seed: int = 0, extra: tuple[str, ...] = ()) -> dict[str, int]:
     """A one-layer llama GGUF of width n_embd with an SPM vocabulary that has MiniCPM-V's markers
-    (user-defined tokens) and the byte token for "\\n"; returns token text -> id."""
+    (user-defined tokens), the byte token for "\\n" and ``extra`` user-defined tokens (what mtmd wraps
+    a projector's media in: Qwen's <|vision_start|>); returns token text -> id."""
     import gguf
     rng = np.random.default_rng(seed)
-    toks = ["<unk>", "<s>", "</s>", *MARKERS, "<0x0A>", *WRAPPERS] + [f"\u2581w{i}" for i in range(24)]
-    types = [2, 3, 3] + [4] * len(MARKERS) + [6] + [4] * len(WRAPPERS) + [1] * 24
+    toks = ["<unk>", "<s>", "</s>", *MARKERS, "<0x0A>", *WRAPPERS, *extra] + [f"\u2581w{i}" for i in range(24)]
+    types = [2, 3, 3] + [4] * len(MARKERS) + [6] + [4] * (len(WRAPPERS) + len(extra)) + [1] * 24
     w = gguf.GGUFWriter(str(path), "llama")
     n_ff, n_head = 2 * n_embd, max(1, n_embd // 32)
     w.add_context_length(64)

@@ -115,10 +115,14 @@ def _pixtral(ims, s):
     return out
 
 
-def _qwen2vl(ims, s):  # Qwen2.5-VL's processor is Qwen2-VL's; the npz's pixels, patchified as HF's
+def _qwen2vl(ims, s, patch_size=14):  # Qwen2.5-VL's processor is Qwen2-VL's; the npz's pixels, patchified as HF's
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    p = Qwen2VLImageProcessorPil(**_norm(s))
+    p = Qwen2VLImageProcessorPil(patch_size=patch_size, **_norm(s))
     return [{"patches": p(images=[im], return_tensors="np")["pixel_values"]} for im in ims]
+
+
+def _qwen3vl(ims, s):  # Qwen3-VL's checkpoints configure Qwen2-VL's processor with patches of 16
+    return _qwen2vl(ims, s, patch_size=16)
 
 
 def _phi4(ims, s):
@@ -147,6 +151,7 @@ HF_REFS = {
     "pixtral": (_pixtral, [{"size": 64, **OTHER}, {"size": 100}]),
     "qwen2vl": (_qwen2vl, [OTHER, {"mean": (0.2, 0.2, 0.2), "std": (0.3, 0.4, 0.5)}]),
     "qwen2_5vl": (_qwen2vl, [OTHER, {"mean": (0.2, 0.2, 0.2), "std": (0.3, 0.4, 0.5)}]),
+    "qwen3vl": (_qwen3vl, [OTHER, {"mean": (0.2, 0.2, 0.2), "std": (0.3, 0.4, 0.5)}]),
     "phi4_vision": (_phi4, [{"size": 56}, {"size": 112}]),
     "minicpmv": (_refused, []),
 }
@@ -197,7 +202,7 @@ def test_cli_mode_equals_hf(images, tmp_path, mode, setting):
     for name, g, want in zip(images, got, ref):
         if "patches" in want:  # Qwen2-VL: HF gives patches; compare the same pixels in HF's layout
             from graphdsl.models.qwen2vl import Qwen2VLConfig, patchify
-            g = {"patches": patchify(g["pixel_values"], Qwen2VLConfig())[0]}
+            g = {"patches": patchify(g["pixel_values"], Qwen2VLConfig(patch_size=16 if mode == "qwen3vl" else 14))[0]}
         for field, w in want.items():
             w = np.asarray(w)
             assert g[field].shape == w.shape, (name, field, g[field].shape, w.shape)
