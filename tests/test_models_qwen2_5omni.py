@@ -211,6 +211,29 @@ def test_hf_folder_converts_to_one_file_and_embeds_image_and_audio(tiny, tmp_pat
     assert err <= BOUND
 
 
+def test_whole_omni_folder_converts(tiny, tmp_path):
+    """A whole Qwen2.5-Omni folder (Qwen2_5OmniForConditionalGeneration's layout: config.json with
+    thinker_config, tensors under thinker.*) converts as its thinker does; here the thinker's folder
+    re-laid as the whole model's, the talker left out (graphdsl converts none of it)."""
+    import soundfile as sf
+    from safetensors.numpy import load_file, save_file
+    _, model, *_ = tiny
+    folder = _folder(tmp_path, model)
+    conf = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni", "thinker_config": conf,
+                                                    "architectures": ["Qwen2_5OmniForConditionalGeneration"],
+                                                    "enable_audio_output": False}))
+    sd = load_file(folder / "model.safetensors")
+    save_file({f"thinker.{k}": v for k, v in sd.items()}, folder / "model.safetensors")
+    img, wav = tmp_path / "i.png", tmp_path / "a.wav"
+    _image(60, 40, 7).save(img)
+    pcm = _pcm(1.3, 8)
+    sf.write(wav, pcm, 16000, subtype="FLOAT")
+    convert_and_embed(folder, tmp_path / "m.gguf", tmp_path / "e.npy", "--audio", wav, "--image", img)
+    ref = np.concatenate([_hf_images(model, [Image.open(img)]), _hf_audio(model, pcm)[0]])
+    assert rel_err(np.load(tmp_path / "e.npy"), ref) <= BOUND
+
+
 def test_chunk_length_is_carried(tiny, tmp_path):
     """Qwen2.5-Omni ships chunk_length 300: HF keeps 300 s of a clip, the class default 30. A 31 s clip
     converts and matches HF at 300; the same file without the key (HF's 30) refuses it (HF would cut it)."""

@@ -2,8 +2,9 @@
 is Qwen2.5-VL's (``qwen2_5vl``: RMSNorm, SwiGLU, window attention, 2x2 merger), and its audio
 encoder (``qwen2_5omni_audio``), converted from ONE checkpoint into ONE mmproj file.
 
-``graphdsl convert`` of a thinker folder (model_type ``qwen2_5_omni_thinker``) builds this arch
-and its companion, the audio encoder, and writes both encoders in one file as llama.cpp's
+``graphdsl convert`` of a thinker folder (model_type ``qwen2_5_omni_thinker``), or of a whole
+Qwen2.5-Omni one (``qwen2_5_omni``: the thinker under ``thinker_config`` / ``thinker.*``, the speech
+talker beside it, not converted), builds this arch and its companion, the audio encoder, and writes both encoders in one file as llama.cpp's
 converter does (projector "qwen2.5o" for both; llama.cpp's reader, and graphdsl's, take it as
 "qwen2.5vl_merger" for vision and "qwen2a" for audio: this arch and the audio one claim such a
 file, Qwen2.5-VL and others do not). ``graphdsl embed --image --audio`` then runs an image and an
@@ -29,7 +30,7 @@ from gguf import Keys
 from . import qwen2_5vl, settings
 from .common import T, as_dict, mmproj_config, sub, tn
 from .qwen2_5vl import Qwen25VLConfig, Qwen25VLVision
-from .qwen2_5omni_audio import omni_file
+from .qwen2_5omni_audio import WHOLE, omni_file, thinker_of, whole_model
 from .qwen2vl import _CLIP_NORM, SmartResize, convert_state, frames, hf_rules, split_qwen, weight_shapes
 from .registry import Arch, register
 
@@ -43,8 +44,9 @@ build = qwen2_5vl.build
 
 
 def config_from_hf(hf: Any) -> Qwen25VLConfig:
-    """From an HF Qwen2_5OmniThinkerConfig (its vision_config), with the Omni vision defaults."""
-    d = as_dict(hf)  # its audio_config is qwen2_5omni_audio's, converted beside this one: not a conflict
+    """From an HF Qwen2_5OmniThinkerConfig (its vision_config), or a whole Qwen2_5OmniConfig's thinker,
+    with the Omni vision defaults."""
+    d = thinker_of(as_dict(hf))  # its audio_config is qwen2_5omni_audio's, converted beside this one: not a conflict
     if d.get("model_type") != "qwen2_5_omni_thinker":
         raise ValueError(f"[qwen2_5omni.config_from_hf] needs a Qwen2.5-Omni thinker config, got model_type "
                          f"{d.get('model_type')!r}")
@@ -78,11 +80,14 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
 
 
 _PROMPT = "the thinker's prompt layout (token ids, video / audio interleaving): not the encoders' rows"
+_SPEECH = "the talker / token2wav speech output's, which reads the thinker's text, not these rows"
+_THINKER = tuple(settings.irrelevant("config", k, _PROMPT) for k in (
+    "video_token_index", "position_id_per_seconds", "seconds_per_chunk", "audio_start_token_id", "audio_end_token_id",
+    "user_token_id"))
 SETTINGS = (
-    *qwen2_5vl.SETTINGS,
-    *(settings.irrelevant("config", k, _PROMPT) for k in (
-        "video_token_index", "position_id_per_seconds", "seconds_per_chunk", "audio_start_token_id",
-        "audio_end_token_id", "user_token_id")),
+    *qwen2_5vl.SETTINGS, *_THINKER, *whole_model((*qwen2_5vl.SETTINGS, *_THINKER)),
+    *(settings.irrelevant("config", k, _SPEECH) for k in ("talker_config.*", "token2wav_config.*",
+                                                          "enable_audio_output")),
     settings.irrelevant("processor", "seconds_per_chunk", _PROMPT),
     settings.irrelevant("processor", "position_id_per_seconds", _PROMPT),
 )
@@ -90,6 +95,6 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "qwen2_5omni", "image", Qwen25VLVision, Qwen25VLConfig, config_from_hf, config_from_gguf, config_to_gguf,
-    hf_to_gguf, projectors=("qwen2.5vl_merger",), hf_model_types=("qwen2_5_omni_thinker",), claims=omni_file,
+    hf_to_gguf, projectors=("qwen2.5vl_merger",), hf_model_types=("qwen2_5_omni_thinker", WHOLE), claims=omni_file,
     image=SmartResize("qwen2vl", **_CLIP_NORM), frames=frames, extra={"companions": ("qwen2_5omni_audio",)},
     settings=SETTINGS, examples=qwen2_5vl.ARCH.examples))

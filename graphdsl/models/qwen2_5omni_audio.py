@@ -24,7 +24,8 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,6 +44,7 @@ KEY_N_WINDOW = "graphdsl.qwen2_5omni.n_window"
 KEY_CHUNK_LENGTH = "graphdsl.qwen2_5omni.chunk_length"
 PREFIXES = ("thinker.model.audio_tower.", "thinker.audio_tower.", "model.audio_tower.", "audio_tower.")
 HF_TYPES = ("qwen2_5_omni_thinker", "qwen2_5_omni_audio_encoder")
+WHOLE = "qwen2_5_omni"  # Qwen2_5OmniForConditionalGeneration: the thinker's config under thinker_config
 # Qwen2_5OmniAudioEncoderConfig's defaults: save_pretrained leaves out the fields equal to them
 HF_DEFAULTS = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_heads": 20, "encoder_ffn_dim": 5120,
                "d_model": 1280, "activation_function": "gelu", "max_source_positions": 1500, "n_window": 100,
@@ -212,8 +214,18 @@ def sinusoids(n_ctx: int, n_embd: int) -> np.ndarray:
     return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
 
 
+def thinker_of(d: Mapping) -> dict:
+    """The thinker's config of a whole Qwen2.5-Omni config (its thinker_config), else ``d``."""
+    return sub(d, "thinker_config") if d.get("model_type") == WHOLE else dict(d)
+
+
+def whole_model(decls) -> tuple:
+    """Config declarations as a whole Qwen2.5-Omni config holds the fields (under thinker_config)."""
+    return tuple(replace(s, path="thinker_config." + s.path) for s in decls if s.source == "config")
+
+
 def _audio_config(hf: Any) -> dict:
-    d = as_dict(hf)  # the thinker's config is the vision arch's model type; its audio_config is read here
+    d = thinker_of(as_dict(hf))  # the thinker's model type is the vision arch's; its audio_config is read here
     if d.get("model_type") not in (*HF_TYPES, None):
         raise ValueError(f"[qwen2_5omni_audio.config_from_hf] needs a Qwen2.5-Omni thinker or audio encoder "
                          f"config, got model_type {d.get('model_type')!r}")
@@ -304,7 +316,7 @@ def _not_mels(v, checkpoint) -> bool:
 
 
 A, _MEL = Keys.ClipAudio, "graphdsl's log-mel is Whisper's: 16 kHz, n_fft 400, hop 160"
-SETTINGS = (
+_CONFIG = (
     *(x for pre in ("", "audio_config.") for x in (
         *(settings.carried("config", pre + k, key) for k, key in (
             ("num_mel_bins", A.NUM_MEL_BINS), ("d_model", A.EMBEDDING_LENGTH), ("encoder_layers", A.BLOCK_COUNT),
@@ -313,6 +325,9 @@ SETTINGS = (
             ("max_source_positions", "tensor a.position_embd.weight"), ("n_window", KEY_N_WINDOW))),
         settings.irrelevant("config", pre + "scale_embedding", "HF's audio encoder computes embed_scale and never "
                             "applies it"))),
+)
+SETTINGS = (
+    *_CONFIG, *whole_model(_CONFIG),
     settings.Setting("processor", "feature_size", refuse=_not_mels,
                      reason="the log-mel has the encoder's audio_config.num_mel_bins bands"),
     settings.carried("processor", "chunk_length", KEY_CHUNK_LENGTH, 30, to_gguf=int),
