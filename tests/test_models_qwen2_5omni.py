@@ -302,3 +302,31 @@ def test_other_qwen2_5vl_files_are_not_claimed(tmp_path):
     with pytest.raises(ValueError, match="not a Qwen2.5-Omni file"):
         qo.config_from_gguf(tmp_path / "qwen2_5vl.gguf")
     graphdsl("info", tmp_path / "qwen2_5omni.gguf")
+
+
+def test_file_as_llama_cpp_writes_it(tiny, tmp_path):
+    """llama.cpp's converter names one projector for both encoders (clip.projector_type "qwen2.5o")
+    and writes none of graphdsl's keys: both archs still claim the file, the audio one with HF's
+    n_window default (100), which is what HF runs for such a checkpoint."""
+    from settings_util import rewrite_gguf
+
+    from graphdsl.models import from_gguf
+    _, model, _, ac, ws = tiny
+    gguf, lcpp = tmp_path / "m.gguf", tmp_path / "lcpp.gguf"
+    graphdsl("convert", _folder(tmp_path, model), "-o", gguf)
+    rewrite_gguf(gguf, lcpp, drop=("clip.vision.projector_type", "clip.audio.projector_type", qa.KEY_N_WINDOW,
+                                   "graphdsl.audio.act", qa.KEY_CHUNK_LENGTH),
+                 change={"clip.projector_type": "qwen2.5o"})
+    m = from_gguf(lcpp)
+    assert (m.archs["image"], m.archs["audio"]) == (qo.ARCH, qa.ARCH)
+    assert (m.audio.cfg.n_window, m.audio.cfg.act) == (100, "gelu_erf")
+    mel = np.random.default_rng(9).standard_normal((N_MEL, 450)).astype(np.float32)
+    tower = model.model.audio_tower
+    tower.n_window = 100
+    try:
+        ref = _hf_tower(model, [mel])
+    finally:
+        tower.n_window = ac.n_window
+    out = Embedder(None, m.media, backend=BACKEND, weights=m.weights)([("audio", mel)]).embd
+    assert rel_err(out, ref) <= BOUND
+    assert rel_err(out, _hf_tower(model, [mel])) > 1e-3  # the tiny model's own n_window (5) is other rows
