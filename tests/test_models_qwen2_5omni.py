@@ -108,6 +108,12 @@ def test_audio_encoder_matches_hf(tiny, lengths):
         assert err <= BOUND
 
 
+def _mmproj_stub(ac):
+    """What features_of reads of a loaded file: no file (HF's processor defaults) and the audio config."""
+    from types import SimpleNamespace
+    return SimpleNamespace(config=SimpleNamespace(file=None), audio=SimpleNamespace(cfg=ac))
+
+
 def test_audio_from_pcm_is_hf_processor_and_mask(tiny):
     """A 3.41 s clip (341 frames, 35 chunks) through HF's processor (padded to 30 s, feature_attention_mask):
     graphdsl's features are HF's real frames, and its rows HF's rows for the real length only."""
@@ -115,8 +121,7 @@ def test_audio_from_pcm_is_hf_processor_and_mask(tiny):
     w = ws["audio"]
     pcm = _pcm(3.41, 1)
     ref, fa = _hf_audio(model, pcm)
-    mmproj = types_mmproj(ac)
-    mel = qa.features_of(pcm, mmproj)
+    mel = qa.features_of(pcm, _mmproj_stub(ac))
     real = fa["input_features"][0][:, fa["attention_mask"][0].astype(bool)]
     assert mel.shape == real.shape == (N_MEL, 341)
     assert np.abs(mel - real).max() < 1e-5
@@ -127,11 +132,6 @@ def test_audio_from_pcm_is_hf_processor_and_mask(tiny):
     # negative control: HF's whole padded window, the mask ignored, is other rows
     padded = gd.compile(qa.build(ac, 3000), BACKEND, weights=w)(mel=fa["input_features"][0])["embd"]
     assert padded.shape != ref.shape
-
-
-def types_mmproj(ac, file=None):
-    from types import SimpleNamespace
-    return SimpleNamespace(config=SimpleNamespace(file=file), audio=SimpleNamespace(cfg=ac))
 
 
 def test_audio_negative_controls_fail(tiny):
@@ -150,7 +150,9 @@ def test_audio_negative_controls_fail(tiny):
     swapped = {**w, "a.blk.0.attn_q.weight": w["a.blk.0.attn_v.weight"], "a.blk.0.attn_v.weight": w["a.blk.0.attn_q.weight"]}
     assert rel_err(run(ac, swapped), ref) > 1e-3
     # the clip zero-padded to whole chunks, as if HF did not mask the stem past its end (7 real frames of 10)
-    assert rel_err(run(ac, w, np.pad(mel, ((0, 0), (0, 3))))[:ref.shape[0]], ref) > 1e-6
+    err = rel_err(run(ac, w, np.pad(mel, ((0, 0), (0, 3)))), ref)
+    print(f"unmasked padding: {err:.2e}")
+    assert err > BOUND
 
 
 def test_vision_matches_hf(tiny):
