@@ -147,7 +147,8 @@ def test_audio_negative_controls_fail(tiny):
         return gd.compile(qa.build(cfg, m.shape[1]), BACKEND, weights=weights)(mel=m)["embd"]
     assert rel_err(run(ac, w), ref) <= BOUND
     assert rel_err(run(replace(ac, n_window=50), w), ref) > 1e-3
-    swapped = {**w, "a.blk.0.attn_q.weight": w["a.blk.0.attn_v.weight"], "a.blk.0.attn_v.weight": w["a.blk.0.attn_q.weight"]}
+    q, v = "a.blk.0.attn_q.weight", "a.blk.0.attn_v.weight"
+    swapped = {**w, q: w[v], v: w[q]}
     assert rel_err(run(ac, swapped), ref) > 1e-3
     # the clip zero-padded to whole chunks, as if HF did not mask the stem past its end (7 real frames of 10)
     err = rel_err(run(ac, w, np.pad(mel, ((0, 0), (0, 3)))), ref)
@@ -174,7 +175,8 @@ def test_vision_matches_hf(tiny):
         err = rel_err(out, ref)
         print(f"qwen2_5omni vision on {backend}: {err:.2e}")
         assert err <= BOUND
-    bad = {**w, "v.blk.0.attn_q.weight": w["v.blk.0.attn_k.weight"], "v.blk.0.attn_k.weight": w["v.blk.0.attn_q.weight"]}
+    q, k = "v.blk.0.attn_q.weight", "v.blk.0.attn_k.weight"
+    bad = {**w, q: w[k], k: w[q]}
     assert rel_err(gd.compile(qo.build(vc, grids), BACKEND, weights=bad)(pixels=x)["embd"], ref) > 1e-3
 
 

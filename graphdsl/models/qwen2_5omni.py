@@ -4,11 +4,11 @@ encoder (``qwen2_5omni_audio``), converted from ONE checkpoint into ONE mmproj f
 
 ``graphdsl convert`` of a thinker folder (model_type ``qwen2_5_omni_thinker``), or of a whole
 Qwen2.5-Omni one (``qwen2_5_omni``: the thinker under ``thinker_config`` / ``thinker.*``, the speech
-talker beside it, not converted), builds this arch and its companion, the audio encoder, and writes both encoders in one file as llama.cpp's
-converter does (projector "qwen2.5o" for both; llama.cpp's reader, and graphdsl's, take it as
-"qwen2.5vl_merger" for vision and "qwen2a" for audio: this arch and the audio one claim such a
-file, Qwen2.5-VL and others do not). ``graphdsl embed --image --audio`` then runs an image and an
-audio clip as one mixed batch.
+talker beside it, not converted), builds this arch and its companion, the audio encoder, and
+writes both encoders in one file as llama.cpp's converter does (projector "qwen2.5o" for both;
+llama.cpp's reader, and graphdsl's, take it as "qwen2.5vl_merger" for vision and "qwen2a" for
+audio: this arch and the audio one claim such a file, Qwen2.5-VL and others do not).
+``graphdsl embed --image --audio`` then runs an image and an audio clip as one mixed batch.
 
 The vision tower differs from Qwen2.5-VL's in its checkpoint only: q, k and v are separate
 (``attn.q`` ...) where Qwen2.5-VL fuses them (``attn.qkv``); the graph and its names are the same.
@@ -74,8 +74,8 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     cfg = config if isinstance(config, Qwen25VLConfig) else config_from_hf(config)
     rules = hf_rules([("mlp.up_proj", T.V_ENC_FFN_UP), ("mlp.gate_proj", T.V_ENC_FFN_GATE),
                       ("mlp.down_proj", T.V_ENC_FFN_DOWN)])
-    rules += [(f"blocks.{{bid}}.attn.{x}.{s}", tn(t, s)) for x, t in (("q", T.V_ENC_ATTN_Q), ("k", T.V_ENC_ATTN_K),
-                                                                      ("v", T.V_ENC_ATTN_V)) for s in ("weight", "bias")]
+    qkv = (("q", T.V_ENC_ATTN_Q), ("k", T.V_ENC_ATTN_K), ("v", T.V_ENC_ATTN_V))
+    rules += [(f"blocks.{{bid}}.attn.{x}.{s}", tn(t, s)) for x, t in qkv for s in ("weight", "bias")]
     return convert_state(state_dict, PREFIXES, rules, weight_shapes(cfg), "qwen2_5omni", fix=split_qwen)
 
 
