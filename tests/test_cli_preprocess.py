@@ -152,6 +152,7 @@ HF_REFS = {
     "qwen2vl": (_qwen2vl, [OTHER, {"mean": (0.2, 0.2, 0.2), "std": (0.3, 0.4, 0.5)}]),
     "qwen2_5vl": (_qwen2vl, [OTHER, {"mean": (0.2, 0.2, 0.2), "std": (0.3, 0.4, 0.5)}]),
     "qwen3vl": (_qwen3vl, [OTHER, {"mean": (0.2, 0.2, 0.2), "std": (0.3, 0.4, 0.5)}]),
+    "qwen2_5omni": (_qwen2vl, [OTHER, {"mean": (0.2, 0.2, 0.2), "std": (0.3, 0.4, 0.5)}]),  # Qwen2.5-VL's processor
     "phi4_vision": (_phi4, [{"size": 56}, {"size": 112}]),
     "minicpmv": (_refused, []),
 }

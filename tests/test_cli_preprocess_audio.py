@@ -57,7 +57,18 @@ def _phi4_audio_ref(pcms, n_mels):
     return [fe(x, sampling_rate=16000, return_tensors="np")["audio_input_features"][0] for x in pcms], 1e-5
 
 
-AUDIO_REFS = {None: _whisper_ref, "whisper_enc": _whisper_ref, "phi4_audio": _phi4_audio_ref}
+def _qwen2_5omni_audio_ref(pcms, n_mels):
+    """Qwen2.5-Omni's processor: HF's WhisperFeatureExtractor on the clip padded to 30 s, cut to the
+    frames its feature_attention_mask keeps (ceil(samples / 160))."""
+    feats, tol = _whisper_ref(pcms, n_mels)
+    return [f[0][:, :-(-len(x) // 160)] for f, x in zip(feats, pcms)], tol
+
+
+AUDIO_REFS = {None: _whisper_ref, "whisper_enc": _whisper_ref, "phi4_audio": _phi4_audio_ref,
+              "qwen2_5omni_audio": _qwen2_5omni_audio_ref}
+# mel bins of a mode without --n-mels: HF's feature extractor default (80), or the one the arch's
+# encoder config defaults to where it differs (Qwen2.5-Omni's encoder and shipped extractor: 128)
+DEFAULT_MELS = {"qwen2_5omni_audio": 128}
 AUDIO_CASES = [(m, n) for m in [None, *sorted(a.name for a in registry.ARCHS.values() if a.modality == "audio")]
                for n in (None, 64, 128)]
 
@@ -74,13 +85,14 @@ def test_cli_audio_mode_equals_hf(clips, tmp_path, mode, n_mels):
     graphdsl("preprocess", "audio", *clips, *(["--mode", mode] if mode else []),
              *(["--n-mels", n_mels] if n_mels else []), "-o", out)
     got = _npz(out)
-    ref, tol = AUDIO_REFS[mode](list(clips.values()), n_mels or 80)
+    n = n_mels or DEFAULT_MELS.get(mode, 80)
+    ref, tol = AUDIO_REFS[mode](list(clips.values()), n)
     assert len(got) == len(ref) == len(clips)
     for g, w in zip(got, ref):
         assert g["input_features"].shape == w.shape and g["input_features"].dtype == np.float32
         assert np.abs(g["input_features"] - w).max() <= tol
     # negative control: the same comparison tells another mel count's features apart
-    other, _ = AUDIO_REFS[mode](list(clips.values())[:1], 80 if n_mels else 128)
+    other, _ = AUDIO_REFS[mode](list(clips.values())[:1], 80 if n != 80 else 128)
     assert other[0].shape != got[0]["input_features"].shape or np.abs(other[0] - got[0]["input_features"]).max() > tol
 
 

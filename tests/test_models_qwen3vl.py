@@ -234,7 +234,7 @@ def embed_file(gguf, paths, backend="cpu"):
     """from_gguf, the arch's frames hook on each file (the file's carried processor settings) and one
     packed graph: the rows ``graphdsl embed`` will give once the embedder splits the deepstack columns."""
     m = graphdsl.models.from_gguf(gguf)
-    pixels = [m.archs["image"].frames(str(p), m) for p in paths]
+    pixels = [m.archs["image"].prepare(str(p), m) for p in paths]
     x, grids = m.vision.items(pixels)
     g = qwen3vl.build(m.vision.cfg, grids)
     return graphdsl.compile(g, backend, weights=m.weights)(pixels=x)["embd"], x, m

@@ -330,6 +330,6 @@ SETTINGS = _settings()
 ARCH = register(Arch(
     "qwen3vl", "image", Qwen3VLVision, Qwen3VLConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("qwen3vl_merger",), hf_model_types=("qwen3_vl", "qwen3_vl_moe"),
-    image=SmartResize16("qwen2vl", **_CLIP_NORM), frames=frames, settings=SETTINGS,
+    image=SmartResize16("qwen2vl", **_CLIP_NORM), prepare=frames, settings=SETTINGS,
     examples=(Qwen3VLConfig(image_size=64, n_embd=32, n_ff=64, n_head=4, n_layer=3, n_mm_embd=24, n_pos=16,
                             deepstack=(0, 2)),)))

@@ -78,9 +78,9 @@ def api(fn):
 
 def emit(op: str, inputs, attrs: dict | None = None, name: str | None = None):
     """Add node `op` to its inputs' graph (its shape rule runs now): what every builder ends with."""
-    from ..graph import Tensor  # noqa: PLC0415 - graph.py imports this package
     inputs = list(inputs)
-    graph = next((t.graph for t in inputs if isinstance(t, Tensor)), None)
+    # a graph tensor is what carries a graph: no import of graph.py, which imports this package
+    graph = next((g for g in (getattr(t, "graph", None) for t in inputs) if g is not None), None)
     if graph is None:
         raise ValueError(f"[{op}] expected graph tensors, got {', '.join(type(t).__name__ for t in inputs)}")
     return graph.emit(op, inputs, attrs or {}, name)
