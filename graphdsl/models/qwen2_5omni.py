@@ -28,7 +28,9 @@ import numpy as np
 from gguf import Keys
 
 from . import qwen2_5vl, settings
-from .common import T, as_dict, mmproj_config, sub, tn
+from ..gguf_io import tn
+from .gguf_keys import mmproj_config, T
+from .hf import as_dict, sub
 from .qwen2_5vl import Qwen25VLConfig, Qwen25VLVision
 from .qwen2_5omni_audio import WHOLE, omni_file, thinker_of, whole_model
 from .qwen2vl import _CLIP_NORM, SmartResize, convert_state, frames, hf_rules, split_qwen, weight_shapes

@@ -32,11 +32,12 @@ import numpy as np
 from gguf import Keys
 
 from .. import blocks, ops
-from ..gguf_io import KEY_ACT
-from ..gguf_io.reader import _get
+from ..gguf_io import KEY_ACT, metadata_value, tn
 from ..graph import Graph, Tensor
 from ..inp_embd import f32_table, shape_guard
-from .common import Block, EncoderHparams, T, as_dict, convert_state, mmproj_config, sub, tn, weight_shapes_of
+from .common import Block, EncoderHparams, weight_shapes_of
+from .gguf_keys import mmproj_config, T
+from .hf import as_dict, convert_state, sub
 from . import settings
 from .registry import Arch, register
 
@@ -246,7 +247,7 @@ def omni_file(m) -> bool:
     "qwen2.5vl_merger" for vision and "qwen2a" for audio: the two archs of this family claim it."""
     f = getattr(m, "file", None)
     keys = (Keys.Clip.PROJECTOR_TYPE, Keys.ClipVision.PROJECTOR_TYPE, Keys.ClipAudio.PROJECTOR_TYPE)
-    return f is not None and any(_get(f, k, str, "") == "qwen2.5o" for k in keys)
+    return f is not None and any(metadata_value(f, k, str, "") == "qwen2.5o" for k in keys)
 
 
 def config_from_gguf(src: Any) -> Qwen25OmniAudioConfig:
@@ -258,7 +259,7 @@ def config_from_gguf(src: Any) -> Qwen25OmniAudioConfig:
     if pos is None or out is None:
         raise m.error("a Qwen2.5-Omni audio encoder needs a.position_embd.weight and mm.a.fc.weight")
     return Qwen25OmniAudioConfig(n_mel=a.n_mel, n_embd=a.n_embd, n_ff=a.n_ff, n_head=a.n_head, n_layer=a.n_layer,
-                                 eps=a.eps, act=a.act, n_ctx=pos[0], n_window=_get(m.file, KEY_N_WINDOW, int, 100),
+                                 eps=a.eps, act=a.act, n_ctx=pos[0], n_window=metadata_value(m.file, KEY_N_WINDOW, int, 100),
                                  n_mm_embd=out[0], wtype=m.dtypes.get(tn(T.A_ENC_ATTN_Q, "weight", 0), "f32"),
                                  wtypes=dict(m.dtypes))
 

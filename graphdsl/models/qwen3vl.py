@@ -43,7 +43,10 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from . import settings
-from .common import T, VitHparams, convert_state, file_types, hf_dict, sub, tn, weight_shapes_of
+from ..gguf_io import tn
+from .common import file_types, VitHparams, weight_shapes_of
+from .gguf_keys import T
+from .hf import convert_state, hf_dict, sub
 from .qwen2vl import (PREFIXES, Grid, Qwen2VLVision, SmartResize, _CLIP_NORM, _patch_kernel, _rope_hook, frame_lengths,
                       frames, gguf_kw, n_tokens, processor_settings, rope_positions, split_qwen, vision_settings)
 from .qwen2vl import config_to_gguf as _qwen2_keys
