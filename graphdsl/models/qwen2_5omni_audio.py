@@ -118,7 +118,7 @@ class Qwen25OmniAudio(Block):
             raise ValueError("[qwen2_5omni_audio] features hold NaN or inf")
         return np.ascontiguousarray(a, np.float32)
 
-    def build_items(self, g: Graph, prefix: str, datas):
+    def build_items(self, g: Graph, prefix: str, datas, batch_kinds=()):
         """Every clip as an input ``{prefix}.{i}``; one encoder batch for all their chunks."""
         mels = [self.features(d) for d in datas]
         feeds = {f"{prefix}.{i}": m for i, m in enumerate(mels)}

@@ -233,7 +233,11 @@ class Qwen2VLVision(Block):
     example = property(lambda self: ((sum(t * h * w for t, h, w in self.grids), self.cfg.n_patch_in), "f32"))
 
     def _build(self, patches: Tensor) -> Tensor:
-        return encode(patches, self.cfg, self.grids)
+        return self._encode(patches, self.grids)
+
+    def _encode(self, patches: Tensor, grids: Sequence[Grid]) -> Tensor:
+        """The tower over packed patches of ``grids``: what a family built on this one replaces."""
+        return encode(patches, self.cfg, grids)
 
     def items(self, datas: Sequence[Any]) -> tuple[np.ndarray, list[Grid]]:
         """Pixels / frames of each item -> (packed patches, grids)."""
@@ -245,7 +249,7 @@ class Qwen2VLVision(Block):
         x, grids = self.items(datas)
         name = f"{prefix}.patches"
         with file_types(g, self.cfg.wtypes):
-            out = encode(g.input(name, x.shape), self.cfg, grids)
+            out = self._encode(g.input(name, x.shape), grids)
         outs, r0 = [], 0
         for i, gr in enumerate(grids):
             r1 = r0 + n_tokens(gr, self.cfg.merge)

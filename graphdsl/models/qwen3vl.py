@@ -44,7 +44,7 @@ from .. import blocks, ops
 from ..graph import Graph, Tensor
 from . import settings
 from ..gguf_io import tn
-from .common import file_types, VitHparams, weight_shapes_of
+from .common import VitHparams, weight_shapes_of
 from .gguf_keys import T
 from .hf import convert_state, hf_dict, sub
 from .qwen2vl import (PREFIXES, Grid, Qwen2VLVision, SmartResize, _CLIP_NORM, _patch_kernel, _rope_hook, frame_lengths,
@@ -192,21 +192,8 @@ class Qwen3VLVision(Qwen2VLVision):
 
     n_per_layer = property(lambda self: len(self.cfg.deepstack))
 
-    def _build(self, patches: Tensor) -> Tensor:
-        return encode(patches, self.cfg, self.grids)
-
-    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any]):
-        """The mixed batch's hook: every item in one packed sequence, each item's rows a view."""
-        x, grids = self.items(datas)
-        name = f"{prefix}.patches"
-        with file_types(g, self.cfg.wtypes):
-            out = encode(g.input(name, x.shape), self.cfg, grids)
-        outs, r0 = [], 0
-        for i, gr in enumerate(grids):
-            r1 = r0 + n_tokens(gr, self.cfg.merge)
-            outs.append(out if len(grids) == 1 else ops.view(out, 0, r0, r1, name=f"{prefix}.{i}"))
-            r0 = r1
-        return {name: x}, outs, tuple(grids)
+    def _encode(self, patches: Tensor, grids: Sequence[Grid]) -> Tensor:
+        return encode(patches, self.cfg, grids)
 
     def positions(self, data: Any, start: int) -> tuple[np.ndarray, int]:
         """An image's M-RoPE ids (3, n_tokens) at ``start`` and the next text position (HF's
