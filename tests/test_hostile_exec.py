@@ -215,10 +215,13 @@ def test_ctrl_c_stops_a_long_compute_and_the_executor_still_works():
 
 
 # -- 17: arguments that used to escape as TypeError / AttributeError ------------------------------------------
-def test_backend_none_is_a_clear_error():
+def test_backend_not_a_string_is_a_clear_error():
+    """None is "not given" (RunOptions' default backend); anything else not a string is refused."""
     g, _ = _mlp()
     with pytest.raises(ValueError, match="backend must be a string"):
-        graphdsl.compile(g, None)
+        graphdsl.compile(g, 3)
+    with pytest.raises(ValueError, match="backend must be a string"):
+        graphdsl.compile(g, options=graphdsl.RunOptions(backend=["cpu"]))
 
 
 def test_conv_stride_beyond_int32_is_refused_when_built():
