@@ -22,7 +22,8 @@ how it reads the ids, not what they are.
 
 llama.cpp's names: the converter keeps HF's fused ``qkv`` as ``v.blk.N.attn_qkv``, splits the Conv3d
 into two kernels, names each deepstack merger by its layer (``v.deepstack.8.fc1``) and writes
-``clip.vision.is_deepstack_layers``; the loader, as clip.cpp, knows the layers by their tensors.
+``clip.vision.is_deepstack_layers``, which decides here (clip.cpp finds the layers by their tensors,
+as graphdsl does for a file without the key).
 Its graph uses ggml's tanh GELU in the mergers, HF's nn.GELU() is the erf one: graphdsl follows HF.
 
 Example:
@@ -248,8 +249,8 @@ def config_from_gguf(src: Any) -> Qwen3VLConfig:
         raise m.error("no v.position_embd.weight (the learned position table)")
     found = [il for il in range(kw["n_layer"]) if f"v.deepstack.{il}.fc1.weight" in m.shapes]
     ds, f = found, m.file
-    if f is not None and KEY_DEEPSTACK in f.metadata:  # the key decides; a missing merger is then named
-        flags = np.asarray(f.metadata[KEY_DEEPSTACK]).ravel()  # by the loader
+    if f is not None and KEY_DEEPSTACK in f.metadata:  # the key decides, so the loader names a missing merger
+        flags = np.asarray(f.metadata[KEY_DEEPSTACK]).ravel()
         if flags.size != kw["n_layer"]:
             raise m.error(f"{KEY_DEEPSTACK} has {flags.size} entries for {kw['n_layer']} layers")
         ds = [i for i, b in enumerate(flags) if b]
