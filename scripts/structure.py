@@ -13,7 +13,7 @@ circle with its package's __init__.py.
 
 Nodes: one per file. The issue's circles name files (`convert/__init__.py`, `dataset/run.py`), and a
 package as one node would hide them, or invent circles between packages whose files import each
-other one way per file (convert/hf.py -> models/settings.py, models/text.py -> convert/vocab.py).
+other one way per file (convert/hf.py -> models/settings.py beside a models -> convert import).
 `--packages` shows that coarser view; a package whose files form a circle stays split there too.
 
 Circles: strongly connected components over all imports, module level and function level.

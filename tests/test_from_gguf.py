@@ -18,7 +18,7 @@ import graphdsl
 from graphdsl.convert import convert
 from graphdsl.convert.hf import prepare
 from graphdsl.convert.info import describe
-from graphdsl.convert.vocab import phantom
+from graphdsl.gguf_io.vocab import phantom
 from graphdsl.convert.writer import tensor_type, write_gguf
 from graphdsl.embed import Embedder
 from graphdsl.gguf_io import load_mmproj

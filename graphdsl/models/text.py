@@ -132,7 +132,7 @@ def bert_layers(sd: Mapping, config: Any, have: Mapping) -> dict[str, np.ndarray
 
 
 def _vocab(hf_dir: str, n_vocab: int) -> list:
-    from ..convert.vocab import bert_vocab
+    from ..gguf_io.vocab import bert_vocab
     return bert_vocab(hf_dir, n_vocab=n_vocab)
 
 
