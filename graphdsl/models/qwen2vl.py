@@ -49,33 +49,21 @@ Grid = tuple[int, int, int]  # (t, h, w) in patches: t temporal patches of h x w
 
 
 @dataclass(frozen=True)
-class Qwen2VLConfig(VitHparams):
-    """Tower hyperparameters (``VitHparams``), the merger's width and the Qwen-specific geometry.
+class MergerTower(VitHparams):
+    """What the Qwen towers' configs share (Qwen2-VL, 2.5-VL, 3-VL): two-frame patches, 2-D RoPE
+    heads, a merger of merge x merge patches to width n_mm_embd (the decoder's)."""
 
-    window_size / fullatt are Qwen2.5-VL's: windows of window_size pixels in every layer not
-    listed in fullatt (0: full attention everywhere, as Qwen2-VL).
-    """
-
-    image_size: int = 560  # llama.cpp's default for these files; the tower takes any multiple of 28
-    patch_size: int = 14
-    act: str = "gelu_quick"
     n_mm_embd: int = 3584
     merge: int = 2
     temporal_patch: int = 2
     rope_theta: float = 10000.0
-    window_size: int = 0
-    fullatt: tuple[int, ...] = ()
 
-    norm = "layer"  # class-level: the layer kinds of the family, not fields a file stores
-    gated = False
-    projector = "qwen2vl_merger"
-
-    def __post_init__(self):
+    def check_tower(self, what: str) -> None:
         if self.temporal_patch != 2:
-            raise ValueError(f"[qwen2vl] temporal_patch must be 2 (llama.cpp's two patch kernels), "
+            raise ValueError(f"[{what}] temporal_patch must be 2 (llama.cpp's two patch kernels), "
                              f"got {self.temporal_patch}")
         if self.merge < 1 or (self.n_embd // max(self.n_head, 1)) % 4:
-            raise ValueError(f"[qwen2vl] merge {self.merge} must be >= 1 and head_dim "
+            raise ValueError(f"[{what}] merge {self.merge} must be >= 1 and head_dim "
                              f"{self.n_embd // max(self.n_head, 1)} a multiple of 4 (2-D RoPE)")
 
     @property
@@ -85,6 +73,28 @@ class Qwen2VLConfig(VitHparams):
     @property
     def n_patch_in(self) -> int:
         return 3 * self.temporal_patch * self.patch_size ** 2
+
+
+@dataclass(frozen=True)
+class Qwen2VLConfig(MergerTower):
+    """Tower hyperparameters (``VitHparams``), the merger's width and the Qwen-specific geometry.
+
+    window_size / fullatt are Qwen2.5-VL's: windows of window_size pixels in every layer not
+    listed in fullatt (0: full attention everywhere, as Qwen2-VL).
+    """
+
+    image_size: int = 560  # llama.cpp's default for these files; the tower takes any multiple of 28
+    patch_size: int = 14
+    act: str = "gelu_quick"
+    window_size: int = 0
+    fullatt: tuple[int, ...] = ()
+
+    norm = "layer"  # class-level: the layer kinds of the family, not fields a file stores
+    gated = False
+    projector = "qwen2vl_merger"
+
+    def __post_init__(self):
+        self.check_tower("qwen2vl")
 
     @property
     def vit(self) -> blocks.VitParams:
@@ -269,9 +279,10 @@ class Qwen2VLVision(Block):
         return np.stack([tt, hh, ww]).reshape(3, -1) + start, start + max(h, w) // m
 
 
-def build(cfg: Qwen2VLConfig, grids: Sequence[Grid] | None = None) -> Graph:
-    """A graph with input ``pixels`` (packed patches of ``grids``) and output ``embd``."""
-    block = Qwen2VLVision(cfg, grids)
+def build(cfg: Qwen2VLConfig, grids: Sequence[Grid] | None = None, block_type: type | None = None) -> Graph:
+    """A graph with input ``pixels`` (packed patches of ``grids``) and output ``embd``; ``block_type``:
+    a family built on this tower (default ``Qwen2VLVision``)."""
+    block = (block_type or Qwen2VLVision)(cfg, grids)
     g = Graph(cfg.projector)
     g.output("embd", block(g.input("pixels", *block.example)))
     return g

@@ -43,13 +43,14 @@ from gguf import Keys
 
 from .. import blocks, ops
 from ..graph import Graph, Tensor
-from . import settings
 from ..gguf_io import tn
-from .common import VitHparams, weight_shapes_of
+from . import qwen2vl, settings
+from .common import weight_shapes_of
 from .gguf_keys import T
 from .hf import convert_state, hf_dict, sub
-from .qwen2vl import (PREFIXES, Grid, Qwen2VLVision, SmartResize, _CLIP_NORM, _patch_kernel, _rope_hook, frame_lengths,
-                      frames, gguf_kw, n_tokens, processor_settings, rope_positions, split_qwen, vision_settings)
+from .qwen2vl import (PREFIXES, Grid, MergerTower, Qwen2VLVision, SmartResize, _CLIP_NORM, _patch_kernel, _rope_hook,
+                      frame_lengths, frames, gguf_kw, n_tokens, processor_settings, rope_positions, split_qwen,
+                      vision_settings)
 from .qwen2vl import config_to_gguf as _qwen2_keys
 from .registry import Arch, register
 
@@ -57,7 +58,7 @@ KEY_DEEPSTACK = Keys.ClipVision.IS_DEEPSTACK_LAYERS
 
 
 @dataclass(frozen=True)
-class Qwen3VLConfig(VitHparams):
+class Qwen3VLConfig(MergerTower):
     """Tower hyperparameters (``VitHparams``), the merger's width, the position table and the
     deepstack layers (HF ``deepstack_visual_indexes``, ascending: the order of the output blocks).
 
@@ -71,36 +72,19 @@ class Qwen3VLConfig(VitHparams):
     n_head: int = 16
     n_layer: int = 27
     act: str = "gelu"
-    n_mm_embd: int = 3584
-    merge: int = 2
-    temporal_patch: int = 2
-    rope_theta: float = 10000.0
     n_pos: int = 2304
     deepstack: tuple[int, ...] = (8, 16, 24)
 
     projector = "qwen3vl_merger"
 
     def __post_init__(self):
-        if self.temporal_patch != 2:
-            raise ValueError(f"[qwen3vl] temporal_patch must be 2 (llama.cpp's two patch kernels), "
-                             f"got {self.temporal_patch}")
-        if self.merge < 1 or (self.n_embd // max(self.n_head, 1)) % 4:
-            raise ValueError(f"[qwen3vl] merge {self.merge} must be >= 1 and head_dim "
-                             f"{self.n_embd // max(self.n_head, 1)} a multiple of 4 (2-D RoPE)")
+        self.check_tower("qwen3vl")
         if self.n_pos < 1:
             raise ValueError(f"[qwen3vl] n_pos (num_position_embeddings) must be >= 1, got {self.n_pos}")
         ds = tuple(self.deepstack)
         if list(ds) != sorted(set(ds)) or any(not 0 <= i < self.n_layer for i in ds):
             raise ValueError(f"[qwen3vl] deepstack layers {ds} must be ascending, distinct and in "
                              f"0..{self.n_layer - 1}")
-
-    @property
-    def n_out(self) -> int:
-        return self.n_mm_embd
-
-    @property
-    def n_patch_in(self) -> int:
-        return 3 * self.temporal_patch * self.patch_size ** 2
 
     @property
     def side(self) -> int:
@@ -209,10 +193,7 @@ class Qwen3VLVision(Qwen2VLVision):
 
 def build(cfg: Qwen3VLConfig, grids: Sequence[Grid] | None = None) -> Graph:
     """A graph with input ``pixels`` (packed patches of ``grids``) and output ``embd``."""
-    block = Qwen3VLVision(cfg, grids)
-    g = Graph(cfg.projector)
-    g.output("embd", block(g.input("pixels", *block.example)))
-    return g
+    return qwen2vl.build(cfg, grids, Qwen3VLVision)
 
 
 def weight_shapes(cfg: Qwen3VLConfig) -> dict[str, tuple[int, ...]]:
