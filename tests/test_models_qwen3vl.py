@@ -231,8 +231,9 @@ def _hf_processed(folder, paths):
 
 
 def embed_file(gguf, paths, backend="cpu"):
-    """from_gguf, the arch's frames hook on each file (the file's carried processor settings) and one
-    packed graph: the rows ``graphdsl embed`` will give once the embedder splits the deepstack columns."""
+    """from_gguf, the arch's prepare hook on each file (the file's carried processor settings) and one
+    packed graph: mtmd's rows [embedding | deepstack 0 | ...], which ``graphdsl embed`` splits into -o and
+    the per-layer file."""
     m = graphdsl.models.from_gguf(gguf)
     pixels = [m.archs["image"].prepare(str(p), m) for p in paths]
     x, grids = m.vision.items(pixels)
@@ -258,9 +259,17 @@ def test_hf_folder_converts_and_matches(tiny, tmp_path, outtype, bound):
     np.testing.assert_array_equal(x, pv)
     assert m.archs["image"] is qwen3vl.ARCH
     assert m.vision.cfg == c.__class__(**{**c.__dict__, "wtypes": m.vision.cfg.wtypes, "wtype": m.vision.cfg.wtype})
-    err = rel_err(got, _hf_stack(model, pv, grids))
+    ref = _hf_stack(model, pv, grids)
+    err = rel_err(got, ref)
     print(f"qwen3vl convert {outtype}: {err:.2e}")
     assert err <= bound
+    # through `graphdsl embed`: the decoder's rows in -o, the deepstack features beside them, zero nowhere
+    # here (media alone), named in the spans file
+    cli("embed", "--mmproj", gguf, "--image", paths[0], "--image", paths[1], "-o", tmp_path / "e.npy")
+    rows, layers = np.load(tmp_path / "e.npy"), np.load(tmp_path / "e.per_layer.npy")
+    assert layers.shape == (len(c.deepstack), *rows.shape)
+    assert rel_err(np.concatenate([rows, *layers], axis=1), ref) <= bound
+    assert json.loads((tmp_path / "e.spans.json").read_text())["per_layer"] == "e.per_layer.npy"
 
 
 def test_moe_checkpoint_converts_and_matches(tmp_path):

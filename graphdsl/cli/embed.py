@@ -45,10 +45,15 @@ def cmd_embed(args) -> int:
     print(f"wrote {args.output}: {embd.dtype}{list(embd.shape)}")
     spans = parser.spans_path(args)
     with atomic_open(spans, "w", encoding="utf-8") as fh:  # where a decoder places each chunk's rows
+        layers = {} if out.per_layer is None else {"per_layer": os.path.basename(parser.per_layer_path(args))}
         json.dump({"embeddings": os.path.basename(args.output), "shape": list(embd.shape), "dtype": "float32",
-                   "spans": [dataclasses.asdict(s) for s in out.spans]}, fh, indent=1)
+                   **layers, "spans": [dataclasses.asdict(s) for s in out.spans]}, fh, indent=1)
         fh.write("\n")
     print(f"wrote {spans}: {len(out.spans)} spans")
+    if out.per_layer is not None:  # the decoder adds them into its first layers' outputs at these rows
+        layers = np.ascontiguousarray(out.per_layer, dtype=np.float32)
+        save(parser.per_layer_path(args), layers)
+        print(f"wrote {parser.per_layer_path(args)}: per-layer features {layers.dtype}{list(layers.shape)}")
     if args.positions:
         save(args.positions, out.positions)
         print(f"wrote {args.positions}: {out.positions.dtype}{list(out.positions.shape)}")

@@ -74,7 +74,8 @@ def outputs(args) -> list[tuple[str, str, list]]:
         ins = [args.mmproj, args.text_model, args.tokenizer, *(args.image or []), *(args.audio or [])]
         return [(opt, path, ins) for opt, path in (("-o", args.output), ("--spans", spans_path(args)),
                                                    ("--cross-output", args.cross_output),
-                                                   ("--positions", args.positions)) if path]
+                                                   ("--positions", args.positions),
+                                                   ("--per-layer", per_layer_path(args))) if path]
     if cmd == "preprocess" and args.output:
         media = args.inputs if args.kind != "text" else []  # text inputs are words, not files
         return [("-o", args.output, [*media, args.mmproj, args.tokenizer, args.text_model])]
@@ -99,6 +100,15 @@ def spans_path(args) -> str:
         return args.spans
     root, ext = os.path.splitext(args.output)
     return (root if ext else args.output) + ".spans.json"
+
+
+def per_layer_path(args) -> str:
+    """Where `embed` writes per-layer features (Qwen3-VL's deepstack) when the batch has them:
+    --per-layer, else the output's name with .per_layer.npy for its suffix."""
+    if args.per_layer:
+        return args.per_layer
+    root, ext = os.path.splitext(args.output)
+    return (root if ext else args.output) + ".per_layer.npy"
 
 
 def check_args(args) -> None:
@@ -244,6 +254,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--audio", action="append", help="audio file, in marker order (repeatable)")
     p.add_argument("--positions", help="also save every row's M-RoPE (t, h, w) ids, int32 [3, n_tokens] "
                                        "(.npy; Qwen-VL mmproj files)")
+    p.add_argument("--per-layer", metavar="NPY", help="where to save per-layer features (Qwen3-VL's deepstack), "
+                   "f32 [n_layers, n_tokens, n_embd], zero on rows of other chunks, when the batch has them "
+                   "(default: the output's name with .per_layer.npy as its suffix)")
     seq = p.add_mutually_exclusive_group()
     seq.add_argument("--prompt", help='text with <image> / <audio> markers, e.g. "USER: <image> what is this?"')
     seq.add_argument("--tokens", help='token ids with markers, e.g. "1,2,<image>,3"')

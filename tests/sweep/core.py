@@ -178,7 +178,11 @@ def _embed(entry: Entry, gguf: Path, paths: list[Path], work: Path, tag: str) ->
     out = work / f"e{tag}.npy"
     args = entry.embed_args(gguf, paths, work) if entry.embed_args else ["--mmproj", gguf, *_media_args(paths)]
     cli("embed", *args, "-o", out, "--backend", "cpu", "--threads", "1", "-f")
-    return entry.read(work) if entry.read else np.load(out)
+    if entry.read:
+        return entry.read(work)
+    layers = out.with_suffix(".per_layer.npy")  # deepstack features: mtmd's [embedding | layer 0 | ...] rows
+    rows = np.load(out)
+    return np.concatenate([rows, *np.load(layers)], axis=1) if layers.exists() else rows
 
 
 def _cli_part(entry: Entry, res: Result, folder: Path, paths: list[Path], work: Path, ref, ref_wrong,
