@@ -18,7 +18,7 @@ llama.cpp (tools/mtmd/models/llava.cpp) differs in two places, and graphdsl foll
 it hard-codes a 24 x 24 grid (graphdsl takes the tower's grid, any even size), and it appends
 the class token *after* the patches while numbering positions as if it came first, then drops
 row 0 (a patch) and keeps the class token (upstream issue #25814). For towers without a class
-token the two agree (tests/test_mtmd_mobilevlm.py compares both cases).
+token the two agree (tests/models/test_mtmd_mobilevlm.py compares both cases).
 
 Example:
     >>> cfg = MobileVLMConfig(image_size=48, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2,

@@ -15,7 +15,7 @@ processor / feature extractor (``preprocessor_config.json``) is, by one ``Settin
 
 A path is dotted (``size.longest_edge``, ``vision_config.image_size``); one ending in ``.*``
 covers a whole sub-dict (``text_config.*``). Fields every HF config or processor has are
-declared once here (``COMMON_CONFIG``, ``COMMON_PROCESSOR``). tests/test_settings.py lists the
+declared once here (``COMMON_CONFIG``, ``COMMON_PROCESSOR``). tests/models/test_settings.py lists the
 fields of each arch's HF classes and fails on any that is not declared.
 
     >>> s = Setting("processor", "do_image_splitting", carry="graphdsl.idefics3.do_image_splitting", default=True)

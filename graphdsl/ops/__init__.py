@@ -1,7 +1,7 @@
 """The op registry and the public op builders (`from graphdsl import ops; ops.mul_mat(x, w)`).
 
 The builders are imported by name, not copied in from `OPS_API` at import time, so that readers
-and type checkers can follow `ops.gelu` to its definition; tests/test_ops.py checks that every
+and type checkers can follow `ops.gelu` to its definition; tests/ops/test_ops.py checks that every
 builder in `OPS_API` is here.
 """
 from . import const, conv, elementwise, linalg, reduce, rope, shape  # noqa: F401 - registers the ops

@@ -9,7 +9,7 @@ The STFT runs in float64 NumPy (pocketfft), block by block so that 10 minutes of
 materialises a [60000, 400] frame matrix; the mel projection and the log run in float32 like the
 reference. The result is within 3e-7 of HF's float64 NumPy path; against torch's float32 STFT
 (openai-whisper, HF with torch) the difference is that reference's own rounding, up to ~4e-5 in
-mel bins ~70 dB below the frame's peak (see tests/test_preprocess_audio.py).
+mel bins ~70 dB below the frame's peak (see tests/models/test_preprocess_audio.py).
 
 Example:
     >>> from graphdsl.preprocess import audio
