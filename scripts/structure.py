@@ -240,7 +240,10 @@ def main(argv=None) -> int:
     ap.add_argument("--packages", action="store_true", help="each subpackage one node (default: each file)")
     ap.add_argument("--root", type=Path, default=ROOT, help="the package folder (default: graphdsl/)")
     args = ap.parse_args(argv)
-    report(structure(args.root, args.packages))
+    try:
+        report(structure(args.root, args.packages))
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        sys.stdout = None
     return 0
 
 

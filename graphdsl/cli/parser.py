@@ -11,6 +11,7 @@ import math
 import os
 
 from ..fileio import check_output
+from ..options import RunOptions
 
 
 # -- option types ---------------------------------------------------------------------------------
@@ -149,7 +150,8 @@ def _force(p) -> None:
     p.add_argument("-f", "--force", action="store_true", help="replace an existing output file (never an input)")
 
 
-def _run_opts(p, backend: str = "cpu") -> None:
+def _run_opts(p) -> None:
+    backend = RunOptions().backend  # the one default every entry point shares
     p.add_argument("--backend", default=backend,
                    help=f'"cpu", "auto" (accelerators first), "cuda", "metal", "blas" or a device name (default: {backend})')
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for ggml (default: all cores)")
@@ -266,7 +268,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--cross-output", help="where to save cross-attention memories (mllama images: .npz with "
                                           "memory.N, index, n_valid, start, end); needed when there are any")
     _force(p)
-    _run_opts(p, "auto")
+    _run_opts(p)
     _limit_opts(p)
     _finite_opt(p)
 
@@ -347,7 +349,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                 description="Build (cached) a CLIP+LLaVA / Whisper+Voxtral / token-table model as GGUF, "
                             "pre-process the bundled image and speech clip, run [text, image, text, audio, "
                             "text] as one graph and print the summary, placement and timings.")
-    _run_opts(p, "auto")
+    _run_opts(p)
     p.add_argument("--spec", default="small", choices=["small", "tiny"], help="model size (default: small)")
     p.add_argument("--cache", help="where to keep the model files (default: $GRAPHDSL_CACHE or ~/.cache/graphdsl)")
     p.add_argument("--no-draw", action="store_true", help="skip the graph drawing")

@@ -81,6 +81,7 @@ class VisionConfig:
     projector_act: str = "gelu"  # activation inside the mlp projector
     select: str = "full"  # "default": the class token is dropped before the projector (LLaVA)
     n_merge: int = 0  # patch-merge factor llama.cpp hard-codes for some projectors (0: none)
+    written_type: str = ""  # the projector type as the file names it, before llama.cpp's reading (qwen2.5o)
 
     @property
     def n_patches(self) -> int:
@@ -109,6 +110,7 @@ class AudioConfig:
     n_fft: int = 400
     hop_length: int = 160
     chunk_seconds: int = 30
+    written_type: str = ""  # the projector type as the file names it, before llama.cpp's reading (qwen2.5o)
 
 
 @dataclass
@@ -171,8 +173,9 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
     return cfg, tensors
 
 
-def _projector(f: GGUFFile, modality_key: str, modality: str, quirks: list[str]) -> str:
-    proj = metadata_value(f, Keys.Clip.PROJECTOR_TYPE, str, "") or metadata_value(f, modality_key, str, "")
+def _projector(f: GGUFFile, modality_key: str, modality: str, quirks: list[str]) -> tuple[str, str]:
+    """(the projector type as llama.cpp reads it, as the file writes it)."""
+    proj = written = metadata_value(f, Keys.Clip.PROJECTOR_TYPE, str, "") or metadata_value(f, modality_key, str, "")
     if not proj and modality == "vision":
         proj = "mlp"
         quirks.append("no projector_type: llama.cpp assumes 'mlp' (LLaVA) for vision")
@@ -181,7 +184,7 @@ def _projector(f: GGUFFile, modality_key: str, modality: str, quirks: list[str])
         quirks.append(f"projector_type 'qwen2.5o' read as {proj!r} for {modality}")
     if proj not in PROJECTOR_TYPES:
         raise f.error(f"unknown {modality} projector type {proj!r}; known: {', '.join(sorted(PROJECTOR_TYPES))}")
-    return proj
+    return proj, written or proj
 
 
 def _act(f: GGUFFile, proj: str, modality: str) -> str:
@@ -234,7 +237,7 @@ def _stored_blocks(f: GGUFFile, prefix: str) -> int:
 
 def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfig:
     V = Keys.ClipVision
-    proj = _projector(f, V.PROJECTOR_TYPE, "vision", quirks)
+    proj, written = _projector(f, V.PROJECTOR_TYPE, "vision", quirks)
     dims = _encoder_dims(f, V, "v", quirks)
     image_size, patch = metadata_value(f, V.IMAGE_SIZE, int), metadata_value(f, V.PATCH_SIZE, int)
     if patch == 0 or image_size < patch:
@@ -269,7 +272,8 @@ def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfi
         raise f.error(f"{KEY_SELECT} must be 'default' or 'full', got {select!r}")
     cfg = VisionConfig(proj, image_size, patch, image_mean=tuple(map(float, mean)), image_std=tuple(map(float, std)),
                        feature_layer=feature_layer, act=_act(f, proj, "vision"),
-                       projector_act=metadata_value(f, KEY_MM_ACT, str, "gelu"), select=select, n_merge=n_merge, **dims)
+                       projector_act=metadata_value(f, KEY_MM_ACT, str, "gelu"), select=select, n_merge=n_merge,
+                       written_type=written, **dims)
     fix_ffn_swap(f, tensors, "v", cfg.n_embd, cfg.n_layer, proj, quirks)
     cfg.n_ff = ffn_width(tensors, "v", cfg.n_ff, proj, quirks)
     _check_vision(f, tensors, cfg)
@@ -278,12 +282,12 @@ def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfi
 
 def _audio_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> AudioConfig:
     A = Keys.ClipAudio
-    proj = _projector(f, A.PROJECTOR_TYPE, "audio", quirks)
+    proj, written = _projector(f, A.PROJECTOR_TYPE, "audio", quirks)
     dims = _encoder_dims(f, A, "a", quirks)
     need_stack = proj in ("ultravox", "voxtral", "glma")
     stack = metadata_value(f, A.Projector.STACK_FACTOR, int, _REQUIRED if need_stack else 0)
     cfg = AudioConfig(proj, metadata_value(f, A.NUM_MEL_BINS, int), stack_factor=stack, act=_act(f, proj, "audio"),
-                      projector_act=metadata_value(f, KEY_AUDIO_MM_ACT, str, "gelu_erf"), **dims)
+                      projector_act=metadata_value(f, KEY_AUDIO_MM_ACT, str, "gelu_erf"), written_type=written, **dims)
     if cfg.n_mel == 0:
         raise f.error("clip.audio.num_mel_bins must be > 0")
     widest = max((d for t in f.tensors.values() for d in t.shape), default=0)

@@ -89,7 +89,7 @@ def arch_for(mmproj_config, section: str) -> Arch:
     """The registered arch that builds a file's "vision" or "audio" encoder (ValueError naming
     the file and the supported projector types)."""
     sec = getattr(mmproj_config, section)
-    return registry.for_projector(section, sec.projector_type, mmproj_config)
+    return registry.for_projector(section, sec.projector_type, mmproj_config, written=sec.written_type)
 
 
 def from_gguf(path: str | os.PathLike, *, check_finite: bool = True) -> Mmproj:

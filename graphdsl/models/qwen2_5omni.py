@@ -97,6 +97,6 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "qwen2_5omni", "image", Qwen25VLVision, Qwen25VLConfig, config_from_hf, config_from_gguf, config_to_gguf,
-    hf_to_gguf, projectors=("qwen2.5vl_merger",), hf_model_types=("qwen2_5_omni_thinker", WHOLE), claims=omni_file,
+    hf_to_gguf, projectors=("qwen2.5o",), hf_model_types=("qwen2_5_omni_thinker", WHOLE),
     image=SmartResize("qwen2vl", **_CLIP_NORM), prepare=frames, companions=("qwen2_5omni_audio",),
     settings=SETTINGS, examples=qwen2_5vl.ARCH.examples))

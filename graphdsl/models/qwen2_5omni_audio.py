@@ -342,7 +342,7 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "qwen2_5omni_audio", "audio", Qwen25OmniAudio, Qwen25OmniAudioConfig, config_from_hf, config_from_gguf,
-    config_to_gguf, hf_to_gguf, projectors=("qwen2a",), hf_model_types=("qwen2_5_omni_audio_encoder",),
-    claims=omni_file, prepare=features_of, settings=SETTINGS,
+    config_to_gguf, hf_to_gguf, projectors=("qwen2.5o",), hf_model_types=("qwen2_5_omni_audio_encoder",),
+    prepare=features_of, settings=SETTINGS,
     examples=(Qwen25OmniAudioConfig(n_mel=16, n_ctx=40, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_window=5,
                                     n_mm_embd=48),)))

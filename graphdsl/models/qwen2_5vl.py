@@ -111,11 +111,6 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, PREFIXES, rules, weight_shapes(cfg), "qwen2_5vl", fix=split_qwen)
 
 
-def _not_omni(m) -> bool:
-    from .qwen2_5omni_audio import omni_file  # Qwen2.5-Omni's "qwen2.5o" is read as this projector type
-    return not omni_file(m)
-
-
 SETTINGS = (
     *vision_settings(),
     settings.carried("config", "vision_config.hidden_size", Keys.ClipVision.EMBEDDING_LENGTH),
@@ -129,7 +124,7 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "qwen2_5vl", "image", Qwen25VLVision, Qwen25VLConfig, config_from_hf, config_from_gguf, config_to_gguf,
-    hf_to_gguf, projectors=("qwen2.5vl_merger",), hf_model_types=("qwen2_5_vl",), claims=_not_omni,
+    hf_to_gguf, projectors=("qwen2.5vl_merger",), hf_model_types=("qwen2_5_vl",),
     image=SmartResize("qwen2vl", **_CLIP_NORM), prepare=frames, settings=SETTINGS,
     examples=(Qwen25VLConfig(image_size=56, n_embd=32, n_ff=48, n_head=4, n_layer=4, n_mm_embd=24, window_size=56,
                              fullatt=(1, 3)),)))

@@ -160,11 +160,15 @@ def _modality(section: str) -> str:
     return {"vision": "image", "image": "image", "audio": "audio"}[section]
 
 
-def for_projector(section: str, projector: str, mmproj_config, *, what: str = "") -> Arch:
+def for_projector(section: str, projector: str, mmproj_config, *, what: str = "", written: str = "") -> Arch:
     """The arch that builds a file's vision or audio encoder (ValueError naming the file and the
-    projector types graphdsl builds)."""
+    projector types graphdsl builds). ``written``: the type as the file names it where llama.cpp
+    reads it as another (Qwen2.5-Omni's "qwen2.5o" is "qwen2.5vl_merger" for vision): archs that
+    name the written type serve the file before those of the type it is read as."""
     modality = _modality(section)
-    serving = [a for a in ARCHS.values() if a.modality == modality and projector in a.projectors]
+    serving = [a for a in ARCHS.values() if a.modality == modality and written and written != projector
+               and written in a.projectors]
+    serving = serving or [a for a in ARCHS.values() if a.modality == modality and projector in a.projectors]
     fits = [a for a in serving if a.claims(mmproj_config)]
     if len(fits) == 1:
         return fits[0]
