@@ -174,6 +174,13 @@ def _finite_opt(p) -> None:
                    help="load GGUF weights that hold NaN or inf (refused by default)")
 
 
+def _embed_opts(p) -> None:
+    """What `embed` and `embed-dataset` share: how to run, the input caps, the weights check."""
+    _run_opts(p)
+    _limit_opts(p)
+    _finite_opt(p)
+
+
 def _model_opts(p) -> None:
     _finite_opt(p)
     p.add_argument("model", nargs="?", default="demo",
@@ -268,9 +275,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--cross-output", help="where to save cross-attention memories (mllama images: .npz with "
                                           "memory.N, index, n_valid, start, end); needed when there are any")
     _force(p)
-    _run_opts(p)
-    _limit_opts(p)
-    _finite_opt(p)
+    _embed_opts(p)
 
     p = command("embed-dataset", help="embed a folder or manifest into sharded Parquet (resumable; workers or Ray)",
                 description="Embed every item of a folder (one item per image / audio file) or a CSV / JSONL / "
@@ -293,9 +298,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                    help="an item that fails: stop the run (default), or skip it, list it with its error in "
                         "OUT/_failed.jsonl and go on (a resume does not retry it; --force does)")
-    _run_opts(p)
-    _limit_opts(p)
-    _finite_opt(p)
+    _embed_opts(p)
 
     p = command("preprocess", help="pre-process images, audio or text as the encoders want them",
                 description="CPU pre-processing: image -> f32 [3, H, W] (or an arch's tiles, masks ...), audio -> "
