@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-isa test-sweep test-ray test-backends test-cuda test-mtmd install runtime bench portable-venv stub clean
+.PHONY: demo test test-core test-isa test-sweep test-ray test-backends test-cuda test-mtmd install runtime bench portable-venv stub clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,7 +45,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test]" $(ONEDNN_FLAG)
 	$(BIN)/pip install -q --no-deps $(REFDATA)
 	@# HF's Phi-4 image processor needs torchvision; its wheel here is a CUDA build that breaks
-	@# `import transformers` model classes once in the venv, so it goes beside it (tests/phi4_hf.py)
+	@# `import transformers` model classes once in the venv, so it goes beside it (tests/support/phi4_hf.py)
 	@# (optional: without it those tests skip, so a machine that cannot get the wheel still tests the rest)
 	test -d build/tv-site/torchvision || $(BIN)/pip install -q --no-deps --target build/tv-site "torchvision==0.28.0" \
 		|| echo "torchvision 0.28.0 unavailable: the Phi-4 image-processor parity tests will skip"
@@ -60,18 +60,27 @@ runtime: $(BIN)/python
 demo: runtime
 	$(BIN)/graphdsl demo
 
+# Tests by what they need: tests/unit (NumPy, the graph), tests/ops (the extension), tests/models
+# (HF references), tests/cli (the command line as a user runs it); helpers in tests/support. The core
+# starts no child process (GRAPHDSL_TEST_CORE=1 makes starting one an error, so a test that needs one
+# must be marked `children`); make test runs it, then the marked tests: every test once.
 # pytest exits 5 when it collects nothing; that is a failure here too.
+CORE := GRAPHDSL_TEST_CORE=1 $(BIN)/python -m pytest -q -rs -m "not children"
+test-core: install
+	$(CORE) tests/unit tests/ops tests/models
+
 test: install
-	$(BIN)/python -m pytest -q -rs tests
+	$(CORE) tests
+	$(BIN)/python -m pytest -q -rs -m children tests
 
 # The ISA-dependent suites as a 2-core AVX2 machine (AMD EPYC Zen 3: no AVX-512, BF16 or AMX) runs
 # them, on any x86 machine: ggml from PyPI's portable AVX2 wheel (no llamafile), unpacked into
 # build/ and found through LD_LIBRARY_PATH before the venv's tuned libggml (the extension's RUNPATH
 # comes after it), and oneDNN capped by ONEDNN_MAX_CPU_ISA=AVX2 (no bf16 kernel). No second venv;
-# tests/test_isa.py fails if either cap did not take.
+# tests/ops/test_isa.py fails if either cap did not take.
 ISA_GGML := build/ggml-portable
-ISA_SUITES := tests/test_isa.py tests/test_ops.py tests/test_onednn_backend.py tests/test_precision_weights.py \
-	tests/test_executor.py tests/test_gguf_quant.py tests/test_layouts.py tests/test_models_clip.py
+ISA_SUITES := tests/ops/test_isa.py tests/ops/test_ops.py tests/ops/test_onednn_backend.py tests/ops/test_precision_weights.py \
+	tests/ops/test_executor.py tests/ops/test_gguf_quant.py tests/ops/test_layouts.py tests/models/test_models_clip.py
 test-isa: install
 	test -e $(ISA_GGML)/libggml/lib64/libggml.so.0 || { rm -rf $(ISA_GGML) && \
 	  $(BIN)/python -m pip download -q --no-deps --only-binary :all: -d $(ISA_GGML) "libggml-python==0.20.2.post1" && \
@@ -79,7 +88,7 @@ test-isa: install
 	LD_LIBRARY_PATH=$(CURDIR)/$(ISA_GGML)/libggml/lib64$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
 	ONEDNN_MAX_CPU_ISA=AVX2 GRAPHDSL_EXPECT_ISA=avx2 $(BIN)/python -m pytest -q -rs -p no:cacheprovider $(ISA_SUITES)
 
-# The config sweep (tests/sweep/, issue 23): 20 random but valid configs of model and processor per
+# The config sweep (tests/support/sweep/, issue 23): 20 random but valid configs of model and processor per
 # arch, each an HF folder -> graphdsl convert -> graphdsl embed (subprocesses) against HF's processor
 # + model (1e-5 rel L2, f32). `make test` runs 2 per arch; a failure prints the command that reruns it.
 SWEEP_N ?= 20
@@ -88,13 +97,13 @@ SWEEP_N ?= 20
 test-sweep: install
 	scripts/build_mtmd.sh --venv $(MTMD_VENV)
 	GRAPHDSL_SWEEP_N=$(SWEEP_N) GRAPHDSL_MTMD_PYTHON=$(MTMD_VENV)/bin/python GRAPHDSL_MTMD_REQUIRED=1 \
-		$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_sweep.py
+		$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/cli/test_sweep.py
 
-# embed-dataset on Ray Data (tests/test_dataset_ray.py, a local 2-CPU Ray on 127.0.0.1): its own
+# embed-dataset on Ray Data (tests/cli/test_dataset_ray.py, a local 2-CPU Ray on 127.0.0.1): its own
 # target, since Ray is a large optional extra and its start-up takes ~20 s.
 test-ray: install
 	$(BIN)/pip install -q -e ".[test,ray]"
-	$(BIN)/python -m pytest -q -rs tests/test_dataset_ray.py
+	$(BIN)/python -m pytest -q -rs tests/cli/test_dataset_ray.py
 
 # A second venv whose libggml is rebuilt from the sdist with BLAS and RPC. The op and model suites
 # then run twice: on BLAS + CPU (a real two-backend schedule with copies between them) and on ggml's
@@ -130,10 +139,10 @@ MTMD_VENV ?= .venv-mtmd
 test-mtmd: install
 	scripts/build_mtmd.sh --venv $(MTMD_VENV)
 	GRAPHDSL_MTMD_PYTHON=$(MTMD_VENV)/bin/python GRAPHDSL_MTMD_REQUIRED=1 \
-		$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/test_mtmd_*.py
+		$(BIN)/python -m pytest -q -rs -p no:cacheprovider tests/models/test_mtmd_*.py
 
 # The extension's type stub (graphdsl/_ggml/*.pyi), regenerated after a binding changes;
-# tests/test_stub.py fails until it is.
+# tests/ops/test_stub.py fails until it is.
 stub: install
 	$(BIN)/pip install -q "pybind11-stubgen>=2.5"
 	$(BIN)/pybind11-stubgen graphdsl._ggml -o build/stubs

@@ -4,7 +4,7 @@
 
 Each case writes one mmproj GGUF (random f32 weights at a realistic size) and a text GGUF of the
 projector's width, then times the encoder on one input: mtmd as ``mtmd_encode_chunk`` (summed
-over the image chunks: MiniCPM-V's overview + slices) in tests/mtmd_ref.py under the mtmd venv
+over the image chunks: MiniCPM-V's overview + slices) in tests/support/mtmd_ref.py under the mtmd venv
 (``make test-mtmd`` builds it), graphdsl as one compiled mixed batch of the same chunks (compile
 and pre-processing excluded on both sides). Best of ``repeat`` each; ratio = graphdsl / mtmd
 (< 1: graphdsl faster). graphdsl runs its exact f32 policy unless --precision fast.

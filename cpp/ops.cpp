@@ -38,7 +38,6 @@ void register_ops(py::module_ & root) {
     binary<ggml_div>(m, "div", "a / b, b repeated to a's shape");
     binary<ggml_mul_mat>(m, "mul_mat", "ggml_mul_mat(a[k, n], b[k, m]) -> [n, m]");
     binary<ggml_get_rows>(m, "get_rows", "rows of a (any type) picked by i32 indices b -> f32");
-    binary<ggml_repeat>(m, "repeat", "a tiled to b's shape");
 
     unary<ggml_neg>(m, "neg", "-x");
     unary<ggml_sqr>(m, "sqr", "x * x");
@@ -99,14 +98,6 @@ void register_ops(py::module_ & root) {
     }, py::arg("ctx"), py::arg("k"), py::arg("x"), py::arg("s0"), py::arg("s1"), py::arg("p0"), py::arg("p1"),
        py::arg("d0"), py::arg("d1"), py::arg("is_2d"), py::arg("dst_type"),
        "unfold patches; dst_type f16 is ggml's fast path, f32 keeps full precision");
-    m.def("conv_1d", [](Ctx c, const Tensor & k, const Tensor & x, int s0, int p0, int d0) {
-        return wrap(c, ggml_conv_1d(fit(c), raw(k), raw(x), s0, p0, d0));
-    }, py::arg("ctx"), py::arg("k"), py::arg("x"), py::arg("s0"), py::arg("p0"), py::arg("d0"),
-       "im2col (f16) + mul_mat");
-    m.def("conv_2d", [](Ctx c, const Tensor & k, const Tensor & x, int s0, int s1, int p0, int p1, int d0, int d1) {
-        return wrap(c, ggml_conv_2d(fit(c), raw(k), raw(x), s0, s1, p0, p1, d0, d1));
-    }, py::arg("ctx"), py::arg("k"), py::arg("x"), py::arg("s0"), py::arg("s1"), py::arg("p0"), py::arg("p1"),
-       py::arg("d0"), py::arg("d1"), "im2col (f16) + mul_mat");
     m.def("pool_2d", [](Ctx c, const Tensor & a, int op, int k0, int k1, int s0, int s1, float p0, float p1) {
         return wrap(c, ggml_pool_2d(fit(c), raw(a), (ggml_op_pool) op, k0, k1, s0, s1, p0, p1));
     }, py::arg("ctx"), py::arg("a"), py::arg("op"), py::arg("k0"), py::arg("k1"), py::arg("s0"), py::arg("s1"),

@@ -19,34 +19,38 @@ preload_pip_cuda()
 
 from . import dtypes, ops  # noqa: E402
 from .graph import Graph, Node, Tensor  # noqa: E402
+from .options import RunOptions  # noqa: E402
 
-__all__ = ["Graph", "Node", "Tensor", "ops", "dtypes", "compile", "devices"]
+__all__ = ["Graph", "Node", "Tensor", "ops", "dtypes", "compile", "devices", "RunOptions"]
 __version__ = "0.1.0"
 
 
-def compile(graph: Graph, backend: str = "cpu", *, n_threads: int | None = None, precision: str = "f32",
-            weights=None, strict: bool = False, max_programs: int | None = None):
+def compile(graph: Graph, backend: str | None = None, *, options: RunOptions | None = None,
+            n_threads: int | None = None, precision: str | None = None, weights=None, strict: bool | None = None,
+            max_programs: int | None = None):
     """Compile a graph for a backend; calling the result with NumPy inputs returns NumPy outputs.
 
     Args:
         graph: the Graph to run.
-        backend: "reference" (NumPy interpreter), "cpu", "auto" (accelerators first, CPU last),
-            a backend family ("cuda", "metal", "blas") or a device name from devices().
-        n_threads: CPU threads for ggml, 1..min(512, 4 x cores) (default: all cores).
-        precision: "f32" lowers to exact f32 forms (with f16/bf16/quantized weights, ggml rounds
-            the activations to the weight's dot type first: README, Precision policy); "fast" takes
-            ggml's f16 fast paths.
+        options: a ``RunOptions`` (default: ``RunOptions()``: backend "auto", precision "f32").
+        backend, n_threads, precision, strict, max_programs: shorthands for the ``RunOptions``
+            fields of those names (``RunOptions.of``): backend "reference" (NumPy interpreter),
+            "cpu", "auto" (accelerators first, CPU last), a backend family ("cuda", "metal",
+            "blas") or a device name from devices(); precision "f32" lowers to exact f32 forms
+            (with f16/bf16/quantized weights, ggml rounds the activations to the weight's dot
+            type first: README, Precision policy), "fast" takes ggml's f16 fast paths; strict
+            raises if the scheduler would move any node off the first device (no CPU fallback).
         weights: a mapping name -> array to bind now (or call .load_weights later).
-        strict: raise if the scheduler would move any node off the first device (no CPU fallback).
-        max_programs: how many input-shape programs a ggml executor keeps (least recently used
-            freed first; default backends.ggml.MAX_PROGRAMS).
     """
-    if backend == "reference":
+    o = RunOptions.of(options, backend=backend, n_threads=n_threads, precision=precision, strict=strict,
+                      max_programs=max_programs)
+    if o.backend == "reference":
         from .backends.reference import ReferenceExecutor
         return ReferenceExecutor(graph, weights)
     from .backends.ggml import GGMLExecutor
-    kw = {} if max_programs is None else {"max_programs": max_programs}
-    return GGMLExecutor(graph, backend, n_threads=n_threads, precision=precision, weights=weights, strict=strict, **kw)
+    kw = {} if o.max_programs is None else {"max_programs": o.max_programs}
+    return GGMLExecutor(graph, o.backend, n_threads=o.n_threads, precision=o.precision, weights=weights,
+                        strict=o.strict, **kw)
 
 
 def devices() -> list[dict]:

@@ -10,7 +10,8 @@
    and split a prompt with `<image>` / `<audio>` markers into [text, image, text, audio, text].
 4. Build that mixed batch as ONE graph (`graphdsl.embed.build_mixed`) and run it on the best
    device ("auto": accelerators first, CPU last).
-5. Print the summary, placement, per-stage timings and output shape; draw the graph.
+5. Return the timings, spans, graph and executor; `graphdsl demo` (graphdsl.cli.demo) prints the
+   summary, placement, per-stage timings and output shape, and draws the graph.
 
     >>> from graphdsl.demo import run_demo
     >>> result = run_demo()                     # doctest: +SKIP
@@ -18,7 +19,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import inspect
 from .models import Mmproj, from_gguf
 from .models import text as text_models
 from .models.clip import ClipConfig
@@ -48,21 +47,20 @@ class DemoSpec:
     n_embd: int  # the decoder's width: both projectors and the token table produce it
 
 
+def _spec(n_embd: int, clip: dict, whisper: dict) -> DemoSpec:
+    """A CLIP tower (LLaVA-style feature layer -2) and a Whisper encoder (80 mels, 4 frames a row)
+    whose projectors both give the decoder's width ``n_embd``."""
+    return DemoSpec(ClipConfig(**clip, feature_layer=-2, n_mm_embd=n_embd),
+                    WhisperEncConfig(n_mel=80, n_ctx=1500, stack_factor=4, n_mm_embd=n_embd, **whisper), n_embd)
+
+
 SPECS = {
-    # ViT-Ti/16 @ 224 (LLaVA-style feature layer -2) and the Whisper-tiny encoder, at a 512-wide decoder.
-    "small": DemoSpec(
-        ClipConfig(image_size=224, patch_size=16, n_embd=192, n_ff=768, n_head=3, n_layer=12, feature_layer=-2,
-                   n_mm_embd=512),
-        WhisperEncConfig(n_mel=80, n_ctx=1500, n_embd=384, n_head=6, n_layer=4, n_ff=1536, stack_factor=4,
-                         n_mm_embd=512),
-        512),
+    # ViT-Ti/16 @ 224 and the Whisper-tiny encoder, at a 512-wide decoder.
+    "small": _spec(512, dict(image_size=224, patch_size=16, n_embd=192, n_ff=768, n_head=3, n_layer=12),
+                   dict(n_embd=384, n_head=6, n_layer=4, n_ff=1536)),
     # For tests: the same structure, tiny widths.
-    "tiny": DemoSpec(
-        ClipConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=2, n_layer=3, feature_layer=-2,
-                   n_mm_embd=48),
-        WhisperEncConfig(n_mel=80, n_ctx=1500, n_embd=32, n_head=2, n_layer=2, n_ff=64, stack_factor=4,
-                         n_mm_embd=48),
-        48),
+    "tiny": _spec(48, dict(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=2, n_layer=3),
+                  dict(n_embd=32, n_head=2, n_layer=2, n_ff=64)),
 }
 
 
@@ -99,13 +97,14 @@ def _mmproj_kv(spec: DemoSpec) -> list:
     from gguf import Keys
 
     from .gguf_io import KEY_ACT, KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT
+    from .preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     V, A, c, w = Keys.ClipVision, Keys.ClipAudio, spec.clip, spec.whisper
     return [
         (Keys.General.NAME, "graphdsl demo"), (Keys.Clip.HAS_VISION_ENCODER, True), (Keys.Clip.HAS_AUDIO_ENCODER, True),
         (V.PROJECTOR_TYPE, "mlp"), (V.IMAGE_SIZE, c.image_size), (V.PATCH_SIZE, c.patch_size),
         (V.EMBEDDING_LENGTH, c.n_embd), (V.FEED_FORWARD_LENGTH, c.n_ff), (V.BLOCK_COUNT, c.n_layer),
         (V.Attention.HEAD_COUNT, c.n_head), (V.Attention.LAYERNORM_EPS, c.eps),
-        (V.IMAGE_MEAN, [0.48145466, 0.4578275, 0.40821073]), (V.IMAGE_STD, [0.26862954, 0.26130258, 0.27577711]),
+        (V.IMAGE_MEAN, list(OPENAI_CLIP_MEAN)), (V.IMAGE_STD, list(OPENAI_CLIP_STD)),
         (V.USE_GELU, False), (V.USE_SILU, False), (KEY_ACT.format(modality="vision"), c.act),
         (KEY_FEATURE_LAYER, np.array(c.layers, np.int32)), (V.PROJECTION_DIM, c.n_mm_embd),
         (KEY_MM_ACT, c.mm_act), (KEY_SELECT, c.select),
@@ -184,11 +183,12 @@ def demo_items(m: Models, image=None, audio=None) -> list:
 def model_graph(model: str = "demo", *, modality: str | None = None, spec: str = "small", image=None, audio=None,
                 check_finite: bool = True):
     """(graph, inputs, weights, label) to inspect or time: the demo's mixed batch ("demo"), or one
-    encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files); check_finite
+    encoder of an mmproj GGUF run on `image` / `audio` (default: the bundled files), pre-processed
+    and built exactly as ``embed_files`` does (its ``prepare_*`` and ``build_mixed``); check_finite
     as ``models.from_gguf``."""
-    from .embed import build_mixed
-    from .models.common import INPUT_NAMES, graph_of
-    from .preprocess import preprocess_image, whisper_features
+    from .embed import build_mixed, prepare_audios, prepare_images
+    from .models.registry import Prepared
+    from .preprocess import preprocess_image
     if model == "demo":
         m = load_models(*build_files(spec)[:2])
         g, feeds, _ = build_mixed(demo_items(m, image, audio), m.text.block, m.media)
@@ -198,57 +198,48 @@ def model_graph(model: str = "demo", *, modality: str | None = None, spec: str =
     if kind not in mm.media:
         raise ValueError(f"{model} has no {kind or 'image or audio'} encoder "
                          f"(it has: {', '.join(mm.media) or 'none'})")
-    block = mm.media[kind]
-    if kind == "image":
-        src, frames = image or DATA / "demo_image.png", mm.archs[kind].frames
-        itemwise = frames is not None and hasattr(block, "build_items")  # tiles (mllama, anyres) as one item
-        data = frames(src, mm) if itemwise else preprocess_image(src, mm.image_config())
-    else:  # the arch's own features where it has them (Phi-4's Conformer), else Whisper's log-mel
-        src, features = audio or DATA / "speech_16k.wav", mm.archs[kind].extra.get("audio")
-        data = features(src, mm) if features is not None else whisper_features(src, block.cfg.n_mel)
-    if hasattr(block, "build_items"):  # items that do not stack (packed any-size images, tiles): the batch's path
-        g, feeds, _ = build_mixed([(kind, data)], None, {kind: block}, cross=())
-        return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
-    x = data if kind == "image" else block.rows(data)  # one image (3, H, W); audio as its windows
-    g, feeds = graph_of(block, x.shape, mm.archs[kind].name), {INPUT_NAMES[kind]: x}
+    if kind == "image" and mm.archs[kind].needs_text:  # its slices need the text model's markers: one whole view
+        data = preprocess_image(image or DATA / "demo_image.png", mm.image_config())
+    else:
+        data, = (prepare_images(mm, [image or DATA / "demo_image.png"]) if kind == "image"
+                 else prepare_audios(mm, [audio or DATA / "speech_16k.wav"]))
+    items = [*data.items] if isinstance(data, Prepared) else [(kind, data)]  # (a Prepared needs a text model)
+    g, feeds, _ = build_mixed(items, None, {kind: mm.media[kind]}, cross=())
+    g.name = mm.archs[kind].name  # what inspect and bench print
     return g, feeds, {k: mm.weights[k] for k in g.weights}, f"{Path(model).name} ({kind})"
 
 
 # -- 3-5. the run -----------------------------------------------------------------------------------
 @dataclass
 class DemoResult:
+    """What `run_demo` ran: the output's shape and spans, seconds per stage, the graph with its
+    executor and inputs, and the two files (``built``: written by this run, not found cached)."""
+
     embd_shape: tuple[int, ...]
+    embd_dtype: str
     spans: list
     timings: dict[str, float]
-    drawing: Path | None
     graph: object
     executor: object
+    feeds: dict
     files: tuple[Path, Path]
+    built: bool
 
 
-def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = None, draw: bool = True,
-             profile: bool = False, n_threads: int | None = None, out=None) -> DemoResult:
-    """Run the demo and print its report to `out` (stdout). See the module docstring."""
+def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = None, n_threads: int | None = None,
+             on_stage=None) -> DemoResult:
+    """Build (or reuse) the demo's files, load them, pre-process the bundled media, build the mixed
+    batch as one graph, compile and run it (a first run, which allocates, then a steady one).
+    ``on_stage(name)`` is called after each stage. `graphdsl demo` prints the result (graphdsl.cli.demo)."""
     import graphdsl
 
     from .embed import build_mixed
-    from .inspect.table import show
-    out = out or sys.stdout
-
-    def say(*a):
-        print(*a, file=out, flush=True)
-
-    def report(obj):  # a rich table on a terminal, plain text otherwise
-        show(obj, out)
-
     t: dict[str, float] = {}
-    bar = _stage_bar(7 if draw else 6)
 
     def stage(name, t0):
         t[name] = time.perf_counter() - t0
-        if bar is not None:
-            bar.set_description(name)
-            bar.update()
+        if on_stage is not None:
+            on_stage(name)
         return time.perf_counter()
 
     t0 = time.perf_counter()
@@ -264,60 +255,5 @@ def run_demo(backend: str = "auto", *, spec: str = "small", root: Path | None = 
     run(feeds)
     t0 = stage("compile + first run", t0)
     embd = run(feeds)["embd"]
-    t0 = stage("run (steady)", t0)
-    drawing = None
-    if draw:
-        drawing, note = draw_or_dot(g, mmproj.parent / "demo-graph.svg")
-        t0 = stage("draw graph", t0)
-    if bar is not None:
-        bar.close()
-    kinds = " ".join(f"{s.kind}[{s.n_tokens}]" for s in spans)
-    say(f"graphdsl demo: {len(items)} chunks -> one graph: {kinds}")
-    say(f"  files: {mmproj} + {text_path.name} ({'built now' if built else 'cached'})")
-    say("")
-    report(inspect.summary(g, group_by="blocks"))
-    say("")
-    report(inspect.lowered(run))
-    if profile:
-        say("")
-        report(inspect.profile(run, feeds, repeat=1))
-    say("")
-    say("stages:")
-    for k, v in t.items():
-        say(f"  {k:<22} {v * 1e3:9.1f} ms")
-    say("")
-    say(f"output: embd {embd.dtype}{list(embd.shape)} on {run.backend}; spans: "
-        + ", ".join(f"{s.kind} rows {s.start}..{s.start + s.n_tokens - 1}" for s in spans))
-    if drawing is not None:
-        say(f"graph drawing: {drawing}" + (f" ({note})" if note else ""))
-    return DemoResult(tuple(embd.shape), spans, t, drawing, g, run, (mmproj, text_path))
-
-
-def _stage_bar(n: int):
-    """A tqdm bar over the demo's stages on a terminal (stderr), else None."""
-    if not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=n, desc="graphdsl demo", file=sys.stderr, leave=False)
-
-
-def draw_or_dot(graph, path: Path, *, force: bool = True, inputs=()) -> tuple[Path, str]:
-    """Draw to `path` (SVG/PNG); without Graphviz write the .dot next to it and say how to install it.
-
-    Written atomically (graphdsl.fileio); the .dot fallback obeys check_output(force, inputs)."""
-    from .fileio import atomic_path, check_output
-    from .inspect import GraphvizNotFound
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            inspect.draw(graph, tmp)
-        return path, ""
-    except GraphvizNotFound:
-        from .inspect.drawing import INSTALL_HINT
-        dot = check_output(path.with_suffix(".dot"), inputs, force=force, what="drawing")
-        with atomic_path(dot) as tmp:
-            inspect.draw(graph, tmp)
-        return dot, "DOT only: " + INSTALL_HINT
+    stage("run (steady)", t0)
+    return DemoResult(tuple(embd.shape), str(embd.dtype), spans, t, g, run, feeds, (mmproj, text_path), built)

@@ -73,6 +73,17 @@ def from_numpy(arr: np.ndarray) -> DType:
         raise ValueError(f"no graphdsl dtype for NumPy {arr.dtype}; use float32, float16 or int32") from None
 
 
+def to_numpy(value) -> np.ndarray:
+    """A torch tensor or array-like -> NumPy in its own dtype (bf16, which NumPy lacks, as f32);
+    torch is never imported: a tensor is recognised by its ``detach``."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):
+        t = value.detach().cpu()
+        return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
+    return np.asarray(value)
+
+
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 

@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
       defines+=(-C cmake.define.GGML_NATIVE=ON -C cmake.define.GGML_LLAMAFILE=ON)
       # With AVX512-FP16 (Sapphire Rapids and later), -march=native makes ggml's f16 dot product
       # accumulate in f16 (simd-mappings.h, _mm512_fmadd_ph): f16-weight products whose inner size
-      # llamafile's sgemm declines came out 7.7e-4 off instead of 1e-7 (tests/test_precision_weights.py).
+      # llamafile's sgemm declines came out 7.7e-4 off instead of 1e-7 (tests/ops/test_precision_weights.py).
       # GCC keeps an explicit -mno-* over what -march enables; f16 <-> f32 conversions need only F16C.
       if grep -qw avx512_fp16 /proc/cpuinfo 2>/dev/null; then
         defines+=(-C "cmake.define.CMAKE_C_FLAGS=-mno-avx512fp16" -C "cmake.define.CMAKE_CXX_FLAGS=-mno-avx512fp16")

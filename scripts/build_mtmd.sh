@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# llama.cpp's own mtmd as a reference (tests/mtmd_ref.py, benchmarks/bench_mtmd.py): build
+# llama.cpp's own mtmd as a reference (tests/support/mtmd_ref.py, benchmarks/bench_mtmd.py): build
 # llama-cpp-python from its PyPI sdist (it vendors llama.cpp and builds libmtmd) into its own venv.
 # Never a graphdsl dependency. ~10 min on 2 cores, so the wheel is kept in a cache keyed by the
 # version, the CMake options and this CPU's flags (a native build runs only where it was built).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections.abc
 import graphdsl._ggml
 import typing
-__all__: list[str] = ['add', 'argmax', 'cast', 'concat', 'cont', 'conv_1d', 'conv_2d', 'div', 'exp', 'flash_attn_ext', 'gelu', 'gelu_erf', 'gelu_quick', 'get_rows', 'im2col', 'mean', 'mul', 'mul_mat', 'mul_mat_set_prec_f32', 'neg', 'norm', 'pad_ext', 'permute', 'pool_2d', 'relu', 'repeat', 'repeat_4d', 'reshape_4d', 'rms_norm', 'rope_ext', 'rope_multi', 'scale_bias', 'sigmoid', 'silu', 'soft_max_ext', 'sqr', 'sqrt', 'sub', 'sum_rows', 'tanh', 'transpose', 'view_4d']
+__all__: list[str] = ['add', 'argmax', 'cast', 'concat', 'cont', 'div', 'exp', 'flash_attn_ext', 'gelu', 'gelu_erf', 'gelu_quick', 'get_rows', 'im2col', 'mean', 'mul', 'mul_mat', 'mul_mat_set_prec_f32', 'neg', 'norm', 'pad_ext', 'permute', 'pool_2d', 'relu', 'repeat_4d', 'reshape_4d', 'rms_norm', 'rope_ext', 'rope_multi', 'scale_bias', 'sigmoid', 'silu', 'soft_max_ext', 'sqr', 'sqrt', 'sub', 'sum_rows', 'tanh', 'transpose', 'view_4d']
 def add(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, b: graphdsl._ggml.Tensor) -> graphdsl._ggml.Tensor:
     """
     a + b, b repeated to a's shape
@@ -21,14 +21,6 @@ def concat(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, b: graphdsl._g
 def cont(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor) -> graphdsl._ggml.Tensor:
     """
     contiguous copy
-    """
-def conv_1d(ctx: graphdsl._ggml.Context, k: graphdsl._ggml.Tensor, x: graphdsl._ggml.Tensor, s0: typing.SupportsInt | typing.SupportsIndex, p0: typing.SupportsInt | typing.SupportsIndex, d0: typing.SupportsInt | typing.SupportsIndex) -> graphdsl._ggml.Tensor:
-    """
-    im2col (f16) + mul_mat
-    """
-def conv_2d(ctx: graphdsl._ggml.Context, k: graphdsl._ggml.Tensor, x: graphdsl._ggml.Tensor, s0: typing.SupportsInt | typing.SupportsIndex, s1: typing.SupportsInt | typing.SupportsIndex, p0: typing.SupportsInt | typing.SupportsIndex, p1: typing.SupportsInt | typing.SupportsIndex, d0: typing.SupportsInt | typing.SupportsIndex, d1: typing.SupportsInt | typing.SupportsIndex) -> graphdsl._ggml.Tensor:
-    """
-    im2col (f16) + mul_mat
     """
 def div(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, b: graphdsl._ggml.Tensor) -> graphdsl._ggml.Tensor:
     """
@@ -101,10 +93,6 @@ def pool_2d(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, op: typing.Su
 def relu(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor) -> graphdsl._ggml.Tensor:
     """
     max(x, 0)
-    """
-def repeat(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, b: graphdsl._ggml.Tensor) -> graphdsl._ggml.Tensor:
-    """
-    a tiled to b's shape
     """
 def repeat_4d(ctx: graphdsl._ggml.Context, a: graphdsl._ggml.Tensor, n0: typing.SupportsInt | typing.SupportsIndex, n1: typing.SupportsInt | typing.SupportsIndex, n2: typing.SupportsInt | typing.SupportsIndex, n3: typing.SupportsInt | typing.SupportsIndex) -> graphdsl._ggml.Tensor:
     ...

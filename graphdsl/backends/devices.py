@@ -1,7 +1,8 @@
-"""Which ggml devices a `backend=` string means, and how many CPU threads a run may ask for."""
+"""Which ggml devices a `backend=` string means (a DevicePlan), and how many CPU threads a run may ask for."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,6 +56,37 @@ def resolve_devices(backend: str) -> list[str]:
         raise ValueError(f"no ggml device matches backend={backend!r}; available: {', '.join(names)} "
                          f"(a CUDA or Metal build of libggml-python adds devices; see the README)")
     return [*chosen, cpu]
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What a `backend=` string means, decided once: the executor and its placement report read
+    these facts instead of testing device names.
+
+    oneDNN is the case that needs them: its device runs only the large products, in host memory,
+    and ggml's CPU backend runs everything else, so the pair is one host device called "cpu" and
+    a node on the CPU is by design, not a fallback (backends/onednn.py).
+    """
+
+    devices: tuple[str, ...]  # ggml device names: the primary first, ggml's CPU last
+    name: str  # what the executor reports as its backend ("cpu", "cuda0+cpu", ...)
+    on_host: bool  # the primary works on the CPU's buffers: GGUF weights map in place, f32 attention is fused
+    cpu_partner: bool  # the CPU shares the primary's work (its nodes are no fallback); keep its threads alive
+    remote: bool  # a device is an RPC server's: buffers there are abandoned at exit, not freed
+
+    @property
+    def home(self) -> frozenset[int]:
+        """Indices of the devices whose nodes count as on the primary (strict placement, fallbacks)."""
+        return frozenset({0, len(self.devices) - 1} if self.cpu_partner else {0})
+
+
+def plan_devices(backend: str) -> DevicePlan:
+    """The DevicePlan of `backend=` (see resolve_devices for the strings)."""
+    names = tuple(resolve_devices(backend))
+    partner = names[0] == onednn.NAME
+    return DevicePlan(names, "cpu" if partner else "+".join(names).lower(),
+                      on_host=partner or len(names) == 1, cpu_partner=partner,
+                      remote=any(n.startswith("RPC") for n in names))
 
 
 MAX_THREADS = 512  # GGML_MAX_N_THREADS: ggml's thread pool holds no more

@@ -21,10 +21,10 @@ import numpy as np
 
 from graphdsl import _ggml
 from graphdsl import dtypes as dt
+from graphdsl.ops.registry import REGISTRY
 
-from . import onednn
-from .devices import MAX_THREADS, check_threads, devices, resolve_devices  # noqa: F401 - re-exported
-from .ggml_lower import LOWERING, STRIDED_OK, Lowering, check_lowered, ids_check, ne_of, packed
+from .devices import MAX_THREADS, DevicePlan, check_threads, devices, plan_devices, resolve_devices  # noqa: F401
+from .ggml_lower import BACKEND, Lowering, emit, ids_check, ne_of, packed
 from .weights import check_inputs, check_weights, const_value
 
 
@@ -44,6 +44,8 @@ def _abandon_rpc_at_exit() -> None:
 TENSORS_PER_NODE, CONTEXT_SLACK = 8, 64  # most ops lower to a few ggml tensors; concat of n to n - 1
 SCHED_MIN_SIZE = 8192
 MAX_PROGRAMS = 32  # programs (input-shape sets) an executor keeps; the least recently used goes first
+# ggml ops that compute nothing (leaves and views): the scheduler puts them next to their inputs
+GGML_VIEWS = ("NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE")
 
 
 @dataclass
@@ -90,7 +92,7 @@ class GGMLExecutor:
     def __init__(self, graph, backend: str = "cpu", *, n_threads: int | None = None,
                  precision: str = "f32", weights: Mapping[str, object] | None = None, strict: bool = False,
                  max_programs: int = MAX_PROGRAMS):
-        missing = sorted({n.op for n in graph.nodes if n.op not in ("input", "weight")} - set(LOWERING))
+        missing = sorted({n.op for n in graph.nodes if n.op in REGISTRY and BACKEND not in REGISTRY[n.op].lowerings})
         if missing:
             raise ValueError(f"ggml backend: no lowering for ops {missing}")
         Lowering(None, precision)  # validates the policy name
@@ -100,20 +102,19 @@ class GGMLExecutor:
         self.graph = graph
         self.precision = precision
         self.strict = strict
-        self.device_names = resolve_devices(backend)
+        self.plan: DevicePlan = plan_devices(backend)
         self.n_threads = check_threads(n_threads)
         self.lock = threading.RLock()
-        self.runtime = _ggml.Runtime(self.device_names, self.n_threads, SCHED_MIN_SIZE)
-        if self.device_names[0] == onednn.NAME:
-            # products and other ops alternate between two backends, one split each: keep ggml's
-            # CPU workers alive between splits instead of starting them for every one
+        self.runtime = _ggml.Runtime(list(self.plan.devices), self.n_threads, SCHED_MIN_SIZE)
+        if self.plan.cpu_partner:
+            # ops alternate between the partner and the CPU, one split each: keep ggml's CPU
+            # workers alive between splits instead of starting them for every one
             self.runtime.set_threadpool(True)
         # On a device with its own memory (CUDA, RPC), inputs go straight there, so that ops which
         # read no weight (a whole graph of them, in the op tests) run on it too and not next to a
         # CPU-resident input; the upload costs the same one copy either way.
         self._pin_inputs = not self.runtime.has_host_memory(0)
-        self._remote = any(n.startswith("RPC") for n in self.device_names)
-        if self._remote:
+        if self.plan.remote:
             _RPC_HANDLES.add(self.runtime)
         self._programs: OrderedDict[tuple, Program] = OrderedDict()  # least recently used first
         self._wctx = None
@@ -126,12 +127,8 @@ class GGMLExecutor:
         if weights is not None:
             self.load_weights(weights)
 
-    # oneDNN's products + ggml's CPU ops are what "cpu" means where oneDNN is loaded (devices.py)
-    backend = property(lambda self: "cpu" if self.device_names == [onednn.NAME, "CPU"]
-                       else "+".join(self.device_names).lower())
-    # the first device works on host memory (the CPU buffer type): GGUF weights map in place, and
-    # f32 attention is ggml's fused CPU kernel
-    on_host = property(lambda self: self.device_names[0] in ("CPU", onednn.NAME))
+    backend = property(lambda self: self.plan.name)
+    device_names = property(lambda self: list(self.plan.devices))
 
     # -- weights -----------------------------------------------------------------------------------
     def load_weights(self, weights: Mapping[str, object], *, allow_extra: bool = False) -> None:
@@ -150,11 +147,11 @@ class GGMLExecutor:
             self._wctx = _ggml.Context(len(self.graph.weights) + 1)
             for name, node in self.graph.weights.items():
                 self._wtensors[name] = self._wctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), name)
-            if self.on_host:
+            if self.plan.on_host:
                 self._map_in_place(stored)
             if len(self._mapped) < len(self.graph.weights):
                 self._wbuffer = self.runtime.alloc_tensors(self._wctx, 0)
-                if self._remote:
+                if self.plan.remote:
                     _RPC_HANDLES.add(self._wbuffer)
         for name, arr in stored.items():
             if name in self._mapped:
@@ -241,7 +238,7 @@ class GGMLExecutor:
 
     def _lower(self, graph, live, wanted, n_tensors: int) -> Program:
         ctx = _ggml.Context(n_tensors)
-        L = Lowering(ctx, self.precision, fused_f32_attention=self.on_host)
+        L = Lowering(ctx, self.precision, fused_f32_attention=self.plan.on_host)
         # Constants get their own context: it is allocated in a buffer of its own, not by the scheduler.
         Lc = Lowering(_ggml.Context(sum(n.op == "const" for n in live) + 1), self.precision)
         vals: dict[int, object] = {}
@@ -253,19 +250,12 @@ class GGMLExecutor:
                 inputs[node.name] = t
             elif node.op == "weight":
                 t = self._wtensors[node.name]
-            elif node.op == "const":  # a leaf; its inputs give shapes only and are not lowered
-                t = consts[node.name] = LOWERING["const"](Lc, node)
+            elif node.op == "const":  # a leaf in its own context, uploaded once (_upload_consts)
+                t = consts[node.name] = emit(Lc, node, vals)
             else:
-                args = [vals[id(i)] if i.op == "weight" or node.op in STRIDED_OK else L.cont(vals[id(i)])
-                        for i in node.inputs]
                 if node.op == "get_rows":
                     id_checks.append(ids_check(node))
-                try:
-                    t = LOWERING[node.op](L, node, *args)
-                except ValueError as e:
-                    raise ValueError(f"[{node.op}] node '{node.name}': {e}") from None
-                t.name = node.name[:63]
-                check_lowered(node, t)
+                t = emit(L, node, vals)
             vals[id(node)] = t
             tensors[node.name] = t
         outputs = {}
@@ -283,7 +273,7 @@ class GGMLExecutor:
         if not prog.consts:
             return
         prog.const_buffer = self.runtime.alloc_tensors(prog.const_ctx, 0)
-        if self._remote:
+        if self.plan.remote:
             _RPC_HANDLES.add(prog.const_buffer)
         nodes = {n.name: n for n in prog.graph.nodes if n.op == "const"}
         for name, t in prog.consts.items():
@@ -319,10 +309,7 @@ class GGMLExecutor:
             self.runtime.alloc_graph(prog.cgraph, pinned)
             self._allocated = prog
         if self.strict and not prog.checked:
-            # oneDNN's products and ggml's CPU ops share host memory: together they are one device
-            home = {self.runtime.backend_names[0]}
-            if self.device_names[0] == onednn.NAME:
-                home.add(self.runtime.backend_names[-1])
+            home = {self.runtime.backend_names[i] for i in self.plan.home}
             moved = {n: b for n, (b, _) in self._placement(prog).items() if b not in home}
             if moved:
                 raise ValueError(f"strict placement: {len(moved)} nodes would leave {self.runtime.backend_names[0]}: "
@@ -386,8 +373,7 @@ class GGMLExecutor:
             if i < 0:
                 continue
             why = ""
-            host_pair = names[0] == onednn.NAME and i == len(names) - 1  # the CPU is oneDNN's partner, not a fallback
-            if i > 0 and not host_pair and t.op not in ("NONE", "VIEW", "RESHAPE", "PERMUTE", "TRANSPOSE"):
+            if i not in self.plan.home and t.op not in GGML_VIEWS:
                 why = (f"{t.op} unsupported by {names[0]}" if not self.runtime.supports_op(0, t)
                        else "scheduler placed it next to its inputs")
             out[name] = (names[i], why)

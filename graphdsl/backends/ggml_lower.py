@@ -15,6 +15,7 @@ import math
 
 from graphdsl import _ggml
 from graphdsl import dtypes as dt
+from graphdsl.ops.registry import REGISTRY, add_lowering
 from graphdsl.ops.rope import GGML_ROPE_TYPE
 
 from .weights import const_value
@@ -22,8 +23,7 @@ from .weights import const_value
 G = _ggml.ops
 _DTYPE_OF = {d.ggml_type: d for d in dt.DTYPES.values()}
 PRECISIONS = ("f32", "fast")
-# Ops that read strided inputs themselves; every other op gets contiguous inputs.
-STRIDED_OK = {"permute", "view", "cont", "mul_mat", "flash_attn_ext"}
+BACKEND = "ggml"  # the key of these lowerings in each OpDef's `lowerings`
 
 
 def packed(t) -> bool:
@@ -87,15 +87,34 @@ class Lowering:
         return G.reshape_4d(self.ctx, self.cont(t), *ne)
 
 
-LOWERING = {}
-
-
 def lowers(*names):
+    """Register fn as the ggml lowering of the named registry ops: fn(L, node, *input tensors)."""
     def deco(fn):
         for n in names:
-            LOWERING[n] = fn
+            add_lowering(BACKEND, n, fn)
         return fn
     return deco
+
+
+def emit(L: Lowering, node, vals: dict[int, object]):
+    """Lower one registry node, given the ggml tensors of its inputs by node id; the one path every
+    op takes. Inputs arrive contiguous unless the op reads strides itself (OpDef.strided_ok);
+    errors name the node, and the result must have exactly the node's shape and type."""
+    op = REGISTRY[node.op]
+    lower = op.lowerings.get(BACKEND)
+    if lower is None:
+        raise ValueError(f"[{node.op}] node '{node.name}': no ggml lowering")
+    if op.shape_only:  # the inputs gave the shape only; their values are never computed
+        args = []
+    else:
+        args = [vals[id(i)] if op.strided_ok or i.op == "weight" else L.cont(vals[id(i)]) for i in node.inputs]
+    try:
+        t = lower(L, node, *args)
+    except ValueError as e:
+        raise ValueError(f"[{node.op}] node '{node.name}': {e}") from None
+    t.name = node.name[:63]
+    check_lowered(node, t)
+    return t
 
 
 @lowers("add", "sub", "mul", "div")
@@ -320,9 +339,8 @@ def _pool_2d(L, node, x):
 
 
 @lowers("const")
-def _const(L, node, *shape_only):
-    """A leaf tensor in L's context; the executor uploads the value once per program (ggml.py).
-    The node's inputs only gave its shape, so nothing is computed from them."""
+def _const(L, node):
+    """A leaf tensor in L's context; the executor uploads the value once per program (ggml.py)."""
     return L.ctx.new_tensor(node.dtype.ggml_type, ne_of(node.shape), node.name[:63])
 
 

@@ -6,18 +6,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from graphdsl import dtypes as dt
-
-
-def to_numpy(value) -> np.ndarray:
-    """NumPy arrays pass through; torch tensors (bf16 included) are converted without importing torch."""
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach"):  # torch.Tensor
-        t = value.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            return t.float().numpy()
-        return t.numpy()
-    return np.asarray(value)
+from graphdsl.dtypes import to_numpy
 
 
 def storage(node, value) -> np.ndarray:

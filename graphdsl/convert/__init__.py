@@ -1,4 +1,4 @@
-"""Checkpoints -> GGUF, and the `graphdsl convert` / `graphdsl info` commands.
+"""Checkpoints -> GGUF (the `graphdsl convert` and `graphdsl info` commands are graphdsl.cli.gguf).
 
     >>> from graphdsl.convert import convert
     >>> convert("hf/clip-vit-base-patch32", "clip.gguf", outtype="q8_0")   # doctest: +SKIP
@@ -11,12 +11,11 @@ come from `graphdsl.models.<arch>.hf_to_gguf`, metadata and types from `hf.py` /
 from __future__ import annotations
 
 import os
-import sys
 
 from ..fileio import check_output
 from .writer import FILE_TYPE, OUTTYPES, tensor_type, write_gguf
 
-__all__ = ["OUTTYPES", "convert", "input_files", "convert_main", "info_main", "tensor_type"]
+__all__ = ["OUTTYPES", "convert", "input_files", "tensor_type"]
 
 
 def input_files(hf_dirs) -> list[str]:
@@ -63,15 +62,3 @@ def convert(hf_dir: str | os.PathLike | list, out_path: str | os.PathLike, outty
     typed = {name: (arr, tensor_type(name, arr.shape, outtype)) for name, arr in tensors.items()}
     write_gguf(os.fspath(out_path), arch, kv, typed, file_type=FILE_TYPE[outtype], progress=progress)
     return {name: t for name, (_, t) in typed.items()}
-
-
-def convert_main(argv: list[str] | None = None) -> int:
-    """`graphdsl convert ...`: the command line's convert (one policy for outputs and errors)."""
-    from ..cli import main
-    return main(["convert", *(sys.argv[1:] if argv is None else argv)])
-
-
-def info_main(argv: list[str] | None = None) -> int:
-    """`graphdsl info FILE.gguf`: metadata, tensors (name, shape, type, bytes) and the detected model."""
-    from ..cli import main
-    return main(["info", *(sys.argv[1:] if argv is None else argv)])

@@ -4,8 +4,8 @@ Everything per architecture comes from its registered record (``graphdsl.models.
 the HF ``model_type`` picks the arch, whose ``config_from_hf`` reads the config, ``hf_to_gguf``
 names the tensors (one rename table serves the converter and the graphs) and ``config_to_gguf``
 writes the metadata; this module adds the file around them: the general keys, the image
-mean/std of the checkpoint's preprocessor_config.json, and, for text models, the arch's extra
-tensors and vocabulary. The per-tensor types are writer.py's.
+mean/std of the checkpoint's preprocessor_config.json, and, for text models, the arch's
+``text_conversion`` (its layers and vocabulary). The per-tensor types are writer.py's.
 
 Metadata follows llama.cpp (clip.cpp reads it), plus keys llama.cpp ignores that let graphdsl
 reproduce HF exactly (llama.cpp's flags cannot say "exact erf GELU" or "keep the class token"):
@@ -30,7 +30,7 @@ def prepare(hf_dir: str) -> tuple[str, list[tuple[str, object]], dict[str, np.nd
 
 def prepare_all(hf_dir: str) -> list[tuple[str, list[tuple[str, object]], dict[str, np.ndarray]]]:
     """``prepare``'s parts of a folder: the arch its model_type names, then the archs it lists as
-    ``extra["companions"]`` (encoders of the same checkpoint, as Phi-4-multimodal's audio beside
+    ``companions`` (encoders of the same checkpoint, as Phi-4-multimodal's audio beside
     its vision), to be combined into one mmproj."""
     from ..models import registry
     config, load_weights, pre = load_hf(hf_dir)
@@ -38,9 +38,9 @@ def prepare_all(hf_dir: str) -> list[tuple[str, list[tuple[str, object]], dict[s
     # a wrapper is served by its tower's arch when one registers the pair ("llava/pixtral")
     pair = f"{model_type}/{(config.get('vision_config') or {}).get('model_type')}"
     arch = registry.for_hf(pair if any(pair in a.hf_model_types for a in registry.ARCHS.values()) else model_type)
-    if "hf_dir" in arch.extra:  # what the folder's other files say (pixtral: token ids from the tokenizer)
-        config = arch.extra["hf_dir"](config, hf_dir)
-    archs = [arch, *(registry.ARCHS[n] for n in arch.extra.get("companions", ()))]
+    if arch.hf_dir is not None:  # what the folder's other files say (pixtral: token ids from the tokenizer)
+        config = arch.hf_dir(config, hf_dir)
+    archs = [arch, *(registry.ARCHS[n] for n in arch.companions)]
     checkpoint = {"config": config, "processor": pre, "tokenizer": load_tokenizer_config(hf_dir)}
     for a in archs:  # refuse what graphdsl cannot honour before reading any weight
         settings.refuse(a, checkpoint, hf_dir)
@@ -54,9 +54,10 @@ def _prepare(arch, cfg, checkpoint, sd, model_type, hf_dir):
     tensors = {k: np.asarray(v, dtype=np.float32) for k, v in arch.hf_to_gguf(sd, cfg).items()}
     kv: list[tuple[str, object]] = [(Keys.General.NAME, config.get("_name_or_path") or model_type)]
     if arch.modality == "text":
-        tensors.update(arch.extra["layers"](sd, config, tensors))
-        kv += arch.config_to_gguf(cfg, config) + arch.extra["vocab"](hf_dir, cfg.n_vocab)
-        return arch.extra["gguf_arch"], settings.apply(arch, checkpoint, kv, hf_dir, cfg=cfg), tensors
+        tc = arch.text_conversion
+        tensors.update(tc.layers(sd, config, tensors))
+        kv += arch.config_to_gguf(cfg, config) + tc.vocab(hf_dir, cfg.n_vocab)
+        return tc.gguf_arch, settings.apply(arch, checkpoint, kv, hf_dir, cfg=cfg), tensors
     if arch.image is not None:
         kv += arch.config_to_gguf(cfg, pre.get("image_mean", arch.image.mean), pre.get("image_std", arch.image.std))
     else:

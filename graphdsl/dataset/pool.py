@@ -49,7 +49,7 @@ def _init_worker(cfg: dict, ticks, parent_pid: int) -> None:
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while spawning
     _die_with_parent(parent_pid)
-    from .run import load_embedder
+    from .embedder import load_embedder
     _FE, _TICKS = load_embedder(cfg), ticks
 
 

@@ -19,7 +19,7 @@ class ShardActor:
     """One FileEmbedder per actor; a batch is one shard."""
 
     def __init__(self, cfg: dict):
-        from .run import load_embedder
+        from .embedder import load_embedder
         self.fe = load_embedder(cfg)
 
     def __call__(self, batch: dict) -> dict:

@@ -17,23 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import integrity
+from .embedder import load_embedder, model_config
 from .manifest import read_manifest
 from .shards import MANIFEST, ON_ERROR, embed_shard, fingerprint, load_done, plan, previous, save_manifest
-
-
-def model_config(mmproj=None, text_model=None, *, tokenizer=None, backend: str = "cpu", precision: str = "f32",
-                 n_threads: int | None = None, check_finite: bool = True, max_seconds: float | None = None,
-                 markers=("<image>", "<audio>")) -> dict:
-    """Keyword arguments of FileEmbedder, as plain values (sent to worker processes and actors)."""
-    f = lambda p: None if p is None else os.path.abspath(p)  # noqa: E731 - workers may start elsewhere
-    return {"mmproj": f(mmproj), "text_model": f(text_model), "tokenizer": f(tokenizer), "backend": backend,
-            "precision": precision, "n_threads": n_threads, "check_finite": check_finite,
-            "max_seconds": max_seconds, "markers": list(markers)}
-
-
-def load_embedder(cfg: dict):
-    from ..embed import FileEmbedder
-    return FileEmbedder(**cfg)
 
 
 def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=None, shard_size: int = 256,
@@ -46,7 +32,8 @@ def embed_dataset(source, out: str | os.PathLike, *, mmproj=None, text_model=Non
     Args:
         source: a folder, a .csv / .jsonl / .parquet manifest (``dataset.read_manifest``), or a list of Items.
         out: the output folder (created); see ``dataset.shards`` for its layout.
-        mmproj, text_model, **model_kw: the models and settings (``embed.FileEmbedder``).
+        mmproj, text_model, **model_kw: the models and settings (``embed.FileEmbedder``; ``options=``
+            a ``RunOptions``, or its fields as keywords).
         shard_size: items per Parquet file (and per unit of work).
         workers: 0 embeds in this process; N >= 1 in N worker processes.
         ray: True (a local Ray, or RAY_ADDRESS) or a cluster address: Ray Data with `ray_actors`

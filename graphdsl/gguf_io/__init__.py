@@ -1,8 +1,9 @@
 """GGUF files in llama.cpp's conventions.
 
-- reader.py: a validating, memory-mapped GGUF reader (`read_gguf`, `GGUFFile`, `GGUFTensor`).
+- reader.py: a validating, memory-mapped GGUF reader (`read_gguf`, `GGUFFile`, `GGUFTensor`;
+  `metadata_value`: one metadata key, type-checked).
 - mmproj.py: multimodal projector files (`load_mmproj`, `MmprojConfig`), llama.cpp's loader
-  quirks and tensor checks.
+  quirks and tensor checks; `tn`, a tensor's name in llama.cpp's files.
 - text.py: text-model files (`load_text`): token embeddings and the tokenizer.ggml.* vocabulary.
 - finite.py: NaN / inf in weights (`nonfinite`, `check_finite`), what `from_gguf` refuses.
 
@@ -25,7 +26,7 @@ from .mmproj import (  # noqa: F401
     MmprojConfig,
     VisionConfig,
     load_mmproj,
-    tensor_name,
+    tn,
 )
 from .finite import check_finite, nonfinite  # noqa: F401
 from .reader import (  # noqa: F401
@@ -36,11 +37,12 @@ from .reader import (  # noqa: F401
     GGUFTensor,
     MissingTensor,
     TensorTable,
+    metadata_value,
     read_gguf,
     weights_of,
 )
 from .text import TextInfo, load_text  # noqa: F401
 
 __all__ = ["AudioConfig", "GGUFError", "GGUFFile", "GGUFTensor", "MissingTensor", "MmprojConfig", "TensorTable",
-           "TextInfo", "VisionConfig", "check_finite", "load_mmproj", "load_text", "nonfinite", "read_gguf",
-           "weights_of"]
+           "TextInfo", "VisionConfig", "check_finite", "load_mmproj", "load_text", "metadata_value", "nonfinite",
+           "read_gguf", "tn", "weights_of"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from gguf import Keys
 
-from .reader import GGUFFile, GGUFTensor, _get
+from .reader import GGUFFile, GGUFTensor, metadata_value
 
 # Projectors whose legacy files may carry ffn_up/ffn_down swapped (clip.cpp is_ffn_swapped).
 FFN_SWAP_PROJECTORS = ("mlp", "ldp", "ldpv2", "qwen2vl_merger", "qwen2.5vl_merger", "adapter", "gemma3",
@@ -35,7 +35,7 @@ def ffn_naming(f: GGUFFile) -> str:
     (tools/mtmd/legacy-models/*.py, still shipped: mlp.fc1 -> ffn_down) write neither. (A pre-rename convert_hf_to_gguf file with a square
     FFN is misread; real towers have n_ff > n_embd, where the shapes decide.)"""
     ours = any(k.startswith("graphdsl.") for k in f.metadata)
-    return "hf" if ours or _get(f, Keys.General.TYPE, str, "") == "mmproj" else "legacy"
+    return "hf" if ours or metadata_value(f, Keys.General.TYPE, str, "") == "mmproj" else "legacy"
 
 
 def fix_ffn_swap(f, tensors, prefix, n_embd, n_layer, proj, quirks) -> None:

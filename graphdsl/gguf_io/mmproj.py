@@ -37,7 +37,7 @@ from gguf import (
 from .. import dtypes as dt
 
 from .layouts import FFN_SWAP_PROJECTORS, column_biases, ffn_width, fix_ffn_swap
-from .reader import _REQUIRED, GGUFError, GGUFFile, GGUFTensor, TensorTable, _get, read_gguf
+from .reader import _REQUIRED, GGUFError, GGUFFile, GGUFTensor, TensorTable, metadata_value, read_gguf
 
 
 # -- mmproj files (llama.cpp tools/mtmd/clip.cpp: clip_model_loader) -----------------------------------
@@ -81,6 +81,7 @@ class VisionConfig:
     projector_act: str = "gelu"  # activation inside the mlp projector
     select: str = "full"  # "default": the class token is dropped before the projector (LLaVA)
     n_merge: int = 0  # patch-merge factor llama.cpp hard-codes for some projectors (0: none)
+    written_type: str = ""  # the projector type as the file names it, before llama.cpp's reading (qwen2.5o)
 
     @property
     def n_patches(self) -> int:
@@ -109,6 +110,7 @@ class AudioConfig:
     n_fft: int = 400
     hop_length: int = 160
     chunk_seconds: int = 30
+    written_type: str = ""  # the projector type as the file names it, before llama.cpp's reading (qwen2.5o)
 
 
 @dataclass
@@ -154,8 +156,8 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
         raise f.error(f"general.architecture is {f.architecture!r}, an mmproj file has {MMPROJ_ARCH!r}")
     quirks: list[str] = []
     tensors = TensorTable(f.tensors, path)
-    has_v = _get(f, Keys.Clip.HAS_VISION_ENCODER, bool, False)
-    has_a = _get(f, Keys.Clip.HAS_AUDIO_ENCODER, bool, False)
+    has_v = metadata_value(f, Keys.Clip.HAS_VISION_ENCODER, bool, False)
+    has_a = metadata_value(f, Keys.Clip.HAS_AUDIO_ENCODER, bool, False)
     if not has_v and not has_a:
         raise f.error("neither clip.has_vision_encoder nor clip.has_audio_encoder is true")
     bad = [f"{n} ({t.dtype})" for n, t in tensors.items() if not t.supported]
@@ -165,14 +167,15 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
     column_biases(tensors, quirks)
     vision = _vision_config(f, tensors, quirks) if has_v else None
     audio = _audio_config(f, tensors, quirks) if has_a else None
-    cfg = MmprojConfig(vision, audio, _get(f, Keys.General.NAME, str, ""), quirks, path,
+    cfg = MmprojConfig(vision, audio, metadata_value(f, Keys.General.NAME, str, ""), quirks, path,
                        {n: t.shape for n, t in tensors.items()}, {n: t.dtype for n, t in tensors.items()}, f)
     tensors.owners = cfg.owners
     return cfg, tensors
 
 
-def _projector(f: GGUFFile, modality_key: str, modality: str, quirks: list[str]) -> str:
-    proj = _get(f, Keys.Clip.PROJECTOR_TYPE, str, "") or _get(f, modality_key, str, "")
+def _projector(f: GGUFFile, modality_key: str, modality: str, quirks: list[str]) -> tuple[str, str]:
+    """(the projector type as llama.cpp reads it, as the file writes it)."""
+    proj = written = metadata_value(f, Keys.Clip.PROJECTOR_TYPE, str, "") or metadata_value(f, modality_key, str, "")
     if not proj and modality == "vision":
         proj = "mlp"
         quirks.append("no projector_type: llama.cpp assumes 'mlp' (LLaVA) for vision")
@@ -181,17 +184,17 @@ def _projector(f: GGUFFile, modality_key: str, modality: str, quirks: list[str])
         quirks.append(f"projector_type 'qwen2.5o' read as {proj!r} for {modality}")
     if proj not in PROJECTOR_TYPES:
         raise f.error(f"unknown {modality} projector type {proj!r}; known: {', '.join(sorted(PROJECTOR_TYPES))}")
-    return proj
+    return proj, written or proj
 
 
 def _act(f: GGUFFile, proj: str, modality: str) -> str:
-    exact = _get(f, KEY_ACT.format(modality=modality), str, "")
+    exact = metadata_value(f, KEY_ACT.format(modality=modality), str, "")
     if exact:
         if exact not in ("gelu_erf", "gelu", "gelu_quick", "silu", "relu"):
             raise f.error(f"{KEY_ACT.format(modality=modality)} {exact!r} is not an activation graphdsl knows")
         return exact
-    gelu = _get(f, Keys.ClipVision.USE_GELU, bool, False)
-    silu = _get(f, Keys.ClipVision.USE_SILU, bool, False)
+    gelu = metadata_value(f, Keys.ClipVision.USE_GELU, bool, False)
+    silu = metadata_value(f, Keys.ClipVision.USE_SILU, bool, False)
     if gelu and silu:
         raise f.error("both clip.use_gelu and clip.use_silu are true")
     if proj in WHISPER_PROJECTORS:
@@ -200,9 +203,10 @@ def _act(f: GGUFFile, proj: str, modality: str) -> str:
 
 
 def _encoder_dims(f: GGUFFile, ns: type, prefix: str, quirks: list[str]) -> dict:
-    dims = dict(n_embd=_get(f, ns.EMBEDDING_LENGTH, int), n_ff=_get(f, ns.FEED_FORWARD_LENGTH, int),
-                n_head=_get(f, ns.Attention.HEAD_COUNT, int), n_layer=_get(f, ns.BLOCK_COUNT, int),
-                eps=_get(f, ns.Attention.LAYERNORM_EPS, float), projection_dim=_get(f, ns.PROJECTION_DIM, int, 0))
+    dims = dict(n_embd=metadata_value(f, ns.EMBEDDING_LENGTH, int), n_ff=metadata_value(f, ns.FEED_FORWARD_LENGTH, int),
+                n_head=metadata_value(f, ns.Attention.HEAD_COUNT, int), n_layer=metadata_value(f, ns.BLOCK_COUNT, int),
+                eps=metadata_value(f, ns.Attention.LAYERNORM_EPS, float),
+                projection_dim=metadata_value(f, ns.PROJECTION_DIM, int, 0))
     if dims["n_embd"] == 0 or dims["n_head"] == 0 or dims["n_embd"] % dims["n_head"]:
         raise f.error(f"embedding_length {dims['n_embd']} must be a positive multiple of head_count {dims['n_head']}")
     if not dims["eps"] > 0:
@@ -233,17 +237,17 @@ def _stored_blocks(f: GGUFFile, prefix: str) -> int:
 
 def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfig:
     V = Keys.ClipVision
-    proj = _projector(f, V.PROJECTOR_TYPE, "vision", quirks)
+    proj, written = _projector(f, V.PROJECTOR_TYPE, "vision", quirks)
     dims = _encoder_dims(f, V, "v", quirks)
-    image_size, patch = _get(f, V.IMAGE_SIZE, int), _get(f, V.PATCH_SIZE, int)
+    image_size, patch = metadata_value(f, V.IMAGE_SIZE, int), metadata_value(f, V.PATCH_SIZE, int)
     if patch == 0 or image_size < patch:
         raise f.error(f"clip.vision.patch_size {patch} must be in 1..image_size ({image_size})")
     from ..preprocess.image import MIN_STD
-    mean, std = (_get(f, k, "floats") for k in (V.IMAGE_MEAN, V.IMAGE_STD))  # _get refuses NaN / inf
+    mean, std = (metadata_value(f, k, "floats") for k in (V.IMAGE_MEAN, V.IMAGE_STD))  # refused if NaN / inf
     if len(mean) != 3 or len(std) != 3 or not all(s >= MIN_STD for s in std):
         raise f.error(f"{V.IMAGE_MEAN} / {V.IMAGE_STD} need 3 finite values each, std >= {MIN_STD:g}, "
                       f"got {mean} / {std}")
-    feature_layer = tuple(int(x) for x in _get(f, KEY_FEATURE_LAYER, "ints", []))
+    feature_layer = tuple(int(x) for x in metadata_value(f, KEY_FEATURE_LAYER, "ints", []))
     n_layer = dims["n_layer"]
     if feature_layer and not all(0 <= x <= n_layer for x in feature_layer):
         raise f.error(f"{KEY_FEATURE_LAYER} {list(feature_layer)} must lie in 0..block_count ({n_layer})")
@@ -259,16 +263,17 @@ def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfi
                       f"of the tower; features = output of all {n_layer} stored blocks (HF's -2)")
     n_merge = {"gemma3": 4, "qwen2vl_merger": 2, "qwen2.5vl_merger": 2, "qwen3vl_merger": 2, "glm4v": 2,
                "pixtral": 1, "lightonocr": 1}.get(proj, 0)
-    n_merge = _get(f, V.SPATIAL_MERGE_SIZE, int, _get(f, V.Projector.SCALE_FACTOR, int, n_merge))
+    n_merge = metadata_value(f, V.SPATIAL_MERGE_SIZE, int, metadata_value(f, V.Projector.SCALE_FACTOR, int, n_merge))
     if n_merge > image_size // patch:
         raise f.error(f"patch merge factor {n_merge} ({V.SPATIAL_MERGE_SIZE} / {V.Projector.SCALE_FACTOR}) is "
                       f"more than the {image_size // patch} patches per side")
-    select = _get(f, KEY_SELECT, str, "default" if proj in LLAVA_PROJECTORS else "full")
+    select = metadata_value(f, KEY_SELECT, str, "default" if proj in LLAVA_PROJECTORS else "full")
     if select not in ("default", "full"):
         raise f.error(f"{KEY_SELECT} must be 'default' or 'full', got {select!r}")
     cfg = VisionConfig(proj, image_size, patch, image_mean=tuple(map(float, mean)), image_std=tuple(map(float, std)),
                        feature_layer=feature_layer, act=_act(f, proj, "vision"),
-                       projector_act=_get(f, KEY_MM_ACT, str, "gelu"), select=select, n_merge=n_merge, **dims)
+                       projector_act=metadata_value(f, KEY_MM_ACT, str, "gelu"), select=select, n_merge=n_merge,
+                       written_type=written, **dims)
     fix_ffn_swap(f, tensors, "v", cfg.n_embd, cfg.n_layer, proj, quirks)
     cfg.n_ff = ffn_width(tensors, "v", cfg.n_ff, proj, quirks)
     _check_vision(f, tensors, cfg)
@@ -277,12 +282,12 @@ def _vision_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> VisionConfi
 
 def _audio_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> AudioConfig:
     A = Keys.ClipAudio
-    proj = _projector(f, A.PROJECTOR_TYPE, "audio", quirks)
+    proj, written = _projector(f, A.PROJECTOR_TYPE, "audio", quirks)
     dims = _encoder_dims(f, A, "a", quirks)
     need_stack = proj in ("ultravox", "voxtral", "glma")
-    stack = _get(f, A.Projector.STACK_FACTOR, int, _REQUIRED if need_stack else 0)
-    cfg = AudioConfig(proj, _get(f, A.NUM_MEL_BINS, int), stack_factor=stack, act=_act(f, proj, "audio"),
-                      projector_act=_get(f, KEY_AUDIO_MM_ACT, str, "gelu_erf"), **dims)
+    stack = metadata_value(f, A.Projector.STACK_FACTOR, int, _REQUIRED if need_stack else 0)
+    cfg = AudioConfig(proj, metadata_value(f, A.NUM_MEL_BINS, int), stack_factor=stack, act=_act(f, proj, "audio"),
+                      projector_act=metadata_value(f, KEY_AUDIO_MM_ACT, str, "gelu_erf"), written_type=written, **dims)
     if cfg.n_mel == 0:
         raise f.error("clip.audio.num_mel_bins must be > 0")
     widest = max((d for t in f.tensors.values() for d in t.shape), default=0)
@@ -301,13 +306,11 @@ def _audio_config(f: GGUFFile, tensors: dict, quirks: list[str]) -> AudioConfig:
 # declares with the file).
 
 
-def tensor_name(t: MODEL_TENSOR, suffix: str | None = "weight", bid: int | None = None) -> str:
-    """The file name of a tensor from the gguf package's table: (V_ENC_ATTN_Q, "bias", 3) -> v.blk.3.attn_q.bias."""
-    name = TENSOR_NAMES[t].format(bid=bid)
-    return f"{name}.{suffix}" if suffix else name
-
-
-_tn = tensor_name
+def tn(tensor: MODEL_TENSOR, suffix: str | None = "weight", bid: int | None = None) -> str:
+    """The file name of a tensor from the gguf package's table: tn(V_ENC_ATTN_Q, "bias", 3) ==
+    "v.blk.3.attn_q.bias". Without bid the "{bid}" placeholder is kept (for rename rules)."""
+    base = TENSOR_NAMES[tensor].format(bid=bid) if bid is not None else TENSOR_NAMES[tensor]
+    return f"{base}.{suffix}" if suffix else base
 
 
 class _Checks:
@@ -348,40 +351,40 @@ def _check_blocks(check: _Checks, prefix: str, n: int, ff: int, n_layer: int, pr
     for i in range(n_layer):
         for t, w, b in ((ln1, (n,), (n,)), (q, (n, n), (n,)), (k, (n, n), (n,)), (v, (n, n), (n,)),
                         (o, (n, n), (n,)), (ln2, (n,), (n,)), (up, (ff, n), (ff,)), (down, (n, ff), (n,))):
-            check(_tn(t, "weight", i), w)
-            check(_tn(t, "bias", i), b, required=False)
+            check(tn(t, "weight", i), w)
+            check(tn(t, "bias", i), b, required=False)
     for t in (pre, post):
-        check(_tn(t, "weight"), (n,), required=False)
-        check(_tn(t, "bias"), (n,), required=False)
+        check(tn(t, "weight"), (n,), required=False)
+        check(tn(t, "bias"), (n,), required=False)
 
 
 def _check_vision(f: GGUFFile, tensors: dict, cfg: VisionConfig) -> None:
-    standard = (_tn(MODEL_TENSOR.V_ENC_EMBD_PATCH), _tn(MODEL_TENSOR.V_ENC_EMBD_POS),
-                *([_tn(MODEL_TENSOR.V_ENC_ATTN_Q, "weight", 0)] if cfg.n_layer else []))
+    standard = (tn(MODEL_TENSOR.V_ENC_EMBD_PATCH), tn(MODEL_TENSOR.V_ENC_EMBD_POS),
+                *([tn(MODEL_TENSOR.V_ENC_ATTN_Q, "weight", 0)] if cfg.n_layer else []))
     if not all(name in tensors for name in standard):
         return  # RoPE towers, fused qkv ...: checked by the architecture that builds them
     check, n, p = _Checks(f, tensors), cfg.n_embd, cfg.patch_size
-    check(_tn(MODEL_TENSOR.V_ENC_EMBD_PATCH), (n, 3, p, p))
-    check(_tn(MODEL_TENSOR.V_ENC_EMBD_PATCH, "bias"), (n,), required=False)
-    cls = check(_tn(MODEL_TENSOR.V_ENC_EMBD_CLS, None), (n,), required=False)
+    check(tn(MODEL_TENSOR.V_ENC_EMBD_PATCH), (n, 3, p, p))
+    check(tn(MODEL_TENSOR.V_ENC_EMBD_PATCH, "bias"), (n,), required=False)
+    cls = check(tn(MODEL_TENSOR.V_ENC_EMBD_CLS, None), (n,), required=False)
     # "resampler" (MiniCPM-V) buckets any slice into a square table of its own size (models.minicpmv)
     rows = None if cfg.projector_type == "resampler" else cfg.n_patches + (cls is not None)
-    check(_tn(MODEL_TENSOR.V_ENC_EMBD_POS), (rows, n) if rows else None)
+    check(tn(MODEL_TENSOR.V_ENC_EMBD_POS), (rows, n) if rows else None)
     _check_blocks(check, "v", n, cfg.n_ff, cfg.n_layer, MODEL_TENSOR.V_PRE_NORM, MODEL_TENSOR.V_POST_NORM)
     check.raise_if_any(f"vision encoder ({cfg.projector_type})")
 
 
 def _check_audio(f: GGUFFile, tensors: dict, cfg: AudioConfig) -> None:
-    standard = (_tn(MODEL_TENSOR.A_ENC_CONV1D, "weight", 1), _tn(MODEL_TENSOR.A_ENC_EMBD_POS),
-                *([_tn(MODEL_TENSOR.A_ENC_ATTN_Q, "weight", 0)] if cfg.n_layer else []))
+    standard = (tn(MODEL_TENSOR.A_ENC_CONV1D, "weight", 1), tn(MODEL_TENSOR.A_ENC_EMBD_POS),
+                *([tn(MODEL_TENSOR.A_ENC_ATTN_Q, "weight", 0)] if cfg.n_layer else []))
     if not all(name in tensors for name in standard):
         return  # not a Whisper-style encoder: checked by the architecture that builds it
     check, n = _Checks(f, tensors), cfg.n_embd
-    check(_tn(MODEL_TENSOR.A_ENC_CONV1D, "weight", 1), (n, cfg.n_mel, 3))
-    check(_tn(MODEL_TENSOR.A_ENC_CONV1D, "bias", 1), (n,))
-    check(_tn(MODEL_TENSOR.A_ENC_CONV1D, "weight", 2), (n, n, 3))
-    check(_tn(MODEL_TENSOR.A_ENC_CONV1D, "bias", 2), (n,))
-    pos = check(_tn(MODEL_TENSOR.A_ENC_EMBD_POS), None)
+    check(tn(MODEL_TENSOR.A_ENC_CONV1D, "weight", 1), (n, cfg.n_mel, 3))
+    check(tn(MODEL_TENSOR.A_ENC_CONV1D, "bias", 1), (n,))
+    check(tn(MODEL_TENSOR.A_ENC_CONV1D, "weight", 2), (n, n, 3))
+    check(tn(MODEL_TENSOR.A_ENC_CONV1D, "bias", 2), (n,))
+    pos = check(tn(MODEL_TENSOR.A_ENC_EMBD_POS), None)
     if pos is not None and (len(pos.shape) != 2 or pos.shape[1] != n):
         check.bad.append(f"a.position_embd.weight {pos.shape} != (n_ctx, {n})")
     _check_blocks(check, "a", n, cfg.n_ff, cfg.n_layer, MODEL_TENSOR.A_PRE_NORM, MODEL_TENSOR.A_POST_NORM)

@@ -326,7 +326,7 @@ _KINDS = {bool: lambda t: t == "bool", str: lambda t: t == "str", int: lambda t:
           "floats": lambda t: t[:4] == "arr[" and t[4] in "uif", "strs": lambda t: t == "arr[str]"}
 
 
-def _get(f: GGUFFile, key: str, kind, default=_REQUIRED):
+def metadata_value(f: GGUFFile, key: str, kind, default=_REQUIRED):
     """A metadata value of the given kind: bool, str, int (any integer type, >= 0), float (any
     number, finite), or an array of "ints", "floats" (finite) or "strs" as a list."""
     if key not in f.metadata:

@@ -12,8 +12,8 @@ from gguf import (
 )
 
 
-from .mmproj import MMPROJ_ARCH, _tn
-from .reader import GGUFFile, GGUFTensor, TensorTable, _get, read_gguf
+from .mmproj import MMPROJ_ARCH, tn
+from .reader import GGUFFile, GGUFTensor, TensorTable, metadata_value, read_gguf
 
 
 # -- text models: token embeddings and the tokenizer.ggml.* vocabulary ---------------------------------
@@ -48,18 +48,18 @@ def load_text(path: str | os.PathLike | GGUFFile) -> tuple[TextInfo, GGUFTensor]
     if not arch or arch == MMPROJ_ARCH:
         raise f.error(f"general.architecture is {arch!r}: not a text model")
     T = Keys.Tokenizer
-    tokens = _get(f, T.LIST, "strs")
+    tokens = metadata_value(f, T.LIST, "strs")
     if not tokens:
         raise f.error(f"{T.LIST} is empty")
-    emb = TensorTable(f.tensors, f.path, (((), f"text model {arch!r}"),))[_tn(MODEL_TENSOR.TOKEN_EMBD)]
-    n_embd = _get(f, Keys.LLM.EMBEDDING_LENGTH.format(arch=arch), int, emb.shape[-1])
+    emb = TensorTable(f.tensors, f.path, (((), f"text model {arch!r}"),))[tn(MODEL_TENSOR.TOKEN_EMBD)]
+    n_embd = metadata_value(f, Keys.LLM.EMBEDDING_LENGTH.format(arch=arch), int, emb.shape[-1])
     if len(emb.shape) != 2 or emb.shape != (len(tokens), n_embd):
         raise f.error(f"token_embd.weight {emb.shape} disagrees with the metadata: "
                       f"({len(tokens)} tokens, embedding_length {n_embd})")
     if not emb.supported:
         raise f.error(f"token_embd.weight has type {emb.dtype}, which graphdsl cannot run")
-    opt = {T.TOKEN_TYPE: _get(f, T.TOKEN_TYPE, "ints", None), T.SCORES: _get(f, T.SCORES, "floats", None),
-           T.MERGES: _get(f, T.MERGES, "strs", None)}
+    opt = {k: metadata_value(f, k, kind, None)
+           for k, kind in ((T.TOKEN_TYPE, "ints"), (T.SCORES, "floats"), (T.MERGES, "strs"))}
     for key in (T.TOKEN_TYPE, T.SCORES):
         if opt[key] is not None:
             if len(opt[key]) != len(tokens):
@@ -69,12 +69,12 @@ def load_text(path: str | os.PathLike | GGUFFile) -> tuple[TextInfo, GGUFTensor]
     for name, key in (("bos", T.BOS_ID), ("eos", T.EOS_ID), ("unk", T.UNK_ID), ("sep", T.SEP_ID),
                       ("pad", T.PAD_ID), ("mask", T.MASK_ID)):
         if key in f.metadata:
-            v = _get(f, key, int)
+            v = metadata_value(f, key, int)
             if v < len(tokens):  # llama.cpp too ignores an out-of-range id (with a warning)
                 special[name] = v
-    info = TextInfo(arch, n_embd, len(tokens), _get(f, T.MODEL, str, ""), tokens, opt[T.TOKEN_TYPE],
-                    opt[T.SCORES], opt[T.MERGES], special, _get(f, T.PRE, str, ""),
+    info = TextInfo(arch, n_embd, len(tokens), metadata_value(f, T.MODEL, str, ""), tokens, opt[T.TOKEN_TYPE],
+                    opt[T.SCORES], opt[T.MERGES], special, metadata_value(f, T.PRE, str, ""),
                     {k[len(arch) + 1:]: v for k, v in f.metadata.items() if k.startswith(arch + ".")},
-                    _get(f, T.HF_JSON, str, ""), _get(f, T.ADD_BOS, bool, None), _get(f, T.ADD_EOS, bool, None),
-                    f.path, f)
+                    metadata_value(f, T.HF_JSON, str, ""), metadata_value(f, T.ADD_BOS, bool, None),
+                    metadata_value(f, T.ADD_EOS, bool, None), f.path, f)
     return info, emb

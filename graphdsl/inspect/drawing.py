@@ -19,28 +19,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..ops.registry import REGISTRY
 from .repeats import collapse_map, find_repeats, local_name, split_name
-from .summarize import VIEW_OPS, flops_of
+from .summarize import flops_of, is_view
 from .table import si
 
 INSTALL_HINT = ("install Graphviz for SVG/PNG output: `apt-get install graphviz` (Debian/Ubuntu), "
                 "`brew install graphviz` (macOS) or `conda install -c conda-forge graphviz`; "
                 "or draw to a .dot file")
 
-# op kind -> (ops, fill colour)
-KINDS = {
-    "matmul": ({"mul_mat", "flash_attn_ext"}, "#f4cccc"),
-    "conv": ({"conv_1d", "conv_2d", "pool_2d"}, "#fce5cd"),
-    "norm": ({"norm", "rms_norm", "soft_max"}, "#fff2cc"),
-    "activation": ({"gelu", "gelu_erf", "gelu_quick", "silu", "relu", "sigmoid", "tanh", "exp", "sqr",
-                    "sqrt"}, "#d0e0e3"),
-    "arithmetic": ({"add", "sub", "mul", "div", "scale", "neg", "rope"}, "#cfe2f3"),
-    "gather/reduce": ({"get_rows", "mean", "sum_rows", "argmax"}, "#d9d2e9"),
-    "layout": ({"reshape", "view", "permute", "cont", "concat", "pad", "repeat", "cast", "transpose"}, "#f3f3f3"),
-    "input": ({"input"}, "#d9ead3"),
-    "weight": ({"weight"}, "#eeeeee"),
+# fill colour per op kind (each op declares its kind in the registry), then the two leaf kinds
+COLOURS = {
+    "matmul": "#f4cccc", "conv": "#fce5cd", "norm": "#fff2cc", "activation": "#d0e0e3",
+    "arithmetic": "#cfe2f3", "gather/reduce": "#d9d2e9", "layout": "#f3f3f3", "constant": "#ffffff",
+    "input": "#d9ead3", "weight": "#eeeeee",
 }
-_KIND_OF = {op: k for k, (ops, _) in KINDS.items() for op in ops}
 
 
 class GraphvizNotFound(RuntimeError):
@@ -48,11 +41,15 @@ class GraphvizNotFound(RuntimeError):
 
 
 def op_kind(op: str) -> str:
-    return _KIND_OF.get(op, "other")
+    """The registry op's kind, "input" or "weight" for the leaves, else "other"."""
+    if op in ("input", "weight"):
+        return op
+    opdef = REGISTRY.get(op)
+    return opdef.kind if opdef is not None else "other"
 
 
 def kind_colour(kind: str) -> str:
-    return KINDS[kind][1] if kind in KINDS else "#ffffff"
+    return COLOURS.get(kind, "#ffffff")
 
 
 def _nodes(graph, weights: bool):
@@ -119,7 +116,7 @@ def to_dot(graph, *, collapse: bool = True, weights: bool = False, rankdir: str 
             label += f"\\n{_count(params[id(n)])} params"
         style = "filled" if n.op in ("input", "weight") else '"rounded,filled"'
         shape = ", shape=ellipse" if n.op == "input" else ""
-        dashed = ', color="#999999"' if n.op in VIEW_OPS else ""
+        dashed = ', color="#999999"' if is_view(n) else ""
         return f'{indent}{_q(n.name)} [label="{_esc(label)}", fillcolor="{kind_colour(kind)}", style={style}{shape}{dashed}];'
 
     by_repeat: dict[int, list] = {}
@@ -170,7 +167,7 @@ def split_index(n):
 
 
 def _legend(kinds) -> list[str]:
-    kinds = [k for k in KINDS if k in kinds] + (["other"] if "other" in kinds else [])
+    kinds = [k for k in COLOURS if k in kinds] + (["other"] if "other" in kinds else [])
     if not kinds:
         return []
     cells = "".join(f'<td bgcolor="{kind_colour(k)}">{k}</td>' for k in kinds)

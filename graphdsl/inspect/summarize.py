@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from ..ops.registry import REGISTRY
 from .table import Report, Table, nbytes, si
 
-VIEW_OPS = frozenset({"reshape", "view", "permute"})  # ggml views: no arithmetic, no copy
 
 
 @dataclass
@@ -31,6 +30,12 @@ class NodeStats:
     flops: int | None  # None: the op's FLOP rule failed (reported as "?")
     read: int  # bytes
     written: int  # bytes
+
+
+def is_view(node) -> bool:
+    """Whether ggml runs the node as a view of its input (OpDef.view): no arithmetic, no copy."""
+    opdef = REGISTRY.get(node.op)
+    return opdef is not None and opdef.view
 
 
 def flops_of(node) -> int | None:
@@ -55,7 +60,7 @@ def node_stats(graph, nodes=None) -> list[NodeStats]:
             if i.op == "weight" and id(i) not in seen_w:
                 seen_w.add(id(i))
                 params += i.numel
-        view = n.op in VIEW_OPS or n.op == "input"
+        view = is_view(n) or n.op == "input"
         out.append(NodeStats(n.name, n.op, n.shape, n.dtype.name, params, flops_of(n),
                              0 if view else sum(i.nbytes for i in n.inputs), 0 if view else n.nbytes))
     return out

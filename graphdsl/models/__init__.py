@@ -81,7 +81,7 @@ class Mmproj:
         mean, std = carried.pop("mean", v.image_mean), carried.pop("std", v.image_std)
         image = registry.ImagePreprocess(carried.pop("mode"), arch.image.mean, arch.image.std) if "mode" in carried \
             else arch.image
-        kw = {**getattr(self.vision, "image_kw", {}), **carried, **kw}  # what the block fixes (pixtral: patch * merge)
+        kw = {**self.vision.image_kw, **carried, **kw}  # what the block fixes (pixtral: patch * merge)
         return image.config(self.vision.cfg.image_size, mean, std, **kw)
 
 
@@ -89,7 +89,7 @@ def arch_for(mmproj_config, section: str) -> Arch:
     """The registered arch that builds a file's "vision" or "audio" encoder (ValueError naming
     the file and the supported projector types)."""
     sec = getattr(mmproj_config, section)
-    return registry.for_projector(section, sec.projector_type, mmproj_config)
+    return registry.for_projector(section, sec.projector_type, mmproj_config, written=sec.written_type)
 
 
 def from_gguf(path: str | os.PathLike, *, check_finite: bool = True) -> Mmproj:

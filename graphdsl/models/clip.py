@@ -31,12 +31,13 @@ from .. import blocks, ops
 from ..gguf_io import KEY_FEATURE_LAYER, KEY_MM_ACT, KEY_SELECT
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
-from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, Block, T, VitHparams, convert_state, graph_of, hf_dict, image_rows,
-    sub, tn, vit_keys, weight_shapes_of)
+from ..preprocess.image import OPENAI_CLIP_MEAN as CLIP_MEAN, OPENAI_CLIP_STD as CLIP_STD
+from .common import Block, VitHparams, graph_of, image_rows, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import VISION_PREFIXES, convert_state, hf_dict, hf_vit_hparams, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 # LLaVA-1.6's row-end embedding (clip-impl.h TN_IMAGE_NEWLINE; older files: model.image_newline): a file
 # holding it is models.llava_next's, whose views read as one LLaVA-1.5 image would be silently wrong
 IMAGE_NEWLINE = "v.image_newline"

@@ -31,8 +31,9 @@ from gguf import Keys
 from .. import blocks
 from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
-from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, post_ln_tower, Block, T, VitHparams, convert_state, graph_of, hf_dict, sub,
-    tn, vit_keys, weight_shapes_of)
+from .common import Block, VitHparams, graph_of, post_ln_tower, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import VISION_PREFIXES, convert_state, hf_dict, hf_vit_hparams, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
@@ -131,7 +132,7 @@ def image_config(mmproj):
     return Idefics3ImageConfig.from_hf({**d, "max_image_size": {"longest_edge": c.image_size}})
 
 
-def frames(source, mmproj) -> np.ndarray:
+def frames(source, mmproj, text_info=None, max_seconds=None) -> np.ndarray:
     """An image as HF's Idefics3ImageProcessor cuts it (tiles row by row, then the global image),
     with the file's settings (``image_config``)."""
     from ..preprocess.idefics3 import idefics3_images
@@ -166,7 +167,7 @@ SETTINGS = (
 ARCH = register(Arch(
     "idefics3", "image", Idefics3Vision, Idefics3Config, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("idefics3",), hf_model_types=("idefics3", "smolvlm"),
-    image=ImagePreprocess("siglip", defaults={"image_size": 364, "patch_size": 14}), frames=frames,  # HF: 4 x 364 / 364
+    image=ImagePreprocess("siglip", defaults={"image_size": 364, "patch_size": 14}), prepare=frames,  # HF: 4 x 364 / 364
     settings=SETTINGS,
     examples=(Idefics3Config(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, scale_factor=2,
                              n_mm_embd=48),)))

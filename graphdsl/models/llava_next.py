@@ -42,12 +42,14 @@ from typing import Any
 import numpy as np
 
 from .. import ops
-from ..gguf_io.reader import _get, read_gguf
+from ..gguf_io.reader import metadata_value, read_gguf
 from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
 from ..preprocess.anyres import LLAVA_NEXT_PINPOINTS, AnyresConfig, AnyresImage, anyres_images, unpad_crop
 from . import clip
-from .common import VISION_PREFIXES, Block, as_dict, convert_state, file_types, mmproj_config, weight_shapes_of
+from .common import Block, file_types, weight_shapes_of
+from .gguf_keys import mmproj_config
+from .hf import VISION_PREFIXES, as_dict, convert_state
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
@@ -127,7 +129,7 @@ class LlavaNextVision(Block):
             arrays.append(a)
         return np.ascontiguousarray(np.concatenate(arrays))
 
-    def build_items(self, g: Graph, prefix: str, datas: Sequence[AnyresImage]):
+    def build_items(self, g: Graph, prefix: str, datas: Sequence[AnyresImage], batch_kinds=()):
         """The mixed batch's hook: all images' views as one input, one (n_i, d) output per image,
         and the layouts as the executor-cache key."""
         pixels = self.views(datas)
@@ -229,7 +231,7 @@ def config_from_hf(hf: Any) -> LlavaNextConfig:
 def config_from_gguf(src: Any) -> LlavaNextConfig:
     """From a LLaVA-1.6 mmproj: models.clip's reading and the (width, height) pinpoints."""
     m = mmproj_config(src)
-    pts = [int(x) for x in _get(read_gguf(m.path), KEY_PINPOINTS, "ints", [])]
+    pts = [int(x) for x in metadata_value(read_gguf(m.path), KEY_PINPOINTS, "ints", [])]
     if not pts or len(pts) % 2:
         raise m.error(f"{KEY_PINPOINTS} must list (width, height) pairs, got {pts}")
     if m.shapes.get(IMAGE_NEWLINE) is None:
@@ -254,7 +256,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
                          weight_shapes(cfg), "llava_next")
 
 
-def frames(source, mmproj) -> AnyresImage:
+def frames(source, mmproj, text_info=None, max_seconds=None) -> AnyresImage:
     """An image as HF's LlavaNextImageProcessor cuts it, for a file's tower (crop = its image_size,
     its pinpoints) with the file's carried shortest edge, resample, rescale and normalization."""
     c = mmproj.vision.cfg
@@ -282,7 +284,7 @@ ARCH = register(Arch(
     image=ImagePreprocess("siglip", clip.CLIP_MEAN, clip.CLIP_STD,  # the base view: a square resize
                           # llava-hf's 336 (the class default, 224, does not divide its own default pinpoints)
                           defaults={"image_size": 336, "patch_size": 14}),
-    frames=frames, settings=SETTINGS,
+    prepare=frames, settings=SETTINGS,
     examples=(LlavaNextConfig(image_size=32, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2,
                               feature_layer=(2,), n_mm_embd=48, mm_act="gelu_erf",
                               grid_pinpoints=((32, 64), (64, 32), (64, 64), (96, 32))),)))

@@ -36,8 +36,10 @@ from gguf import Keys
 
 from .. import blocks, ops
 from ..graph import Graph, Tensor
-from .common import T, Block, VitHparams, gguf_vision, graph_of, tn, vit_keys, weight_shapes_of
-from .registry import Arch, ImagePreprocess, register
+from .common import Block, VitHparams, graph_of, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import remote_code_only
+from .registry import Arch, ImagePreprocess, Prepared, register
 
 KEY_VERSION, KEY_QUERY_NUM = "clip.minicpmv_version", "clip.minicpmv_query_num"
 D_HEAD = 128  # the resampler's head width (MiniCPM-V: num_heads = embed_dim // 128)
@@ -146,7 +148,7 @@ class MiniCPMVVision(Block):
             a = blocks.norm(a, "ln_post", eps=c.eps)
             return ops.mul_mat(a, g.weight("proj.weight", (d, d), c.wtype), name="proj")
 
-    def build_items(self, g: Graph, prefix: str, datas) -> tuple[dict, list, tuple]:
+    def build_items(self, g: Graph, prefix: str, datas, batch_kinds=()) -> tuple[dict, list, tuple]:
         """Slices of any sizes (each (3, h, w)); slices of one size share one batched tower."""
         sizes: dict[tuple[int, int], list[int]] = {}
         arrs = []
@@ -180,9 +182,7 @@ def weight_shapes(cfg: MiniCPMVConfig) -> dict[str, tuple[int, ...]]:
     return weight_shapes_of(MiniCPMVVision(cfg))
 
 
-def config_from_hf(hf: Any) -> MiniCPMVConfig:
-    raise ValueError("[minicpmv] transformers has no MiniCPM-V (it ships as remote code); convert with "
-                     "llama.cpp's legacy-models/minicpmv-convert-image-encoder-to-gguf.py and load the mmproj file")
+config_from_hf = remote_code_only("minicpmv", "MiniCPM-V", "legacy-models/minicpmv-convert-image-encoder-to-gguf.py")
 
 
 def config_from_gguf(src: Any) -> MiniCPMVConfig:
@@ -256,6 +256,11 @@ def image_items(source, mmproj, text_info, policy: str = "minicpmv") -> tuple[li
     return items, f"minicpmv: overview {hw[0][1]}x{hw[0][0]}, {grid}, {c.n_query} tokens each"
 
 
+def prepare(source, mmproj, text_info=None, max_seconds=None) -> Prepared:
+    """``embed_files``' pre-processing (``Arch.prepare``): one image as its slices and marker tokens."""
+    return Prepared(*image_items(source, mmproj, text_info))
+
+
 def marker_ids(info) -> dict[str, int]:
     """The ids of MiniCPM-V's markers in a text model's vocabulary (as mtmd looks them up)."""
     toks = {t: i for i, t in enumerate(info.tokens)}
@@ -275,6 +280,6 @@ def marker_ids(info) -> dict[str, int]:
 
 ARCH = register(Arch(
     "minicpmv", "image", MiniCPMVVision, MiniCPMVConfig, config_from_hf, config_from_gguf, config_to_gguf,
-    hf_to_gguf, projectors=("resampler",), image=ImagePreprocess("siglip"), extra={"items": image_items},
+    hf_to_gguf, projectors=("resampler",), image=ImagePreprocess("siglip"), prepare=prepare, needs_text=True,
     examples=(MiniCPMVConfig(image_size=56, patch_size=14, n_embd=32, n_ff=64, n_head=4, n_layer=1, n_mm_embd=128,
                              n_query=8, n_pos_side=8, version=3),)))

@@ -39,10 +39,11 @@ import numpy as np
 from gguf import Keys
 
 from .. import blocks, ops
-from ..gguf_io.reader import _get, read_gguf
+from ..gguf_io.reader import metadata_value, read_gguf
 from ..graph import Graph, Tensor
-from .common import (VISION_PREFIXES, Block, T, VitHparams, convert_state, file_types, gguf_vision, hf_dict, sub,
-                     tn, vit_keys, weight_shapes_of)
+from .common import Block, VitHparams, file_types, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import VISION_PREFIXES, convert_state, hf_dict, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
@@ -207,7 +208,7 @@ class MllamaVision(Block):
         px = np.ascontiguousarray(np.concatenate([p for p, _, _ in ims]))
         return px, np.array([a for _, a, _ in ims], np.int32), np.stack([attn_mask(k, self.cfg) for _, _, k in ims])
 
-    def build_items(self, g: Graph, prefix: str, datas) -> tuple[dict, list[Tensor], tuple]:
+    def build_items(self, g: Graph, prefix: str, datas, batch_kinds=()) -> tuple[dict, list[Tensor], tuple]:
         """The mixed-batch hook (``embed``): all images of the batch in one run; each item gives
         its T (P + 1) rows."""
         px, ids, mask = self.feeds(datas)
@@ -272,7 +273,7 @@ def config_from_gguf(src: Any) -> MllamaConfig:
     """From an mmproj GGUF with projector "mllama" (keys and tensors in the README)."""
     m, v, kw = gguf_vision(src, ("mllama",), "mllama")
     f = read_gguf(m.path)
-    n_global = _get(f, KEY_GLOBAL_LAYERS, int)
+    n_global = metadata_value(f, KEY_GLOBAL_LAYERS, int)
     head = "v.global.blk."
     stored = len({n[len(head):].split(".", 1)[0] for n in m.shapes if n.startswith(head)})
     if n_global != stored:
@@ -281,8 +282,9 @@ def config_from_gguf(src: Any) -> MllamaConfig:
     mm = m.shapes.get(tn(T.V_MMPROJ, bid=0))
     if pre is None or mm is None:
         raise m.error("no v.pre_tile_position_embd.weight or mm.0.weight")
-    return MllamaConfig(**kw, n_global_layer=n_global, max_tiles=_get(f, KEY_MAX_TILES, int), n_ratios=pre[0] - 1,
-                        layers_out=tuple(int(i) for i in _get(f, KEY_LAYERS_OUT, "ints")), n_mm_embd=mm[0])
+    return MllamaConfig(**kw, n_global_layer=n_global, max_tiles=metadata_value(f, KEY_MAX_TILES, int),
+                        n_ratios=pre[0] - 1, n_mm_embd=mm[0],
+                        layers_out=tuple(int(i) for i in metadata_value(f, KEY_LAYERS_OUT, "ints")))
 
 
 def config_to_gguf(cfg: MllamaConfig, image_mean=(0.5,) * 3, image_std=(0.5,) * 3) -> list[tuple[str, object]]:
@@ -321,7 +323,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
                          _rules(), weight_shapes(cfg), "mllama")
 
 
-def frames(source, mmproj):
+def frames(source, mmproj, text_info=None, max_seconds=None):
     """An image as HF's MllamaImageProcessor cuts it (tiles of the tower's size) with the file's
     carried settings (resample, rescale, normalization, mean/std), up to its max_tiles: a
     ``preprocess.mllama.MllamaImage`` item."""
@@ -362,7 +364,7 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "mllama", "image", MllamaVision, MllamaConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("mllama",), hf_model_types=("mllama",), frames=frames,
+    projectors=("mllama",), hf_model_types=("mllama",), prepare=frames,
     # HF's class defaults: 224 tiles (Llama 3.2 Vision's files say 560); 32 layers: its feature layers exist
     image=ImagePreprocess("siglip", defaults={"image_size": 224, "patch_size": 14, "n_layer": 32}),
     output="cross", settings=SETTINGS,

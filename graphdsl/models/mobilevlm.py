@@ -18,7 +18,7 @@ llama.cpp (tools/mtmd/models/llava.cpp) differs in two places, and graphdsl foll
 it hard-codes a 24 x 24 grid (graphdsl takes the tower's grid, any even size), and it appends
 the class token *after* the patches while numbering positions as if it came first, then drops
 row 0 (a patch) and keeps the class token (upstream issue #25814). For towers without a class
-token the two agree (tests/test_mtmd_mobilevlm.py compares both cases).
+token the two agree (tests/models/test_mtmd_mobilevlm.py compares both cases).
 
 Example:
     >>> cfg = MobileVLMConfig(image_size=48, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2,
@@ -39,7 +39,9 @@ from ..gguf_io import KEY_FEATURE_LAYER, KEY_MM_ACT
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
 from .clip import CLIP_MEAN, CLIP_STD
-from .common import T, Block, VitHparams, gguf_vision, graph_of, image_rows, tn, vit_keys, weight_shapes_of
+from .common import Block, VitHparams, graph_of, image_rows, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import remote_code_only
 from .registry import Arch, ImagePreprocess, register
 
 
@@ -181,9 +183,7 @@ def weight_shapes(cfg: MobileVLMConfig) -> dict[str, tuple[int, ...]]:
     return weight_shapes_of(MobileVLMVision(cfg))
 
 
-def config_from_hf(hf: Any) -> MobileVLMConfig:
-    raise ValueError("[mobilevlm] transformers has no MobileVLM (it ships as remote code); convert with "
-                     "llama.cpp's legacy-models/convert_image_encoder_to_gguf.py and load the mmproj file")
+config_from_hf = remote_code_only("mobilevlm", "MobileVLM", "legacy-models/convert_image_encoder_to_gguf.py")
 
 
 def config_from_gguf(src: Any) -> MobileVLMConfig:

@@ -46,7 +46,9 @@ from gguf import Keys
 
 from .. import blocks, ops
 from ..graph import Graph, Tensor
-from .common import Block, EncoderHparams, T, as_dict, convert_state, mmproj_config, sub, tn, weight_shapes_of
+from .common import Block, EncoderHparams, weight_shapes_of
+from .gguf_keys import T, gguf_audio, tn
+from .hf import as_dict, convert_state, sub
 from . import settings
 from .registry import Arch, register
 
@@ -287,21 +289,16 @@ def config_from_hf(hf: Any) -> Phi4AudioConfig:
 
 
 def config_from_gguf(src: Any) -> Phi4AudioConfig:
-    m = mmproj_config(src)
-    a = m.audio
-    if a is None or a.projector_type != "phi4":
-        raise m.error("no Phi-4 audio encoder (clip.audio.projector_type 'phi4')")
+    m, a, kw = gguf_audio(src, ("phi4",), "Phi-4")
     need = {"conv2d.0": tn(T.A_ENC_CONV2D, "weight", 0), "dw": tn(T.A_ENC_CONV_DW, "weight", 0),
             "bias": "a.attn_rel_bias.weight", "out": tn(T.A_MMPROJ, "weight", 2)}
     missing = [v for v in need.values() if v not in m.shapes]
     if missing:
         raise m.error(f"phi4_audio tensors missing: {missing}")
     n_conv = sum(1 for k in m.shapes if k.startswith("a.conv2d.") and k.endswith(".weight"))  # 1 + 2 per extra stage
-    return Phi4AudioConfig(n_mel=a.n_mel, n_embd=a.n_embd, n_ff=a.n_ff, n_head=a.n_head, n_layer=a.n_layer, eps=a.eps,
-                           n_conv=m.shapes[need["conv2d.0"]][0], time_reduction=2 ** ((n_conv + 1) // 2),
+    return Phi4AudioConfig(**kw, n_conv=m.shapes[need["conv2d.0"]][0], time_reduction=2 ** ((n_conv + 1) // 2),
                            kernel=m.shapes[need["dw"]][0], max_distance=m.shapes[need["bias"]][0] // 2,
-                           n_mm_embd=m.shapes[need["out"]][0], wtype=m.dtypes.get(tn(T.A_ENC_ATTN_Q, "weight", 0), "f32"),
-                           wtypes=dict(m.dtypes))
+                           n_mm_embd=m.shapes[need["out"]][0])
 
 
 def config_to_gguf(cfg: Phi4AudioConfig) -> list[tuple[str, object]]:
@@ -352,7 +349,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, HF_PREFIXES, _rules(cfg), weight_shapes(cfg), "phi4_audio", fix)
 
 
-def features_of(src: Any, mmproj, max_seconds: float | None = None) -> np.ndarray:
+def features_of(src: Any, mmproj, text_info=None, max_seconds: float | None = None) -> np.ndarray:
     """``embed_files``' pre-processing: a path or 16 kHz PCM -> the log-mel this encoder reads."""
     from ..preprocess.audio import load_audio
     from ..preprocess.phi4_audio import phi4_audio_features
@@ -393,7 +390,7 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "phi4_audio", "audio", Phi4Audio, Phi4AudioConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    projectors=("phi4",), hf_model_types=("phi4_multimodal_audio",), extra={"audio": features_of},
+    projectors=("phi4",), hf_model_types=("phi4_multimodal_audio",), prepare=features_of,
     settings=SETTINGS,
     examples=(Phi4AudioConfig(n_mel=16, n_embd=32, n_ff=48, n_head=4, n_layer=2, n_conv=16, max_distance=50,
                               n_mm_embd=48),)))

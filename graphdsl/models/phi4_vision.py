@@ -37,8 +37,9 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..preprocess.phi4 import Phi4Image
-from .common import (Block, T, VitHparams, as_dict, convert_state, gguf_vision, hf_vit_rules, sub, tn, vit_keys,
-                     weight_shapes_of)
+from .common import Block, VitHparams, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import as_dict, convert_state, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
@@ -130,7 +131,7 @@ class Phi4Vision(Block):
         pos = pixels.graph.const("v.inp_pos_ids", np.concatenate([positions(m) for m in img.patch_mask]), dtype="i32")
         return self._images(pixels, pos, None, [img])[0]
 
-    def build_items(self, g: Graph, prefix: str, datas):
+    def build_items(self, g: Graph, prefix: str, datas, batch_kinds=()):
         """All crops of all images as one batch; inputs ``{prefix}.pixels``, ``.pos``, ``.mask``."""
         c = self.cfg
         imgs = [as_image(d, c.side, c.image_size) for d in datas]
@@ -285,7 +286,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     return convert_state(state_dict, HF_PREFIXES, _rules(), weight_shapes(cfg), "phi4_vision", fix)
 
 
-def frames(src: Any, mmproj) -> Phi4Image:
+def frames(src: Any, mmproj, text_info=None, max_seconds=None) -> Phi4Image:
     """``embed_files``' pre-processing: the HD crops of one image with the file's crop size, patch
     size, mean, std and dynamic_hd (``SETTINGS``; HF's 36 crops at most for a file without it)."""
     from ..preprocess.phi4 import Phi4ImageConfig, phi4_image
@@ -324,6 +325,6 @@ SETTINGS = (
 ARCH = register(Arch(
     "phi4_vision", "image", Phi4Vision, Phi4VisionConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("phi4",), hf_model_types=("phi4_multimodal",),
-    image=ImagePreprocess("siglip", defaults={"image_size": 448, "patch_size": 14}), frames=frames,
-    extra={"companions": ("phi4_audio",)}, settings=SETTINGS,
+    image=ImagePreprocess("siglip", defaults={"image_size": 448, "patch_size": 14}), prepare=frames,
+    companions=("phi4_audio",), settings=SETTINGS,
     examples=(Phi4VisionConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48),)))

@@ -31,8 +31,6 @@ Example:
 """
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,14 +43,15 @@ from ..dtypes import storage_type
 from ..gguf_io import KEY_MM_ACT
 from ..graph import Graph, Tensor
 from ..ops.rope import grid_positions, neox_to_normal
-from .common import (Block, T, VitHparams, as_dict, convert_state, file_types, gguf_vision, sub, tn, vit_keys,
-                     weight_shapes_of)
-from . import settings
+from ..preprocess.image import OPENAI_CLIP_MEAN as CLIP_MEAN, OPENAI_CLIP_STD as CLIP_STD
+from .common import Block, VitHparams, file_types, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import as_dict, convert_state, sub
+from .pixtral_convert import SETTINGS, hf_dir, hf_rules
 from .registry import Arch, ImagePreprocess, register
 
 Grid = tuple[int, int]  # (h, w) in patches
 IMG_BREAK, IMG_END = tn(T.V_TOK_EMBD_IMG_BREAK, None), "v.token_embd.img_end"
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,7 @@ class PixtralVision(Block):
         pieces = [patchify(d, self.cfg) for d in datas]
         return np.concatenate([p for p, _ in pieces]), [gr for _, gr in pieces]
 
-    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any]):
+    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any], batch_kinds=()):
         """The mixed batch's hook: every image in one packed sequence (see ``embed``)."""
         x, grids = self.items(datas)
         name = f"{prefix}.patches"
@@ -296,30 +295,6 @@ def config_from_hf(hf: Any) -> PixtralConfig:
                          img_break="img_break" in ids, img_end="img_end" in ids, token_ids=ids)
 
 
-def hf_dir(config: dict, folder: str) -> dict:
-    """``graphdsl convert``'s look at the folder: the ids of [IMG_BREAK] and [IMG_END] from
-    tokenizer_config.json's added_tokens_decoder, else tokenizer.json's added_tokens (llama.cpp's
-    converter's get_token_id). A LLaVA/Mistral-3 folder without [IMG_BREAK] is refused, as there."""
-    if "vision_config" not in config:
-        return config
-    found: dict[str, int] = {}
-    for fname, key in (("tokenizer_config.json", "added_tokens_decoder"), ("tokenizer.json", "added_tokens")):
-        path = os.path.join(folder, fname)
-        if not os.path.exists(path):
-            continue
-        with open(path, encoding="utf-8") as fh:
-            entries = json.load(fh).get(key) or {}
-        pairs = entries.items() if isinstance(entries, dict) else ((e.get("id"), e) for e in entries)
-        for tid, e in pairs:
-            for tok, k in (("[IMG_BREAK]", "image_break_token_id"), ("[IMG_END]", "image_end_token_id")):
-                if isinstance(e, dict) and e.get("content") == tok:
-                    found.setdefault(k, int(tid))
-    if "image_break_token_id" not in found and "image_break_token_id" not in config:
-        raise ValueError(f"{folder}: no [IMG_BREAK] token in tokenizer_config.json / tokenizer.json (Pixtral's "
-                         "row marker, as llama.cpp's converter needs it)")
-    return {**found, **config}
-
-
 def config_from_gguf(src: Any) -> PixtralConfig:
     """From an mmproj GGUF with projector "pixtral" (llama.cpp's layout, Mistral-3's merger included)."""
     m, v, kw = gguf_vision(src, ("pixtral",), "Pixtral")
@@ -345,23 +320,6 @@ def config_to_gguf(cfg: PixtralConfig, image_mean=CLIP_MEAN, image_std=CLIP_STD)
     return kv + ([(V.SPATIAL_MERGE_SIZE, cfg.merge)] if cfg.merge > 1 else [])
 
 
-def _rules() -> list[tuple[str, str]]:
-    per_layer = [("attention.q_proj", T.V_ENC_ATTN_Q), ("attention.k_proj", T.V_ENC_ATTN_K),
-                 ("attention.v_proj", T.V_ENC_ATTN_V), ("attention.o_proj", T.V_ENC_ATTN_O),
-                 ("attention_norm", T.V_ENC_INPUT_NORM), ("ffn_norm", T.V_ENC_POST_ATTN_NORM),
-                 ("feed_forward.gate_proj", T.V_ENC_FFN_GATE), ("feed_forward.up_proj", T.V_ENC_FFN_UP),
-                 ("feed_forward.down_proj", T.V_ENC_FFN_DOWN)]
-    rules = [(f"transformer.layers.{{bid}}.{hf}.weight", tn(t, "weight")) for hf, t in per_layer]
-    rules += [("patch_conv.weight", tn(T.V_ENC_EMBD_PATCH)), ("ln_pre.weight", tn(T.V_PRE_NORM))]
-    rules = [(f"vision_tower.{hf}", gg) for hf, gg in rules] + rules  # a LLaVA/Mistral-3 model or a bare tower
-    mm = "multi_modal_projector."
-    rules += [(f"{mm}linear_{i}.{s}", tn(T.V_MMPROJ, s, i)) for i in (1, 2) for s in ("weight", "bias")]
-    rules += [(f"{mm}norm.weight", tn(T.V_MM_INP_NORM)),
-              (f"{mm}patch_merger.merging_layer.weight", tn(T.V_MM_PATCH_MERGER))]
-    return rules + [(k, "token_embd") for k in ("language_model.embed_tokens.weight",
-                                                "language_model.model.embed_tokens.weight")]
-
-
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
     """HF LlavaForConditionalGeneration (Pixtral) / Mistral3ForConditionalGeneration tensors -> gguf
     names (NumPy f32): q/k rows permuted for ggml's normal RoPE, the marker rows cut from the
@@ -376,7 +334,7 @@ def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
             if on and table is not None and key in cfg.token_ids:
                 out[gg] = np.ascontiguousarray(table[cfg.token_ids[key]])
         return out
-    return convert_state(state_dict, ("model.",), _rules(), weight_shapes(cfg), "pixtral", fix=fix)
+    return convert_state(state_dict, ("model.",), hf_rules(), weight_shapes(cfg), "pixtral", fix=fix)
 
 
 class LongestEdge(ImagePreprocess):
@@ -389,7 +347,7 @@ class LongestEdge(ImagePreprocess):
                                   mean=tuple(mean or self.mean), std=tuple(std or self.std), **kw)
 
 
-def frames(source, mmproj) -> np.ndarray:
+def frames(source, mmproj, text_info=None, max_seconds=None) -> np.ndarray:
     """An image resized as HF's processor does for this file: the longest edge its carried
     size.longest_edge (clip.vision.image_size when absent), sides multiples of the processor's
     patch_size (the tower's when absent) * merge, the file's mean / std: pixels (3, H, W)."""
@@ -397,63 +355,11 @@ def frames(source, mmproj) -> np.ndarray:
     return pixtral_image(source, mmproj.image_config())
 
 
-def _merge_of(checkpoint) -> int:
-    v = settings.lookup(checkpoint.get("config"), "spatial_merge_size")
-    return 1 if v is settings.MISSING or settings.lookup(checkpoint.get("config"), "model_type") != "mistral3" else v
-
-
-def _bad_head_dim(v, checkpoint) -> bool:
-    c = settings.view(checkpoint.get("config") or {})
-    n, h = (settings.lookup(c, f"vision_config.{k}") for k in ("hidden_size", "num_attention_heads"))
-    return n is not settings.MISSING and h is not settings.MISSING and v * h != n
-
-
-def _bad_patch(v, checkpoint) -> bool:
-    h = settings.lookup(checkpoint.get("processor"), "patch_size.height")
-    p = settings.lookup(settings.view(checkpoint.get("config") or {}), "vision_config.patch_size")
-    p = 16 if p is settings.MISSING else p
-    return (h is not settings.MISSING and v != h) or v % p != 0
-
-
-_LLAMA_CPP = "llama.cpp's pixtral files cannot say otherwise (clip.cpp hard-codes it)"
-SETTINGS = (
-    *(s for s in settings.vit_config() if not s.path.endswith("layer_norm_eps")), settings.decoder(),
-    settings.irrelevant("config", "vision_config.layer_norm_eps", "HF's Pixtral tower hard-codes 1e-5"),
-    settings.irrelevant("config", "vision_config.vocab_size", "not used by the vision tower"),
-    settings.Setting("config", "vision_config.head_dim", refuse=_bad_head_dim,
-                     reason="graphdsl's heads are hidden_size / num_attention_heads wide"),
-    settings.unless("config", "vision_config.rope_parameters.rope_theta", 10000.0, _LLAMA_CPP),
-    settings.Setting("config", "vision_config.rope_parameters.rope_type", refuse=lambda v, ck: v not in (
-        "default", "axial"), reason="graphdsl's Pixtral RoPE is HF's 2-D one"),
-    settings.carried("config", "text_config.hidden_size", Keys.ClipVision.PROJECTION_DIM),
-    settings.Setting("config", "text_config.rms_norm_eps", refuse=lambda v, ck: _merge_of(ck) > 1 and v != 1e-5,
-                     reason="the patch merger's RMSNorm eps must be the tower's 1e-5: " + _LLAMA_CPP),
-    settings.carried("config", "vision_feature_layer", Keys.ClipVision.BLOCK_COUNT),
-    settings.unless("config", "vision_feature_select_strategy", "full", "Pixtral keeps every patch"),
-    settings.carried("config", "projector_hidden_act", KEY_MM_ACT),
-    settings.carried("config", "multimodal_projector_bias", "tensor mm.1.bias"),
-    settings.carried("config", "spatial_merge_size", "tensor mm.patch_merger.merging_layer.weight"),
-    settings.irrelevant("config", "image_seq_length", "how many image tokens a LLaVA processor writes in the prompt"),
-    *settings.image_processor("longest", CLIP_MEAN, CLIP_STD, 3),
-    # HF's PixtralImageProcessor caps the longest side at size.longest_edge and rounds the sides up to
-    # multiples of patch_size, which HF's PixtralProcessor multiplies by spatial_merge_size; a file
-    # without the keys (llama.cpp's): the tower's image_size and patch_size, as graphdsl did before
-    settings.carried("processor", "size.longest_edge", "graphdsl.pixtral.longest_edge", lambda c: c.image_size,
-                     to_gguf=int),
-    settings.carried("processor", "patch_size.height", "graphdsl.pixtral.patch_size", lambda c: c.patch_size,
-                     to_gguf=int),
-    settings.Setting("processor", "patch_size.width", refuse=_bad_patch,
-                     reason="graphdsl's processor patches are square (patch_size.height) and a multiple of the "
-                            "tower's vision_config.patch_size, so that no tower patch straddles two"),
-    settings.irrelevant("processor", "do_pad", "pads a batch's images to one size, which image_sizes crops "
-                        "away: an image's rows do not change"),
-)
-
 
 ARCH = register(Arch(
     "pixtral", "image", PixtralVision, PixtralConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("pixtral",), hf_model_types=("llava/pixtral", "mistral3", "pixtral"),
-    image=LongestEdge("pixtral", CLIP_MEAN, CLIP_STD), frames=frames, extra={"hf_dir": hf_dir}, settings=SETTINGS,
+    image=LongestEdge("pixtral", CLIP_MEAN, CLIP_STD), prepare=frames, hf_dir=hf_dir, settings=SETTINGS,
     examples=(PixtralConfig(image_size=64, patch_size=8, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48,
                             mm_act="gelu_erf"),
               PixtralConfig(image_size=56, patch_size=7, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48,

@@ -27,11 +27,13 @@ import numpy as np
 from gguf import Keys
 
 from .. import blocks
-from ..gguf_io.reader import _get
-from .common import T, hf_dict, sub
-from .qwen2vl import (PREFIXES, Qwen2VLConfig, Qwen2VLVision, SmartResize, _CLIP_NORM, _common_hf, build as _build,
-                      config_to_gguf as _qwen2_keys, convert_state, frames, gguf_kw, hf_rules, processor_settings, split_qwen,
-                      vision_settings, weight_shapes)
+from ..gguf_io.reader import metadata_value
+from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .gguf_keys import T
+from .hf import convert_state, hf_dict, sub
+from .qwen2vl import Qwen2VLConfig, Qwen2VLVision, SmartResize, _CLIP_NORM, build as _build, frames, weight_shapes
+from .qwen2vl_convert import (PREFIXES, config_to_gguf as _qwen2_keys, gguf_kw, hf_rules, hf_vision_fields,
+                              processor_settings, split_qwen, vision_settings)
 from . import settings
 from .registry import Arch, register
 
@@ -61,7 +63,7 @@ def config_from_hf(hf: Any) -> Qwen25VLConfig:
     window_size, fullatt_block_indexes)."""
     d = hf_dict(hf, "qwen2_5vl")
     v = sub(d, "vision_config") or d
-    return Qwen25VLConfig(**_common_hf(v), n_embd=v.get("hidden_size", 1280), n_ff=v.get("intermediate_size", 3420),
+    return Qwen25VLConfig(**hf_vision_fields(v), n_embd=v.get("hidden_size", 1280), n_ff=v.get("intermediate_size", 3420),
                           act=blocks.act_of(v.get("hidden_act", "silu")), n_mm_embd=v.get("out_hidden_size", 3584),
                           window_size=v.get("window_size", 112),
                           fullatt=tuple(int(i) for i in v.get("fullatt_block_indexes", (7, 15, 23, 31))))
@@ -73,8 +75,8 @@ def config_from_gguf(src: Any) -> Qwen25VLConfig:
     f, V, n = m.file, Keys.ClipVision, kw["n_layer"]
     if f is None:
         raise m.error("Qwen2.5-VL's window layers are read from the file's keys; load it with load_mmproj")
-    layers = [int(i) for i in _get(f, KEY_WA_LAYERS, "ints", [])]
-    pattern = _get(f, V.N_WA_PATTERN, int, 0)
+    layers = [int(i) for i in metadata_value(f, KEY_WA_LAYERS, "ints", [])]
+    pattern = metadata_value(f, V.N_WA_PATTERN, int, 0)
     if not layers and pattern:  # llama.cpp: layer il attends fully when (il + 1) % n_wa_pattern == 0
         layers = [il for il in range(n) if (il + 1) % pattern == 0]
     if any(not 0 <= i < n for i in layers):
@@ -82,7 +84,7 @@ def config_from_gguf(src: Any) -> Qwen25VLConfig:
     # neither key: llama.cpp runs no window attention at all; an explicit empty list, or a pattern past
     # the last layer (as config_to_gguf writes no full-attention layer): windows everywhere
     windowed = bool(layers) or pattern > 0 or KEY_WA_LAYERS in f.metadata
-    window = _get(f, V.WINDOW_SIZE, int, 112) if windowed else 0
+    window = metadata_value(f, V.WINDOW_SIZE, int, 112) if windowed else 0
     return Qwen25VLConfig(**kw, window_size=window, fullatt=tuple(layers))
 
 
@@ -116,13 +118,13 @@ SETTINGS = (
     settings.carried("config", "vision_config.out_hidden_size", Keys.ClipVision.PROJECTION_DIM),
     settings.carried("config", "vision_config.window_size", Keys.ClipVision.WINDOW_SIZE),
     settings.carried("config", "vision_config.fullatt_block_indexes", KEY_WA_LAYERS),
-    *processor_settings((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    *processor_settings(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
 )
 
 
 ARCH = register(Arch(
     "qwen2_5vl", "image", Qwen25VLVision, Qwen25VLConfig, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("qwen2.5vl_merger",), hf_model_types=("qwen2_5_vl",),
-    image=SmartResize("qwen2vl", **_CLIP_NORM), frames=frames, settings=SETTINGS,
+    image=SmartResize("qwen2vl", **_CLIP_NORM), prepare=frames, settings=SETTINGS,
     examples=(Qwen25VLConfig(image_size=56, n_embd=32, n_ff=48, n_head=4, n_layer=4, n_mm_embd=24, window_size=56,
                              fullatt=(1, 3)),)))

@@ -36,8 +36,12 @@ from gguf import Keys
 from .. import blocks, ops
 from ..graph import Graph, Tensor
 from ..ops.rope import grid_positions
-from .common import (Block, T, VitHparams, convert_state, file_types, gguf_vision, hf_dict, sub, tn, vit_keys,
-                     weight_shapes_of)
+from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from .common import Block, VitHparams, file_types, weight_shapes_of
+from .gguf_keys import T
+from .hf import convert_state, hf_dict, sub
+from .qwen2vl_convert import (PREFIXES, config_to_gguf, gguf_kw, hf_rules, hf_vision_fields, processor_settings,
+                              split_qwen, vision_settings)
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 
@@ -45,33 +49,21 @@ Grid = tuple[int, int, int]  # (t, h, w) in patches: t temporal patches of h x w
 
 
 @dataclass(frozen=True)
-class Qwen2VLConfig(VitHparams):
-    """Tower hyperparameters (``VitHparams``), the merger's width and the Qwen-specific geometry.
+class MergerTower(VitHparams):
+    """What the Qwen towers' configs share (Qwen2-VL, 2.5-VL, 3-VL): two-frame patches, 2-D RoPE
+    heads, a merger of merge x merge patches to width n_mm_embd (the decoder's)."""
 
-    window_size / fullatt are Qwen2.5-VL's: windows of window_size pixels in every layer not
-    listed in fullatt (0: full attention everywhere, as Qwen2-VL).
-    """
-
-    image_size: int = 560  # llama.cpp's default for these files; the tower takes any multiple of 28
-    patch_size: int = 14
-    act: str = "gelu_quick"
     n_mm_embd: int = 3584
     merge: int = 2
     temporal_patch: int = 2
     rope_theta: float = 10000.0
-    window_size: int = 0
-    fullatt: tuple[int, ...] = ()
 
-    norm = "layer"  # class-level: the layer kinds of the family, not fields a file stores
-    gated = False
-    projector = "qwen2vl_merger"
-
-    def __post_init__(self):
+    def check_tower(self, what: str) -> None:
         if self.temporal_patch != 2:
-            raise ValueError(f"[qwen2vl] temporal_patch must be 2 (llama.cpp's two patch kernels), "
+            raise ValueError(f"[{what}] temporal_patch must be 2 (llama.cpp's two patch kernels), "
                              f"got {self.temporal_patch}")
         if self.merge < 1 or (self.n_embd // max(self.n_head, 1)) % 4:
-            raise ValueError(f"[qwen2vl] merge {self.merge} must be >= 1 and head_dim "
+            raise ValueError(f"[{what}] merge {self.merge} must be >= 1 and head_dim "
                              f"{self.n_embd // max(self.n_head, 1)} a multiple of 4 (2-D RoPE)")
 
     @property
@@ -81,6 +73,28 @@ class Qwen2VLConfig(VitHparams):
     @property
     def n_patch_in(self) -> int:
         return 3 * self.temporal_patch * self.patch_size ** 2
+
+
+@dataclass(frozen=True)
+class Qwen2VLConfig(MergerTower):
+    """Tower hyperparameters (``VitHparams``), the merger's width and the Qwen-specific geometry.
+
+    window_size / fullatt are Qwen2.5-VL's: windows of window_size pixels in every layer not
+    listed in fullatt (0: full attention everywhere, as Qwen2-VL).
+    """
+
+    image_size: int = 560  # llama.cpp's default for these files; the tower takes any multiple of 28
+    patch_size: int = 14
+    act: str = "gelu_quick"
+    window_size: int = 0
+    fullatt: tuple[int, ...] = ()
+
+    norm = "layer"  # class-level: the layer kinds of the family, not fields a file stores
+    gated = False
+    projector = "qwen2vl_merger"
+
+    def __post_init__(self):
+        self.check_tower("qwen2vl")
 
     @property
     def vit(self) -> blocks.VitParams:
@@ -217,6 +231,7 @@ class Qwen2VLVision(Block):
     """
 
     kind = "image"
+    has_positions = True
 
     def __init__(self, cfg: Qwen2VLConfig, grids: Sequence[Grid] | None = None):
         super().__init__(cfg)
@@ -228,19 +243,23 @@ class Qwen2VLVision(Block):
     example = property(lambda self: ((sum(t * h * w for t, h, w in self.grids), self.cfg.n_patch_in), "f32"))
 
     def _build(self, patches: Tensor) -> Tensor:
-        return encode(patches, self.cfg, self.grids)
+        return self._encode(patches, self.grids)
+
+    def _encode(self, patches: Tensor, grids: Sequence[Grid]) -> Tensor:
+        """The tower over packed patches of ``grids``: what a family built on this one replaces."""
+        return encode(patches, self.cfg, grids)
 
     def items(self, datas: Sequence[Any]) -> tuple[np.ndarray, list[Grid]]:
         """Pixels / frames of each item -> (packed patches, grids)."""
         pieces = [patchify(getattr(d, "pixel_values", d), self.cfg) for d in datas]
         return np.concatenate([p for p, _ in pieces]), [gr for _, gr in pieces]
 
-    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any]):
+    def build_items(self, g: Graph, prefix: str, datas: Sequence[Any], batch_kinds=()):
         """The mixed batch's hook: every item in one packed sequence (see ``embed``)."""
         x, grids = self.items(datas)
         name = f"{prefix}.patches"
         with file_types(g, self.cfg.wtypes):
-            out = encode(g.input(name, x.shape), self.cfg, grids)
+            out = self._encode(g.input(name, x.shape), grids)
         outs, r0 = [], 0
         for i, gr in enumerate(grids):
             r1 = r0 + n_tokens(gr, self.cfg.merge)
@@ -260,9 +279,10 @@ class Qwen2VLVision(Block):
         return np.stack([tt, hh, ww]).reshape(3, -1) + start, start + max(h, w) // m
 
 
-def build(cfg: Qwen2VLConfig, grids: Sequence[Grid] | None = None) -> Graph:
-    """A graph with input ``pixels`` (packed patches of ``grids``) and output ``embd``."""
-    block = Qwen2VLVision(cfg, grids)
+def build(cfg: Qwen2VLConfig, grids: Sequence[Grid] | None = None, block_type: type | None = None) -> Graph:
+    """A graph with input ``pixels`` (packed patches of ``grids``) and output ``embd``; ``block_type``:
+    a family built on this tower (default ``Qwen2VLVision``)."""
+    block = (block_type or Qwen2VLVision)(cfg, grids)
     g = Graph(cfg.projector)
     g.output("embd", block(g.input("pixels", *block.example)))
     return g
@@ -278,70 +298,13 @@ def config_from_hf(hf: Any) -> Qwen2VLConfig:
     d = hf_dict(hf, "qwen2vl")
     v = sub(d, "vision_config") or d
     n = v.get("embed_dim", 1280)
-    return Qwen2VLConfig(**_common_hf(v), n_embd=n, n_ff=int(n * v.get("mlp_ratio", 4)),
+    return Qwen2VLConfig(**hf_vision_fields(v), n_embd=n, n_ff=int(n * v.get("mlp_ratio", 4)),
                          act=blocks.act_of(v.get("hidden_act", "quick_gelu")), n_mm_embd=v.get("hidden_size", 3584))
-
-
-def _common_hf(v: dict) -> dict:
-    rope = v.get("rope_parameters") or {}
-    return dict(patch_size=v.get("patch_size", 14), n_head=v.get("num_heads", 16), n_layer=v.get("depth", 32),
-                merge=v.get("spatial_merge_size", 2), temporal_patch=v.get("temporal_patch_size", 2),
-                rope_theta=float(rope.get("rope_theta", 10000.0)), eps=1e-6)
-
-
-def gguf_kw(src: Any, projectors: tuple[str, ...], what: str):
-    """(MmprojConfig, fields) of a Qwen-VL mmproj: the tower's, the merger's width (mm.2) and merge size."""
-    m, v, kw = gguf_vision(src, projectors, what)
-    out = m.shapes.get(tn(T.V_MMPROJ, "weight", 2))
-    if out is None:
-        raise m.error("no mm.2.weight (the merger's output projection)")
-    return m, dict(kw, n_mm_embd=out[0], merge=v.n_merge or 2)
 
 
 def config_from_gguf(src: Any) -> Qwen2VLConfig:
     """From an mmproj GGUF with projector "qwen2vl_merger" (llama.cpp's layout)."""
     return Qwen2VLConfig(**gguf_kw(src, ("qwen2vl_merger",), "Qwen2-VL")[1])
-
-
-def config_to_gguf(cfg: Qwen2VLConfig, image_mean=None, image_std=None) -> list[tuple[str, object]]:
-    from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    V = Keys.ClipVision
-    return [(Keys.Clip.PROJECTOR_TYPE, cfg.projector),
-            *vit_keys(cfg, image_mean or OPENAI_CLIP_MEAN, image_std or OPENAI_CLIP_STD),
-            (V.PROJECTION_DIM, cfg.n_mm_embd), (V.SPATIAL_MERGE_SIZE, cfg.merge)]
-
-
-def hf_rules(mlp: Sequence[tuple[str, T]]) -> list[tuple[str, str]]:
-    """HF ``visual.*`` names -> llama.cpp's (the gguf package's tensor map for qwen2vl)."""
-    per_layer = [("norm1", T.V_ENC_INPUT_NORM), ("norm2", T.V_ENC_POST_ATTN_NORM), ("attn.proj", T.V_ENC_ATTN_O),
-                 *mlp]
-    rules = []
-    for s in ("weight", "bias"):
-        rules += [(f"blocks.{{bid}}.{hf}.{s}", tn(t, s)) for hf, t in per_layer]
-        rules += [(f"merger.ln_q.{s}", tn(T.V_POST_NORM, s)), (f"merger.mlp.0.{s}", tn(T.V_MMPROJ, s, 0)),
-                  (f"merger.mlp.2.{s}", tn(T.V_MMPROJ, s, 2))]
-        rules += [(f"blocks.{{bid}}.attn.qkv.{s}", f"v.blk.{{bid}}.attn_qkv.{s}")]
-    return rules + [("patch_embed.proj.weight", "v.patch_embd.conv3d")]
-
-
-def split_qwen(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """llama.cpp's converter: HF's fused qkv -> attn_q / attn_k / attn_v, the Conv3d kernel
-    (d, 3, 2, p, p) -> one 2-D kernel per frame."""
-    out = dict(out)
-    for name in [k for k in out if ".attn_qkv." in k]:
-        a = out.pop(name)
-        for part, chunk in zip(("attn_q", "attn_k", "attn_v"), np.split(a, 3, axis=0)):
-            out[name.replace("attn_qkv", part)] = np.ascontiguousarray(chunk)
-    k = out.pop("v.patch_embd.conv3d", None)
-    if k is not None:
-        if k.ndim != 5 or k.shape[2] != 2:
-            raise ValueError(f"[qwen2vl.hf_to_gguf] patch_embed.proj.weight {k.shape} is not (d, 3, 2, p, p)")
-        out[tn(T.V_ENC_EMBD_PATCH)] = np.ascontiguousarray(k[:, :, 0])
-        out[tn(T.V_ENC_EMBD_PATCH) + ".1"] = np.ascontiguousarray(k[:, :, 1])
-    return out
-
-
-PREFIXES = ("model.visual.", "visual.")
 
 
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:
@@ -361,7 +324,7 @@ class SmartResize(ImagePreprocess):
         return Qwen2VLImageConfig(mean=tuple(mean or self.mean), std=tuple(std or self.std), **kw)
 
 
-def frames(source, mmproj) -> np.ndarray:
+def frames(source, mmproj, text_info=None, max_seconds=None) -> np.ndarray:
     """An image smart-resized as HF's processor does, with the file's carried settings (min / max
     pixels, resample, rescale, normalization: ``processor_settings``) and the tower's patch / merge:
     pixels (3, H, W), H and W multiples of patch * merge."""
@@ -373,67 +336,19 @@ def frames(source, mmproj) -> np.ndarray:
                                                                "merge_size": c.merge}))
 
 
-def processor_settings(mean, std) -> tuple:
-    """Qwen2VLImageProcessor's fields (Qwen2-VL and 2.5-VL): pixel bounds under llama.cpp's keys."""
-    V, P = Keys.ClipVision, "graphdsl.qwen2vl."
-    return (
-        settings.carried("processor", "size.shortest_edge", V.IMAGE_MIN_PIXELS, 56 * 56),
-        settings.carried("processor", "size.longest_edge", V.IMAGE_MAX_PIXELS, 28 * 28 * 1280),
-        # older checkpoints' top-level keys, which HF reads over size's
-        settings.carried("processor", "min_pixels", V.IMAGE_MIN_PIXELS, 56 * 56),
-        settings.carried("processor", "max_pixels", V.IMAGE_MAX_PIXELS, 28 * 28 * 1280),
-        settings.carried("processor", "resample", P + "resample", 3, to_gguf=int),
-        settings.carried("processor", "do_rescale", P + "do_rescale", True),
-        settings.carried("processor", "rescale_factor", P + "rescale_factor", 1 / 255),
-        settings.carried("processor", "do_normalize", P + "do_normalize", True),
-        settings.carried("processor", "image_mean", V.IMAGE_MEAN, list(mean)),
-        settings.carried("processor", "image_std", V.IMAGE_STD, list(std)),
-        settings.unless("processor", "do_resize", True, "graphdsl always smart-resizes (patch * merge multiples)"),
-        settings.unless("processor", "do_convert_rgb", True, "graphdsl always converts images to RGB"),
-        settings.Setting("processor", "patch_size", refuse=settings.other_than("vision_config.patch_size", 14),
-                         reason="the patches are the tower's vision_config.patch_size"),
-        settings.Setting("processor", "merge_size", refuse=settings.other_than("vision_config.spatial_merge_size", 2),
-                         reason="the merger joins the tower's vision_config.spatial_merge_size"),
-        settings.Setting("processor", "temporal_patch_size",
-                         refuse=settings.other_than("vision_config.temporal_patch_size", 2),
-                         reason="an image is repeated to the tower's vision_config.temporal_patch_size frames"),
-    )
-
-
-def vision_settings() -> tuple:
-    """The vision_config fields Qwen2-VL and 2.5-VL share (``_common_hf``)."""
-    V = Keys.ClipVision
-    return (
-        settings.carried("config", "vision_config.depth", V.BLOCK_COUNT),
-        settings.carried("config", "vision_config.num_heads", V.Attention.HEAD_COUNT),
-        settings.carried("config", "vision_config.patch_size", V.PATCH_SIZE),
-        settings.carried("config", "vision_config.spatial_merge_size", V.SPATIAL_MERGE_SIZE),
-        settings.carried("config", "vision_config.hidden_act", "graphdsl.vision.act"),
-        settings.unless("config", "vision_config.temporal_patch_size", 2, "graphdsl's patch embedding repeats an "
-                        "image over 2 frames"),
-        settings.unless("config", "vision_config.in_channels", 3, "graphdsl decodes images to RGB: 3 channels"),
-        settings.unless("config", "vision_config.rope_parameters.rope_theta", 10000.0, "the file has no key for the "
-                        "vision RoPE's base; graphdsl reads 10000"),
-        settings.unless("config", "vision_config.rope_parameters.rope_type", "axial", "graphdsl's vision RoPE is the "
-                        "2-D one HF's default names"),
-        settings.decoder(),
-        settings.irrelevant("config", "vision_config.tokens_per_second", "video M-RoPE time steps; an image is one frame"),
-    )
-
-
 SETTINGS = (
     *vision_settings(),
     settings.carried("config", "vision_config.embed_dim", Keys.ClipVision.EMBEDDING_LENGTH),
     settings.carried("config", "vision_config.mlp_ratio", Keys.ClipVision.FEED_FORWARD_LENGTH),
     settings.carried("config", "vision_config.hidden_size", Keys.ClipVision.PROJECTION_DIM),  # the merger's width
-    *processor_settings((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    *processor_settings(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
 )
 
 
-_CLIP_NORM = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+_CLIP_NORM = dict(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
 
 ARCH = register(Arch(
     "qwen2vl", "image", Qwen2VLVision, Qwen2VLConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
     projectors=("qwen2vl_merger",), hf_model_types=("qwen2_vl",), image=SmartResize("qwen2vl", **_CLIP_NORM),
-    frames=frames, settings=SETTINGS,
+    prepare=frames, settings=SETTINGS,
     examples=(Qwen2VLConfig(image_size=56, patch_size=14, n_embd=32, n_ff=64, n_head=4, n_layer=2, n_mm_embd=48),)))

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .base import Block
+
 
 def _always(mmproj_config) -> bool:
     return True
@@ -56,6 +58,26 @@ class ImagePreprocess:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """One source as several batch items, in the decoder's order (MiniCPM-V: ("text", marker ids)
+    around each ("image", slice)), and a line saying how the arch laid it out."""
+
+    items: list
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TextConversion:
+    """A text arch's converter parts: ``layers(HF state dict, HF config, tensors) -> {gguf name:
+    array}`` (the decoder's layers, for llama.cpp to run the file), ``vocab(hf_dir, n_vocab) ->
+    [(key, value)]`` (the tokenizer's metadata) and the file's ``general.architecture``."""
+
+    layers: Callable[[Mapping, Mapping, Mapping], dict]
+    vocab: Callable[[str, int], list]
+    gguf_arch: str
+
+
+@dataclass(frozen=True)
 class Arch:
     """One architecture: everything the package needs to load, convert, run and describe it.
 
@@ -73,11 +95,18 @@ class Arch:
         claims: for a projector type several archs serve ("none": an encoder without projector),
             whether this arch fits the file (e.g. CLIP when the tower has a class token).
         image: pixel pre-processing (vision archs): a resize mode with mean/std.
-        frames: for archs that cut an image into several frames (tiles + a global view):
-            ``frames(source, mmproj) -> array`` replacing ``image`` in ``embed_files``.
+        prepare: how ``embed_files`` turns one source (a path, an array) into what the block takes,
+            ``prepare(source, mmproj, text_info, max_seconds)`` (text_info: the text GGUF's
+            ``models.text`` info or None; max_seconds: the audio limit or None): the item's data
+            (tiles, crops, the arch's own log-mel), or a ``Prepared`` when one source becomes
+            several batch items. None: pixels by ``Mmproj.image_config`` / Whisper's log-mel.
+        needs_text: ``prepare`` reads the text model (MiniCPM-V: marker tokens between slices).
         output: "inline" (rows of the decoder's input) or "cross" (memories it attends to).
-        extra: what a converter needs besides (text models: the "layers" and "vocab" hooks and
-            the file's "gguf_arch").
+        companions: archs of encoders of the same HF checkpoint, written into the same mmproj by
+            ``convert`` (Phi-4-multimodal's audio beside its vision).
+        hf_dir: ``(HF config dict, folder) -> config dict`` with what the folder's other files say
+            (Pixtral: token ids from the tokenizer), before ``config_from_hf``.
+        text_conversion: what ``convert`` needs besides for a text model (``TextConversion``).
         settings: the HF config and processor fields that change the output, each carried into
             the GGUF, refused by ``convert`` or declared irrelevant (``models.settings``).
         examples: small canonical configs (every field a file can hold, the rest at defaults):
@@ -96,9 +125,12 @@ class Arch:
     hf_model_types: tuple[str, ...] = ()
     claims: Callable[[Any], bool] = _always
     image: ImagePreprocess | None = None
-    frames: Callable[[Any, Any], Any] | None = None
+    prepare: Callable[..., Any] | None = None
+    needs_text: bool = False
     output: str = "inline"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    companions: tuple[str, ...] = ()
+    hf_dir: Callable[[dict, str], dict] | None = None
+    text_conversion: TextConversion | None = None
     examples: tuple = ()
     settings: tuple = ()
 
@@ -115,6 +147,11 @@ def register(arch: Arch) -> Arch:
         shared = set(other.hf_model_types) & set(arch.hf_model_types)
         if shared:
             raise RuntimeError(f"HF model types {sorted(shared)} claimed by {other.name!r} and {arch.name!r}")
+    if arch.modality == "text" and arch.text_conversion is None:
+        raise RuntimeError(f"text architecture {arch.name!r} declares no text_conversion")
+    if arch.modality != "text" and not (issubclass(arch.block, Block) and arch.block.output == arch.output):
+        raise RuntimeError(f"architecture {arch.name!r}: its block must be a models.base.Block whose output "
+                           f"is the arch's {arch.output!r}")
     ARCHS[arch.name] = arch
     return arch
 
@@ -123,11 +160,15 @@ def _modality(section: str) -> str:
     return {"vision": "image", "image": "image", "audio": "audio"}[section]
 
 
-def for_projector(section: str, projector: str, mmproj_config, *, what: str = "") -> Arch:
+def for_projector(section: str, projector: str, mmproj_config, *, what: str = "", written: str = "") -> Arch:
     """The arch that builds a file's vision or audio encoder (ValueError naming the file and the
-    projector types graphdsl builds)."""
+    projector types graphdsl builds). ``written``: the type as the file names it where llama.cpp
+    reads it as another (Qwen2.5-Omni's "qwen2.5o" is "qwen2.5vl_merger" for vision): archs that
+    name the written type serve the file before those of the type it is read as."""
     modality = _modality(section)
-    serving = [a for a in ARCHS.values() if a.modality == modality and projector in a.projectors]
+    serving = [a for a in ARCHS.values() if a.modality == modality and written and written != projector
+               and written in a.projectors]
+    serving = serving or [a for a in ARCHS.values() if a.modality == modality and projector in a.projectors]
     fits = [a for a in serving if a.claims(mmproj_config)]
     if len(fits) == 1:
         return fits[0]

@@ -15,7 +15,7 @@ processor / feature extractor (``preprocessor_config.json``) is, by one ``Settin
 
 A path is dotted (``size.longest_edge``, ``vision_config.image_size``); one ending in ``.*``
 covers a whole sub-dict (``text_config.*``). Fields every HF config or processor has are
-declared once here (``COMMON_CONFIG``, ``COMMON_PROCESSOR``). tests/test_settings.py lists the
+declared once here (``COMMON_CONFIG``, ``COMMON_PROCESSOR``). tests/models/test_settings.py lists the
 fields of each arch's HF classes and fails on any that is not declared.
 
     >>> s = Setting("processor", "do_image_splitting", carry="graphdsl.idefics3.do_image_splitting", default=True)
@@ -255,7 +255,7 @@ def read(arch, gguf_file, cfg: Any = None) -> dict[str, Any]:
     """Load-time: every carried processor field of ``arch`` from a GGUF file (a ``GGUFFile``, or
     None), with HF's default where the file lacks the key (``cfg``: the arch's model config, for
     defaults that follow it); path -> value."""
-    from ..gguf_io.reader import _get
+    from ..gguf_io.reader import metadata_value
     out = {}
     for s in arch.settings:
         if s.source == "config" or s.carry is None:
@@ -268,7 +268,7 @@ def read(arch, gguf_file, cfg: Any = None) -> dict[str, Any]:
                 else float if isinstance(d, float) else str if isinstance(d, str)
                 else "floats" if isinstance(raw, (list, np.ndarray)) and np.asarray(raw).dtype.kind == "f"
                 else "ints" if isinstance(raw, (list, np.ndarray)) else type(raw))
-        v = _get(gguf_file, s.carry, kind)
+        v = metadata_value(gguf_file, s.carry, kind)
         out[s.path] = s.from_gguf(v) if s.from_gguf is not None else v
     return out
 

@@ -38,8 +38,9 @@ from .. import blocks, ops
 from .. import dtypes as dt
 from ..graph import Graph, Tensor
 from ..inp_embd import shape_guard
-from .common import (VISION_PREFIXES, gguf_vision, hf_vit_hparams, hf_vit_rules, post_ln_tower, projector_of, Block, T, VitHparams, convert_state, graph_of, hf_dict, image_rows,
-    sub, tn, vit_keys, weight_shapes_of)
+from .common import Block, VitHparams, graph_of, image_rows, post_ln_tower, projector_of, weight_shapes_of
+from .gguf_keys import T, gguf_vision, tn, vit_keys
+from .hf import VISION_PREFIXES, convert_state, hf_dict, hf_vit_hparams, hf_vit_rules, sub
 from . import settings
 from .registry import Arch, ImagePreprocess, register
 

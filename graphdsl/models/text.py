@@ -26,9 +26,11 @@ from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, Keys, get_tensor_name_map
 
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd
-from .common import T, as_dict, convert_state, file_types, graph_of, select_weights, sub, tn, weight_shapes_of
+from .common import file_types, graph_of, select_weights, weight_shapes_of
+from .gguf_keys import T, tn
+from .hf import as_dict, convert_state, sub
 from . import settings
-from .registry import Arch, register
+from .registry import Arch, TextConversion, register
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def bert_layers(sd: Mapping, config: Any, have: Mapping) -> dict[str, np.ndarray
 
 
 def _vocab(hf_dir: str, n_vocab: int) -> list:
-    from ..convert.vocab import bert_vocab
+    from ..gguf_io.vocab import bert_vocab
     return bert_vocab(hf_dir, n_vocab=n_vocab)
 
 
@@ -259,4 +261,4 @@ SETTINGS = (
 
 ARCH = register(Arch(
     "text", "text", TextEmbedding, TextConfig, config_from_hf, config_from_gguf, config_to_gguf, hf_to_gguf,
-    hf_model_types=("bert",), settings=SETTINGS, extra={"layers": bert_layers, "vocab": _vocab, "gguf_arch": GGUF_ARCH}))
+    hf_model_types=("bert",), settings=SETTINGS, text_conversion=TextConversion(bert_layers, _vocab, GGUF_ARCH)))

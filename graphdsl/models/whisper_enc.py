@@ -35,7 +35,9 @@ from gguf import Keys
 from .. import blocks, ops
 from ..gguf_io import KEY_ACT, KEY_AUDIO_MM_ACT
 from ..graph import Graph, Tensor
-from .common import post_ln_tower, projector_of, Block, EncoderHparams, T, convert_state, hf_dict, mmproj_config, sub, tn, weight_shapes_of
+from .common import Block, EncoderHparams, post_ln_tower, projector_of, weight_shapes_of
+from .gguf_keys import T, gguf_audio, tn
+from .hf import convert_state, hf_dict, sub
 from . import settings
 from .registry import Arch, register
 
@@ -155,16 +157,8 @@ def config_from_gguf(src: Any) -> WhisperEncConfig:
     as llama.cpp) or "none" (the encoder alone). n_ctx is the position table's length (the file
     has no key for it); every tensor's stored type becomes ``wtypes``.
     """
-    m = mmproj_config(src)
-    a = m.audio
-    if a is None:
-        raise m.error("no audio encoder (clip.has_audio_encoder is false)")
-    if a.projector_type not in ("voxtral", "none"):
-        raise m.error(f"audio projector type {a.projector_type!r} is not a Whisper one graphdsl builds "
-                      "('voxtral' or 'none')")
-    pos = m.shapes[tn(T.A_ENC_EMBD_POS)]
-    kw = dict(n_mel=a.n_mel, n_ctx=pos[0], n_embd=a.n_embd, n_head=a.n_head, n_layer=a.n_layer, n_ff=a.n_ff,
-              eps=a.eps, act=a.act, wtype=m.dtypes.get(tn(T.A_ENC_ATTN_Q, "weight", 0), "f32"), wtypes=dict(m.dtypes))
+    m, a, kw = gguf_audio(src, ("voxtral", "none"), "Whisper")
+    kw = dict(kw, n_ctx=m.shapes[tn(T.A_ENC_EMBD_POS)][0], act=a.act)
     if a.projector_type == "none":
         return WhisperEncConfig(**kw, projector=None)
     out = m.shapes.get(tn(T.A_MMPROJ, "weight", 2))

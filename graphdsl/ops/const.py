@@ -117,4 +117,5 @@ def _reference(*deps, value: ConstValue):
 
 
 register("const", _infer, _reference, lambda out, ins, **kw: 0,
-         "A value known before the run: fixed, or computed from the shapes of its inputs (see ops.const)")
+         "A value known before the run: fixed, or computed from the shapes of its inputs (see ops.const)",
+         kind="constant", shape_only=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes as dt
-from .registry import FLOAT, api, need, need_dtype, need_int32, numel, register
+from .registry import FLOAT, api, emit, need, need_dtype, need_int32, numel, register
 
 
 def _out_len(n, k, s, p, d):
@@ -51,7 +51,8 @@ for _nd in (1, 2):
              lambda w, x, _nd=_nd, **a: _conv_infer(w, x, nd=_nd, **a),
              lambda w, x, _nd=_nd, **a: _conv_ref(w, x, nd=_nd, **a),
              _conv_flops,
-             f"{_nd}-D cross-correlation as PyTorch's conv{_nd}d (no bias): w (oc, ic, k...), x ([N,] ic, ...)")
+             f"{_nd}-D cross-correlation as PyTorch's conv{_nd}d (no bias): w (oc, ic, k...), x ([N,] ic, ...)",
+             kind="conv")
 
 
 def _pair(v, nd):
@@ -62,14 +63,14 @@ def _pair(v, nd):
 def conv_1d(w, x, *, stride=1, padding=0, dilation=1, name=None):
     """torch.nn.functional.conv1d(x, w) without bias: w (oc, ic, k), x ([N,] ic, L) -> ([N,] oc, L')."""
     attrs = {"stride": _pair(stride, 1), "padding": _pair(padding, 1), "dilation": _pair(dilation, 1)}
-    return x.graph.emit("conv_1d", [w, x], attrs, name)
+    return emit("conv_1d", [w, x], attrs, name)
 
 
 @api
 def conv_2d(w, x, *, stride=1, padding=0, dilation=1, name=None):
     """torch.nn.functional.conv2d(x, w) without bias: w (oc, ic, kh, kw), x ([N,] ic, H, W) -> ([N,] oc, H', W')."""
     attrs = {"stride": _pair(stride, 2), "padding": _pair(padding, 2), "dilation": _pair(dilation, 2)}
-    return x.graph.emit("conv_2d", [w, x], attrs, name)
+    return emit("conv_2d", [w, x], attrs, name)
 
 
 # -- pooling -----------------------------------------------------------------------------------
@@ -93,11 +94,11 @@ def _pool_ref(x, *, op, kernel, stride):
 
 
 register("pool_2d", _pool_infer, _pool_ref, lambda out, ins, **a: numel(out) * a["kernel"][0] * a["kernel"][1],
-         "max or average pooling over the last two axes, no padding")
+         "max or average pooling over the last two axes, no padding", kind="conv")
 
 
 @api
 def pool_2d(x, op: str = "avg", kernel=2, stride=None, *, name=None):
     """Max or average pooling over (H, W) of x (..., H, W); stride defaults to the kernel."""
     k = _pair(kernel, 2)
-    return x.graph.emit("pool_2d", [x], {"op": op, "kernel": k, "stride": _pair(stride or k, 2)}, name)
+    return emit("pool_2d", [x], {"op": op, "kernel": k, "stride": _pair(stride or k, 2)}, name)

@@ -5,13 +5,9 @@ import math
 
 import numpy as np
 
-from .registry import FLOAT, api, can_repeat, need, need_dtype, numel, register, tile_to
+from .registry import FLOAT, api, can_repeat, emit, need, need_dtype, numel, register, tile_to
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-def _emit(op, inputs, attrs=None, name=None):
-    return inputs[0].graph.emit(op, inputs, attrs or {}, name)
 
 
 # -- binary --------------------------------------------------------------------------------
@@ -25,7 +21,7 @@ def _binary_infer(a, b):
 
 def _binary(name, fn, sym):
     register(name, _binary_infer, lambda a, b: fn(a, tile_to(b, a.shape)),
-             lambda out, ins: numel(out), f"a {sym} b; b is tiled to a's shape (ggml_repeat)")
+             lambda out, ins: numel(out), f"a {sym} b; b is tiled to a's shape (ggml_repeat)", kind="arithmetic")
 
 
 _binary("add", np.add, "+")
@@ -38,7 +34,7 @@ def _commutative(op, a, b, name):
     # ggml repeats only its second operand; for + and * the larger one can go first.
     if a.shape != b.shape and can_repeat(a.shape, b.shape) and not can_repeat(b.shape, a.shape):
         a, b = b, a
-    return _emit(op, [a, b], name=name)
+    return emit(op, [a, b], name=name)
 
 
 @api
@@ -56,13 +52,13 @@ def mul(a, b, *, name=None):
 @api
 def sub(a, b, *, name=None):
     """a - b, b tiled to a's shape."""
-    return _emit("sub", [a, b], name=name)
+    return emit("sub", [a, b], name=name)
 
 
 @api
 def div(a, b, *, name=None):
     """a / b, b tiled to a's shape."""
-    return _emit("div", [a, b], name=name)
+    return emit("div", [a, b], name=name)
 
 
 # -- scale -----------------------------------------------------------------------------------
@@ -73,13 +69,13 @@ def _scale_infer(x, *, s, b):
 
 
 register("scale", _scale_infer, lambda x, *, s, b: x * s + b,
-         lambda out, ins, **a: 2 * numel(out), "s * x + b (ggml_scale_bias)")
+         lambda out, ins, **a: 2 * numel(out), "s * x + b (ggml_scale_bias)", kind="arithmetic")
 
 
 @api
 def scale(x, s: float, b: float = 0.0, *, name=None):
     """s * x + b."""
-    return _emit("scale", [x], {"s": float(s), "b": float(b)}, name)
+    return emit("scale", [x], {"s": float(s), "b": float(b)}, name)
 
 
 # -- unary -----------------------------------------------------------------------------------
@@ -104,33 +100,28 @@ def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free form
 
 
-UNARY = {
-    # name: (reference, flops per element, doc)
-    "neg": (np.negative, 1, "-x"),
-    "sqr": (np.square, 1, "x^2"),
-    "sqrt": (np.sqrt, 1, "sqrt(x)"),
-    "exp": (np.exp, 1, "exp(x)"),
-    "tanh": (np.tanh, 1, "tanh(x)"),
-    "relu": (lambda x: np.maximum(x, 0), 1, "max(x, 0)"),
-    "sigmoid": (_sigmoid, 4, "1 / (1 + exp(-x))"),
-    "silu": (lambda x: x * _sigmoid(x), 5, "x * sigmoid(x)"),
-    "gelu": (lambda x: 0.5 * x * (1 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))), 8,
-             "tanh-approximate GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))"),
-    "gelu_erf": (_gelu_erf, 8, "exact GELU: 0.5 x (1 + erf(x / sqrt(2)))"),
-    "gelu_quick": (lambda x: x * _sigmoid(1.702 * x), 6, "x * sigmoid(1.702 x) (CLIP's quick GELU)"),
-}
-
-
-def _make_unary(op, ref, per, doc):
-    register(op, _unary_infer, ref, lambda out, ins, _p=per: _p * numel(out), doc)
+def _unary(op, ref, per, doc, kind="activation"):
+    """Register unary op `op` (`per` FLOPs per element) and return its builder."""
+    register(op, _unary_infer, ref, lambda out, ins: per * numel(out), doc, kind=kind)
 
     def builder(x, *, name=None):
-        return _emit(op, [x], name=name)
+        return emit(op, [x], name=name)
 
-    builder.__name__ = op
+    builder.__name__ = builder.__qualname__ = op
     builder.__doc__ = doc
     return api(builder)
 
 
-for _op, (_ref, _per, _doc) in UNARY.items():
-    globals()[_op] = _make_unary(_op, _ref, _per, _doc)
+# Module-level names, so that readers, type checkers and `from .elementwise import gelu` see them.
+neg = _unary("neg", np.negative, 1, "-x", kind="arithmetic")
+sqr = _unary("sqr", np.square, 1, "x^2")
+sqrt = _unary("sqrt", np.sqrt, 1, "sqrt(x)")
+exp = _unary("exp", np.exp, 1, "exp(x)")
+tanh = _unary("tanh", np.tanh, 1, "tanh(x)")
+relu = _unary("relu", lambda x: np.maximum(x, 0), 1, "max(x, 0)")
+sigmoid = _unary("sigmoid", _sigmoid, 4, "1 / (1 + exp(-x))")
+silu = _unary("silu", lambda x: x * _sigmoid(x), 5, "x * sigmoid(x)")
+gelu = _unary("gelu", lambda x: 0.5 * x * (1 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))), 8,
+              "tanh-approximate GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))")
+gelu_erf = _unary("gelu_erf", _gelu_erf, 8, "exact GELU: 0.5 x (1 + erf(x / sqrt(2)))")
+gelu_quick = _unary("gelu_quick", lambda x: x * _sigmoid(1.702 * x), 6, "x * sigmoid(1.702 x) (CLIP's quick GELU)")

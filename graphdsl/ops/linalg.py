@@ -6,11 +6,7 @@ import math
 import numpy as np
 
 from .. import dtypes as dt
-from .registry import ANY_WEIGHT, FLOAT, api, need, need_dtype, numel, register
-
-
-def _emit(op, inputs, attrs=None, name=None):
-    return inputs[0].graph.emit(op, inputs, attrs or {}, name)
+from .registry import ANY_WEIGHT, FLOAT, api, emit, need, need_dtype, numel, register
 
 
 def _batch_interleave(w: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
@@ -43,7 +39,8 @@ def _mul_mat_ref(x, w):
 
 register("mul_mat", _mul_mat_infer, _mul_mat_ref,
          lambda out, ins: 2 * numel(out) * ins[0][-1],
-         "x @ w^T: x (..., m, k), w (..., n, k) -> (..., m, n); w's batch dims divide x's (ggml_mul_mat(w, x))")
+         "x @ w^T: x (..., m, k), w (..., n, k) -> (..., m, n); w's batch dims divide x's (ggml_mul_mat(w, x))",
+         kind="matmul", strided_ok=True)
 
 
 @api
@@ -53,7 +50,7 @@ def mul_mat(x, w, *, name=None):
     w may be any weight type, quantized included; its batch dims broadcast over x's by
     repetition (each w matrix serves consecutive x batches, as in grouped-query attention).
     """
-    return _emit("mul_mat", [x, w], name=name)
+    return emit("mul_mat", [x, w], name=name)
 
 
 @api
@@ -79,13 +76,13 @@ def _get_rows_ref(table, ids):
 
 
 register("get_rows", _get_rows_infer, _get_rows_ref, lambda out, ins: 0,
-         "table[ids]: table (n, d) of any weight type, ids (m,) i32 -> (m, d) f32")
+         "table[ids]: table (n, d) of any weight type, ids (m,) i32 -> (m, d) f32", kind="gather/reduce")
 
 
 @api
 def get_rows(table, ids, *, name=None):
     """Rows of `table` (n, d) picked by int32 `ids` (m,) -> (m, d) f32. Ids are range-checked at run time."""
-    return _emit("get_rows", [table, ids], name=name)
+    return emit("get_rows", [table, ids], name=name)
 
 
 # -- norms -----------------------------------------------------------------------------------
@@ -105,21 +102,21 @@ def _rms_norm_ref(x, *, eps):
 
 
 register("norm", _norm_infer, _norm_ref, lambda out, ins, **a: 5 * numel(out),
-         "(x - mean) / sqrt(var + eps) over the last axis (LayerNorm without affine)")
+         "(x - mean) / sqrt(var + eps) over the last axis (LayerNorm without affine)", kind="norm")
 register("rms_norm", _norm_infer, _rms_norm_ref, lambda out, ins, **a: 3 * numel(out),
-         "x / sqrt(mean(x^2) + eps) over the last axis")
+         "x / sqrt(mean(x^2) + eps) over the last axis", kind="norm")
 
 
 @api
 def norm(x, eps: float = 1e-5, *, name=None):
     """LayerNorm without affine over the last axis: (x - mean) / sqrt(var + eps)."""
-    return _emit("norm", [x], {"eps": float(eps)}, name)
+    return emit("norm", [x], {"eps": float(eps)}, name)
 
 
 @api
 def rms_norm(x, eps: float = 1e-6, *, name=None):
     """x / sqrt(mean(x^2) + eps) over the last axis."""
-    return _emit("rms_norm", [x], {"eps": float(eps)}, name)
+    return emit("rms_norm", [x], {"eps": float(eps)}, name)
 
 
 # -- soft_max ----------------------------------------------------------------------------------
@@ -149,14 +146,14 @@ def _soft_max_ref(x, mask=None, *, scale):
 
 
 register("soft_max", _soft_max_infer, _soft_max_ref, lambda out, ins, **a: 5 * numel(out),
-         "softmax(x * scale + mask) over the last axis; mask (..., >=rows, cols) f32/f16")
+         "softmax(x * scale + mask) over the last axis; mask (..., >=rows, cols) f32/f16", kind="norm")
 
 
 @api
 def soft_max(x, mask=None, *, scale: float = 1.0, name=None):
     """softmax(x * scale + mask) over the last axis."""
     inputs = [x] if mask is None else [x, mask]
-    return _emit("soft_max", inputs, {"scale": float(scale)}, name)
+    return emit("soft_max", inputs, {"scale": float(scale)}, name)
 
 
 # -- attention -----------------------------------------------------------------------------------
@@ -189,7 +186,8 @@ def _attn_ref(q, k, v, mask=None, *, scale):
 
 register("flash_attn_ext", _attn_infer, _attn_ref,
          lambda out, ins, **a: 4 * numel(ins[0][:-1]) * ins[1][-2] * ins[0][-1],
-         "softmax(q k^T * scale + mask) v; q (.., h, nq, d), k/v (.., h_kv, nkv, d) -> (.., nq, h, dv)")
+         "softmax(q k^T * scale + mask) v; q (.., h, nq, d), k/v (.., h_kv, nkv, d) -> (.., nq, h, dv)",
+         kind="matmul", strided_ok=True)
 
 
 @api
@@ -200,5 +198,5 @@ def flash_attn_ext(q, k, v, mask=None, *, scale: float, name=None):
     under "fast" to ggml_flash_attn_ext (K/V in f16 on CPU).
     """
     inputs = [q, k, v] if mask is None else [q, k, v, mask]
-    return _emit("flash_attn_ext", inputs, {"scale": float(scale)}, name)
+    return emit("flash_attn_ext", inputs, {"scale": float(scale)}, name)
 

@@ -4,11 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes as dt
-from .registry import FLOAT, api, need, need_dtype, numel, register
-
-
-def _emit(op, x, name):
-    return x.graph.emit(op, [x], {}, name)
+from .registry import FLOAT, api, emit, need, need_dtype, numel, register
 
 
 def _rows_infer(x):
@@ -17,9 +13,9 @@ def _rows_infer(x):
 
 
 register("sum_rows", _rows_infer, lambda x: x.sum(-1, keepdims=True), lambda out, ins: numel(ins[0]),
-         "sum over the last axis, kept as size 1")
+         "sum over the last axis, kept as size 1", kind="gather/reduce")
 register("mean", _rows_infer, lambda x: x.mean(-1, keepdims=True), lambda out, ins: numel(ins[0]),
-         "mean over the last axis, kept as size 1")
+         "mean over the last axis, kept as size 1", kind="gather/reduce")
 
 
 def _argmax_infer(x):
@@ -29,22 +25,22 @@ def _argmax_infer(x):
 
 
 register("argmax", _argmax_infer, lambda x: x.argmax(-1).astype(np.int32), lambda out, ins: numel(ins[0]),
-         "index of the largest value of each row of a 2-D tensor -> i32")
+         "index of the largest value of each row of a 2-D tensor -> i32", kind="gather/reduce")
 
 
 @api
 def sum_rows(x, *, name=None):
     """Sum over the last axis, keeping it as size 1."""
-    return _emit("sum_rows", x, name)
+    return emit("sum_rows", [x], name=name)
 
 
 @api
 def mean(x, *, name=None):
     """Mean over the last axis, keeping it as size 1."""
-    return _emit("mean", x, name)
+    return emit("mean", [x], name=name)
 
 
 @api
 def argmax(x, *, name=None):
     """Row-wise argmax of a 2-D tensor -> int32 (rows,)."""
-    return _emit("argmax", x, name)
+    return emit("argmax", [x], name=name)

@@ -1,13 +1,13 @@
-"""The op registry: each op declared once, with its shape rule, NumPy reference and FLOPs.
+"""The op registry: each op declared once, with its shape rule, NumPy reference, FLOPs, kind
+and layout facts.
 
 Backends are interpreters over this registry: `graphdsl.backends.reference` runs `reference`,
-`graphdsl.backends.ggml` keeps a lowering table keyed by the same names, and a test fails when
-an op lacks any of them.
+`graphdsl.backends.ggml` runs `lowerings["ggml"]`, and a test fails when an op lacks any of them.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,13 +19,29 @@ class ShapeError(Exception):
     """Raised by shape rules; the graph re-raises it as ValueError naming op and node."""
 
 
+# What an op does, for drawings and summaries (inspect/): each op declares one.
+KINDS = ("matmul", "conv", "norm", "activation", "arithmetic", "gather/reduce", "layout", "constant")
+
+
 @dataclass(frozen=True)
 class OpDef:
+    """Everything about one op, declared once by `register` in its op file.
+
+    `lowerings` is the one field filled elsewhere: each backend adds its lowering under its own
+    name when it is imported (`graphdsl.backends.ggml_lower.lowers`), as JAX registers a
+    primitive's lowering per platform, so the op files need no backend.
+    """
+
     name: str
     infer: Callable[..., tuple[tuple[int, ...], dt.DType]]  # (input nodes, **attrs) -> (shape, dtype)
     reference: Callable[..., np.ndarray]  # (*arrays, **attrs) -> array, NumPy order
     flops: Callable[..., int]  # (out shape, [in shapes], **attrs) -> FLOPs
-    doc: str = ""
+    doc: str
+    kind: str  # one of KINDS
+    view: bool = False  # ggml runs it as a view of its input: no arithmetic, no bytes moved
+    strided_ok: bool = False  # its lowering reads strided inputs itself; other ops get contiguous ones
+    shape_only: bool = False  # only its inputs' shapes are read, never their values (const)
+    lowerings: dict[str, Callable[..., Any]] = field(default_factory=dict, compare=False)  # backend -> fn
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -33,18 +49,41 @@ REGISTRY: dict[str, OpDef] = {}
 OPS_API: dict[str, Callable[..., Any]] = {}
 
 
-def register(name: str, infer, reference, flops, doc: str = "") -> OpDef:
+def register(name: str, infer, reference, flops, doc: str, *, kind: str, view: bool = False,
+             strided_ok: bool = False, shape_only: bool = False) -> OpDef:
     if name in REGISTRY:
-        raise RuntimeError(f"op {name!r} registered twice")
-    op = OpDef(name, infer, reference, flops, doc)
+        raise ValueError(f"op {name!r} registered twice")
+    if kind not in KINDS:
+        raise ValueError(f"op {name!r}: kind {kind!r} is not one of {KINDS}")
+    op = OpDef(name, infer, reference, flops, doc, kind, view, strided_ok, shape_only)
     REGISTRY[name] = op
     return op
+
+
+def add_lowering(backend: str, name: str, fn: Callable[..., Any]) -> None:
+    """Give op `name` its lowering for `backend`; an unknown op or a second lowering is a ValueError."""
+    op = REGISTRY.get(name)
+    if op is None:
+        raise ValueError(f"[{backend}] lowering for unknown op {name!r}")
+    if backend in op.lowerings:
+        raise ValueError(f"[{backend}] op {name!r} lowered twice")
+    op.lowerings[backend] = fn
 
 
 def api(fn):
     """Expose a builder as `ops.<name>` and as a Tensor method."""
     OPS_API[fn.__name__] = fn
     return fn
+
+
+def emit(op: str, inputs, attrs: dict | None = None, name: str | None = None):
+    """Add node `op` to its inputs' graph (its shape rule runs now): what every builder ends with."""
+    inputs = list(inputs)
+    # a graph tensor is what carries a graph: no import of graph.py, which imports this package
+    graph = next((g for g in (getattr(t, "graph", None) for t in inputs) if g is not None), None)
+    if graph is None:
+        raise ValueError(f"[{op}] expected graph tensors, got {', '.join(type(t).__name__ for t in inputs)}")
+    return graph.emit(op, inputs, attrs or {}, name)
 
 
 # -- helpers shared by the op files --------------------------------------------------------

@@ -28,16 +28,12 @@ import math
 import numpy as np
 
 from .. import dtypes as dt
-from .registry import FLOAT, INT32_MAX, api, need, need_dtype, register
+from .registry import FLOAT, INT32_MAX, api, emit, need, need_dtype, register
 
 # ggml.h's GGML_ROPE_TYPE_* values (libggml 0.20.2)
 GGML_ROPE_TYPE = {"normal": 0, "neox": 2, "mrope": 8, "vision": 24}
 MULTI = ("mrope", "vision")  # the modes lowered to ggml_rope_multi
 N_SECTIONS = 4  # GGML_MROPE_SECTIONS: position rows ggml reads per token
-
-
-def _emit(op, inputs, attrs=None, name=None):
-    return inputs[0].graph.emit(op, inputs, attrs or {}, name)
 
 
 def _rope_infer(x, pos, *, n_dims, mode, freq_base, freq_scale, sections=None):
@@ -107,7 +103,7 @@ def _rope_flops(out, ins, *, n_dims, **a):
 register("rope", _rope_infer, _rope_ref, _rope_flops,
          "rotary position embedding on (n_tokens, n_head, head_dim); mode normal (pairs 2j, 2j+1), "
          "neox (j, j + n/2), mrope (neox pairs, positions (4, n_tokens) by sections of pairs) or vision "
-         "(whole head, ladder restarted per section)")
+         "(whole head, ladder restarted per section)", kind="arithmetic")
 
 
 @api
@@ -145,7 +141,7 @@ def rope(x, pos, *, n_dims: int | None = None, mode: str = "normal", sections=No
         sections = sections + (0,) * (N_SECTIONS - len(sections)) if len(sections) < N_SECTIONS else sections
     attrs = {"n_dims": n_dims, "mode": mode, "sections": sections, "freq_base": float(freq_base),
              "freq_scale": float(freq_scale)}
-    return _emit("rope", [x, pos], attrs, name)
+    return emit("rope", [x, pos], attrs, name)
 
 
 @api

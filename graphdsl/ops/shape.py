@@ -4,14 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes as dt
-from .registry import FLOAT, api, can_repeat, need, need_dtype, need_int32, numel, register, tile_to
+from .registry import FLOAT, api, can_repeat, emit, need, need_dtype, need_int32, numel, register, tile_to
 
 _ZERO = lambda out, ins, **a: 0  # noqa: E731 - layout ops do no arithmetic
 _ACT = (dt.f32, dt.f16, dt.bf16, dt.i32)
-
-
-def _emit(op, inputs, attrs=None, name=None):
-    return inputs[0].graph.emit(op, inputs, attrs or {}, name)
 
 
 # -- reshape -------------------------------------------------------------------------------------
@@ -30,7 +26,7 @@ def _reshape_infer(x, *, shape):
 
 
 register("reshape", _reshape_infer, lambda x, *, shape: x.reshape(shape), _ZERO,
-         "same elements in a new shape (C order); one dim may be -1")
+         "same elements in a new shape (C order); one dim may be -1", kind="layout", view=True)
 
 
 @api
@@ -38,7 +34,7 @@ def reshape(x, *shape, name=None):
     """Reshape in C order; one dim may be -1. Accepts reshape(a, b) or reshape((a, b))."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
-    return _emit("reshape", [x], {"shape": tuple(int(s) for s in shape)}, name)
+    return emit("reshape", [x], {"shape": tuple(int(s) for s in shape)}, name)
 
 
 # -- slice ---------------------------------------------------------------------------------------
@@ -60,14 +56,15 @@ def _slice_ref(x, *, axis, start, stop, step):
     return x[tuple(idx)]
 
 
-register("view", _slice_infer, _slice_ref, _ZERO, "x[start:stop:step] along one axis, as a strided view")
+register("view", _slice_infer, _slice_ref, _ZERO, "x[start:stop:step] along one axis, as a strided view",
+         kind="layout", view=True, strided_ok=True)
 
 
 @api
 def view(x, axis: int, start: int, stop: int, step: int = 1, *, name=None):
     """x[..., start:stop:step, ...] along `axis`, a view without copying where the backend allows."""
     ax = axis % x.ndim if -x.ndim <= axis < x.ndim else axis
-    return _emit("view", [x], {"axis": ax, "start": int(start), "stop": int(stop), "step": int(step)}, name)
+    return emit("view", [x], {"axis": ax, "start": int(start), "stop": int(stop), "step": int(step)}, name)
 
 
 slice_ = view
@@ -81,7 +78,8 @@ def _permute_infer(x, *, axes):
 
 
 register("permute", _permute_infer, lambda x, *, axes: np.transpose(x, axes), _ZERO,
-         "np.transpose(x, axes): out.shape[i] = x.shape[axes[i]]")
+         "np.transpose(x, axes): out.shape[i] = x.shape[axes[i]]", kind="layout",
+         view=True, strided_ok=True)
 
 
 @api
@@ -89,7 +87,7 @@ def permute(x, *axes, name=None):
     """np.transpose semantics: out.shape[i] = x.shape[axes[i]]."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
-    return _emit("permute", [x], {"axes": tuple(int(a) % x.ndim for a in axes)}, name)
+    return emit("permute", [x], {"axes": tuple(int(a) % x.ndim for a in axes)}, name)
 
 
 @api
@@ -103,13 +101,13 @@ def transpose(x, *, name=None):
 
 
 register("cont", lambda x: (x.shape, x.dtype), lambda x: np.ascontiguousarray(x), _ZERO,
-         "a contiguous copy (identity on values)")
+         "a contiguous copy (identity on values)", kind="layout", strided_ok=True)
 
 
 @api
 def cont(x, *, name=None):
     """Make a contiguous copy (a no-op on values; the ggml backend inserts these itself when needed)."""
-    return _emit("cont", [x], name=name)
+    return emit("cont", [x], name=name)
 
 
 # -- concat ----------------------------------------------------------------------------------------
@@ -130,7 +128,7 @@ def _concat_infer(*xs, axis):
 
 
 register("concat", _concat_infer, lambda *xs, axis: np.concatenate(xs, axis=axis), _ZERO,
-         "join tensors along an axis")
+         "join tensors along an axis", kind="layout")
 
 
 @api
@@ -139,7 +137,7 @@ def concat(xs, axis: int = 0, *, name=None):
     xs = list(xs)
     if len(xs) == 1:
         return xs[0]
-    return _emit("concat", xs, {"axis": int(axis) % xs[0].ndim}, name)
+    return emit("concat", xs, {"axis": int(axis) % xs[0].ndim}, name)
 
 
 # -- pad / repeat ----------------------------------------------------------------------------------
@@ -151,13 +149,13 @@ def _pad_infer(x, *, pads):
     return tuple(s + lo + hi for s, (lo, hi) in zip(x.shape, pads)), x.dtype
 
 
-register("pad", _pad_infer, lambda x, *, pads: np.pad(x, pads), _ZERO, "zero padding per axis")
+register("pad", _pad_infer, lambda x, *, pads: np.pad(x, pads), _ZERO, "zero padding per axis", kind="layout")
 
 
 @api
 def pad(x, pads, *, name=None):
     """Zero padding; `pads` is one (before, after) pair per axis as in np.pad."""
-    return _emit("pad", [x], {"pads": tuple((int(a), int(b)) for a, b in pads)}, name)
+    return emit("pad", [x], {"pads": tuple((int(a), int(b)) for a, b in pads)}, name)
 
 
 def _repeat_infer(x, *, shape):
@@ -166,13 +164,14 @@ def _repeat_infer(x, *, shape):
     return tuple(shape), x.dtype
 
 
-register("repeat", _repeat_infer, lambda x, *, shape: tile_to(x, shape), _ZERO, "tile x to shape (np.tile)")
+register("repeat", _repeat_infer, lambda x, *, shape: tile_to(x, shape), _ZERO, "tile x to shape (np.tile)",
+         kind="layout")
 
 
 @api
 def repeat(x, shape, *, name=None):
     """Tile x to `shape`; each target dim must be a multiple of x's."""
-    return _emit("repeat", [x], {"shape": tuple(int(s) for s in shape)}, name)
+    return emit("repeat", [x], {"shape": tuple(int(s) for s in shape)}, name)
 
 
 # -- cast ------------------------------------------------------------------------------------------
@@ -195,10 +194,10 @@ def _cast_ref(x, *, dtype):
 
 
 register("cast", _cast_infer, _cast_ref, lambda out, ins, **a: numel(out),
-         "convert between f32, f16 and bf16 (round to nearest even)")
+         "convert between f32, f16 and bf16 (round to nearest even)", kind="layout")
 
 
 @api
 def cast(x, dtype, *, name=None):
     """Convert to f32, f16 or bf16."""
-    return _emit("cast", [x], {"dtype": dt.dtype(dtype).name}, name)
+    return emit("cast", [x], {"dtype": dt.dtype(dtype).name}, name)

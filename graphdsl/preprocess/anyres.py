@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from .image import (DEFAULT_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageConfig, ImageSource, load_image,
-                    normalize, resize_uint8)
+                    normalize, positive_fields, resize_uint8)
 
 # HF's LlavaNextImageProcessor default (LLaVA-1.6 at 336 px).
 LLAVA_NEXT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
@@ -85,9 +85,8 @@ class AnyresConfig:
     def __post_init__(self) -> None:
         pts = _pinpoints(self.grid_pinpoints)
         object.__setattr__(self, "grid_pinpoints", pts)
+        positive_fields(self, "crop_size")
         s = self.crop_size
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
-            raise ValueError(f"[AnyresConfig] crop_size must be a positive int, got {s!r}")
         bad = [p for p in pts if p[0] % s or p[1] % s or (p[0] // s) * (p[1] // s) > self.max_tiles]
         if bad:
             # HF's model counts tiles as floor(h / S) but its processor as ceil(h / S): only exact

@@ -9,7 +9,7 @@ The STFT runs in float64 NumPy (pocketfft), block by block so that 10 minutes of
 materialises a [60000, 400] frame matrix; the mel projection and the log run in float32 like the
 reference. The result is within 3e-7 of HF's float64 NumPy path; against torch's float32 STFT
 (openai-whisper, HF with torch) the difference is that reference's own rounding, up to ~4e-5 in
-mel bins ~70 dB below the frame's peak (see tests/test_preprocess_audio.py).
+mel bins ~70 dB below the frame's peak (see tests/models/test_preprocess_audio.py).
 
 Example:
     >>> from graphdsl.preprocess import audio
@@ -335,13 +335,7 @@ def whisper_chunks(
     the ``max - 8`` clamp is global, as in whisper's ``transcribe``), then cut every 3000 frames.
     Audio up to 30 s gives one chunk equal to ``whisper_features``. A frame counts as valid when
     its centre lies inside the audio: ``ceil(n_samples / 160)`` frames in all, the same count as
-    the attention mask of HF's ``WhisperFeatureExtractor``.
-
-    Args:
-        audio: path, file object or PCM array (see ``load_audio``).
-        n_mels: number of mel bins.
-        sample_rate: rate of an array input (default 16000).
-        max_seconds: longer audio is refused before it is read (see ``load_audio``).
+    the attention mask of HF's ``WhisperFeatureExtractor``. Arguments as ``whisper_features``.
 
     Returns:
         (chunks, n_valid): chunks is a list of float32 [n_mels, 3000]; n_valid[i] in 1..3000 is

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image import DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, HALF, ImageSource, check_norm, load_image, normalize
+from .image import (DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, HALF, ImageSource, check_norm, load_image, normalize,
+                    positive_int)
 from .text import ImageChunk
 
 # HF's MAX_IMAGE_SIZE: the longest edge after step 1 never exceeds it, whatever ``longest_edge`` says.
@@ -55,9 +56,7 @@ def _edge(v: Any, what: str) -> int:
         if "longest_edge" not in v:
             raise ValueError(f"[Idefics3ImageConfig] {what} must be {{'longest_edge': n}}, got {dict(v)}")
         v = v["longest_edge"]
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"[Idefics3ImageConfig] {what} must be a positive int, got {v!r}")
-    return int(v)
+    return positive_int(v, f"[Idefics3ImageConfig] {what}")
 
 
 def _triple(v: Any) -> tuple[float, float, float] | None:

@@ -62,6 +62,19 @@ def check_norm(who: str, mean, std, shown=None) -> None:
         raise ValueError(f"[{who}] need 3 finite means and 3 finite stds >= {MIN_STD:g}, got {given[0]} / {given[1]}")
 
 
+def positive_int(v: Any, what: str) -> int:
+    """``v`` as a Python int >= 1 (NumPy integers too, never a bool); else a ValueError naming ``what``."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{what} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def positive_fields(cfg: Any, *names: str) -> None:
+    """Check the named fields of a frozen dataclass with ``positive_int``, storing them as ints."""
+    for n in names:
+        object.__setattr__(cfg, n, positive_int(getattr(cfg, n), f"[{type(cfg).__name__}] {n}"))
+
+
 def _pair(v: Any) -> tuple[int, int]:
     if isinstance(v, Mapping):
         return int(v["height"]), int(v["width"])

@@ -34,15 +34,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .image import HALF, positive_fields
+
 
 @dataclass(frozen=True)
 class MiniCPMVImageConfig:
     slice_size: int = 448
     patch_size: int = 14
     max_slices: int = 9
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
     policy: str = "minicpmv"  # "minicpmv" (its processor) or "mtmd" (llama.cpp's); see the module doc
+
+    def __post_init__(self) -> None:
+        positive_fields(self, "slice_size", "patch_size")
 
 
 @dataclass

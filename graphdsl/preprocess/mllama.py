@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from ..cross import cross_spans
-from .image import DEFAULT_MAX_PIXELS, ImageSource, check_norm, load_image, normalize
+from .image import DEFAULT_MAX_PIXELS, HALF, ImageSource, check_norm, load_image, normalize, positive_fields
 
 IMAGE_TOKEN = "<|image|>"
 # Up to 8 x 8 tiles: 2x Llama 3.2's 4 tiles per side at most; more would build thousands of
@@ -66,16 +66,13 @@ class MllamaImageConfig:
     tile_size: int = 560
     max_image_tiles: int = 4
     resample: int = int(Image.Resampling.BILINEAR)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
     rescale_factor: float = 1.0 / 255.0
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
-        for name in ("tile_size", "max_image_tiles"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"[MllamaImageConfig] {name} must be a positive int, got {v!r}")
+        positive_fields(self, "tile_size", "max_image_tiles")
         if self.max_image_tiles > MAX_TILES_LIMIT:
             raise ValueError(f"[MllamaImageConfig] max_image_tiles {self.max_image_tiles} > {MAX_TILES_LIMIT}")
         if self.tile_size * self.tile_size * self.max_image_tiles > 64 * 4096 * 4096:

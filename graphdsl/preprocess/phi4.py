@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image import ImageSource, load_image
+from .image import HALF, ImageSource, load_image, positive_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +40,11 @@ class Phi4ImageConfig:
     crop: int = 448
     patch: int = 14
     dynamic_hd: int = 36
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
 
     def __post_init__(self):
-        for name in ("crop", "patch", "dynamic_hd"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"[Phi4ImageConfig] {name} must be a positive int, got {v!r}")
+        positive_fields(self, "crop", "patch", "dynamic_hd")
         if self.crop % self.patch:
             raise ValueError(f"[Phi4ImageConfig] crop {self.crop} is not a multiple of patch {self.patch}")
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image import (DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                    ImageConfig, ImageSource, check_norm, load_image, normalize, resize_uint8)
+from .any_size import AnySizeConfig
+from .image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImageSource, positive_fields
 
 
 def pixtral_size(height: int, width: int, longest_edge: int = 1024, patch_size: int = 16) -> tuple[int, int]:
@@ -47,15 +47,8 @@ def pixtral_size(height: int, width: int, longest_edge: int = 1024, patch_size: 
     return h, w
 
 
-def _triple(v: Any, what: str) -> tuple[float, float, float]:
-    a = np.broadcast_to(np.asarray(v, np.float64), (3,)) if np.size(v) in (1, 3) else None
-    if a is None:
-        raise ValueError(f"[PixtralImageConfig] {what} needs 1 or 3 values, got {v!r}")
-    return tuple(float(x) for x in a)
-
-
 @dataclasses.dataclass(frozen=True)
-class PixtralImageConfig:
+class PixtralImageConfig(AnySizeConfig):
     """How Pixtral / Mistral-3 want their pixels (fields as HF's preprocessor_config.json).
 
     Args:
@@ -71,32 +64,14 @@ class PixtralImageConfig:
 
     longest_edge: int = 1024
     patch_size: int = 16
-    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-    std: tuple[float, float, float] = OPENAI_CLIP_STD
-    resample: int = int(Image.Resampling.BICUBIC)
-    rescale_factor: float = 1.0 / 255.0
-    max_input_pixels: int = DEFAULT_MAX_PIXELS
-    max_out_pixels: int = DEFAULT_MAX_OUT_PIXELS
 
     def __post_init__(self) -> None:
-        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        for k in ("longest_edge", "patch_size"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"[PixtralImageConfig] {k} must be an int >= 1, got {v!r}")
-            set_(k, int(v))
+        positive_fields(self, "longest_edge", "patch_size")
         edge = ((self.longest_edge - 1) // self.patch_size + 1) * self.patch_size
         if edge * edge > self.max_out_pixels:
             raise ValueError(f"[PixtralImageConfig] longest_edge {self.longest_edge} allows {edge}^2 output pixels, "
                              f"more than max_out_pixels={self.max_out_pixels} (pass a larger max_out_pixels)")
-        mean, std = _triple(self.mean, "mean"), _triple(self.std, "std")
-        check_norm("PixtralImageConfig", mean, std, (self.mean, self.std))
-        set_("mean", mean)
-        set_("std", std)
-        if isinstance(self.resample, bool) or self.resample not in {int(r) for r in Image.Resampling}:
-            raise ValueError(f"[PixtralImageConfig] resample must be a PIL.Image.Resampling code, "
-                             f"got {self.resample!r}")
-        set_("resample", int(self.resample))
+        super().__post_init__()
 
     def out_size(self, height: int, width: int) -> tuple[int, int]:
         """(H, W) an image of (height, width) is resized to."""
@@ -138,12 +113,4 @@ def pixtral_image(source: ImageSource, cfg: PixtralImageConfig | None = None) ->
     Raises:
         ValueError: unreadable or oversized image, an aspect ratio that leaves an empty side.
     """
-    cfg = cfg or PixtralImageConfig()
-    img = load_image(source, max_pixels=cfg.max_input_pixels)
-    w, h = img.size
-    th, tw = cfg.out_size(h, w)
-    # the fixed-size resize of ImageConfig is Pillow's on the uint8 image, HF's step
-    fixed = ImageConfig(mode="siglip", size=(th, tw), mean=cfg.mean, std=cfg.std, resample=cfg.resample,
-                        rescale_factor=cfg.rescale_factor, max_pixels=cfg.max_input_pixels,
-                        max_out_pixels=max(cfg.max_out_pixels, th * tw))
-    return normalize(resize_uint8(img, fixed), fixed)
+    return (cfg or PixtralImageConfig()).resized(source)

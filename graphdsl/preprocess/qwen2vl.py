@@ -23,10 +23,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from .image import (DEFAULT_MAX_OUT_PIXELS, DEFAULT_MAX_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
-                    ImageConfig, ImageSource, check_norm, load_image, normalize, resize_uint8)
+from .any_size import AnySizeConfig
+from .image import ImageSource, positive_fields
 
 MAX_ASPECT = 200  # HF refuses more extreme images
 
@@ -50,7 +49,7 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2VLImageConfig:
+class Qwen2VLImageConfig(AnySizeConfig):
     """How Qwen2-VL / Qwen2.5-VL want their pixels (HF's preprocessor_config.json fields).
 
     Args:
@@ -66,25 +65,13 @@ class Qwen2VLImageConfig:
     max_pixels: int = 28 * 28 * 1280
     patch_size: int = 14
     merge_size: int = 2
-    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-    std: tuple[float, float, float] = OPENAI_CLIP_STD
-    resample: int = int(Image.Resampling.BICUBIC)
-    rescale_factor: float = 1.0 / 255.0
-    max_input_pixels: int = DEFAULT_MAX_PIXELS
-    max_out_pixels: int = DEFAULT_MAX_OUT_PIXELS
 
     def __post_init__(self) -> None:
-        ints = (self.min_pixels, self.max_pixels, self.patch_size, self.merge_size)
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in ints):
-            raise ValueError(f"[Qwen2VLImageConfig] min_pixels, max_pixels, patch_size, merge_size must be ints >= 1, "
-                             f"got {ints}")
+        positive_fields(self, "min_pixels", "max_pixels", "patch_size", "merge_size")
         if self.min_pixels > self.max_pixels or self.max_pixels > self.max_out_pixels:
             raise ValueError(f"[Qwen2VLImageConfig] need min_pixels {self.min_pixels} <= max_pixels {self.max_pixels} "
                              f"<= max_out_pixels {self.max_out_pixels}")
-        mean, std = tuple(float(v) for v in self.mean), tuple(float(v) for v in self.std)
-        check_norm("Qwen2VLImageConfig", mean, std, (self.mean, self.std))
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
+        super().__post_init__()
 
     @property
     def factor(self) -> int:
@@ -130,11 +117,4 @@ def qwen2vl_image(source: ImageSource, cfg: Qwen2VLImageConfig | None = None) ->
     Raises:
         ValueError: unreadable or oversized image, an aspect ratio above 200.
     """
-    cfg = cfg or Qwen2VLImageConfig()
-    img = load_image(source, max_pixels=cfg.max_input_pixels)
-    w, h = img.size
-    th, tw = cfg.out_size(h, w)
-    fixed = ImageConfig(mode="siglip", size=(th, tw), mean=cfg.mean, std=cfg.std, resample=cfg.resample,
-                        rescale_factor=cfg.rescale_factor, max_pixels=cfg.max_input_pixels,
-                        max_out_pixels=max(cfg.max_out_pixels, th * tw))
-    return normalize(resize_uint8(img, fixed), fixed)
+    return (cfg or Qwen2VLImageConfig()).resized(source)
