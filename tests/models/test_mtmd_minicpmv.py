@@ -28,6 +28,8 @@ from graphdsl.models import text as text_models
 from graphdsl.preprocess.minicpmv import best_grid
 from test_mtmd_mobilevlm import random_weights
 
+pytestmark = pytest.mark.children  # llama.cpp's mtmd runs in its own venv, in a child
+
 BOUND = 5e-3
 N_MM = 256  # two 128-wide resampler heads
 

@@ -24,6 +24,8 @@ from graphdsl.convert.writer import write_gguf
 from graphdsl.models import from_gguf, mobilevlm
 from target import BACKEND
 
+pytestmark = pytest.mark.children  # llama.cpp's mtmd runs in its own venv, in a child
+
 BOUND = 5e-3
 N_MM = 64
 

@@ -12,6 +12,8 @@ from PIL import Image
 
 from graphdsl.preprocess import phi4 as pp
 
+pytestmark = pytest.mark.children  # HF's Phi-4 processor runs beside torchvision in a child (phi4_hf)
+
 CASES = [  # (h, w), crop, patch, dynamic_hd
     ((20, 30), 32, 4, 36), ((50, 60), 32, 4, 36), ((70, 100), 32, 4, 36), ((33, 200), 32, 4, 36),
     ((300, 45), 32, 4, 36), ((64, 64), 32, 4, 36),

@@ -33,6 +33,7 @@ def _folder(tmp_path, model, pre):
     return folder
 
 
+@pytest.mark.children
 def test_dynamic_hd_is_carried(tiny, tmp_path):
     need_torch()
     _, model = tiny
