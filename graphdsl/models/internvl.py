@@ -243,6 +243,13 @@ def tiles(source, mmproj, text_info=None, max_seconds=None) -> np.ndarray:
     return internvl_images(source, image_config(mmproj))
 
 
+def _not_tile(v, ck) -> bool:
+    # vision_config.image_size is a pair in HF's config.json ([448, 448]), size.height / width one int
+    want = settings.lookup(ck.get("config"), "vision_config.image_size")
+    want = 448 if want is settings.MISSING else want
+    return v not in (list(want) if isinstance(want, (list, tuple)) else [want])
+
+
 def _no_tiling(v, ck) -> bool:
     return v is False and settings.lookup(ck.get("processor"), "max_patches") in (0, 1)
 
@@ -276,9 +283,9 @@ SETTINGS = (
     settings.Setting("processor", "do_resize", refuse=_no_tiling, default=True,
                      reason="without tiles (max_patches 1) HF skips the resize and the tower gets the image's "
                             "own size, which it does not take"),
-    settings.Setting("processor", "size.height", refuse=settings.other_than("vision_config.image_size", [448, 448]),
+    settings.Setting("processor", "size.height", refuse=_not_tile,
                      reason="tiles of another size than the tower's need interpolated positions"),
-    settings.Setting("processor", "size.width", refuse=settings.other_than("vision_config.image_size", [448, 448]),
+    settings.Setting("processor", "size.width", refuse=_not_tile,
                      reason="tiles of another size than the tower's need interpolated positions"),
     settings.carried("processor", "min_patches", _V.PREPROC_MIN_TILES, 1),
     settings.carried("processor", "max_patches", _V.PREPROC_MAX_TILES, 12),
