@@ -302,7 +302,7 @@ SETTINGS = (
 ARCH = register(Arch(
     "internvl", "image", InternVLVision, InternVLConfig, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("internvl",), hf_model_types=("internvl",),
-    image=ImagePreprocess("siglip", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, defaults={"image_size": 448, "patch_size": 14}),
+    image=ImagePreprocess("siglip", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, defaults={"image_size": 384, "patch_size": 16}),  # GotOcr2's 384
     prepare=tiles, settings=SETTINGS,
     examples=(InternVLConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, scale_factor=2,
                              n_mm_embd=48, norm="rms", qk_norm=True, post_ln=True),)))
