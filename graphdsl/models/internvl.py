@@ -5,7 +5,7 @@
                 x = h + ls2 * ffn_down(act(ffn_up(ln2(h))))         width when the file has attn_q_norm)
     x = LayerNorm(v.post_ln)(x)                                     (only when the file has it)
     x = pixel_shuffle(x without the class token, s)                 (s x s patches -> one token)
-    y = mm.3(gelu(mm.1(LayerNorm(mm.0)(x))))                        (mm.0's eps: torch's 1e-5)
+    y = mm.model.mlp.3(gelu(mm.model.mlp.1(LayerNorm(mm.model.mlp.0)(x))))   (its eps: torch's 1e-5)
 
 ln1 / ln2 are LayerNorms (InternViT-300M) or RMSNorms without bias (InternViT-6B, HF's
 ``norm_type="rms_norm"``). An image is several tiles (``preprocess.internvl_images``: tiles row by
@@ -120,9 +120,9 @@ class InternVLVision(Block):
             x = ops.view(x, x.ndim - 2, 1, x.shape[-2], name="patches")  # the class token goes
         with g.scope("mm"):
             x = blocks.pixel_shuffle(x, grid, c.scale_factor, name="shuffle")
-            x = blocks.norm(x, "0", eps=MM_EPS)
-            x = blocks.activation(blocks.linear(x, "1", c.n_mm_embd, wtype=c.wtype), c.mm_act, name="act")
-            return blocks.linear(x, "3", c.n_mm_embd, wtype=c.wtype)
+            x = blocks.norm(x, "model.mlp.0", eps=MM_EPS)
+            x = blocks.activation(blocks.linear(x, "model.mlp.1", c.n_mm_embd, wtype=c.wtype), c.mm_act, name="act")
+            return blocks.linear(x, "model.mlp.3", c.n_mm_embd, wtype=c.wtype)
 
 
 def build(cfg: InternVLConfig, n_tiles: int = 1) -> Graph:
@@ -166,12 +166,12 @@ def config_from_hf(hf: Any) -> InternVLConfig:
 
 def config_from_gguf(src: Any) -> InternVLConfig:
     """From an mmproj GGUF with projector "internvl" (llama.cpp's: clip.vision.projector.scale_factor,
-    mm.0 / mm.1 / mm.3; the norms, q/k norms, biases and post_ln told by the tensors present)."""
+    mm.model.mlp.0 / 1 / 3, its TN_MVLM_PROJ_MLP); q/k norms, biases and post_ln told by the tensors."""
     m, v, kw = gguf_vision(src, ("internvl",), "InternVL")
-    fc = m.shapes[tn(T.V_MMPROJ, "weight", 1)]
+    fc = m.shapes[tn(T.V_MMPROJ_MLP, "weight", 1)]
     s = v.n_merge or int(round((fc[1] / v.n_embd) ** 0.5))
     if s * s * v.n_embd != fc[1]:
-        raise m.error(f"mm.1.weight {list(fc)} does not take {v.n_embd} x scale_factor^2 ({s}^2) inputs")
+        raise m.error(f"mm.model.mlp.1.weight {list(fc)} does not take {v.n_embd} x scale_factor^2 ({s}^2) inputs")
     rule = "rms" if (v.n_embd, v.n_layer) == (3200, 45) else "layer"  # llama.cpp's InternViT-6B test
     norm = metadata_value(m.file, KEY_NORM, str, rule)
     if norm not in ("layer", "rms"):
@@ -182,7 +182,8 @@ def config_from_gguf(src: Any) -> InternVLConfig:
                           n_mm_embd=fc[0])
 
 
-def config_to_gguf(cfg: InternVLConfig, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD) -> list[tuple[str, object]]:
+def config_to_gguf(cfg: InternVLConfig, image_mean=OPENAI_CLIP_MEAN,
+                   image_std=OPENAI_CLIP_STD) -> list[tuple[str, object]]:
     V = Keys.ClipVision
     return [(Keys.Clip.PROJECTOR_TYPE, "internvl"), *vit_keys(cfg, image_mean, image_std),
             (V.Projector.SCALE_FACTOR, cfg.scale_factor), (V.PROJECTION_DIM, cfg.n_mm_embd),
@@ -204,7 +205,7 @@ def _rules():
         rules += [(f"embeddings.patch_embeddings.projection.{s}", tn(T.V_ENC_EMBD_PATCH, s)),
                   (f"layernorm.{s}", tn(T.V_POST_NORM, s))]
         rules += [(f"{L}{hf}.{s}", tn(t, s)) for hf, t in per_layer]
-        rules += [(f"multi_modal_projector.{hf}.{s}", tn(T.V_MMPROJ, s, i))
+        rules += [(f"multi_modal_projector.{hf}.{s}", tn(T.V_MMPROJ_MLP, s, i))
                   for hf, i in (("layer_norm", 0), ("linear_1", 1), ("linear_2", 3))]
     return rules
 
@@ -232,7 +233,8 @@ def image_config(mmproj):
     d = settings.read(ARCH, mmproj.config.file, c)
     return InternVLImageConfig(
         tile_size=c.image_size, min_patches=d["min_patches"], max_patches=d["max_patches"], resample=d["resample"],
-        mean=d["image_mean"] if d["do_normalize"] else (0.0,) * 3, std=d["image_std"] if d["do_normalize"] else (1.0,) * 3,
+        mean=d["image_mean"] if d["do_normalize"] else (0.0,) * 3,
+        std=d["image_std"] if d["do_normalize"] else (1.0,) * 3,
         rescale_factor=d["rescale_factor"] if d["do_rescale"] else 1.0)
 
 
@@ -302,7 +304,8 @@ SETTINGS = (
 ARCH = register(Arch(
     "internvl", "image", InternVLVision, InternVLConfig, config_from_hf, config_from_gguf, config_to_gguf,
     hf_to_gguf, projectors=("internvl",), hf_model_types=("internvl",),
-    image=ImagePreprocess("siglip", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, defaults={"image_size": 384, "patch_size": 16}),  # GotOcr2's 384
+    image=ImagePreprocess("siglip", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                          defaults={"image_size": 384, "patch_size": 16}),  # GotOcr2's class default: 384
     prepare=tiles, settings=SETTINGS,
     examples=(InternVLConfig(image_size=32, patch_size=4, n_embd=32, n_ff=64, n_head=4, n_layer=2, scale_factor=2,
                              n_mm_embd=48, norm="rms", qk_norm=True, post_ln=True),)))

@@ -63,7 +63,8 @@ class InternVLImageConfig:
             raise ValueError(f"[InternVLImageConfig] min_patches {self.min_patches} > max_patches {self.max_patches}: "
                              "no grid to choose from")
         if isinstance(self.resample, bool) or self.resample not in {int(r) for r in Image.Resampling}:
-            raise ValueError(f"[InternVLImageConfig] resample must be a PIL.Image.Resampling code, got {self.resample!r}")
+            raise ValueError(f"[InternVLImageConfig] resample must be a PIL.Image.Resampling code, "
+                             f"got {self.resample!r}")
         mean, std = (tuple(float(x) for x in np.broadcast_to(np.asarray(v, np.float64), (3,)))
                      for v in (self.mean, self.std))
         check_norm("InternVLImageConfig", mean, std, (self.mean, self.std))

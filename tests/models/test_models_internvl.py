@@ -139,7 +139,7 @@ def test_hf_folder_converts_and_embeds(tiny, tmp_path):
 
 MAPPING = {"vision_tower.embeddings": "v.inp_pos", "encoder.layer.{i}.attention": "v.blk.{i}.attn_out",
            "encoder.layer.{i}.mlp.fc1": "v.blk.{i}.ffn_up", "encoder.layer.{i}": "v.blk.{i}.layer_out",
-           "multi_modal_projector.layer_norm": "mm.0", "multi_modal_projector": "mm.3"}
+           "multi_modal_projector.layer_norm": "mm.model.mlp.0", "multi_modal_projector": "mm.model.mlp.3"}
 
 
 def test_node_by_node_against_hf(tiny):
