@@ -14,7 +14,7 @@ row, then the thumbnail), each ``image_size`` square; each gives (n_patches / s^
 HF's q_norm / k_norm use eps 1e-6 whatever ``layer_norm_eps`` says; so does this graph.
 llama.cpp's mtmd differs from HF in three ways this file does not follow: it appends the class
 token after the patches (HF: first, with position 0), picks RMSNorm only for a 3200-wide 45-layer
-tower (graphdsl: ``graphdsl.internvl.norm_type``, that rule when absent) and runs tanh-GELU
+tower (graphdsl: ``graphdsl.internvl.norm_type``, else RMSNorm where ln1 has no bias) and runs tanh-GELU
 (graphdsl: ``graphdsl.vision.act`` / ``graphdsl.vision.projector_act``, HF's exact ones).
 
 Example:
@@ -172,8 +172,8 @@ def config_from_gguf(src: Any) -> InternVLConfig:
     s = v.n_merge or int(round((fc[1] / v.n_embd) ** 0.5))
     if s * s * v.n_embd != fc[1]:
         raise m.error(f"mm.model.mlp.1.weight {list(fc)} does not take {v.n_embd} x scale_factor^2 ({s}^2) inputs")
-    rule = "rms" if (v.n_embd, v.n_layer) == (3200, 45) else "layer"  # llama.cpp's InternViT-6B test
-    norm = metadata_value(m.file, KEY_NORM, str, rule)
+    # llama.cpp's files lack the key: RMSNorm has no bias (llama.cpp itself asks for 3200 x 45 layers)
+    norm = metadata_value(m.file, KEY_NORM, str, "layer" if tn(T.V_ENC_INPUT_NORM, "bias", 0) in m.shapes else "rms")
     if norm not in ("layer", "rms"):
         raise m.error(f"{KEY_NORM} must be 'layer' or 'rms', got {norm!r}")
     has = lambda t, suffix="weight": tn(t, suffix, 0) in m.shapes  # noqa: E731

@@ -157,3 +157,65 @@ def test_node_by_node_against_hf(tiny):
     rep = diff_hf(graphdsl.compile(internvl.build(c), BACKEND, weights=bad), {"pixels": tiles}, model,
                   torch.from_numpy(tiles), MAPPING, forward=forward, rel_l2=BOUND)
     assert not rep.ok and rep.first_bad.name == "v.blk.1.ffn_up"
+
+
+# -- llama.cpp's own converter (tests/support/lcp_convert.py; skipped without it) ---------------------
+def lcp_folder(path, variant, seed=0):
+    """An HF InternVL folder in the layout llama.cpp's converter reads (Intern-S1's: vision_config
+    architectures InternVisionModel, weights under model.): 4 layers (its tensor map numbers mlp1.N
+    only below the block count), no final LayerNorm (it has no name for HF's), and the activations
+    its file can say: SiLU in the tower (clip.use_silu), tanh-GELU in the projector (clip.cpp's)."""
+    import json
+    from pathlib import Path
+
+    import lcp_convert
+    from hf_refs import tiny_llama
+    from transformers import (GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration,
+                              InternVLVisionConfig)
+    torch = need_torch()
+    torch.manual_seed(seed)
+    kw = {**VARIANTS[variant], "use_mean_pooling": True}
+    vc = InternVLVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=4,
+                              image_size=32, patch_size=4, hidden_act="silu", **kw)
+    cfg = InternVLConfig(vision_config=vc, text_config=tiny_llama(), projector_hidden_act="gelu_pytorch_tanh",
+                         attn_implementation="eager")
+    model = randomize(InternVLForConditionalGeneration(cfg), seed)
+    model.save_pretrained(path)
+    conf = json.loads((Path(path) / "config.json").read_text())
+    conf["vision_config"]["architectures"] = ["InternVisionModel"]
+    (Path(path) / "config.json").write_text(json.dumps(conf))
+    GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(path)
+    lcp_convert.hub_layout(path, [("vision_tower.", "model.vision_tower."),
+                                  ("multi_modal_projector.", "model.multi_modal_projector.")])
+    return model
+
+
+@pytest.mark.children
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_llama_cpp_file_equals_hf(tmp_path, variant):
+    """llama.cpp's convert_hf_to_gguf.py --mmproj writes the file (mm.model.mlp.N, tables with HF's
+    batch axes, no graphdsl key); graphdsl embed reads it as HF computes, class token first; the
+    same file with the class token's position moved last (llama.cpp's graph appends the token
+    after the patches) misses."""
+    import lcp_convert
+    from cli_run import graphdsl as cli
+    from graphdsl.gguf_io import load_mmproj
+    model = lcp_folder(tmp_path / "hf", variant)
+    path = lcp_convert.convert(tmp_path / "hf", tmp_path / "lcp.gguf", "f32")
+    cfg, tensors = load_mmproj(path)
+    assert tensors["v.position_embd.weight"].shape == (65, 64) and any("leading axes" in q for q in cfg.quirks)
+    image(70, 45).save(tmp_path / "i.png")
+    cli("embed", "--mmproj", path, "--image", tmp_path / "i.png", "-o", tmp_path / "e.npy", "-f", "--backend", "cpu")
+    ref = hf_features(model, hf_tiles(image(70, 45))).reshape(-1, 48)
+    err = rel_err(np.load(tmp_path / "e.npy"), ref)
+    print(f"internvl {variant} llama.cpp file: {err:.2e}")
+    assert err <= BOUND
+    from graphdsl.models import from_gguf
+    m = from_gguf(path)
+    w = dict(m.weights)
+    pos = w["v.position_embd.weight"]
+    w["v.position_embd.weight"] = np.concatenate([pos[1:], pos[:1]])
+    c = m.vision.cfg
+    tiles = hf_tiles(image(70, 45))
+    out = graphdsl.compile(internvl.build(c, n_tiles=tiles.shape[0]), BACKEND, weights=w)(pixels=tiles)["embd"]
+    assert rel_err(out, ref.reshape(out.shape)) > 100 * BOUND

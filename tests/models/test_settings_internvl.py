@@ -27,7 +27,7 @@ CASES = {  # variant, processor settings, config overrides -> the keys carrying 
     "no-rescale+no-normalize": ("300m", {"do_rescale": False, "do_normalize": False},
                                 [P + "do_rescale", P + "do_normalize"]),
     "rms+silu-projector": ("6b", {"projector_hidden_act": "silu"},
-                           [P + "norm_type", "graphdsl.vision.projector_act"]),
+                           [(P + "norm_type", "layer"), "graphdsl.vision.projector_act"]),
 }
 
 
@@ -90,8 +90,8 @@ def test_non_default_settings_match_hf(tmp_path, case):
 
 
 def _or_none(embed):
-    """embed, None for a file that no longer loads (norm_type gone: llama.cpp's size rule says
-    LayerNorm, whose biases an RMSNorm tower's file lacks; the error lists them)."""
+    """embed, None for a file that no longer loads (norm_type "layer": LayerNorms, whose biases an
+    RMSNorm tower's file lacks; the error lists them)."""
     def run(g, out):
         try:
             return embed(g, out)
