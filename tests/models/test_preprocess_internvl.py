@@ -22,7 +22,8 @@ def test_grid_is_hfs_on_many_shapes():
         h, w = (int(x) for x in rng.integers(1, 4000, 2))
         tile, lo = int(rng.integers(8, 600)), int(rng.integers(1, 4))
         hi = lo + int(rng.integers(0, 12))
-        assert internvl_grid(h, w, tile, lo, hi) == get_optimal_tiled_canvas((h, w), (tile, tile), lo, hi), (h, w, tile, lo, hi)
+        want = get_optimal_tiled_canvas((h, w), (tile, tile), lo, hi)
+        assert internvl_grid(h, w, tile, lo, hi) == want, (h, w, tile, lo, hi)
 
 
 CASES = [  # (w, h), processor kwargs
@@ -41,8 +42,9 @@ def test_pixels_are_bit_exact(size, kw):
     proc = GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, **kw)
     ref = proc(images=[img], crop_to_patches=True, return_tensors="np")["pixel_values"]
     norm = kw.get("do_normalize", True)
-    cfg = InternVLImageConfig(tile_size=32, min_patches=kw.get("min_patches", 1), max_patches=kw.get("max_patches", 12),
-                              resample=kw.get("resample", 3), mean=kw.get("image_mean", proc.image_mean) if norm else 0.0,
+    cfg = InternVLImageConfig(tile_size=32, min_patches=kw.get("min_patches", 1),
+                              max_patches=kw.get("max_patches", 12), resample=kw.get("resample", 3),
+                              mean=kw.get("image_mean", proc.image_mean) if norm else 0.0,
                               std=kw.get("image_std", proc.image_std) if norm else 1.0,
                               rescale_factor=kw.get("rescale_factor", 1 / 255) if kw.get("do_rescale", True) else 1.0)
     got = internvl_images(img, cfg)

@@ -21,14 +21,16 @@ def internvl_generate(rng):
     k = int(1 / ratio)
     s = p * k * pick(rng, (1, 2, 3))
     big = rng.random() < 0.5  # InternViT-6B's layout: RMSNorm, q/k norm, qkv bias, a final LayerNorm
-    v = dict(hidden_size=d, num_attention_heads=h, intermediate_size=ffn(rng, d), num_hidden_layers=int(rng.integers(1, 4)),
-             image_size=s, patch_size=p, layer_norm_eps=eps(rng), hidden_act=pick(rng, ["gelu", "gelu_pytorch_tanh"]),
+    v = dict(hidden_size=d, num_attention_heads=h, intermediate_size=ffn(rng, d),
+             num_hidden_layers=int(rng.integers(1, 4)), image_size=s, patch_size=p, layer_norm_eps=eps(rng),
+             hidden_act=pick(rng, ["gelu", "gelu_pytorch_tanh"]),
              norm_type="rms_norm" if big else "layer_norm", use_qk_norm=big or rng.random() < 0.3,
              attention_bias=big or rng.random() < 0.3, use_mean_pooling=not big)
     lo = int(rng.integers(1, 3))
     proc = dict(size={"height": s, "width": s}, min_patches=lo, max_patches=lo + int(rng.integers(0, 6)),
                 **mean_std(rng))
-    cfg = dict(vision=v, downsample_ratio=ratio, act=pick(rng, ["gelu", "silu"]), text_hidden=4 * int(rng.integers(4, 15)))
+    cfg = dict(vision=v, downsample_ratio=ratio, act=pick(rng, ["gelu", "silu"]),
+               text_hidden=4 * int(rng.integers(4, 15)))
     return "internvl", cfg, proc, _images(rng, 2 * s)
 
 
