@@ -4,9 +4,12 @@
   back when ffn_down's input width is n_embd (is_ffn_swapped); a square FFN (n_ff == n_embd)
   fits both namings, and there the file's writer decides (clip.cpp swaps it always).
 - column biases: llama.cpp's Whisper-family converters store the conv stem's biases as (n, 1).
+- batch axes: llama.cpp's InternVL converter keeps HF's leading 1s on the class token (1, 1, d)
+  and the position table (1, n + 1, d).
 """
 from __future__ import annotations
 
+import numpy as np
 from gguf import Keys
 
 from .reader import GGUFFile, GGUFTensor, metadata_value
@@ -26,6 +29,28 @@ def column_biases(tensors: dict, quirks: list[str]) -> None:
         tensors[n] = GGUFTensor(t.array.reshape(t.shape[0]), t.dtype, (t.shape[0],))
     if cols:
         quirks.append(f"{', '.join(cols)} stored as (n, 1) columns (llama.cpp's converter): read as (n,)")
+
+
+TABLES = ("v.class_embd", "v.position_embd.weight")
+
+
+def batch_axes(tensors: dict, quirks: list[str]) -> None:
+    """The vision tables stored with HF's leading batch axes of 1 (llama.cpp's InternVL converter:
+    cls_token (1, 1, d), position_embeddings (1, n + 1, d)), which ggml ignores: the same bytes,
+    so the view drops them."""
+    found = []
+    for n in TABLES:
+        t = tensors.get(n)
+        if t is None or len(t.shape) < 2 or t.shape[0] != 1 or t.array.ndim != len(t.shape):
+            continue
+        keep = 1 if n == "v.class_embd" else 2
+        shape = t.shape[-keep:]
+        if int(np.prod(t.shape[:-keep])) != 1:
+            continue
+        tensors[n] = GGUFTensor(t.array.reshape(shape), t.dtype, shape)
+        found.append(f"{n} {list(t.shape)}")
+    if found:
+        quirks.append(f"{', '.join(found)} stored with leading axes of 1 (llama.cpp's converter): dropped")
 
 
 def ffn_naming(f: GGUFFile) -> str:

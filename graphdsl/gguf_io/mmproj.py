@@ -36,7 +36,7 @@ from gguf import (
 
 from .. import dtypes as dt
 
-from .layouts import FFN_SWAP_PROJECTORS, column_biases, ffn_width, fix_ffn_swap
+from .layouts import FFN_SWAP_PROJECTORS, batch_axes, column_biases, ffn_width, fix_ffn_swap
 from .reader import _REQUIRED, GGUFError, GGUFFile, GGUFTensor, TensorTable, metadata_value, read_gguf
 
 
@@ -165,6 +165,7 @@ def load_mmproj(path: str | os.PathLike) -> tuple[MmprojConfig, dict[str, GGUFTe
         raise f.error(f"tensor types graphdsl cannot run: {', '.join(bad)}; "
                       f"supported: {', '.join(dt.DTYPES)}")
     column_biases(tensors, quirks)
+    batch_axes(tensors, quirks)
     vision = _vision_config(f, tensors, quirks) if has_v else None
     audio = _audio_config(f, tensors, quirks) if has_a else None
     cfg = MmprojConfig(vision, audio, metadata_value(f, Keys.General.NAME, str, ""), quirks, path,

@@ -89,6 +89,12 @@ def _idefics3(ims, s):
     return [{"pixel_values": p([im], return_tensors="np")["pixel_values"][0]} for im in ims]
 
 
+def _internvl(ims, s):  # as InternVLProcessor calls GotOcr2's: crop_to_patches=True
+    from transformers import GotOcr2ImageProcessorPil
+    p = GotOcr2ImageProcessorPil(**({"size": _sq(s["size"])} if "size" in s else {}), **_norm(s))
+    return [{"pixel_values": p([im], crop_to_patches=True, return_tensors="np")["pixel_values"]} for im in ims]
+
+
 def _llava_next(ims, s):
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
     n = s.get("size", 336)  # llava-hf's checkpoints (the class default 224 does not divide its pinpoints)
@@ -146,6 +152,7 @@ HF_REFS = {
     "pad": (_pad, [{"size": 64, "crop": 48, **OTHER}, {"size": 100}]),
     "mobilevlm": (_pad, [{"size": 64, **OTHER}, {"size": 100}]),
     "idefics3": (_idefics3, [{"size": 32, **OTHER}, {"size": 48}]),
+    "internvl": (_internvl, [{"size": 32, **OTHER}, {"size": 48}]),
     "llava_next": (_llava_next, [{"size": 112, **OTHER}, {"size": 168}]),
     "mllama": (_mllama, [{"size": 32, **OTHER}, {"size": 56}]),
     "pixtral": (_pixtral, [{"size": 64, **OTHER}, {"size": 100}]),
