@@ -26,10 +26,10 @@ N_MEL = 128
 AUDIO_TOKEN = 7
 
 
-def tiny_qwen2audio(seed=0, n_ctx=1500, act="gelu"):
+def tiny_qwen2audio(seed=0, n_ctx=1500, act="gelu", layers=2):
     need_torch()
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
-    ac = dict(num_mel_bins=N_MEL, d_model=32, encoder_attention_heads=4, encoder_ffn_dim=64, encoder_layers=2,
+    ac = dict(num_mel_bins=N_MEL, d_model=32, encoder_attention_heads=4, encoder_ffn_dim=64, encoder_layers=layers,
               max_source_positions=n_ctx, activation_function=act)
     tc = dict(hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
               vocab_size=128)
