@@ -263,6 +263,9 @@ SETTINGS = (
     *(settings.unless("processor", k, v, _MEL) for k, v in (("sampling_rate", 16000), ("n_fft", 400),
                                                               ("hop_length", 160))),
     settings.unless("processor", "dither", 0.0, "graphdsl's log-mel adds no random noise"),
+    # not COMMON_PROCESSOR's "one input is not padded": every clip is padded to its window, and the
+    # last rows read the log-mel frames of that padding
+    settings.unless("processor", "padding_value", 0.0, "graphdsl pads a clip to its window with silence (zeros)"),
 )
 
 

@@ -62,6 +62,7 @@ def test_activation_is_carried(tmp_path, act):
 @pytest.mark.parametrize("pre,shown", [
     ({"feature_size": 80}, "feature_size=80"), ({"chunk_length": 20}, "chunk_length=20"),
     ({"sampling_rate": 8000}, "sampling_rate=8000"), ({"dither": 1.0}, "dither=1.0"),
+    ({"padding_value": 0.5}, "padding_value=0.5"),
 ])
 def test_refused_settings_stop_convert(tmp_path, pre, shown):
     _, model = tiny_qwen2audio()
