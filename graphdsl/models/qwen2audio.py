@@ -69,12 +69,12 @@ class Qwen2AudioConfig(EncoderHparams):
         return max(0, (n_frames // 2 - 2) // 2 + 1)
 
 
-def pool_rows(frames: list[int], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def pool_rows(rows: list[int], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """The (even, odd) stem rows each pooled output averages, as indices into the (B * n_rows)
-    rows of a batch of clips of ``frames`` mel frames; clips in order."""
+    stem rows of a batch whose clips give ``rows`` outputs each; clips in order."""
     even, odd = [], []
-    for b, f in enumerate(frames):
-        first = b * n_rows + 2 * np.arange((f // 2 - 2) // 2 + 1)
+    for b, r in enumerate(rows):
+        first = b * n_rows + 2 * np.arange(r)
         even.append(first)
         odd.append(first + 1)
     return np.concatenate(even).astype(np.int32), np.concatenate(odd).astype(np.int32)
@@ -107,7 +107,7 @@ class Qwen2AudioEncoder(Block):
         frames = [m.shape[1] for m in mels]
         n = max(frames)
         batch = np.stack([np.pad(m, ((0, 0), (0, n - m.shape[1]))) for m in mels])
-        with g.weight_types(getattr(self.cfg, "wtypes", None)):
+        with g.weight_types(self.cfg.wtypes):
             outs = self._clips(g.input(f"{prefix}.mel", batch.shape), frames)
         return {f"{prefix}.mel": batch}, outs, tuple(frames)
 
@@ -134,7 +134,7 @@ class Qwen2AudioEncoder(Block):
                 mask = g.const("attn_mask", np.ascontiguousarray(np.repeat(m[:, None, :], n_rows, axis=1)))
             x = blocks.vit(x, c.vit, n_layer=c.n_layer, mask=mask)[-1]
             x = ops.reshape(x, (len(frames) * n_rows, c.n_embd), name="rows")
-            even, odd = pool_rows(frames, n_rows)
+            even, odd = pool_rows([c.rows(f) for f in frames], n_rows)
             pair = [ops.get_rows(x, g.const(f"pool_{k}", idx, dtype="i32"), name=f"pool.{k}")
                     for k, idx in (("even", even), ("odd", odd))]
             x = ops.scale(ops.add(pair[0], pair[1], name="pool.sum"), 0.5, name="pool")
