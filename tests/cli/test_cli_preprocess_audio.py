@@ -64,11 +64,19 @@ def _qwen2_5omni_audio_ref(pcms, n_mels):
     return [f[0][:, :-(-len(x) // 160)] for f, x in zip(feats, pcms)], tol
 
 
+def _qwen2audio_ref(pcms, n_mels):
+    """Qwen2-Audio's processor: HF's WhisperFeatureExtractor on the clip padded to 30 s, cut to the
+    frames the encoder's rows read: 2 ceil(T / 2) + 1 for T = ceil(samples / 160) real frames."""
+    feats, tol = _whisper_ref(pcms, n_mels)
+    return [f[0][:, :min(3000, 2 * ((-(-len(x) // 160) + 1) // 2) + 1)] for f, x in zip(feats, pcms)], tol
+
+
 AUDIO_REFS = {None: _whisper_ref, "whisper_enc": _whisper_ref, "phi4_audio": _phi4_audio_ref,
-              "qwen2_5omni_audio": _qwen2_5omni_audio_ref}
+              "qwen2_5omni_audio": _qwen2_5omni_audio_ref, "qwen2audio": _qwen2audio_ref}
 # mel bins of a mode without --n-mels: HF's feature extractor default (80), or the one the arch's
-# encoder config defaults to where it differs (Qwen2.5-Omni's encoder and shipped extractor: 128)
-DEFAULT_MELS = {"qwen2_5omni_audio": 128}
+# encoder config defaults to where it differs (Qwen2.5-Omni's and Qwen2-Audio's encoders and shipped
+# extractors: 128)
+DEFAULT_MELS = {"qwen2_5omni_audio": 128, "qwen2audio": 128}
 AUDIO_CASES = [(m, n) for m in [None, *sorted(a.name for a in registry.ARCHS.values() if a.modality == "audio")]
                for n in (None, 64, 128)]
 
