@@ -30,8 +30,7 @@ from gguf import Keys
 
 from .. import blocks
 from ..graph import Graph, Tensor
-from ..inp_embd import shape_guard
-from .common import Block, VitHparams, graph_of, post_ln_tower, weight_shapes_of
+from .common import SquareFrames, VitHparams, graph_of, post_ln_tower, square_grid, weight_shapes_of
 from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .hf import VISION_PREFIXES, convert_state, hf_dict, hf_vit_hparams, hf_vit_rules, sub
 from . import settings
@@ -50,27 +49,14 @@ class Idefics3Config(VitHparams):
         return self.n_mm_embd
 
 
-class Idefics3Vision(Block):
+class Idefics3Vision(SquareFrames):
     """Frames f32 (n_frames, 3, S, S) -> (n_frames, n_tokens, n_mm_embd)."""
 
-    kind = "image"
-    example = property(lambda self: ((1, 3, self.cfg.image_size, self.cfg.image_size), "f32"))
-
-    def rows(self, frames) -> np.ndarray:
-        """An image's frames: ``preprocess.idefics3_images``' result, (n, 3, S, S) or one (3, S, S)."""
-        a = np.asarray(getattr(frames, "pixel_values", frames), np.float32)
-        a = a[None] if a.ndim == 3 else a
-        s = self.cfg.image_size
-        if a.ndim != 4 or a.shape[1:] != (3, s, s):
-            raise ValueError(f"[idefics3] frames must be (n, 3, {s}, {s}) (see preprocess.idefics3_images), "
-                             f"got {a.shape}")
-        return np.ascontiguousarray(a)
+    what, see = "[idefics3] frames", "preprocess.idefics3_images"
 
     def _build(self, frames: Tensor) -> Tensor:
         c, g = self.cfg, frames.graph
-        grid = (frames.shape[-2] // c.patch_size, frames.shape[-1] // c.patch_size)
-        shape_guard(g, "v.frame_guard", frames, "[idefics3] frames are max_image_size squares",
-                    same=lambda s: tuple(s[-2:]))
+        grid = square_grid(frames, c.patch_size, "v.frame_guard", "[idefics3] frames are max_image_size squares")
         x = post_ln_tower(frames, c, "image", "v", patch_size=c.patch_size, image_size=c.image_size, patch_bias=True)
         with g.scope("mm"):
             x = blocks.pixel_shuffle(x, grid, c.scale_factor, name="shuffle")

@@ -35,9 +35,9 @@ from .. import blocks, ops
 from ..gguf_io import KEY_MM_ACT
 from ..gguf_io.reader import metadata_value
 from ..graph import Graph, Tensor
-from ..inp_embd import build_inp_embd, shape_guard
+from ..inp_embd import build_inp_embd
 from ..preprocess.image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from .common import Block, VitHparams, graph_of, weight_shapes_of
+from .common import SquareFrames, VitHparams, graph_of, square_grid, weight_shapes_of
 from .gguf_keys import T, gguf_vision, tn, vit_keys
 from .hf import convert_state, hf_dict, sub
 from . import settings
@@ -88,27 +88,14 @@ def _layer(x: Tensor, c: InternVLConfig) -> Tensor:
     return ops.add(x, h, name="layer_out")
 
 
-class InternVLVision(Block):
+class InternVLVision(SquareFrames):
     """Tiles f32 (n_tiles, 3, S, S) -> (n_tiles, n_tokens, n_mm_embd)."""
 
-    kind = "image"
-    example = property(lambda self: ((1, 3, self.cfg.image_size, self.cfg.image_size), "f32"))
-
-    def rows(self, tiles) -> np.ndarray:
-        """An image's tiles: ``preprocess.internvl_images``' result, (n, 3, S, S) or one (3, S, S)."""
-        a = np.asarray(tiles, np.float32)
-        a = a[None] if a.ndim == 3 else a
-        s = self.cfg.image_size
-        if a.ndim != 4 or a.shape[1:] != (3, s, s):
-            raise ValueError(f"[internvl] tiles must be (n, 3, {s}, {s}) (see preprocess.internvl_images), "
-                             f"got {a.shape}")
-        return np.ascontiguousarray(a)
+    what, see = "[internvl] tiles", "preprocess.internvl_images"
 
     def _build(self, tiles: Tensor) -> Tensor:
         c, g = self.cfg, tiles.graph
-        grid = (tiles.shape[-2] // c.patch_size, tiles.shape[-1] // c.patch_size)
-        shape_guard(g, "v.tile_guard", tiles, "[internvl] tiles are image_size squares",
-                    same=lambda s: tuple(s[-2:]))
+        grid = square_grid(tiles, c.patch_size, "v.tile_guard", "[internvl] tiles are image_size squares")
         with g.scope("v"):
             x = build_inp_embd("image", tiles, n_embd=c.n_embd, patch_size=c.patch_size, image_size=c.image_size,
                                patch_bias=True, class_embd=True)

@@ -236,8 +236,9 @@ def image_items(source, mmproj, text_info, policy: str = "minicpmv") -> tuple[li
     as ("image", pixels)) and a line describing the grid."""
     from ..preprocess.minicpmv import MiniCPMVImageConfig, marker_layout, minicpmv_slices
     c, v = mmproj.vision.cfg, mmproj.config.vision
-    sl = minicpmv_slices(source, MiniCPMVImageConfig(c.image_size, c.patch_size, c.max_slices, tuple(v.image_mean),
-                                                     tuple(v.image_std), policy))
+    sl = minicpmv_slices(source, MiniCPMVImageConfig(
+        slice_size=c.image_size, patch_size=c.patch_size, max_slices=c.max_slices, mean=tuple(v.image_mean),
+        std=tuple(v.image_std), policy=policy))
     ids = marker_ids(text_info)
     items, run = [], []
     grid = sl.grid if sl.slices else None  # an image kept whole has the grid (0, 0): no slices, no slice markers

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from gguf import Keys
@@ -35,7 +35,7 @@ from .. import blocks, ops
 from ..gguf_io import KEY_ACT, metadata_value, tn
 from ..graph import Graph, Tensor
 from ..inp_embd import f32_table, shape_guard
-from .common import Block, EncoderHparams, weight_shapes_of
+from .common import LogMelClips, LogMelHparams, weight_shapes_of
 from .gguf_keys import mmproj_config, T
 from .hf import as_dict, convert_state, sub
 from . import settings
@@ -53,21 +53,13 @@ HF_DEFAULTS = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_hea
 
 
 @dataclass(frozen=True)
-class Qwen25OmniAudioConfig(EncoderHparams):
+class Qwen25OmniAudioConfig(LogMelHparams):
     """Whisper-style encoder hyperparameters, HF's chunk (n_window) and the projection's width."""
 
     n_mel: int = 128
     n_ctx: int = 1500  # rows of the sinusoid table (HF max_source_positions)
     n_window: int = 100  # chunks of 2 n_window frames
     n_mm_embd: int = 3584  # HF output_dim
-    eps: float = 1e-5  # torch's LayerNorm default, as HF builds them
-    act: str = "gelu_erf"
-    qkv_bias: ClassVar[tuple[bool, bool, bool]] = (True, False, True)  # k_proj has no bias
-
-    @property
-    def n_out(self) -> int:
-        return self.n_mm_embd
-
     def rows(self, n_frames: int) -> int:
         """Output rows of a clip of n_frames (HF's _get_feat_extract_output_lengths)."""
         return ((n_frames - 1) // 2 + 1 - 2) // 2 + 1
@@ -97,26 +89,15 @@ def layout(lengths: list[int], n_window: int):
     return size, frames, real, np.concatenate(even).astype(np.int32), np.concatenate(odd).astype(np.int32)
 
 
-class Qwen25OmniAudio(Block):
+class Qwen25OmniAudio(LogMelClips):
     """Log-mel clips f32 (n_mel, T_i) -> (rows(T_i), n_mm_embd) each; see the module doc."""
 
-    kind = "audio"
     # two chunks, the second one short: declares every weight
     example = property(lambda self: ((self.cfg.n_mel, 3 * self.cfg.n_window), "f32"))
 
-    def n_tokens(self, n_frames: int) -> int:
-        return self.cfg.rows(n_frames)
-
     def features(self, data) -> np.ndarray:
-        a, c = np.asarray(data), self.cfg
-        if a.ndim != 2 or a.shape[0] != c.n_mel or not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"[qwen2_5omni_audio] a clip must be log-mel f32 ({c.n_mel}, T) of its own frames "
-                             f"(qwen2_5omni_audio.features_of), got {a.dtype} {a.shape}")
-        if c.rows(a.shape[1]) < 1:
-            raise ValueError(f"[qwen2_5omni_audio] {a.shape[1]} frames give no output row (HF needs >= 3)")
-        if not np.isfinite(a).all():
-            raise ValueError("[qwen2_5omni_audio] features hold NaN or inf")
-        return np.ascontiguousarray(a, np.float32)
+        return self.log_mel(data, "qwen2_5omni_audio", "its own frames: qwen2_5omni_audio.features_of",
+                            lambda t: "" if self.cfg.rows(t) >= 1 else f"{t} frames give no output row (HF needs >= 3)")
 
     def build_items(self, g: Graph, prefix: str, datas, batch_kinds=()):
         """Every clip as an input ``{prefix}.{i}``; one encoder batch for all their chunks."""
@@ -138,32 +119,13 @@ class Qwen25OmniAudio(Block):
         for i, m in enumerate(mels):  # the chunk layout below is fixed for these lengths
             shape_guard(g, f"a.clip_guard.{i}", m, "[qwen2_5omni_audio] the chunks are cut at build time")
         size, frames, real, even, odd = layout(lengths, c.n_window)
-        n_rows = (size - 1) // 2 + 1
         with g.scope("a"):
             x = self._batch(mels, lengths, size)
             # HF zeroes the stem's first output past a chunk's end (padded_mask)
             keep = (np.arange(size)[None, :] < frames[:, None]).astype(np.float32)[:, None, :]
             x = self._stem(x, g.const("frame_mask", keep) if (frames < size).any() else None)
-            # each chunk attends to its own real rows (HF's cu_seqlens)
-            mask = None
-            if (real < n_rows).any():
-                m = np.where(np.arange(n_rows)[None, :] < real[:, None], 0.0, -np.inf).astype(np.float32)
-                mask = g.const("attn_mask", np.ascontiguousarray(np.repeat(m[:, None, :], n_rows, axis=1)))
-            x = blocks.vit(x, c.vit, n_layer=c.n_layer, mask=mask)[-1]
-            x = ops.reshape(x, (len(frames) * n_rows, c.n_embd), name="rows")
-            pair = [ops.get_rows(x, g.const(f"pool_{k}", idx, dtype="i32"), name=f"pool.{k}")
-                    for k, idx in (("even", even), ("odd", odd))]
-            x = ops.scale(ops.add(pair[0], pair[1], name="pool.sum"), 0.5, name="pool")
-            x = blocks.norm(x, "post_ln", eps=c.eps)
-        with g.scope("mm.a"):
-            y = blocks.linear(x, "fc", c.n_mm_embd, wtype=c.wtype)
-        if len(mels) == 1:
-            return [y]
-        outs, r0 = [], 0
-        for i, t in enumerate(lengths):
-            outs.append(ops.view(y, 0, r0, r0 + c.rows(t), name=f"clip.{i}"))
-            r0 += c.rows(t)
-        return outs
+        # each chunk attends to its own real rows (HF's cu_seqlens)
+        return self.pooled(x, real, even, odd, [c.rows(t) for t in lengths])
 
     def _batch(self, mels: list[Tensor], lengths: list[int], size: int) -> Tensor:
         """The clips' chunks as one (B, n_mel, size) batch, each clip zero-padded to whole chunks."""

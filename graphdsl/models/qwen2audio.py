@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from gguf import Keys
@@ -36,12 +36,13 @@ from .. import blocks, ops
 from ..gguf_io import KEY_ACT
 from ..graph import Graph, Tensor
 from ..inp_embd import build_inp_embd, shape_guard
-from .common import Block, EncoderHparams, weight_shapes_of
+from .common import LogMelClips, LogMelHparams, weight_shapes_of
 from .gguf_keys import T, gguf_audio, tn
 from .hf import convert_state, hf_dict, sub
 from .qwen2_5omni_audio import omni_file
 from . import settings
 from .registry import Arch, register
+from .whisper_enc import encoder_rules
 
 HF_TYPE = "qwen2_audio"
 # Qwen2AudioConfig's audio_config defaults: save_pretrained leaves out the fields equal to them
@@ -50,20 +51,12 @@ HF_DEFAULTS = {"num_mel_bins": 128, "encoder_layers": 32, "encoder_attention_hea
 
 
 @dataclass(frozen=True)
-class Qwen2AudioConfig(EncoderHparams):
+class Qwen2AudioConfig(LogMelHparams):
     """Whisper-style encoder hyperparameters, the window (2 n_ctx frames) and the projector's width."""
 
     n_mel: int = 128
     n_ctx: int = 1500  # positions (HF max_source_positions); HF's window is 2 n_ctx frames
     n_mm_embd: int = 4096  # the decoder's hidden size
-    eps: float = 1e-5  # torch's LayerNorm default, as HF builds them
-    act: str = "gelu_erf"
-    qkv_bias: ClassVar[tuple[bool, bool, bool]] = (True, False, True)  # k_proj has no bias
-
-    @property
-    def n_out(self) -> int:
-        return self.n_mm_embd
-
     def rows(self, n_frames: int) -> int:
         """Output rows of a clip given as ``n_frames`` mel frames (the frames the stem reads)."""
         return max(0, (n_frames // 2 - 2) // 2 + 1)
@@ -80,26 +73,16 @@ def pool_rows(rows: list[int], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(even).astype(np.int32), np.concatenate(odd).astype(np.int32)
 
 
-class Qwen2AudioEncoder(Block):
+class Qwen2AudioEncoder(LogMelClips):
     """Log-mel clips f32 (n_mel, F_i) -> (rows(F_i), n_mm_embd) each; see the module doc."""
 
-    kind = "audio"
     example = property(lambda self: ((self.cfg.n_mel, 2 * self.cfg.n_ctx), "f32"))
 
-    def n_tokens(self, n_frames: int) -> int:
-        return self.cfg.rows(n_frames)
-
     def features(self, data) -> np.ndarray:
-        a, c = np.asarray(data), self.cfg
-        if a.ndim != 2 or a.shape[0] != c.n_mel or not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"[qwen2audio] a clip must be log-mel f32 ({c.n_mel}, F), the frames its stem reads "
-                             f"(preprocess.qwen2audio.qwen2audio_features), got {a.dtype} {a.shape}")
-        if not 5 <= a.shape[1] <= 2 * c.n_ctx:
-            raise ValueError(f"[qwen2audio] a clip of {a.shape[1]} mel frames: the encoder takes 5 (one output "
-                             f"row) to {2 * c.n_ctx} (its window)")
-        if not np.isfinite(a).all():
-            raise ValueError("[qwen2audio] features hold NaN or inf")
-        return np.ascontiguousarray(a, np.float32)
+        n = 2 * self.cfg.n_ctx
+        return self.log_mel(data, "qwen2audio", "the frames its stem reads: preprocess.qwen2audio.qwen2audio_features",
+                            lambda f: "" if 5 <= f <= n else f"a clip of {f} mel frames: the encoder takes 5 (one "
+                                                             f"output row) to {n} (its window)")
 
     def build_items(self, g: Graph, prefix: str, datas, batch_kinds=()):
         """All clips as one zero-padded batch ``{prefix}.mel``; the key is each clip's frame count."""
@@ -127,27 +110,9 @@ class Qwen2AudioEncoder(Block):
         real = np.array([f // 2 for f in frames])
         with g.scope("a"):
             x = build_inp_embd("audio", x, n_embd=c.n_embd, n_pos=c.n_ctx)
-            n_rows = x.shape[1]
-            mask = None
-            if (real < n_rows).any():  # HF's bidirectional mask hides the keys past each clip's rows
-                m = np.where(np.arange(n_rows)[None, :] < real[:, None], 0.0, -np.inf).astype(np.float32)
-                mask = g.const("attn_mask", np.ascontiguousarray(np.repeat(m[:, None, :], n_rows, axis=1)))
-            x = blocks.vit(x, c.vit, n_layer=c.n_layer, mask=mask)[-1]
-            x = ops.reshape(x, (len(frames) * n_rows, c.n_embd), name="rows")
-            even, odd = pool_rows([c.rows(f) for f in frames], n_rows)
-            pair = [ops.get_rows(x, g.const(f"pool_{k}", idx, dtype="i32"), name=f"pool.{k}")
-                    for k, idx in (("even", even), ("odd", odd))]
-            x = ops.scale(ops.add(pair[0], pair[1], name="pool.sum"), 0.5, name="pool")
-            x = blocks.norm(x, "post_ln", eps=c.eps)
-        with g.scope("mm.a"):
-            y = blocks.linear(x, "fc", c.n_mm_embd, wtype=c.wtype)
-        if len(frames) == 1:
-            return [y]
-        outs, r0 = [], 0
-        for i, f in enumerate(frames):
-            outs.append(ops.view(y, 0, r0, r0 + c.rows(f), name=f"clip.{i}"))
-            r0 += c.rows(f)
-        return outs
+        # HF's bidirectional mask hides the keys past each clip's rows
+        rows = [c.rows(f) for f in frames]
+        return self.pooled(x, real, *pool_rows(rows, x.shape[1]), rows)
 
 
 def build(cfg: Qwen2AudioConfig, n_frames: int | None = None) -> Graph:
@@ -197,16 +162,7 @@ def config_to_gguf(cfg: Qwen2AudioConfig) -> list[tuple[str, object]]:
 
 
 def _rules():
-    per_layer = {"self_attn.q_proj": T.A_ENC_ATTN_Q, "self_attn.k_proj": T.A_ENC_ATTN_K,
-                 "self_attn.v_proj": T.A_ENC_ATTN_V, "self_attn.out_proj": T.A_ENC_OUTPUT,
-                 "self_attn_layer_norm": T.A_ENC_INPUT_NORM, "final_layer_norm": T.A_ENC_OUTPUT_NORM,
-                 "fc1": T.A_ENC_FFN_UP, "fc2": T.A_ENC_FFN_DOWN}.items()
-    rules = [("embed_positions.weight", tn(T.A_ENC_EMBD_POS))]
-    for s in ("weight", "bias"):
-        rules += [(f"conv{i}.{s}", tn(T.A_ENC_CONV1D, s, i)) for i in (1, 2)]
-        rules += [(f"layer_norm.{s}", tn(T.A_POST_NORM, s)), (f"multi_modal_projector.linear.{s}", tn(T.A_MMPROJ_FC, s))]
-        rules += [(f"layers.{{bid}}.{hf}.{s}", tn(t, s)) for hf, t in per_layer]
-    return rules
+    return [*encoder_rules(), *((f"multi_modal_projector.linear.{s}", tn(T.A_MMPROJ_FC, s)) for s in ("weight", "bias"))]
 
 
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:

@@ -184,8 +184,9 @@ def config_to_gguf(cfg: WhisperEncConfig) -> list[tuple[str, object]]:
     return kv
 
 
-def _rules():
-    # HF WhisperEncoderLayer's module names -> llama.cpp's audio block tensors
+def encoder_rules() -> list[tuple[str, str]]:
+    """HF WhisperEncoder's names -> llama.cpp's audio tensors (stem, blocks, final LayerNorm): what
+    every Whisper-style tower shares (Voxtral, Qwen2-Audio)."""
     per_layer = {"self_attn.q_proj": T.A_ENC_ATTN_Q, "self_attn.k_proj": T.A_ENC_ATTN_K,
                  "self_attn.v_proj": T.A_ENC_ATTN_V, "self_attn.out_proj": T.A_ENC_OUTPUT,
                  "self_attn_layer_norm": T.A_ENC_INPUT_NORM, "final_layer_norm": T.A_ENC_OUTPUT_NORM,
@@ -195,8 +196,12 @@ def _rules():
         rules += [(f"conv{i}.{s}", tn(T.A_ENC_CONV1D, s, i)) for i in (1, 2)]
         rules += [(f"layer_norm.{s}", tn(T.A_POST_NORM, s))]
         rules += [(f"layers.{{bid}}.{hf}.{s}", tn(t, s)) for hf, t in per_layer]
-    rules += [(f"multi_modal_projector.linear_{i}.weight", tn(T.A_MMPROJ, "weight", i)) for i in (1, 2)]
     return rules
+
+
+def _rules():
+    return [*encoder_rules(), *((f"multi_modal_projector.linear_{i}.weight", tn(T.A_MMPROJ, "weight", i))
+                                for i in (1, 2))]
 
 
 def hf_to_gguf(state_dict, config) -> dict[str, np.ndarray]:

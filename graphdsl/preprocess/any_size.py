@@ -61,3 +61,26 @@ def _triple(v: Any, what: str, who: str) -> tuple[float, float, float]:
     if a is None:
         raise ValueError(f"[{who}] {what} needs 1 or 3 values, got {v!r}")
     return tuple(float(x) for x in a)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TilePixels:
+    """The fields the tiling configs end with (mllama, InternVL), keyword-only: ``rescale_factor``
+    from uint8 to float (1.0 when HF's ``do_rescale`` is off) and ``max_pixels``, the input images
+    refused before decoding."""
+
+    rescale_factor: float = 1.0 / 255.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def settle_pixels(cfg: Any) -> None:
+    """The pixel fields the tiling configs share (mllama, InternVL), checked and made canonical in place
+    on a frozen dataclass: ``resample`` a PIL.Image.Resampling code (an int), ``mean`` / ``std`` 3 floats
+    each (one value stands for all three channels)."""
+    who = type(cfg).__name__
+    if isinstance(cfg.resample, bool) or cfg.resample not in {int(r) for r in Image.Resampling}:
+        raise ValueError(f"[{who}] resample must be a PIL.Image.Resampling code, got {cfg.resample!r}")
+    mean, std = (tuple(float(x) for x in np.broadcast_to(np.asarray(v, np.float64), (3,))) for v in (cfg.mean, cfg.std))
+    check_norm(who, mean, std, (cfg.mean, cfg.std))
+    for name, value in (("mean", mean), ("std", std), ("resample", int(cfg.resample))):
+        object.__setattr__(cfg, name, value)

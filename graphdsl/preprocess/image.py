@@ -52,6 +52,14 @@ MIN_STD = 1e-3
 ImageSource = str | os.PathLike | bytes | io.IOBase | Image.Image | np.ndarray
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HalfNorm:
+    """``mean`` / ``std`` at 0.5 (keyword-only): configs whose HF processor defaults to them."""
+
+    mean: tuple[float, float, float] = HALF
+    std: tuple[float, float, float] = HALF
+
+
 def check_norm(who: str, mean, std, shown=None) -> None:
     """Refuse a per-channel normalisation that is not 3 finite means and 3 finite stds >= MIN_STD
     (ValueError naming ``who``; ``shown``: the (mean, std) as the caller was given them). Each

@@ -26,14 +26,15 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from .image import DEFAULT_MAX_PIXELS, ImageSource, check_norm, load_image, normalize, positive_int
+from .any_size import TilePixels, settle_pixels
+from .image import DEFAULT_MAX_PIXELS, ImageSource, load_image, normalize, positive_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
-class InternVLImageConfig:
+class InternVLImageConfig(TilePixels):
     """How InternVL wants its pixels (fields as HF's preprocessor_config.json).
 
     Args:
@@ -52,8 +53,6 @@ class InternVLImageConfig:
     resample: int = int(Image.Resampling.BICUBIC)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    rescale_factor: float = 1.0 / 255.0
-    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         positive_int(self.tile_size, "[InternVLImageConfig] tile_size")
@@ -62,15 +61,7 @@ class InternVLImageConfig:
         if self.max_patches > 1 and self.min_patches > self.max_patches:
             raise ValueError(f"[InternVLImageConfig] min_patches {self.min_patches} > max_patches {self.max_patches}: "
                              "no grid to choose from")
-        if isinstance(self.resample, bool) or self.resample not in {int(r) for r in Image.Resampling}:
-            raise ValueError(f"[InternVLImageConfig] resample must be a PIL.Image.Resampling code, "
-                             f"got {self.resample!r}")
-        mean, std = (tuple(float(x) for x in np.broadcast_to(np.asarray(v, np.float64), (3,)))
-                     for v in (self.mean, self.std))
-        check_norm("InternVLImageConfig", mean, std, (self.mean, self.std))
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
-        object.__setattr__(self, "resample", int(self.resample))
+        settle_pixels(self)
 
     # ``normalize`` reads these two names
     size = property(lambda self: (self.tile_size, self.tile_size))

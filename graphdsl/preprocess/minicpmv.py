@@ -34,16 +34,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .image import HALF, positive_fields
+from .image import HalfNorm, positive_fields
 
 
 @dataclass(frozen=True)
-class MiniCPMVImageConfig:
+class MiniCPMVImageConfig(HalfNorm):
     slice_size: int = 448
     patch_size: int = 14
     max_slices: int = 9
-    mean: tuple[float, float, float] = HALF
-    std: tuple[float, float, float] = HALF
     policy: str = "minicpmv"  # "minicpmv" (its processor) or "mtmd" (llama.cpp's); see the module doc
 
     def __post_init__(self) -> None:

@@ -42,7 +42,8 @@ import numpy as np
 from PIL import Image
 
 from ..cross import cross_spans
-from .image import DEFAULT_MAX_PIXELS, HALF, ImageSource, check_norm, load_image, normalize, positive_fields
+from .any_size import TilePixels, settle_pixels
+from .image import DEFAULT_MAX_PIXELS, HALF, ImageSource, load_image, normalize, positive_fields
 
 IMAGE_TOKEN = "<|image|>"
 # Up to 8 x 8 tiles: 2x Llama 3.2's 4 tiles per side at most; more would build thousands of
@@ -51,7 +52,7 @@ MAX_TILES_LIMIT = 64
 
 
 @dataclasses.dataclass(frozen=True)
-class MllamaImageConfig:
+class MllamaImageConfig(TilePixels):
     """How mllama wants its pixels (fields as HF's preprocessor_config.json).
 
     Args:
@@ -68,8 +69,6 @@ class MllamaImageConfig:
     resample: int = int(Image.Resampling.BILINEAR)
     mean: tuple[float, float, float] = HALF
     std: tuple[float, float, float] = HALF
-    rescale_factor: float = 1.0 / 255.0
-    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         positive_fields(self, "tile_size", "max_image_tiles")
@@ -77,13 +76,7 @@ class MllamaImageConfig:
             raise ValueError(f"[MllamaImageConfig] max_image_tiles {self.max_image_tiles} > {MAX_TILES_LIMIT}")
         if self.tile_size * self.tile_size * self.max_image_tiles > 64 * 4096 * 4096:
             raise ValueError(f"[MllamaImageConfig] {self.max_image_tiles} tiles of {self.tile_size}^2 is too large")
-        if isinstance(self.resample, bool) or self.resample not in {int(r) for r in Image.Resampling}:
-            raise ValueError(f"[MllamaImageConfig] resample must be a PIL.Image.Resampling code, got {self.resample!r}")
-        mean, std = (tuple(float(x) for x in np.broadcast_to(np.asarray(v, np.float64), (3,)))
-                     for v in (self.mean, self.std))
-        check_norm("MllamaImageConfig", mean, std, (self.mean, self.std))
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
+        settle_pixels(self)
 
     @classmethod
     def from_hf(cls, cfg: Mapping[str, Any], **overrides: Any) -> MllamaImageConfig:

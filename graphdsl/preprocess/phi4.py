@@ -30,18 +30,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .image import HALF, ImageSource, load_image, positive_fields
+from .image import HalfNorm, ImageSource, load_image, positive_fields
 
 
 @dataclasses.dataclass(frozen=True)
-class Phi4ImageConfig:
+class Phi4ImageConfig(HalfNorm):
     """HF's preprocessor_config.json fields: ``size`` (crop side), ``patch_size``, ``dynamic_hd``."""
 
     crop: int = 448
     patch: int = 14
     dynamic_hd: int = 36
-    mean: tuple[float, float, float] = HALF
-    std: tuple[float, float, float] = HALF
 
     def __post_init__(self):
         positive_fields(self, "crop", "patch", "dynamic_hd")

@@ -227,6 +227,6 @@ def test_bad_inputs_are_refused(tiny):
     emb = Embedder(None, {"audio": q2a.Qwen2AudioEncoder(c)}, backend="reference", weights=w)
     for bad, msg in ((np.zeros((N_MEL, 4), np.float32), "5 .one output row"),
                      (np.zeros((N_MEL, 3002), np.float32), "to 3000"),
-                     (np.zeros((80, 100), np.float32), r"log-mel f32 \(128, F\)")):
+                     (np.zeros((80, 100), np.float32), r"log-mel f32 \(128, T\)")):
         with pytest.raises(ValueError, match=msg):
             emb([("audio", bad)])
