@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+
 @dataclass(frozen=True)
 class RunOptions:
     """Where and how graphs run.
