@@ -103,6 +103,23 @@ class Qwen2VLConfig(MergerTower):
 
 
 # -- the layout of a packed batch (NumPy, before the graph) ---------------------------------------------
+def _frames(pixels: Any, cfg: Qwen2VLConfig) -> np.ndarray:
+    """Pixels (3, H, W) or frames (T, 3, H, W) as f32 frames, checked against the tower's patch and merge."""
+    a = np.asarray(getattr(pixels, "pixel_values", pixels), dtype=np.float32)
+    a = a[None] if a.ndim == 3 else a
+    pm = cfg.patch_size * cfg.merge
+    if a.ndim != 4 or a.shape[1] != 3 or a.shape[2] % pm or a.shape[3] % pm or a.shape[0] < 1:
+        raise ValueError(f"[qwen2vl] an image must be pixels f32 (3, H, W) or frames (T, 3, H, W) with H and W "
+                         f"multiples of {pm} (see preprocess.qwen2vl), got {getattr(a, 'shape', '?')}")
+    return a
+
+
+def grid_of(pixels: Any, cfg: Qwen2VLConfig) -> Grid:
+    """The (t, h, w) patch grid ``patchify`` gives, without making the patches."""
+    a, p = _frames(pixels, cfg), cfg.patch_size
+    return -(-a.shape[0] // cfg.temporal_patch), a.shape[2] // p, a.shape[3] // p
+
+
 def patchify(pixels: Any, cfg: Qwen2VLConfig) -> tuple[np.ndarray, Grid]:
     """Pixels f32 (3, H, W) or frames (T, 3, H, W) -> (patches (t*h*w, 3*2*p*p), (t, h, w)).
 
@@ -110,12 +127,8 @@ def patchify(pixels: Any, cfg: Qwen2VLConfig) -> tuple[np.ndarray, Grid]:
     merge order, each flattened as (channel, frame, row, col). A still image repeats its frame; a
     video whose frame count is odd repeats its last frame, as HF pads it.
     """
-    a = np.asarray(pixels, dtype=np.float32)
-    a = a[None] if a.ndim == 3 else a
+    a = _frames(pixels, cfg)
     p, m, tp = cfg.patch_size, cfg.merge, cfg.temporal_patch
-    if a.ndim != 4 or a.shape[1] != 3 or a.shape[2] % (p * m) or a.shape[3] % (p * m) or a.shape[0] < 1:
-        raise ValueError(f"[qwen2vl] an image must be pixels f32 (3, H, W) or frames (T, 3, H, W) with H and W "
-                         f"multiples of {p * m} (see preprocess.qwen2vl), got {getattr(a, 'shape', '?')}")
     if a.shape[0] % tp:
         a = np.concatenate([a, np.repeat(a[-1:], tp - a.shape[0] % tp, axis=0)])
     t, h, w = a.shape[0] // tp, a.shape[2] // p, a.shape[3] // p
@@ -273,7 +286,7 @@ class Qwen2VLVision(Block):
         at start + max(h, w) / merge). A video's temporal ids step by 1 per temporal patch
         (Qwen2-VL's; Qwen2.5-VL scales them by tokens_per_second * seconds per patch, which the
         frames alone do not say: the same for a 2-frame clip, whose one patch is at t = start)."""
-        t, h, w = patchify(getattr(data, "pixel_values", data), self.cfg)[1]
+        t, h, w = grid_of(data, self.cfg)
         m = self.cfg.merge
         tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h // m), np.arange(w // m), indexing="ij")
         return np.stack([tt, hh, ww]).reshape(3, -1) + start, start + max(h, w) // m

@@ -49,7 +49,7 @@ from .common import weight_shapes_of
 from .gguf_keys import T
 from .hf import convert_state, hf_dict, sub
 from .qwen2vl import (PREFIXES, Grid, MergerTower, Qwen2VLVision, SmartResize, _CLIP_NORM, _patch_kernel, _rope_hook,
-                      frame_lengths, frames, gguf_kw, n_tokens, processor_settings, rope_positions, split_qwen,
+                      frame_lengths, frames, gguf_kw, grid_of, n_tokens, processor_settings, rope_positions, split_qwen,
                       vision_settings)
 from .qwen2vl import config_to_gguf as _qwen2_keys
 from .registry import Arch, register
@@ -184,7 +184,7 @@ class Qwen3VLVision(Qwen2VLVision):
         """An image's M-RoPE ids (3, n_tokens) at ``start`` and the next text position (HF's
         get_rope_index). A clip of several temporal patches is refused: Qwen3-VL places each
         after its own timestamp text, so each must be its own item."""
-        t = self.items([data])[1][0][0]
+        t = grid_of(data, self.cfg)[0]
         if t != 1:
             raise ValueError(f"[qwen3vl] an item of {t} temporal patches: Qwen3-VL's prompt puts a timestamp "
                              "before each, so pass every two frames as their own item")
